@@ -1,0 +1,154 @@
+"""Hand-written clients over the generated stubs. Callers get plain Python
+values and domain exceptions (common.errors), never raw stubs or RpcErrors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, ParamSpec, TypeVar
+
+import grpc
+
+from common.errors import from_rpc_error
+from common.gen.dicomserver.v1 import (
+    auth_service_pb2 as auth_pb,
+    auth_service_pb2_grpc as auth_grpc,
+    dicom_pb2,
+    ingest_service_pb2 as ingest_pb,
+    ingest_service_pb2_grpc as ingest_grpc,
+    metadata_service_pb2 as md_pb,
+    metadata_service_pb2_grpc as md_grpc,
+    storage_service_pb2 as st_pb,
+    storage_service_pb2_grpc as st_grpc,
+)
+from common.grpc_server import CHANNEL_OPTIONS
+
+CHUNK = 1024 * 1024
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _translate(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    return wrapper
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    while chunk := f.read(size):
+        yield chunk
+
+
+class StorageClient:
+    def __init__(self, ch: grpc.Channel) -> None:
+        self._stub = st_grpc.StorageServiceStub(ch)
+
+    @_translate
+    def put(self, ref: dicom_pb2.InstanceRef, chunks: Iterable[bytes], expected_size: int = 0) -> st_pb.PutResponse:
+        def requests() -> Iterator[st_pb.PutRequest]:
+            yield st_pb.PutRequest(header=st_pb.PutHeader(ref=ref, expected_size=expected_size))
+            for chunk in chunks:
+                for i in range(0, len(chunk), CHUNK):
+                    yield st_pb.PutRequest(chunk=chunk[i : i + CHUNK])
+
+        return self._stub.Put(requests())
+
+    def get(self, object_key: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
+        """Yields the object's bytes; errors surface on first iteration."""
+        try:
+            for resp in self._stub.Get(st_pb.GetRequest(object_key=object_key, offset=offset, length=length)):
+                yield resp.chunk
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def get_bytes(self, object_key: str) -> bytes:
+        return b"".join(self.get(object_key))
+
+    @_translate
+    def stat(self, object_key: str) -> st_pb.StatResponse:
+        return self._stub.Stat(st_pb.StatRequest(object_key=object_key))
+
+    @_translate
+    def delete(self, object_key: str) -> bool:
+        return self._stub.Delete(st_pb.DeleteRequest(object_key=object_key)).deleted
+
+
+class MetadataClient:
+    def __init__(self, ch: grpc.Channel) -> None:
+        self._stub = md_grpc.MetadataServiceStub(ch)
+
+    @_translate
+    def index(
+        self, records: Iterable[md_pb.InstanceRecord], policy: int = md_pb.DUPLICATE_POLICY_OVERWRITE
+    ) -> list[md_pb.IndexResult]:
+        resp = self._stub.IndexInstances(md_pb.IndexInstancesRequest(records=records, duplicate_policy=policy))
+        return list(resp.results)
+
+    @_translate
+    def query(self, request: md_pb.QueryRequest) -> md_pb.QueryResponse:
+        return self._stub.Query(request)
+
+    @_translate
+    def get_metadata(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[bytes]:
+        req = md_pb.GetMetadataRequest(
+            tenant=tenant, study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop
+        )
+        return list(self._stub.GetMetadata(req).instances)
+
+    @_translate
+    def locate(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[dicom_pb2.InstanceLocation]:
+        req = md_pb.LocateInstancesRequest(
+            tenant=tenant, study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop
+        )
+        return list(self._stub.LocateInstances(req).locations)
+
+    @_translate
+    def delete(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[dicom_pb2.InstanceLocation]:
+        req = md_pb.DeleteInstancesRequest(
+            tenant=tenant, study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop
+        )
+        return list(self._stub.DeleteInstances(req).removed)
+
+    @_translate
+    def read_change_feed(self, tenant: str, after: int = 0, limit: int = 100) -> md_pb.ReadChangeFeedResponse:
+        return self._stub.ReadChangeFeed(md_pb.ReadChangeFeedRequest(tenant=tenant, after_sequence=after, limit=limit))
+
+
+class AuthClient:
+    def __init__(self, ch: grpc.Channel) -> None:
+        self._stub = auth_grpc.AuthServiceStub(ch)
+
+    @_translate
+    def authenticate(self, request: auth_pb.AuthenticateRequest) -> auth_pb.Principal:
+        return self._stub.Authenticate(request).principal
+
+    @_translate
+    def authorize(self, principal: auth_pb.Principal, action: int, tenant: str) -> auth_pb.AuthorizeResponse:
+        return self._stub.Authorize(auth_pb.AuthorizeRequest(principal=principal, action=action, tenant=tenant))
+
+
+class IngestClient:
+    def __init__(self, ch: grpc.Channel) -> None:
+        self._stub = ingest_grpc.IngestServiceStub(ch)
+
+    @_translate
+    def store(self, options: ingest_pb.StoreOptions, instances: Iterable[bytes]) -> list[ingest_pb.InstanceOutcome]:
+        """Stores Part 10 objects; one outcome per object, in order."""
+
+        def requests() -> Iterator[ingest_pb.StoreInstancesRequest]:
+            yield ingest_pb.StoreInstancesRequest(options=options)
+            for data in instances:
+                for i in range(0, len(data), CHUNK):
+                    yield ingest_pb.StoreInstancesRequest(chunk=data[i : i + CHUNK])
+                yield ingest_pb.StoreInstancesRequest(end_of_instance=True)
+
+        return list(self._stub.StoreInstances(requests()).outcomes)

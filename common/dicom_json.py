@@ -1,0 +1,35 @@
+"""DICOM JSON (PS3.18 F.2) from pydicom datasets, without bulk data values."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+# Binary values larger than this become a BulkDataURI instead of inline data.
+BULK_THRESHOLD = 1024
+
+
+def _bulk_uri(elem: DataElement) -> str:
+    # Relative to the instance URL; the gateway makes it absolute.
+    return f"bulkdata/{elem.tag:08X}"
+
+
+def dataset_to_json(ds: Dataset) -> dict[str, Any]:
+    return ds.to_json_dict(
+        bulk_data_threshold=BULK_THRESHOLD,
+        bulk_data_element_handler=_bulk_uri,
+        suppress_invalid_tags=True,
+    )
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def first_value(attrs: dict[str, Any], tag: str) -> Any:
+    """The first value of an attribute in a DICOM JSON object, or None."""
+    values = attrs.get(tag, {}).get("Value")
+    return values[0] if values else None

@@ -1,0 +1,238 @@
+"""The ingest pipeline shared by both edges: parse the header, validate,
+stream the bytes to storage once, index, and report a DICOM status.
+
+Both C-STORE (ingest_svc) and STOW-RS (dicomweb_gateway) run this in-process
+so the object crosses exactly one gRPC hop on its way to storage."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from common import dicom_json, errors
+from common.clients import MetadataClient, StorageClient, read_chunks
+from common.gen.dicomserver.v1 import dicom_pb2, ingest_service_pb2 as ingest_pb, metadata_service_pb2 as md_pb
+from common.validation import is_uid
+
+log = logging.getLogger(__name__)
+
+# DICOM status codes (PS3.4 Annex B, PS3.18 Table 10.5.3-2).
+SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
+DUPLICATE_INSTANCE = 0x0111
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+_PIXEL_DATA = 0x7FE00010
+
+
+class Rejected(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _int(ds: Dataset, keyword: str) -> int:
+    try:
+        return int(ds.get(keyword) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _pixel_data_complete(f: BinaryIO, header_end: int, size: int, little_endian: bool, implicit: bool) -> bool | None:
+    """Checks the pixel data element after the header reaches its stated end.
+
+    Returns None when there is no pixel data, else whether it is complete.
+    Reads only the element header and, for encapsulated data, the file's tail."""
+    f.seek(header_end)
+    head = f.read(12)
+    if len(head) < 8:
+        return None
+    endian = "<" if little_endian else ">"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    if (group << 16 | elem) != _PIXEL_DATA:
+        return None
+    if implicit:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        value_start = header_end + 8
+    else:
+        if len(head) < 12:
+            return False
+        (length,) = struct.unpack(endian + "L", head[8:12])
+        value_start = header_end + 12
+    if length != 0xFFFFFFFF:
+        return value_start + length <= size
+    # Encapsulated: the sequence delimiter must be present near the end.
+    tail_start = max(value_start, size - 4096)
+    f.seek(tail_start)
+    return b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" in f.read()
+
+
+def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
+    """Reads the header without pixel data; returns it with the frame count."""
+    f.seek(0)
+    try:
+        ds = dcmread(f, stop_before_pixels=True)
+        header_end = f.tell()
+    except Exception as exc:  # pydicom raises many types on garbage input
+        raise Rejected(CANNOT_UNDERSTAND, f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
+    meta = ds.file_meta
+    ts = getattr(meta, "TransferSyntaxUID", None)
+    if not ts:
+        raise Rejected(CANNOT_UNDERSTAND, "file meta information has no Transfer Syntax UID")
+    complete = _pixel_data_complete(
+        f, header_end, size, little_endian=ts.is_little_endian if ts.is_transfer_syntax else True,
+        implicit=ts.is_implicit_VR if ts.is_transfer_syntax else False,
+    )
+    if complete is False:
+        raise Rejected(CANNOT_UNDERSTAND, "object is truncated: pixel data ends before its stated length")
+    frames = _int(ds, "NumberOfFrames") or (1 if complete else 0)
+    return ds, frames
+
+
+def build_record(ds: Dataset, tenant: str, size: int, frames: int) -> md_pb.InstanceRecord:
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(ds, keyword)
+        if not value:
+            raise Rejected(CANNOT_UNDERSTAND, f"{keyword} is missing")
+        if not is_uid(value):
+            raise Rejected(CANNOT_UNDERSTAND, f"{keyword} is not a valid UID")
+    ref = dicom_pb2.InstanceRef(
+        tenant=tenant,
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+    )
+    try:
+        header_json = dicom_json.dataset_to_json(ds)
+    except Exception as exc:
+        raise Rejected(CANNOT_UNDERSTAND, f"header cannot be converted to DICOM JSON ({type(exc).__name__})") from None
+    return md_pb.InstanceRecord(
+        location=dicom_pb2.InstanceLocation(
+            ref=ref,
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            size=size,
+            number_of_frames=frames,
+        ),
+        specific_character_set=_text(ds, "SpecificCharacterSet"),
+        patient=md_pb.PatientAttributes(
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        ),
+        study=md_pb.StudyAttributes(
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            accession_number=_text(ds, "AccessionNumber"),
+            study_id=_text(ds, "StudyID"),
+            study_description=_text(ds, "StudyDescription"),
+            referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        ),
+        series=md_pb.SeriesAttributes(
+            modality=_text(ds, "Modality"),
+            series_number=_text(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            series_date=_text(ds, "SeriesDate"),
+            series_time=_text(ds, "SeriesTime"),
+            body_part_examined=_text(ds, "BodyPartExamined"),
+        ),
+        instance=md_pb.InstanceAttributes(
+            instance_number=_text(ds, "InstanceNumber"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            content_date=_text(ds, "ContentDate"),
+            content_time=_text(ds, "ContentTime"),
+        ),
+        dicom_json=dicom_json.dumps(header_json),
+    )
+
+
+class IngestPipeline:
+    def __init__(self, storage: StorageClient, metadata: MetadataClient) -> None:
+        self._storage = storage
+        self._metadata = metadata
+
+    def store(
+        self,
+        f: BinaryIO,
+        size: int,
+        tenant: str,
+        expected_study: str = "",
+        policy: int = md_pb.DUPLICATE_POLICY_OVERWRITE,
+        expected_sop_class: str = "",
+    ) -> ingest_pb.InstanceOutcome:
+        """Stores one Part 10 object read from `f` (`size` bytes). Never raises
+        for bad input: the outcome carries the DICOM status and reason."""
+        outcome = ingest_pb.InstanceOutcome()
+        try:
+            ds, frames = parse_header(f, size)
+            record = build_record(ds, tenant, size, frames)
+            outcome.ref.CopyFrom(record.location.ref)
+            outcome.sop_class_uid = record.location.sop_class_uid
+            if expected_study and record.location.ref.study_instance_uid != expected_study:
+                raise Rejected(DATASET_MISMATCH, "Study Instance UID differs from the one in the request")
+            if expected_sop_class and record.location.sop_class_uid != expected_sop_class:
+                raise Rejected(DATASET_MISMATCH, "SOP Class UID of the dataset differs from the request's")
+            self._store_and_index(f, size, record, policy, outcome)
+        except Rejected as rej:
+            outcome.status = ingest_pb.STORE_STATUS_FAILED
+            outcome.dicom_status = rej.status
+            outcome.reason = rej.reason
+        return outcome
+
+    def _store_and_index(
+        self, f: BinaryIO, size: int, record: md_pb.InstanceRecord, policy: int, outcome: ingest_pb.InstanceOutcome
+    ) -> None:
+        f.seek(0)
+        try:
+            put = self._storage.put(record.location.ref, read_chunks(f), expected_size=size)
+        except errors.InvalidArgument as exc:
+            raise Rejected(CANNOT_UNDERSTAND, f"storage refused the object: {exc}") from None
+        except errors.ServiceError as exc:
+            log.warning("storage put failed: %s", exc)
+            raise Rejected(OUT_OF_RESOURCES, "storage is not available") from None
+        record.location.object_key = put.object_key
+        try:
+            (result,) = self._metadata.index([record], policy)
+        except errors.ServiceError as exc:
+            log.warning("index failed: %s", exc)
+            self._reclaim(put.object_key)
+            status = OUT_OF_RESOURCES if isinstance(exc, errors.Unavailable) else PROCESSING_FAILURE
+            raise Rejected(status, "the index did not accept the instance") from None
+        if result.unreferenced_object_key:
+            self._reclaim(result.unreferenced_object_key)
+        outcome.index_outcome = result.outcome
+        if result.outcome == md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE:
+            raise Rejected(DUPLICATE_INSTANCE, "an instance with this SOP Instance UID already exists")
+        outcome.status = ingest_pb.STORE_STATUS_STORED
+        outcome.dicom_status = SUCCESS
+        if result.outcome == md_pb.INDEX_OUTCOME_KEPT_EXISTING:
+            outcome.reason = "duplicate SOP Instance UID: the existing instance was kept"
+        elif result.outcome == md_pb.INDEX_OUTCOME_REPLACED:
+            outcome.reason = "duplicate SOP Instance UID: the existing instance was replaced"
+
+    def _reclaim(self, object_key: str) -> None:
+        try:
+            self._storage.delete(object_key)
+        except errors.ServiceError as exc:
+            # Unreferenced bytes are garbage, not data loss; a sweeper can find them.
+            log.warning("could not delete unreferenced object: %s", exc)

@@ -1,0 +1,29 @@
+"""The settings base every service extends: environment variables with the
+DICOMSERVER_ prefix, optionally a file named by DICOMSERVER_CONFIG_FILE."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DICOMSERVER_",
+        env_file=os.environ.get("DICOMSERVER_CONFIG_FILE"),
+        extra="ignore",
+    )
+
+    # Everything the embedded run writes lives under this folder.
+    data_dir: Path = Path("data")
+    # gRPC addresses: each service listens on its own and calls the others.
+    storage_addr: str = "127.0.0.1:50051"
+    metadata_addr: str = "127.0.0.1:50052"
+    auth_addr: str = "127.0.0.1:50053"
+    ingest_addr: str = "127.0.0.1:50054"
+    default_tenant: str = "default"
+    log_level: str = "INFO"
+    # Seconds a stopping service gives in-flight calls.
+    shutdown_grace: float = 5.0

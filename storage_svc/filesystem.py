@@ -1,0 +1,134 @@
+"""Objects as files: temp file + fsync + rename, so a reader sees either
+nothing or the whole object, and an acknowledged object survives a crash."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.validation import check_tenant, check_uid
+
+# tenant/study/series/sop/generation.dcm — every part checked by its grammar,
+# so a key can never climb out of the root.
+_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(/[0-9]+(\.[0-9]+)*){3}/[0-9a-f]{16}\.dcm")
+READ_CHUNK = 1024 * 1024
+
+
+class BadKey(ValueError):
+    pass
+
+
+class SizeMismatch(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Stored:
+    key: str
+    size: int
+    sha256: str
+
+
+def derive_key(ref: dicom_pb2.InstanceRef) -> str:
+    parts = [
+        check_tenant(ref.tenant),
+        check_uid(ref.study_instance_uid, "Study Instance UID"),
+        check_uid(ref.series_instance_uid, "Series Instance UID"),
+        check_uid(ref.sop_instance_uid, "SOP Instance UID"),
+    ]
+    return "/".join(parts) + f"/{secrets.token_hex(8)}.dcm"
+
+
+class FilesystemStore:
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".tmp").mkdir(exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        if len(key) > 300 or _KEY.fullmatch(key) is None:
+            raise BadKey("malformed object key")
+        return self.root / key
+
+    def put(self, ref: dicom_pb2.InstanceRef, chunks: Iterable[bytes], expected_size: int = 0) -> Stored:
+        key = derive_key(ref)
+        final = self.path(key)
+        digest = hashlib.sha256()
+        size = 0
+        tmp = self.root / ".tmp" / f"{secrets.token_hex(12)}.part"
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                if expected_size and size != expected_size:
+                    raise SizeMismatch(f"received {size} bytes, expected {expected_size}")
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            self._fsync_dir(final.parent)
+        return Stored(key, size, digest.hexdigest())
+
+    def get(self, key: str, offset: int = 0, length: int = 0) -> tuple[int, Iterator[bytes]]:
+        """Total size and an iterator over the requested range."""
+        path = self.path(key)
+        f = open(path, "rb")  # FileNotFoundError propagates: the caller maps it
+        total = os.fstat(f.fileno()).st_size
+        if offset < 0 or length < 0 or offset > total:
+            f.close()
+            raise ValueError(f"range starts at {offset}, object has {total} bytes")
+        remaining = (total - offset) if length == 0 else min(length, total - offset)
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal remaining
+            with f:
+                f.seek(offset)
+                while remaining > 0:
+                    data = f.read(min(READ_CHUNK, remaining))
+                    if not data:
+                        break
+                    remaining -= len(data)
+                    yield data
+
+        return total, chunks()
+
+    def stat(self, key: str) -> os.stat_result:
+        return self.path(key).stat()
+
+    def delete(self, key: str) -> bool:
+        path = self.path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        # Empty folders are removed up to the tenant folder, never the root.
+        parent = path.parent
+        for _ in range(3):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return True
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
