@@ -1,0 +1,1 @@
+"""auth_svc: who is calling, for which tenants, with which scopes."""

@@ -1,0 +1,1 @@
+"""launcher: runs every service on one machine with the embedded defaults."""

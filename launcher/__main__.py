@@ -1,0 +1,170 @@
+"""python -m launcher [--data-dir D] [--http-port P] [--dimse-port P] [--ae-title T]
+
+Starts storage, metadata, auth, ingest (DIMSE) and the DICOMweb gateway as
+child processes bound to 127.0.0.1, waits until each answers, prints where
+the edges listen, and stops them all on Ctrl-C or SIGTERM (edges first)."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common.settings import CommonSettings
+
+SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway"]
+GRPC_ADDR_SETTING = {
+    "storage_svc": "storage_addr",
+    "metadata_svc": "metadata_addr",
+    "auth_svc": "auth_addr",
+    "ingest_svc": "ingest_addr",
+}
+HOST = "127.0.0.1"
+
+
+class LauncherSettings(CommonSettings):
+    http_port: int = 8080
+    dimse_port: int = 11112
+    ae_title: str = "DICOMSERVER"
+    base_path: str = "/dicomweb"
+    # First of four consecutive ports for the internal gRPC services; 0 picks free ports.
+    grpc_base_port: int = 50051
+    startup_timeout: float = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if the launcher dies without cleaning up.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def wait_grpc(addr: str, deadline: float) -> None:
+    with grpc.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no healthy gRPC service on {addr}")
+            time.sleep(0.1)
+
+
+def wait_tcp(port: int, deadline: float) -> None:
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {HOST}:{port}") from None
+            time.sleep(0.1)
+
+
+class Supervisor:
+    def __init__(self, env: dict[str, str], grace: float) -> None:
+        self.env = env
+        self.grace = grace
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopping = threading.Event()
+
+    def start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", name], env=self.env, start_new_session=True, preexec_fn=_die_with_parent
+        )
+
+    def first_exit(self) -> tuple[str, int] | None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def stop_all(self) -> None:
+        self.stopping.set()
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.grace + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    base = LauncherSettings()
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--data-dir", type=Path, default=base.data_dir, help="index, objects and event log (default %(default)s)")
+    parser.add_argument("--http-port", type=int, default=base.http_port, help="DICOMweb HTTP port (default %(default)s)")
+    parser.add_argument("--dimse-port", type=int, default=base.dimse_port, help="DIMSE port (default %(default)s)")
+    parser.add_argument("--ae-title", default=base.ae_title, help="called AE title (default %(default)s)")
+    parser.add_argument("--grpc-base-port", type=int, default=base.grpc_base_port, help="first internal gRPC port, 0 for free ports")
+    args = parser.parse_args(argv)
+
+    data_dir = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        DICOMSERVER_DATA_DIR=str(data_dir),
+        DICOMSERVER_HTTP_HOST=HOST,
+        DICOMSERVER_HTTP_PORT=str(args.http_port),
+        DICOMSERVER_DIMSE_HOST=HOST,
+        DICOMSERVER_DIMSE_PORT=str(args.dimse_port),
+        DICOMSERVER_AE_TITLE=args.ae_title,
+    )
+    for i, (svc, setting) in enumerate(GRPC_ADDR_SETTING.items()):
+        port = args.grpc_base_port + i if args.grpc_base_port else free_port()
+        env[f"DICOMSERVER_{setting.upper()}"] = f"{HOST}:{port}"
+
+    sup = Supervisor(env, base.shutdown_grace)
+    signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
+    deadline = time.monotonic() + base.startup_timeout
+    try:
+        for name in SERVICES:
+            sup.start(name)
+            if name in GRPC_ADDR_SETTING:
+                wait_grpc(env[f"DICOMSERVER_{GRPC_ADDR_SETTING[name].upper()}"], deadline)
+        wait_tcp(args.dimse_port, deadline)
+        wait_tcp(args.http_port, deadline)
+    except TimeoutError as exc:
+        print(f"startup failed: {exc}", file=sys.stderr)
+        sup.stop_all()
+        return 1
+    print(f"DICOMweb  http://{HOST}:{args.http_port}{base.base_path}", flush=True)
+    print(f"DIMSE     {args.ae_title}@{HOST}:{args.dimse_port}", flush=True)
+    print(f"data      {data_dir}", flush=True)
+    print("ready; Ctrl-C stops", flush=True)
+    code = 0
+    while not sup.stopping.wait(0.5):
+        exited = sup.first_exit()
+        if exited is not None:
+            print(f"{exited[0]} exited with status {exited[1]}; stopping", file=sys.stderr)
+            code = 1
+            break
+    sup.stop_all()
+    print("stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
