@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DICOMweb  http://{HOST}:{args.http_port}{base.base_path}", flush=True)
     print(f"DIMSE     {args.ae_title}@{HOST}:{args.dimse_port}", flush=True)
     print(f"data      {data_dir}", flush=True)
+    for svc, setting in GRPC_ADDR_SETTING.items():
+        print(f"grpc      {svc.removesuffix('_svc'):<9} {env[f'DICOMSERVER_{setting.upper()}']}", flush=True)
     print("ready; Ctrl-C stops", flush=True)
     code = 0
     while not sup.stopping.wait(0.5):

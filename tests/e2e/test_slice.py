@@ -1,0 +1,169 @@
+"""The foundation slice through the real processes and real clients:
+dcmtk for DIMSE, httpx for DICOMweb."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pydicom
+import pytest
+
+from support import Archive, corpus_paths, split_part10
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def multipart_related(parts: list[bytes], boundary: str) -> bytes:
+    body = b""
+    for part in parts:
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    ctype = response.headers["content-type"]
+    m = re.search(r'boundary="?([^";]+)"?', ctype)
+    assert m, ctype
+    delimiter = b"--" + m.group(1).encode()
+    parts = []
+    for chunk in response.content.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, body = chunk[2:].partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, body.removesuffix(b"\r\n")))
+    return parts
+
+
+def retrieve_instance(archive: Archive, ds: pydicom.Dataset) -> tuple[dict[str, str], bytes]:
+    url = (
+        f"{archive.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+    r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert r.status_code == 200, r.text
+    (part,) = parse_multipart(r)
+    return part
+
+
+def study_uids(archive: Archive) -> set[str]:
+    r = httpx.get(f"{archive.dicomweb}/studies", params={"limit": "1000"})
+    assert r.status_code == 200, r.text
+    return {study["0020000D"]["Value"][0] for study in r.json()}
+
+
+def with_new_uids(path: Path, out: Path) -> pydicom.Dataset:
+    """A copy of a corpus file with fresh UIDs, so each test owns its studies."""
+    ds = pydicom.dcmread(path)
+    suffix = str(uuid.uuid4().int)[:20]
+    ds.StudyInstanceUID = f"2.25.1{suffix}"
+    ds.SeriesInstanceUID = f"2.25.2{suffix}"
+    ds.SOPInstanceUID = f"2.25.3{suffix}"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(out, enforce_file_format=True)
+    return ds
+
+
+def test_echoscu(archive: Archive) -> None:
+    proc = subprocess.run(
+        ["echoscu", "-aec", archive.ae_title, "127.0.0.1", str(archive.dimse_port)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_echoscu_wrong_called_ae_is_rejected(archive: Archive) -> None:
+    proc = subprocess.run(
+        ["echoscu", "-aec", "NOT_US", "127.0.0.1", str(archive.dimse_port)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "Rejected" in proc.stdout + proc.stderr
+
+
+def test_dcmsend_folder_then_qido_and_wado(archive: Archive, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sent = {}
+    for path in corpus_paths():
+        shutil.copy(path, folder / path.name)
+        sent[path.name] = pydicom.dcmread(path, stop_before_pixels=True)
+    proc = subprocess.run(
+        ["dcmsend", "-v", "-aec", archive.ae_title, "+sd", "127.0.0.1", str(archive.dimse_port), str(folder)],
+        capture_output=True, text=True, env=DCMTK_ENV, timeout=120,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert f"with status SUCCESS                : {len(sent)}" in log, log
+
+    stored_studies = study_uids(archive)
+    assert {ds.StudyInstanceUID for ds in sent.values()} <= stored_studies
+
+    for name, ds in sent.items():
+        headers, body = retrieve_instance(archive, ds)
+        original = (folder / name).read_bytes()
+        _, original_dataset = split_part10(original)
+        returned_meta, returned_dataset = split_part10(body)
+        assert returned_dataset == original_dataset, name
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        assert pydicom.dcmread(__import__("io").BytesIO(body), stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
+        assert f"transfer-syntax={ts}" in headers["content-type"], name
+
+
+def test_stow_then_qido_and_wado_return_the_same_bytes(archive: Archive, tmp_path: Path) -> None:
+    files, datasets = [], []
+    for i, path in enumerate(corpus_paths()):
+        out = tmp_path / f"{i}.dcm"
+        datasets.append(with_new_uids(path, out))
+        files.append(out.read_bytes())
+    boundary = uuid.uuid4().hex
+    r = httpx.post(
+        f"{archive.dicomweb}/studies",
+        content=multipart_related(files, boundary),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    result = r.json()
+    referenced = {item["00081155"]["Value"][0] for item in result["00081199"]["Value"]}
+    assert referenced == {ds.SOPInstanceUID for ds in datasets}
+    assert "00081198" not in result or not result["00081198"].get("Value")
+
+    assert {ds.StudyInstanceUID for ds in datasets} <= study_uids(archive)
+    for data, ds in zip(files, datasets):
+        _, body = retrieve_instance(archive, ds)
+        assert body == data
+
+
+def test_stow_of_a_non_dicom_part_fails_and_stores_nothing(archive: Archive) -> None:
+    before = study_uids(archive)
+    boundary = uuid.uuid4().hex
+    r = httpx.post(
+        f"{archive.dicomweb}/studies",
+        content=multipart_related([b"this is not DICOM" * 20], boundary),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+    )
+    assert r.status_code == 409, r.text
+    failed = r.json()["00081198"]["Value"]
+    assert failed[0]["00081197"]["Value"] == [0xC000]
+    assert study_uids(archive) == before
+
+
+def test_qido_rejects_malformed_values(archive: Archive) -> None:
+    r = httpx.get(f"{archive.dicomweb}/studies", params={"StudyDate": "2020-01-01-x"})
+    assert r.status_code == 400
+    assert "StudyDate" in r.text
+
+
+def test_wado_unknown_study_is_404(archive: Archive) -> None:
+    r = httpx.get(f"{archive.dicomweb}/studies/1.2.3.4.5.6.7.8.9")
+    assert r.status_code == 404

@@ -1,0 +1,127 @@
+"""StorageService in-process through pytest-grpc's fixtures, on a real folder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.clients import StorageClient
+from common.errors import InvalidArgument, NotFound
+from common.gen.dicomserver.v1 import dicom_pb2, storage_service_pb2 as pb, storage_service_pb2_grpc as pb_grpc
+from storage_svc.filesystem import FilesystemStore
+from storage_svc.service import StorageService
+
+REF = dicom_pb2.InstanceRef(
+    tenant="default", study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5"
+)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("objects")
+
+
+@pytest.fixture(scope="module")
+def grpc_add_to_server():  # type: ignore[no-untyped-def]
+    return pb_grpc.add_StorageServiceServicer_to_server
+
+
+@pytest.fixture(scope="module")
+def grpc_servicer(root: Path) -> StorageService:
+    return StorageService(FilesystemStore(root))
+
+
+@pytest.fixture(scope="module")
+def grpc_stub_cls(grpc_channel):  # type: ignore[no-untyped-def]
+    return pb_grpc.StorageServiceStub
+
+
+@pytest.fixture(scope="module")
+def client(grpc_channel: grpc.Channel) -> StorageClient:
+    return StorageClient(grpc_channel)
+
+
+def payload(size: int) -> bytes:
+    return os.urandom(size)
+
+
+def test_put_get_round_trip_across_chunks(client: StorageClient, root: Path) -> None:
+    data = payload(3 * 1024 * 1024 + 17)
+    put = client.put(REF, [data], expected_size=len(data))
+    assert put.size == len(data)
+    assert put.sha256 == hashlib.sha256(data).hexdigest()
+    assert put.object_key.startswith("default/1.2.3/1.2.3.4/1.2.3.4.5/")
+    assert client.get_bytes(put.object_key) == data
+    assert (root / put.object_key).read_bytes() == data
+    assert not list((root / ".tmp").iterdir())
+
+
+def test_range_reads(client: StorageClient) -> None:
+    data = payload(2 * 1024 * 1024)
+    key = client.put(REF, [data]).object_key
+    assert b"".join(client.get(key, offset=1000, length=5000)) == data[1000:6000]
+    assert b"".join(client.get(key, offset=len(data) - 10)) == data[-10:]
+    with pytest.raises(InvalidArgument):
+        list(client.get(key, offset=len(data) + 1))
+
+
+def test_each_put_gets_its_own_generation(client: StorageClient) -> None:
+    first = client.put(REF, [b"first"]).object_key
+    second = client.put(REF, [b"second"]).object_key
+    assert first != second
+    assert client.get_bytes(first) == b"first"
+    assert client.get_bytes(second) == b"second"
+
+
+def test_stat_and_delete(client: StorageClient, root: Path) -> None:
+    key = client.put(REF, [b"abc"]).object_key
+    assert client.stat(key).size == 3
+    assert client.delete(key) is True
+    assert client.delete(key) is False
+    with pytest.raises(NotFound):
+        client.stat(key)
+    with pytest.raises(NotFound):
+        client.get_bytes(key)
+
+
+def test_size_mismatch_leaves_nothing(client: StorageClient, root: Path) -> None:
+    before = sorted(p for p in root.rglob("*") if p.is_file())
+    with pytest.raises(InvalidArgument):
+        client.put(REF, [b"12345"], expected_size=6)
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == before
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        dicom_pb2.InstanceRef(tenant="../etc", study_instance_uid="1", series_instance_uid="1", sop_instance_uid="1"),
+        dicom_pb2.InstanceRef(tenant="default", study_instance_uid="..", series_instance_uid="1", sop_instance_uid="1"),
+        dicom_pb2.InstanceRef(tenant="default", study_instance_uid="1", series_instance_uid="1/2", sop_instance_uid="1"),
+        dicom_pb2.InstanceRef(tenant="default", study_instance_uid="1", series_instance_uid="1", sop_instance_uid="1" * 65),
+    ],
+)
+def test_bad_refs_are_refused(client: StorageClient, ref: dicom_pb2.InstanceRef) -> None:
+    with pytest.raises(InvalidArgument):
+        client.put(ref, [b"x"])
+
+
+@pytest.mark.parametrize("key", ["../x", "default/1/2/3/../../../../etc/passwd", "/etc/passwd", ""])
+def test_bad_keys_are_refused(client: StorageClient, key: str) -> None:
+    with pytest.raises(InvalidArgument):
+        client.get_bytes(key)
+    with pytest.raises(InvalidArgument):
+        client.delete(key)
+
+
+def test_header_must_come_first(grpc_stub: pb_grpc.StorageServiceStub) -> None:
+    def requests() -> Iterator[pb.PutRequest]:
+        yield pb.PutRequest(chunk=b"x")
+
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_stub.Put(requests())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,110 @@
+"""Helpers the tests share: the corpus, the archive process, Part 10 parsing."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.data import get_testdata_file
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One object per transfer syntax family, each with its own SOP Instance UID.
+CORPUS_FILES = [
+    "CT_small.dcm",  # Explicit VR Little Endian
+    "rtplan.dcm",  # Implicit VR Little Endian, no pixels
+    "ExplVR_BigEnd.dcm",  # Explicit VR Big Endian
+    "image_dfl.dcm",  # Deflated Explicit VR Little Endian
+    "SC_rgb_rle.dcm",  # RLE Lossless
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG Baseline
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS Lossless
+    "693_J2KI.dcm",  # JPEG 2000
+    "test-SR.dcm",  # Structured report
+]
+
+
+def corpus_paths() -> list[Path]:
+    return [Path(get_testdata_file(name, download=False)) for name in CORPUS_FILES]
+
+
+def split_part10(data: bytes) -> tuple[bytes, bytes]:
+    """Splits a Part 10 object into (preamble + file meta, dataset bytes)."""
+    f = io.BytesIO(data)
+    read_preamble(f, False)
+    _read_file_meta_info(f)
+    return data[: f.tell()], data[f.tell() :]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Archive:
+    """The whole server, started as the run command starts it."""
+
+    data_dir: Path
+    http_port: int = field(default_factory=free_port)
+    dimse_port: int = field(default_factory=free_port)
+    ae_title: str = "DICOMSERVER"
+    proc: subprocess.Popen[str] | None = None
+    output: list[str] = field(default_factory=list)
+    grpc_addrs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicomweb"
+
+    def start(self, timeout: float = 90) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "launcher",
+                "--data-dir", str(self.data_dir),
+                "--http-port", str(self.http_port),
+                "--dimse-port", str(self.dimse_port),
+                "--ae-title", self.ae_title,
+                "--grpc-base-port", "0",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "DICOMSERVER_LOG_LEVEL": "WARNING"},
+        )
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output.append(line)
+            if m := re.match(r"grpc +(\w+) +(\S+)", line):
+                self.grpc_addrs[m.group(1)] = m.group(2)
+            if line.startswith("ready"):
+                return
+        self.stop()
+        raise RuntimeError("archive did not start:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.output.extend(self.proc.stdout.readlines())
+        return self.proc.returncode
