@@ -13,6 +13,7 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from common import dicom_json, errors
 from common.clients import MetadataClient, StorageClient, read_chunks
@@ -96,13 +97,17 @@ def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
     ts = getattr(meta, "TransferSyntaxUID", None)
     if not ts:
         raise Rejected(CANNOT_UNDERSTAND, "file meta information has no Transfer Syntax UID")
-    complete = _pixel_data_complete(
-        f, header_end, size, little_endian=ts.is_little_endian if ts.is_transfer_syntax else True,
-        implicit=ts.is_implicit_VR if ts.is_transfer_syntax else False,
-    )
+    if ts == DeflatedExplicitVRLittleEndian:
+        complete = None  # positions in the file are not positions in the dataset
+    else:
+        complete = _pixel_data_complete(
+            f, header_end, size, little_endian=ts.is_little_endian if ts.is_transfer_syntax else True,
+            implicit=ts.is_implicit_VR if ts.is_transfer_syntax else False,
+        )
     if complete is False:
         raise Rejected(CANNOT_UNDERSTAND, "object is truncated: pixel data ends before its stated length")
-    frames = _int(ds, "NumberOfFrames") or (1 if complete else 0)
+    # Images without NumberOfFrames have one frame (deflated ones included).
+    frames = _int(ds, "NumberOfFrames") or (1 if complete or "Rows" in ds else 0)
     return ds, frames
 
 
