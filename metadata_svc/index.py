@@ -1,0 +1,367 @@
+"""The data layer behind MetadataService: indexing with the outbox in one
+transaction, lookups by UID, deletion, the change feed and queries."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, Select, delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb2 as md_pb
+from common.validation import InvalidValue, check_tenant, check_uid
+from metadata_svc.db import Database
+from metadata_svc.query import QueryEngine, QueryResult
+from metadata_svc.schema import EventRow, Instance, Patient, Series, Study
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FEED_LIMIT = 100
+# Concurrent first-time inserts of the same study/series can collide on a
+# unique key (PostgreSQL); the loser retries and then finds the rows.
+_WRITE_ATTEMPTS = 3
+# Bound parameters per IN list, well under SQLite's and PostgreSQL's limits.
+_CHUNK = 500
+_POLICIES = {
+    md_pb.DUPLICATE_POLICY_OVERWRITE, md_pb.DUPLICATE_POLICY_KEEP_FIRST, md_pb.DUPLICATE_POLICY_REJECT,
+}
+T = TypeVar("T")
+
+
+class NotFoundError(LookupError):
+    """Nothing in the index matches the request."""
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _validate_record(rec: md_pb.InstanceRecord) -> None:
+    loc, ref = rec.location, rec.location.ref
+    check_tenant(ref.tenant)
+    check_uid(ref.study_instance_uid, "Study Instance UID")
+    check_uid(ref.series_instance_uid, "Series Instance UID")
+    check_uid(ref.sop_instance_uid, "SOP Instance UID")
+    check_uid(loc.sop_class_uid, "SOP Class UID")
+    check_uid(loc.transfer_syntax_uid, "Transfer Syntax UID")
+    if not loc.object_key:
+        raise InvalidValue("object_key is required")
+    try:
+        header = json.loads(rec.dicom_json)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidValue("dicom_json is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise InvalidValue("dicom_json must be a DICOM JSON object")
+
+
+def _scope(tenant: str, study: str, series: str, sop: str) -> list[ColumnElement[bool]]:
+    """Conditions selecting instances of a study, a series or one instance."""
+    check_tenant(tenant)
+    conds = [Instance.tenant == tenant, Study.study_instance_uid == check_uid(study, "Study Instance UID")]
+    if series:
+        conds.append(Series.series_instance_uid == check_uid(series, "Series Instance UID"))
+    if sop:
+        conds.append(Instance.sop_instance_uid == check_uid(sop, "SOP Instance UID"))
+    return conds
+
+
+def _instances_in_scope(conds: list[ColumnElement[bool]]) -> Select[Any]:
+    return (
+        select(Instance, Series.series_instance_uid, Study.study_instance_uid)
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Instance.study_pk == Study.id)
+        .where(*conds)
+        .order_by(Series.series_number_int.nulls_last(), Series.series_instance_uid,
+                  Instance.instance_number_int.nulls_last(), Instance.sop_instance_uid)
+    )
+
+
+def _location(inst: Instance, series_uid: str, study_uid: str) -> dicom_pb2.InstanceLocation:
+    return dicom_pb2.InstanceLocation(
+        ref=dicom_pb2.InstanceRef(
+            tenant=inst.tenant, study_instance_uid=study_uid, series_instance_uid=series_uid,
+            sop_instance_uid=inst.sop_instance_uid,
+        ),
+        object_key=inst.object_key,
+        sop_class_uid=inst.sop_class_uid,
+        transfer_syntax_uid=inst.transfer_syntax_uid,
+        size=inst.size,
+        number_of_frames=inst.number_of_frames,
+    )
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+
+
+class MetadataIndex:
+    def __init__(self, db: Database, max_query_limit: int = 1000) -> None:
+        self.db = db
+        self.max_limit = max(1, max_query_limit)
+        self._query = QueryEngine(self.max_limit)
+
+    # --- writes -------------------------------------------------------------
+
+    def index(self, records: Sequence[md_pb.InstanceRecord], policy: int) -> list[md_pb.IndexResult]:
+        if policy == md_pb.DUPLICATE_POLICY_UNSPECIFIED:
+            policy = md_pb.DUPLICATE_POLICY_OVERWRITE
+        if policy not in _POLICIES:
+            raise InvalidValue("unknown duplicate policy")
+        for rec in records:
+            _validate_record(rec)
+        if not records:
+            return []
+        return self._write(lambda s: [_Indexer(s).index(rec, policy) for rec in records])
+
+    def delete(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[dicom_pb2.InstanceLocation]:
+        conds = _scope(tenant, study, series, sop)
+        return self._write(lambda s: _delete(s, tenant, conds))
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self.db.writer() as session, session.begin():
+                    return work(session)
+            except IntegrityError:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise
+                log.info("index write conflicted with a concurrent one; retrying (%d)", attempt)
+        raise AssertionError("unreachable")
+
+    # --- reads --------------------------------------------------------------
+
+    def query(self, request: md_pb.QueryRequest) -> QueryResult:
+        with self.db.reader() as session, session.begin():
+            return self._query.run(session, request)
+
+    def locate(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[dicom_pb2.InstanceLocation]:
+        conds = _scope(tenant, study, series, sop)
+        with self.db.reader() as session, session.begin():
+            rows = session.execute(_instances_in_scope(conds)).all()
+        if not rows:
+            raise NotFoundError("no matching instances")
+        return [_location(*row) for row in rows]
+
+    def get_metadata(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[bytes]:
+        conds = _scope(tenant, study, series, sop)
+        stmt = (
+            select(Instance.dicom_json)
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Instance.study_pk == Study.id)
+            .where(*conds)
+            .order_by(Series.series_number_int.nulls_last(), Series.series_instance_uid,
+                      Instance.instance_number_int.nulls_last(), Instance.sop_instance_uid)
+        )
+        with self.db.reader() as session, session.begin():
+            headers = list(session.scalars(stmt))
+        if not headers:
+            raise NotFoundError("no matching instances")
+        return headers
+
+    def read_change_feed(self, tenant: str, after_sequence: int, limit: int) -> tuple[list[events_pb2.Event], int]:
+        check_tenant(tenant)
+        limit = DEFAULT_FEED_LIMIT if limit <= 0 else min(limit, self.max_limit)
+        with self.db.reader() as session, session.begin():
+            rows = session.scalars(
+                select(EventRow)
+                .where(EventRow.tenant == tenant, EventRow.sequence > after_sequence)
+                .order_by(EventRow.sequence)
+                .limit(limit)
+            ).all()
+            latest = session.scalar(select(func.max(EventRow.sequence)).where(EventRow.tenant == tenant)) or 0
+        return [_event_from_row(row) for row in rows], max(latest, rows[-1].sequence if rows else 0)
+
+
+def _event_from_row(row: EventRow) -> events_pb2.Event:
+    event = events_pb2.Event.FromString(row.payload)
+    event.sequence = row.sequence
+    created = row.created if row.created.tzinfo else row.created.replace(tzinfo=timezone.utc)  # SQLite drops tz
+    event.time.FromDatetime(created)
+    return event
+
+
+def _add_event(session: Session, event: events_pb2.Event, study_uid: str, now: datetime) -> None:
+    session.add(EventRow(tenant=event.tenant, study_instance_uid=study_uid, created=now,
+                         payload=event.SerializeToString()))
+
+
+class _Indexer:
+    """Indexes records inside one open write transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.now = datetime.now(timezone.utc)
+
+    def index(self, rec: md_pb.InstanceRecord, policy: int) -> md_pb.IndexResult:
+        ref = rec.location.ref
+        existing = self.s.scalars(
+            select(Instance).where(Instance.tenant == ref.tenant, Instance.sop_instance_uid == ref.sop_instance_uid)
+        ).one_or_none()
+        new_key = rec.location.object_key
+        if existing is not None and policy != md_pb.DUPLICATE_POLICY_OVERWRITE:
+            outcome = (md_pb.INDEX_OUTCOME_KEPT_EXISTING if policy == md_pb.DUPLICATE_POLICY_KEEP_FIRST
+                       else md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE)
+            # A retried call may carry the key the index already holds: never hand it out.
+            return md_pb.IndexResult(outcome=outcome, unreferenced_object_key="" if existing.object_key == new_key
+                                     else new_key)
+        study = self._study(rec)
+        series = self._series(rec, study)
+        if existing is None:
+            inst = Instance(tenant=ref.tenant, sop_instance_uid=ref.sop_instance_uid)
+            self.s.add(inst)
+            old_key, old_series, old_study = "", None, None
+        else:
+            inst = existing
+            old_key, old_series, old_study = existing.object_key, existing.series_pk, existing.study_pk
+        self._fill_instance(inst, rec, series, study)
+        self.s.flush()
+        if old_series is not None and old_series != series.id:
+            _prune(self.s, [old_series], [old_study] if old_study is not None else [])
+        _add_event(self.s, events_pb2.Event(
+            tenant=ref.tenant,
+            instance_stored=events_pb2.InstanceStored(location=rec.location, replaced=existing is not None),
+        ), ref.study_instance_uid, self.now)
+        if existing is None:
+            return md_pb.IndexResult(outcome=md_pb.INDEX_OUTCOME_CREATED)
+        return md_pb.IndexResult(outcome=md_pb.INDEX_OUTCOME_REPLACED,
+                                 unreferenced_object_key="" if old_key == new_key else old_key)
+
+    def _patient(self, rec: md_pb.InstanceRecord, study: Study | None) -> Patient:
+        tenant, p = rec.location.ref.tenant, rec.patient
+        patient: Patient | None
+        if p.patient_id:
+            patient = self.s.scalars(select(Patient).where(
+                Patient.tenant == tenant, Patient.patient_id == p.patient_id,
+                Patient.issuer_of_patient_id == p.issuer_of_patient_id,
+            )).one_or_none()
+        else:
+            # No Patient ID: the study's own anonymous patient, never a shared one.
+            patient = None
+            if study is not None:
+                current = self.s.get(Patient, study.patient_pk)
+                if current is not None and current.patient_id is None:
+                    patient = current
+        if patient is None:
+            patient = Patient(tenant=tenant, patient_id=p.patient_id or None,
+                              issuer_of_patient_id=p.issuer_of_patient_id)
+            self.s.add(patient)
+        patient.patient_name = p.patient_name
+        patient.patient_name_lower = p.patient_name.lower()
+        patient.patient_birth_date = p.patient_birth_date
+        patient.patient_sex = p.patient_sex
+        self.s.flush()
+        return patient
+
+    def _study(self, rec: md_pb.InstanceRecord) -> Study:
+        ref, a = rec.location.ref, rec.study
+        study = self.s.scalars(select(Study).where(
+            Study.tenant == ref.tenant, Study.study_instance_uid == ref.study_instance_uid
+        )).one_or_none()
+        patient = self._patient(rec, study)
+        if study is None:
+            study = Study(tenant=ref.tenant, study_instance_uid=ref.study_instance_uid, patient_pk=patient.id)
+            self.s.add(study)
+        elif study.patient_pk != patient.id:
+            # The newest instance names another patient (e.g. a reconciliation): move the study.
+            old_patient = study.patient_pk
+            study.patient_pk = patient.id
+            self.s.flush()
+            _prune_patients(self.s, [old_patient])
+        study.study_date = a.study_date
+        study.study_time = a.study_time
+        study.accession_number = a.accession_number
+        study.study_id = a.study_id
+        study.study_description = a.study_description
+        study.referring_physician_name = a.referring_physician_name
+        study.referring_physician_name_lower = a.referring_physician_name.lower()
+        self.s.flush()
+        return study
+
+    def _series(self, rec: md_pb.InstanceRecord, study: Study) -> Series:
+        ref, a = rec.location.ref, rec.series
+        series = self.s.scalars(select(Series).where(
+            Series.tenant == ref.tenant, Series.series_instance_uid == ref.series_instance_uid
+        )).one_or_none()
+        if series is None:
+            series = Series(tenant=ref.tenant, series_instance_uid=ref.series_instance_uid, study_pk=study.id)
+            self.s.add(series)
+        elif series.study_pk != study.id:
+            raise InvalidValue("Series Instance UID already belongs to a different study")
+        series.modality = a.modality
+        series.series_number = a.series_number
+        series.series_number_int = _int_or_none(a.series_number)
+        series.series_description = a.series_description
+        series.series_date = a.series_date
+        series.series_time = a.series_time
+        series.body_part_examined = a.body_part_examined
+        self.s.flush()
+        return series
+
+    def _fill_instance(self, inst: Instance, rec: md_pb.InstanceRecord, series: Series, study: Study) -> None:
+        loc, a = rec.location, rec.instance
+        inst.series_pk = series.id
+        inst.study_pk = study.id
+        inst.sop_class_uid = loc.sop_class_uid
+        inst.transfer_syntax_uid = loc.transfer_syntax_uid
+        inst.object_key = loc.object_key
+        inst.size = loc.size
+        inst.number_of_frames = loc.number_of_frames
+        inst.instance_number = a.instance_number
+        inst.instance_number_int = _int_or_none(a.instance_number)
+        inst.rows = a.rows
+        inst.columns = a.columns
+        inst.content_date = a.content_date
+        inst.content_time = a.content_time
+        inst.specific_character_set = rec.specific_character_set
+        inst.updated = self.now
+        inst.dicom_json = rec.dicom_json
+
+
+def _delete(session: Session, tenant: str, conds: list[ColumnElement[bool]]) -> list[dicom_pb2.InstanceLocation]:
+    rows = session.execute(_instances_in_scope(conds)).all()
+    if not rows:
+        raise NotFoundError("no matching instances")
+    now = datetime.now(timezone.utc)
+    removed = [_location(*row) for row in rows]
+    ids = [inst.id for inst, _, _ in rows]
+    series_pks = sorted({inst.series_pk for inst, _, _ in rows})
+    study_pks = sorted({inst.study_pk for inst, _, _ in rows})
+    session.expunge_all()  # rows go by bulk DELETE; keep stale objects out of the session
+    for chunk in _chunks(ids):
+        session.execute(delete(Instance).where(Instance.id.in_(chunk)))
+    _prune(session, series_pks, study_pks)
+    for loc in removed:
+        _add_event(session, events_pb2.Event(
+            tenant=tenant, instance_deleted=events_pb2.InstanceDeleted(location=loc),
+        ), loc.ref.study_instance_uid, now)
+    return removed
+
+
+def _prune(session: Session, series_pks: Sequence[int], study_pks: Sequence[int]) -> None:
+    """Deletes series, studies and patients left without children."""
+    for chunk in _chunks(list(series_pks)):
+        session.execute(delete(Series).where(
+            Series.id.in_(chunk), ~select(Instance.id).where(Instance.series_pk == Series.id).exists()
+        ))
+    patient_pks: set[int] = set()
+    for chunk in _chunks(list(study_pks)):
+        patient_pks.update(session.scalars(select(Study.patient_pk).where(Study.id.in_(chunk))))
+        session.execute(delete(Study).where(
+            Study.id.in_(chunk), ~select(Series.id).where(Series.study_pk == Study.id).exists()
+        ))
+    _prune_patients(session, sorted(patient_pks))
+
+
+def _prune_patients(session: Session, patient_pks: Sequence[int]) -> None:
+    for chunk in _chunks(list(patient_pks)):
+        session.execute(delete(Patient).where(
+            Patient.id.in_(chunk), ~select(Study.id).where(Study.patient_pk == Patient.id).exists()
+        ))

@@ -1,0 +1,125 @@
+"""Tables of the index. Normalised per level and always scoped by tenant;
+portable between SQLite and PostgreSQL (no dialect-specific SQL)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+PK = BigInteger().with_variant(Integer(), "sqlite")
+# UIDs are validated (digits and dots, at most 64) before use; free text is
+# Text because real-world values often exceed their VR length.
+UID = String(64)
+TENANT = String(63)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    # patient_id is NULL when the instance carries none: NULLs never collide in
+    # a unique constraint, so anonymous studies do not merge into one patient.
+    __table_args__ = (
+        UniqueConstraint("tenant", "patient_id", "issuer_of_patient_id", name="uq_patients_key"),
+        Index("ix_patients_name", "tenant", "patient_name_lower"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(TENANT)
+    patient_id: Mapped[str | None] = mapped_column(Text())
+    issuer_of_patient_id: Mapped[str] = mapped_column(Text(), default="")
+    patient_name: Mapped[str] = mapped_column(Text(), default="")
+    # Lower-cased in Python: SQL lower() is ASCII-only on SQLite.
+    patient_name_lower: Mapped[str] = mapped_column(Text(), default="")
+    patient_birth_date: Mapped[str] = mapped_column(Text(), default="")
+    patient_sex: Mapped[str] = mapped_column(Text(), default="")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        UniqueConstraint("tenant", "study_instance_uid", name="uq_studies_uid"),
+        Index("ix_studies_date", "tenant", "study_date", "study_time"),
+        Index("ix_studies_accession", "tenant", "accession_number"),
+        Index("ix_studies_referring", "tenant", "referring_physician_name_lower"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(TENANT)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    study_date: Mapped[str] = mapped_column(Text(), default="")
+    study_time: Mapped[str] = mapped_column(Text(), default="")
+    accession_number: Mapped[str] = mapped_column(Text(), default="")
+    study_id: Mapped[str] = mapped_column(Text(), default="")
+    study_description: Mapped[str] = mapped_column(Text(), default="")
+    referring_physician_name: Mapped[str] = mapped_column(Text(), default="")
+    referring_physician_name_lower: Mapped[str] = mapped_column(Text(), default="")
+
+
+class Series(Base):
+    __tablename__ = "series"
+    __table_args__ = (
+        UniqueConstraint("tenant", "series_instance_uid", name="uq_series_uid"),
+        Index("ix_series_modality", "tenant", "modality"),
+    )
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(TENANT)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    modality: Mapped[str] = mapped_column(Text(), default="")
+    series_number: Mapped[str] = mapped_column(Text(), default="")
+    # Numeric copy for ordering; NULL when the IS value is absent or malformed.
+    series_number_int: Mapped[int | None] = mapped_column(BigInteger)
+    series_description: Mapped[str] = mapped_column(Text(), default="")
+    series_date: Mapped[str] = mapped_column(Text(), default="")
+    series_time: Mapped[str] = mapped_column(Text(), default="")
+    body_part_examined: Mapped[str] = mapped_column(Text(), default="")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (UniqueConstraint("tenant", "sop_instance_uid", name="uq_instances_uid"),)
+
+    id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(TENANT)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    # Denormalised so study-level counts need no join through series.
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID, default="")
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID, default="")
+    object_key: Mapped[str] = mapped_column(Text())
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    number_of_frames: Mapped[int] = mapped_column(Integer, default=0)
+    instance_number: Mapped[str] = mapped_column(Text(), default="")
+    instance_number_int: Mapped[int | None] = mapped_column(BigInteger)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    columns: Mapped[int] = mapped_column(Integer, default=0)
+    content_date: Mapped[str] = mapped_column(Text(), default="")
+    content_time: Mapped[str] = mapped_column(Text(), default="")
+    specific_character_set: Mapped[str] = mapped_column(Text(), default="")
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Deferred: queries load it only when include fields need it.
+    dicom_json: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+
+class EventRow(Base):
+    """The outbox: written in the same transaction as the index change."""
+
+    __tablename__ = "events"
+    # AUTOINCREMENT on SQLite: sequences are never reused, even after deletes.
+    __table_args__ = (Index("ix_events_tenant_sequence", "tenant", "sequence"), {"sqlite_autoincrement": True})
+
+    sequence: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(TENANT)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # A serialized events_pb2.Event; sequence and time are filled on read.
+    payload: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,93 @@
+"""MetadataService over the SQL index: request validation and error mapping."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from common import dicom_json
+from common.gen.dicomserver.v1 import metadata_service_pb2 as pb, metadata_service_pb2_grpc as pb_grpc
+from common.validation import InvalidValue
+from metadata_svc.index import MetadataIndex, NotFoundError
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _mapped_errors(method: F) -> F:
+    """Domain and database errors to gRPC status codes. Messages never carry
+    patient data; database details go to the log at WARNING without values."""
+
+    @functools.wraps(method)
+    def wrapper(self: MetadataService, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except InvalidValue as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NotFoundError as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except OperationalError as exc:
+            log.warning("%s: database unavailable (%s)", method.__name__, type(exc.orig).__name__)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "index database unavailable")
+        except IntegrityError:
+            log.warning("%s: write kept conflicting with concurrent writes", method.__name__)
+            context.abort(grpc.StatusCode.ABORTED, "conflicting concurrent index update; retry")
+        except DBAPIError as exc:
+            log.error("%s: database error (%s)", method.__name__, type(exc.orig).__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "index database error")
+
+    return wrapper  # type: ignore[return-value]
+
+
+class MetadataService(pb_grpc.MetadataServiceServicer):
+    def __init__(self, index: MetadataIndex) -> None:
+        self.index = index
+
+    @_mapped_errors
+    def IndexInstances(self, request: pb.IndexInstancesRequest, context: grpc.ServicerContext) -> pb.IndexInstancesResponse:
+        results = self.index.index(list(request.records), request.duplicate_policy)
+        log.debug("indexed %d records", len(results))
+        return pb.IndexInstancesResponse(results=results)
+
+    @_mapped_errors
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
+        result = self.index.query(request)
+        return pb.QueryResponse(matches=[dicom_json.dumps(m) for m in result.matches], truncated=result.truncated)
+
+    @_mapped_errors
+    def GetMetadata(self, request: pb.GetMetadataRequest, context: grpc.ServicerContext) -> pb.GetMetadataResponse:
+        headers = self.index.get_metadata(
+            request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
+        )
+        return pb.GetMetadataResponse(instances=headers)
+
+    @_mapped_errors
+    def LocateInstances(
+        self, request: pb.LocateInstancesRequest, context: grpc.ServicerContext
+    ) -> pb.LocateInstancesResponse:
+        locations = self.index.locate(
+            request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
+        )
+        return pb.LocateInstancesResponse(locations=locations)
+
+    @_mapped_errors
+    def DeleteInstances(
+        self, request: pb.DeleteInstancesRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteInstancesResponse:
+        removed = self.index.delete(
+            request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
+        )
+        log.info("deleted %d instances from the index (tenant %s)", len(removed), request.tenant)
+        return pb.DeleteInstancesResponse(removed=removed)
+
+    @_mapped_errors
+    def ReadChangeFeed(
+        self, request: pb.ReadChangeFeedRequest, context: grpc.ServicerContext
+    ) -> pb.ReadChangeFeedResponse:
+        events, latest = self.index.read_change_feed(request.tenant, request.after_sequence, request.limit)
+        return pb.ReadChangeFeedResponse(events=events, latest_sequence=latest)
