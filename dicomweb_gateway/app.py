@@ -1,0 +1,79 @@
+"""The Starlette application: routes under settings.base_path, backends on app.state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount, Route
+
+from common.clients import MetadataClient, StorageClient, channel
+from common.ingest import IngestPipeline
+from dicomweb_gateway import qido, stow, wado
+from dicomweb_gateway.context import Gateway
+from dicomweb_gateway.errors import EXCEPTION_HANDLERS
+from dicomweb_gateway.settings import GatewaySettings
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{sop}"
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        # STOW-RS
+        Route("/studies", stow.store_instances, methods=["POST"]),
+        Route(_STUDY, stow.store_instances, methods=["POST"]),
+        # QIDO-RS
+        Route("/studies", qido.search_studies, methods=["GET"]),
+        Route("/series", qido.search_series, methods=["GET"]),
+        Route("/instances", qido.search_instances, methods=["GET"]),
+        Route(_STUDY + "/series", qido.search_series, methods=["GET"]),
+        Route(_STUDY + "/instances", qido.search_instances, methods=["GET"]),
+        Route(_SERIES + "/instances", qido.search_instances, methods=["GET"]),
+        # WADO-RS
+        Route(_STUDY, wado.retrieve, methods=["GET"]),
+        Route(_SERIES, wado.retrieve, methods=["GET"]),
+        Route(_INSTANCE, wado.retrieve, methods=["GET"]),
+        Route(_STUDY + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(_SERIES + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(_INSTANCE + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+    ]
+
+
+def create_app(
+    settings: GatewaySettings,
+    storage: StorageClient | None = None,
+    metadata: MetadataClient | None = None,
+) -> Starlette:
+    """Clients not passed in are built from the settings' addresses; the app
+    then owns their channels and closes them on shutdown."""
+    owned: list[grpc.Channel] = []
+    if storage is None:
+        owned.append(channel(settings.storage_addr))
+        storage = StorageClient(owned[-1])
+    if metadata is None:
+        owned.append(channel(settings.metadata_addr))
+        metadata = MetadataClient(owned[-1])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for ch in owned:
+                ch.close()
+
+    app_routes: list[BaseRoute] = (
+        [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
+    )
+    app = Starlette(
+        routes=app_routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+        max_body_size=settings.max_request_bytes,
+    )
+    app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata))
+    return app

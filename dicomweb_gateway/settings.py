@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.settings import CommonSettings
+
+_POLICIES = {
+    "overwrite": md_pb.DUPLICATE_POLICY_OVERWRITE,
+    "keep_first": md_pb.DUPLICATE_POLICY_KEEP_FIRST,
+    "reject": md_pb.DUPLICATE_POLICY_REJECT,
+}
+
+
+class GatewaySettings(CommonSettings):
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # Where the DICOMweb resources live, e.g. /dicomweb/studies. "" for the root.
+    base_path: str = "/dicomweb"
+    # Absolute URLs in responses (RetrieveURL, BulkDataURI) start with this when
+    # set, e.g. "https://pacs.example.org/dicomweb" behind a reverse proxy;
+    # otherwise they are built from the request's scheme and Host.
+    public_url: str = ""
+    # Bytes one uploaded part may keep in RAM before spilling to a temp file.
+    spool_max_memory: int = 8 * 1024 * 1024
+    # Largest request body accepted (413 beyond).
+    max_request_bytes: int = 4 * 1024 * 1024 * 1024
+    # HTTP access log lines (INFO). They contain UIDs and query strings, which
+    # may name patients, so they are off by default.
+    access_log: bool = False
+    # What STOW-RS does with an instance whose SOP Instance UID exists.
+    duplicate_policy: Literal["overwrite", "keep_first", "reject"] = "overwrite"
+
+    @field_validator("base_path")
+    @classmethod
+    def _normalize_base_path(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            value = "/" + value
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.strip().rstrip("/")
+
+    @property
+    def duplicate_policy_value(self) -> int:
+        return _POLICIES[self.duplicate_policy]

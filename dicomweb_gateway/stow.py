@@ -1,0 +1,139 @@
+"""STOW-RS (PS3.18 10.5): POST {base}/studies[/{study}].
+
+Parts are stored as soon as each one has streamed in, through the shared
+ingest pipeline in this process, so an object travels client -> gateway ->
+storage_svc and nothing holds the whole request in memory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
+from common.ingest import CANNOT_UNDERSTAND
+from dicomweb_gateway import stow_result
+from dicomweb_gateway.context import Gateway, Urls, gateway, path_uid, tenant_for
+from dicomweb_gateway.errors import bad_request, unsupported_media_type
+from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, MediaType, MediaTypeError, parse_media_type
+from dicomweb_gateway.multipart import MultipartError, Part, check_boundary, iter_parts, spool
+from dicomweb_gateway.responses import DicomJSONResponse, require_json, warn_agent
+
+log = logging.getLogger(__name__)
+
+_ACCEPTED = f'{MULTIPART_RELATED}; type="{DICOM}" or {DICOM}'
+
+
+def _request_media_type(request: Request) -> MediaType:
+    value = request.headers.get("content-type")
+    if not value:
+        raise unsupported_media_type(f"the request has no Content-Type; expected {_ACCEPTED}")
+    try:
+        media = parse_media_type(value)
+    except MediaTypeError as exc:
+        raise unsupported_media_type(f"{exc}; expected {_ACCEPTED}") from None
+    if media.essence == MULTIPART_RELATED:
+        declared = media.params.get("type")
+        # Without a type parameter each part's own Content-Type decides.
+        if declared is not None and declared.strip().lower() != DICOM:
+            raise unsupported_media_type(
+                f"multipart/related with type '{declared[:60]}' is not supported; expected {_ACCEPTED}"
+            )
+    elif media.essence != DICOM:
+        raise unsupported_media_type(f"'{media.essence}' is not supported; expected {_ACCEPTED}")
+    return media
+
+
+def part_is_dicom(part: Part, declared_type: str | None) -> bool:
+    value = part.content_type
+    if value is None:
+        # RFC 2387: the type parameter names the parts' type when they omit it.
+        return declared_type is not None and declared_type.strip().lower() == DICOM
+    try:
+        return parse_media_type(value).essence == DICOM
+    except MediaTypeError:
+        return False
+
+
+class _Store:
+    """Stores parts of one request, one at a time, off the event loop."""
+
+    def __init__(self, gw: Gateway, tenant: str, study: str) -> None:
+        self._gw, self._tenant, self._study = gw, tenant, study
+        self.outcomes: list[ingest_pb.InstanceOutcome] = []
+
+    async def part(self, part: Part) -> None:
+        outcome = await run_in_threadpool(
+            self._gw.pipeline.store,
+            part.file,
+            part.size,
+            self._tenant,
+            self._study,
+            self._gw.settings.duplicate_policy_value,
+        )
+        self.outcomes.append(outcome)
+
+    def refuse(self, reason: str) -> None:
+        self.outcomes.append(stow_result.failure(CANNOT_UNDERSTAND, reason))
+
+
+async def _single(chunks: AsyncIterator[bytes], store: _Store, spool_max_memory: int) -> None:
+    with Part({"content-type": DICOM}, spool(spool_max_memory)) as part:
+        async for chunk in chunks:
+            part.file.write(chunk)
+            part.size += len(chunk)
+        if part.size == 0:
+            raise bad_request("the request body is empty")
+        await store.part(part)
+
+
+async def _multipart(
+    chunks: AsyncIterator[bytes], media: MediaType, store: _Store, spool_max_memory: int
+) -> None:
+    boundary = check_boundary(media.params.get("boundary"))
+    declared = media.params.get("type")
+    try:
+        async with aclosing(iter_parts(chunks, boundary, spool_max_memory)) as parts:
+            async for part in parts:
+                with part:
+                    if part_is_dicom(part, declared):
+                        await store.part(part)
+                    else:
+                        store.refuse(f"part Content-Type '{(part.content_type or 'none')[:60]}' is not {DICOM}")
+    except MultipartError as exc:
+        if not store.outcomes:
+            raise bad_request(f"malformed multipart body: {exc}") from None
+        # Earlier parts are stored already; report them, and this as a failure.
+        store.refuse(f"the rest of the body is malformed: {exc}")
+
+
+async def store_instances(request: Request) -> Response:
+    gw = gateway(request)
+    study = path_uid(request, "study", "Study Instance UID") if "study" in request.path_params else ""
+    require_json(request)
+    media = _request_media_type(request)
+    store = _Store(gw, tenant_for(request), study)
+    spool_max = gw.settings.spool_max_memory
+    try:
+        if media.essence == DICOM:
+            await _single(request.stream(), store, spool_max)
+        else:
+            await _multipart(request.stream(), media, store, spool_max)
+    except ClientDisconnect:
+        log.info("client disconnected during STOW-RS after %d part(s)", len(store.outcomes))
+        return Response(status_code=400)
+    if not store.outcomes:
+        raise bad_request("the request contains no parts")
+    result = stow_result.build(store.outcomes, Urls.for_request(request), study)
+    headers = {"Warning": stow_result.warning_header(result.reasons, warn_agent(request))} if result.reasons else {}
+    log.info(
+        "STOW-RS: %d part(s), %d failed, status %d",
+        len(store.outcomes),
+        sum(o.status == ingest_pb.STORE_STATUS_FAILED for o in store.outcomes),
+        result.status_code,
+    )
+    return DicomJSONResponse(result.dataset, status_code=result.status_code, headers=headers)
