@@ -12,9 +12,16 @@ from pydicom.dataset import Dataset
 BULK_THRESHOLD = 1024
 
 
-def _bulk_uri(elem: DataElement) -> str:
+PIXEL_DATA = "7FE00010"
+
+
+def bulk_uri(tag: str) -> str:
     # Relative to the instance URL; the gateway makes it absolute.
-    return f"bulkdata/{elem.tag:08X}"
+    return f"bulkdata/{tag}"
+
+
+def _bulk_uri(elem: DataElement) -> str:
+    return bulk_uri(f"{elem.tag:08X}")
 
 
 def dataset_to_json(ds: Dataset) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def _pixel_data_complete(f: BinaryIO, header_end: int, size: int, little_endian:
 
 
 def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
-    """Reads the header without pixel data; returns it with the frame count."""
+    """Reads the header without pixel data; returns it with the frame count
+    (0 when the object has no pixel data)."""
     f.seek(0)
     try:
         ds = dcmread(f, stop_before_pixels=True)
@@ -128,6 +129,11 @@ def build_record(ds: Dataset, tenant: str, size: int, frames: int) -> md_pb.Inst
         header_json = dicom_json.dataset_to_json(ds)
     except Exception as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"header cannot be converted to DICOM JSON ({type(exc).__name__})") from None
+    if frames:
+        # The header was read without pixels; /metadata still lists them.
+        ts = ds.file_meta.TransferSyntaxUID
+        vr = "OB" if (ts.is_transfer_syntax and ts.is_compressed) or _int(ds, "BitsAllocated") <= 8 else "OW"
+        header_json[dicom_json.PIXEL_DATA] = {"vr": vr, "BulkDataURI": dicom_json.bulk_uri(dicom_json.PIXEL_DATA)}
     return md_pb.InstanceRecord(
         location=dicom_pb2.InstanceLocation(
             ref=ref,

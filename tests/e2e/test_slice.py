@@ -3,6 +3,7 @@ dcmtk for DIMSE, httpx for DICOMweb."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pydicom
-import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RTPlanStorage
+from pynetdicom import AE
 
 from support import Archive, corpus_paths, split_part10
 
@@ -42,6 +45,12 @@ def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], byte
             headers[name.strip().lower()] = value.strip()
         parts.append((headers, body.removesuffix(b"\r\n")))
     return parts
+
+
+def content(ds: pydicom.Dataset) -> dict[int, object]:
+    """Values by tag, without what dcmtk rewrites when it sends: VRs, group
+    lengths and trailing padding."""
+    return {int(e.tag): e.value for e in ds if e.tag.element != 0 and e.tag != 0xFFFCFFFC}
 
 
 def retrieve_instance(archive: Archive, ds: pydicom.Dataset) -> tuple[dict[str, str], bytes]:
@@ -98,7 +107,7 @@ def test_dcmsend_folder_then_qido_and_wado(archive: Archive, tmp_path: Path) -> 
         shutil.copy(path, folder / path.name)
         sent[path.name] = pydicom.dcmread(path, stop_before_pixels=True)
     proc = subprocess.run(
-        ["dcmsend", "-v", "-aec", archive.ae_title, "+sd", "127.0.0.1", str(archive.dimse_port), str(folder)],
+        ["dcmsend", "-v", "--decompress-never", "-aec", archive.ae_title, "+sd", "127.0.0.1", str(archive.dimse_port), str(folder)],
         capture_output=True, text=True, env=DCMTK_ENV, timeout=120,
     )
     log = proc.stdout + proc.stderr
@@ -108,15 +117,43 @@ def test_dcmsend_folder_then_qido_and_wado(archive: Archive, tmp_path: Path) -> 
     stored_studies = study_uids(archive)
     assert {ds.StudyInstanceUID for ds in sent.values()} <= stored_studies
 
+    # dcmtk re-encodes what it sends (it drops trailing padding, for one), so
+    # compare decoded content here; the pynetdicom test below checks bytes.
     for name, ds in sent.items():
         headers, body = retrieve_instance(archive, ds)
-        original = (folder / name).read_bytes()
-        _, original_dataset = split_part10(original)
-        returned_meta, returned_dataset = split_part10(body)
-        assert returned_dataset == original_dataset, name
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        assert pydicom.dcmread(__import__("io").BytesIO(body), stop_before_pixels=True).file_meta.TransferSyntaxUID == ts
+        returned = pydicom.dcmread(io.BytesIO(body))
+        original = pydicom.dcmread(folder / name)
+        ts = returned.file_meta.TransferSyntaxUID
         assert f"transfer-syntax={ts}" in headers["content-type"], name
+        # dcmsend may send uncompressed data in another uncompressed syntax it
+        # negotiated; compressed data travels as it is.
+        if original.file_meta.TransferSyntaxUID.is_compressed:
+            assert ts == original.file_meta.TransferSyntaxUID, name
+        else:
+            assert not ts.is_compressed, name
+        assert content(returned) == content(original), name
+
+
+def test_c_store_keeps_the_bytes_as_sent(archive: Archive, tmp_path: Path) -> None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_requested_context(RTPlanStorage, [ImplicitVRLittleEndian])
+    files = {}
+    for i, name in enumerate(["CT_small.dcm", "rtplan.dcm"]):
+        out = tmp_path / f"{i}.dcm"
+        files[out] = with_new_uids(Path(get_testdata_file(name, download=False)), out)
+    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
+    assert assoc.is_established
+    try:
+        for path in files:
+            # A path is sent as its encoded bytes, without decoding.
+            status = assoc.send_c_store(path)
+            assert status.Status == 0x0000
+    finally:
+        assoc.release()
+    for path, ds in files.items():
+        _, body = retrieve_instance(archive, ds)
+        assert split_part10(body)[1] == split_part10(path.read_bytes())[1]
 
 
 def test_stow_then_qido_and_wado_return_the_same_bytes(archive: Archive, tmp_path: Path) -> None:
@@ -167,3 +204,24 @@ def test_qido_rejects_malformed_values(archive: Archive) -> None:
 def test_wado_unknown_study_is_404(archive: Archive) -> None:
     r = httpx.get(f"{archive.dicomweb}/studies/1.2.3.4.5.6.7.8.9")
     assert r.status_code == 404
+
+
+def test_series_metadata_is_the_stored_header_with_bulk_data_uris(archive: Archive, tmp_path: Path) -> None:
+    ds = with_new_uids(Path(get_testdata_file("CT_small.dcm", download=False)), tmp_path / "ct.dcm")
+    r = httpx.post(
+        f"{archive.dicomweb}/studies", content=(tmp_path / "ct.dcm").read_bytes(),
+        headers={"Content-Type": "application/dicom"},
+    )
+    assert r.status_code == 200, r.text
+    r = httpx.get(f"{archive.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata")
+    assert r.status_code == 200, r.text
+    (meta,) = r.json()
+    expected = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda e: "")
+    for tag, value in expected.items():
+        if "BulkDataURI" in value or tag == "FFFCFFFC":  # padding follows the pixels
+            continue
+        assert meta[tag] == value, tag
+    instance_url = (
+        f"{archive.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
+    assert meta["7FE00010"] == {"vr": "OW", "BulkDataURI": f"{instance_url}/bulkdata/7FE00010"}
