@@ -112,6 +112,12 @@ class MetadataClient:
         return list(self._stub.LocateInstances(req).locations)
 
     @_translate
+    def locate_each(self, tenant: str, sop_uids: Iterable[str]) -> list[dicom_pb2.InstanceLocation]:
+        """The instances among `sop_uids` that exist; unknown ones are left out."""
+        req = md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=list(sop_uids))
+        return list(self._stub.LocateInstances(req).locations)
+
+    @_translate
     def delete(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[dicom_pb2.InstanceLocation]:
         req = md_pb.DeleteInstancesRequest(
             tenant=tenant, study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop

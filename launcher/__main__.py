@@ -140,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
     deadline = time.monotonic() + base.startup_timeout
     try:
+        # All at once: callers connect lazily, so start order does not matter.
         for name in SERVICES:
             sup.start(name)
-            if name in GRPC_ADDR_SETTING:
-                wait_grpc(env[f"DICOMSERVER_{GRPC_ADDR_SETTING[name].upper()}"], deadline)
+        for name, setting in GRPC_ADDR_SETTING.items():
+            wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline)
         wait_tcp(args.dimse_port, deadline)
         wait_tcp(args.http_port, deadline)
     except TimeoutError as exc:

@@ -98,7 +98,7 @@ def _location(inst: Instance, series_uid: str, study_uid: str) -> dicom_pb2.Inst
     )
 
 
-def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+def _chunks(ids: Sequence[T]) -> list[Sequence[T]]:
     return [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
 
 
@@ -149,6 +149,17 @@ class MetadataIndex:
         if not rows:
             raise NotFoundError("no matching instances")
         return [_location(*row) for row in rows]
+
+    def locate_each(self, tenant: str, sop_uids: Sequence[str]) -> list[dicom_pb2.InstanceLocation]:
+        """The instances among `sop_uids` that exist, in any study."""
+        check_tenant(tenant)
+        uids = [check_uid(u, "SOP Instance UID") for u in sop_uids]
+        found: list[dicom_pb2.InstanceLocation] = []
+        with self.db.reader() as session, session.begin():
+            for ids in _chunks(uids):
+                conds = [Instance.tenant == tenant, Instance.sop_instance_uid.in_(ids)]
+                found += [_location(*row) for row in session.execute(_instances_in_scope(conds)).all()]
+        return found
 
     def get_metadata(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[bytes]:
         conds = _scope(tenant, study, series, sop)

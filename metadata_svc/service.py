@@ -70,6 +70,10 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
     def LocateInstances(
         self, request: pb.LocateInstancesRequest, context: grpc.ServicerContext
     ) -> pb.LocateInstancesResponse:
+        if request.sop_instance_uids:
+            return pb.LocateInstancesResponse(
+                locations=self.index.locate_each(request.tenant, request.sop_instance_uids)
+            )
         locations = self.index.locate(
             request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
         )

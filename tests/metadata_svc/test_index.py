@@ -259,3 +259,18 @@ def test_event_payload_matches_record(grpc_stub: Any, tenant: str) -> None:
     (event,) = feed(grpc_stub, tenant).events
     assert event.instance_stored.location == rec.location
     assert not event.instance_stored.replaced
+
+
+
+def test_locate_by_sop_uids_across_studies(grpc_stub: Any, tenant: str) -> None:
+    index(grpc_stub, record(make_ds("7.1", "7.1.1", "7.1.1.1"), tenant), record(make_ds("7.2", "7.2.1", "7.2.1.1"), tenant))
+    req = md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["7.1.1.1", "7.2.1.1", "7.9.9.9"])
+    locs = grpc_stub.LocateInstances(req).locations
+    assert sorted((l.ref.study_instance_uid, l.ref.sop_instance_uid) for l in locs) == [
+        ("7.1", "7.1.1.1"), ("7.2", "7.2.1.1")
+    ]
+    other = md_pb.LocateInstancesRequest(tenant=tenant + "x", sop_instance_uids=["7.1.1.1"])
+    assert list(grpc_stub.LocateInstances(other).locations) == []
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["../x"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -545,10 +545,18 @@ class LocateInstancesRequest(_message.Message):
     STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
     SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SOP_INSTANCE_UIDS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     study_instance_uid: _builtins.str
+    """Required unless sop_instance_uids is set."""
     series_instance_uid: _builtins.str
     sop_instance_uid: _builtins.str
+    @_builtins.property
+    def sop_instance_uids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Locates these instances wherever they are (storage commitment, C-MOVE by
+        instance); unknown ones are left out of the response, not an error.
+        """
+
     def __init__(
         self,
         *,
@@ -556,10 +564,11 @@ class LocateInstancesRequest(_message.Message):
         study_instance_uid: _builtins.str = ...,
         series_instance_uid: _builtins.str = ...,
         sop_instance_uid: _builtins.str = ...,
+        sop_instance_uids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "study_instance_uid", b"study_instance_uid", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "sop_instance_uids", b"sop_instance_uids", "study_instance_uid", b"study_instance_uid", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
