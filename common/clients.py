@@ -9,6 +9,7 @@ from typing import BinaryIO, ParamSpec, TypeVar
 
 import grpc
 
+from common import observability
 from common.errors import from_rpc_error
 from common.gen.dicomserver.v1 import (
     auth_service_pb2 as auth_pb,
@@ -40,7 +41,9 @@ def _translate(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return grpc.intercept_channel(
+        grpc.insecure_channel(address, options=CHANNEL_OPTIONS), observability.ClientInterceptor()
+    )
 
 
 def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:

@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common import observability
+
 log = logging.getLogger(__name__)
 
 # Object bytes travel in 1 MiB chunks; headroom for the envelope and for
@@ -23,8 +25,8 @@ CHANNEL_OPTIONS = [
 ]
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, fmt: str = "text") -> None:
+    observability.configure_logging(level, fmt)
 
 
 def build_server(
@@ -34,7 +36,11 @@ def build_server(
     max_workers: int = 16,
 ) -> tuple[grpc.Server, health.HealthServicer, int]:
     """A started server with health and reflection; returns its bound port."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=CHANNEL_OPTIONS,
+        interceptors=[observability.ServerInterceptor()],
+    )
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -56,9 +62,11 @@ def serve_forever(
     address: str,
     grace: float,
     on_stop: Callable[[], None] | None = None,
+    metrics_port: int = 0,
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for `grace` seconds."""
     server, health_servicer, port = build_server(register, service_names, address)
+    observability.start_metrics_server(metrics_port)
     log.info("%s listening on %s", ", ".join(service_names), address)
     stop = threading.Event()
 

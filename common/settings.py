@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -25,5 +26,10 @@ class CommonSettings(BaseSettings):
     ingest_addr: str = "127.0.0.1:50054"
     default_tenant: str = "default"
     log_level: str = "INFO"
+    # "text" for people, "json" for log collectors; both carry the request id.
+    log_format: Literal["text", "json"] = "text"
+    # Port of the Prometheus /metrics endpoint; 0 serves none (the embedded
+    # run, where all services share one address).
+    metrics_port: int = 0
     # Seconds a stopping service gives in-flight calls.
     shutdown_grace: float = 5.0
