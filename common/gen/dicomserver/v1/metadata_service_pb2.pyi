@@ -693,3 +693,97 @@ class ReadChangeFeedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReadChangeFeedResponse: _TypeAlias = ReadChangeFeedResponse  # noqa: Y015
+
+@_typing.final
+class ReadOutboxRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Events with a sequence greater than this one."""
+    limit: _builtins.int
+    """0 means a default page; capped by the service's maximum."""
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutboxRequest: _TypeAlias = ReadOutboxRequest  # noqa: Y015
+
+@_typing.final
+class ReadOutboxResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    LATEST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    latest_sequence: _builtins.int
+    """The highest sequence in the outbox at read time."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
+        latest_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "latest_sequence", b"latest_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadOutboxResponse: _TypeAlias = ReadOutboxResponse  # noqa: Y015
+
+@_typing.final
+class RefreshMetadataRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    study_instance_uid: _builtins.str
+    series_instance_uid: _builtins.str
+    """Empty for every series of the study."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        study_instance_uid: _builtins.str = ...,
+        series_instance_uid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series_instance_uid", b"series_instance_uid", "study_instance_uid", b"study_instance_uid", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshMetadataRequest: _TypeAlias = RefreshMetadataRequest  # noqa: Y015
+
+@_typing.final
+class RefreshMetadataResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIES_REFRESHED_FIELD_NUMBER: _builtins.int
+    series_refreshed: _builtins.int
+    """Series whose precomputed metadata was written."""
+    def __init__(
+        self,
+        *,
+        series_refreshed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["series_refreshed", b"series_refreshed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefreshMetadataResponse: _TypeAlias = RefreshMetadataResponse  # noqa: Y015

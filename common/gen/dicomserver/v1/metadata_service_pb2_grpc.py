@@ -67,6 +67,16 @@ class MetadataServiceStub:
                 request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadChangeFeedRequest.SerializeToString,
                 response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadChangeFeedResponse.FromString,
                 _registered_method=True)
+        self.ReadOutbox = channel.unary_unary(
+                '/dicomserver.v1.MetadataService/ReadOutbox',
+                request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadOutboxRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadOutboxResponse.FromString,
+                _registered_method=True)
+        self.RefreshMetadata = channel.unary_unary(
+                '/dicomserver.v1.MetadataService/RefreshMetadata',
+                request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServiceServicer:
@@ -112,6 +122,24 @@ class MetadataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadOutbox(self, request, context):
+        """The outbox of every tenant in sequence order: what the event relay
+        publishes to Kafka and what consumers read without Kafka (the embedded
+        event log). A reader that has seen sequence N has seen every event before N.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefreshMetadata(self, request, context):
+        """Recomputes the precomputed metadata of a series (or of every series of
+        a study) from the index and drops cached answers about the study.
+        Idempotent; the metadata consumer calls it for each event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +172,16 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.ReadChangeFeed,
                     request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadChangeFeedRequest.FromString,
                     response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadChangeFeedResponse.SerializeToString,
+            ),
+            'ReadOutbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadOutbox,
+                    request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadOutboxRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReadOutboxResponse.SerializeToString,
+            ),
+            'RefreshMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshMetadata,
+                    request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +348,60 @@ class MetadataService:
             '/dicomserver.v1.MetadataService/ReadChangeFeed',
             dicomserver_dot_v1_dot_metadata__service__pb2.ReadChangeFeedRequest.SerializeToString,
             dicomserver_dot_v1_dot_metadata__service__pb2.ReadChangeFeedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadOutbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.MetadataService/ReadOutbox',
+            dicomserver_dot_v1_dot_metadata__service__pb2.ReadOutboxRequest.SerializeToString,
+            dicomserver_dot_v1_dot_metadata__service__pb2.ReadOutboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.MetadataService/RefreshMetadata',
+            dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataRequest.SerializeToString,
+            dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataResponse.FromString,
             options,
             channel_credentials,
             insecure,

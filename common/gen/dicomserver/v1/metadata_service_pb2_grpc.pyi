@@ -44,6 +44,16 @@ class MetadataServiceStub:
     LocateInstances: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.LocateInstancesRequest, _metadata_service_pb2.LocateInstancesResponse]
     DeleteInstances: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.DeleteInstancesRequest, _metadata_service_pb2.DeleteInstancesResponse]
     ReadChangeFeed: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.ReadChangeFeedRequest, _metadata_service_pb2.ReadChangeFeedResponse]
+    ReadOutbox: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.ReadOutboxRequest, _metadata_service_pb2.ReadOutboxResponse]
+    """The outbox of every tenant in sequence order: what the event relay
+    publishes to Kafka and what consumers read without Kafka (the embedded
+    event log). A reader that has seen sequence N has seen every event before N.
+    """
+    RefreshMetadata: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.RefreshMetadataRequest, _metadata_service_pb2.RefreshMetadataResponse]
+    """Recomputes the precomputed metadata of a series (or of every series of
+    a study) from the index and drops cached answers about the study.
+    Idempotent; the metadata consumer calls it for each event.
+    """
 
 @_typing.type_check_only
 class MetadataServiceAsyncStub(MetadataServiceStub):
@@ -60,6 +70,16 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     LocateInstances: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.LocateInstancesRequest, _metadata_service_pb2.LocateInstancesResponse]  # type: ignore[assignment]
     DeleteInstances: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.DeleteInstancesRequest, _metadata_service_pb2.DeleteInstancesResponse]  # type: ignore[assignment]
     ReadChangeFeed: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.ReadChangeFeedRequest, _metadata_service_pb2.ReadChangeFeedResponse]  # type: ignore[assignment]
+    ReadOutbox: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.ReadOutboxRequest, _metadata_service_pb2.ReadOutboxResponse]  # type: ignore[assignment]
+    """The outbox of every tenant in sequence order: what the event relay
+    publishes to Kafka and what consumers read without Kafka (the embedded
+    event log). A reader that has seen sequence N has seen every event before N.
+    """
+    RefreshMetadata: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.RefreshMetadataRequest, _metadata_service_pb2.RefreshMetadataResponse]  # type: ignore[assignment]
+    """Recomputes the precomputed metadata of a series (or of every series of
+    a study) from the index and drops cached answers about the study.
+    Idempotent; the metadata consumer calls it for each event.
+    """
 
 class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
     """The index of patients, studies, series and instances, its query engine
@@ -109,5 +129,27 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metadata_service_pb2.ReadChangeFeedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_service_pb2.ReadChangeFeedResponse, _abc.Awaitable[_metadata_service_pb2.ReadChangeFeedResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadOutbox(
+        self,
+        request: _metadata_service_pb2.ReadOutboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_service_pb2.ReadOutboxResponse, _abc.Awaitable[_metadata_service_pb2.ReadOutboxResponse]]:
+        """The outbox of every tenant in sequence order: what the event relay
+        publishes to Kafka and what consumers read without Kafka (the embedded
+        event log). A reader that has seen sequence N has seen every event before N.
+        """
+
+    @_abc_1.abstractmethod
+    def RefreshMetadata(
+        self,
+        request: _metadata_service_pb2.RefreshMetadataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_service_pb2.RefreshMetadataResponse, _abc.Awaitable[_metadata_service_pb2.RefreshMetadataResponse]]:
+        """Recomputes the precomputed metadata of a series (or of every series of
+        a study) from the index and drops cached answers about the study.
+        Idempotent; the metadata consumer calls it for each event.
+        """
 
 def add_MetadataServiceServicer_to_server(servicer: MetadataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
