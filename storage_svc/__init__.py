@@ -1,1 +1,1 @@
-"""storage_svc: object bytes on a local filesystem (S3 comes with its issue)."""
+"""storage_svc: object bytes on a local filesystem or an S3-compatible store."""

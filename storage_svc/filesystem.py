@@ -5,44 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from common.gen.dicomserver.v1 import dicom_pb2
-from common.validation import check_tenant, check_uid
+from storage_svc.keys import ObjectInfo, SizeMismatch, Stored, check_key, derive_key
 
-# tenant/study/series/sop/generation.dcm — every part checked by its grammar,
-# so a key can never climb out of the root.
-_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(/[0-9]+(\.[0-9]+)*){3}/[0-9a-f]{16}\.dcm")
 READ_CHUNK = 1024 * 1024
-
-
-class BadKey(ValueError):
-    pass
-
-
-class SizeMismatch(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class Stored:
-    key: str
-    size: int
-    sha256: str
-
-
-def derive_key(ref: dicom_pb2.InstanceRef) -> str:
-    parts = [
-        check_tenant(ref.tenant),
-        check_uid(ref.study_instance_uid, "Study Instance UID"),
-        check_uid(ref.series_instance_uid, "Series Instance UID"),
-        check_uid(ref.sop_instance_uid, "SOP Instance UID"),
-    ]
-    return "/".join(parts) + f"/{secrets.token_hex(8)}.dcm"
 
 
 class FilesystemStore:
@@ -53,9 +23,7 @@ class FilesystemStore:
         (self.root / ".tmp").mkdir(exist_ok=True)
 
     def path(self, key: str) -> Path:
-        if len(key) > 300 or _KEY.fullmatch(key) is None:
-            raise BadKey("malformed object key")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put(self, ref: dicom_pb2.InstanceRef, chunks: Iterable[bytes], expected_size: int = 0) -> Stored:
         key = derive_key(ref)
@@ -106,8 +74,9 @@ class FilesystemStore:
 
         return total, chunks()
 
-    def stat(self, key: str) -> os.stat_result:
-        return self.path(key).stat()
+    def stat(self, key: str) -> ObjectInfo:
+        st = self.path(key).stat()
+        return ObjectInfo(st.st_size, st.st_mtime_ns)
 
     def delete(self, key: str) -> bool:
         path = self.path(key)

@@ -9,13 +9,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.gen.dicomserver.v1 import storage_service_pb2 as pb, storage_service_pb2_grpc as pb_grpc
 from common.validation import InvalidValue
-from storage_svc.filesystem import BadKey, FilesystemStore, SizeMismatch
+from storage_svc.backend import ObjectStore
+from storage_svc.keys import BadKey, SizeMismatch
 
 MAX_CHUNK = 1024 * 1024
 
 
 class StorageService(pb_grpc.StorageServiceServicer):
-    def __init__(self, store: FilesystemStore) -> None:
+    def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
     def Put(self, request_iterator: Iterator[pb.PutRequest], context: grpc.ServicerContext) -> pb.PutResponse:
@@ -36,7 +37,7 @@ class StorageService(pb_grpc.StorageServiceServicer):
         except (InvalidValue, SizeMismatch) as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OSError as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot write object: {exc.strerror}")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write object: {exc.strerror or exc}")
         return pb.PutResponse(object_key=stored.key, size=stored.size, sha256=stored.sha256)
 
     def Get(self, request: pb.GetRequest, context: grpc.ServicerContext) -> Iterator[pb.GetResponse]:
@@ -48,6 +49,8 @@ class StorageService(pb_grpc.StorageServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, "no such object")
         except ValueError as exc:
             context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+        except OSError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read object: {exc.strerror or exc}")
         first = True
         for chunk in chunks:
             yield pb.GetResponse(chunk=chunk, total_size=total if first else 0)
@@ -62,12 +65,16 @@ class StorageService(pb_grpc.StorageServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FileNotFoundError:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such object")
+        except OSError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot stat object: {exc.strerror or exc}")
         modified = Timestamp()
-        modified.FromNanoseconds(st.st_mtime_ns)
-        return pb.StatResponse(object_key=request.object_key, size=st.st_size, modified=modified)
+        modified.FromNanoseconds(st.modified_ns)
+        return pb.StatResponse(object_key=request.object_key, size=st.size, modified=modified)
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         try:
             return pb.DeleteResponse(deleted=self.store.delete(request.object_key))
         except BadKey as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except OSError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot delete object: {exc.strerror or exc}")

@@ -1,4 +1,6 @@
-"""StorageService in-process through pytest-grpc's fixtures, on a real folder."""
+"""The StorageService contract, run per backend by test_storage_<backend>.py:
+in-process through pytest-grpc's fixtures (module-scoped, so one module per
+backend rather than parametrized fixtures, which pytest-grpc cannot rebuild)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ import pytest
 from common.clients import StorageClient
 from common.errors import InvalidArgument, NotFound
 from common.gen.dicomserver.v1 import dicom_pb2, storage_service_pb2 as pb, storage_service_pb2_grpc as pb_grpc
+from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from storage_svc.backend import ObjectStore, open_store
 from storage_svc.filesystem import FilesystemStore
+from storage_svc.settings import StorageSettings
 from storage_svc.service import StorageService
 
 REF = dicom_pb2.InstanceRef(
@@ -27,13 +32,38 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def seaweed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3 | None]:
+    if backend != "s3":
+        yield None
+        return
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def store(backend: str, root: Path, seaweed: SeaweedS3 | None) -> ObjectStore:
+    if seaweed is not None:
+        return open_store(StorageSettings(
+            backend="s3", s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
+            s3_access_key_id=ACCESS_KEY, s3_secret_access_key=SECRET_KEY,
+        ))
+    return FilesystemStore(root)
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
 def grpc_add_to_server():  # type: ignore[no-untyped-def]
     return pb_grpc.add_StorageServiceServicer_to_server
 
 
 @pytest.fixture(scope="module")
-def grpc_servicer(root: Path) -> StorageService:
-    return StorageService(FilesystemStore(root))
+def grpc_servicer(store: ObjectStore) -> StorageService:
+    return StorageService(store)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +80,17 @@ def payload(size: int) -> bytes:
     return os.urandom(size)
 
 
-def test_put_get_round_trip_across_chunks(client: StorageClient, root: Path) -> None:
-    data = payload(3 * 1024 * 1024 + 17)
+def test_put_get_round_trip_across_chunks(client: StorageClient, root: Path, backend: str) -> None:
+    data = payload(19 * 1024 * 1024 + 17)  # several S3 multipart parts
     put = client.put(REF, [data], expected_size=len(data))
     assert put.size == len(data)
     assert put.sha256 == hashlib.sha256(data).hexdigest()
     assert put.object_key.startswith("default/1.2.3/1.2.3.4/1.2.3.4.5/")
     assert client.get_bytes(put.object_key) == data
-    assert (root / put.object_key).read_bytes() == data
-    assert not list((root / ".tmp").iterdir())
+    assert client.stat(put.object_key).size == len(data)
+    if backend == "filesystem":
+        assert (root / put.object_key).read_bytes() == data
+        assert not list((root / ".tmp").iterdir())
 
 
 def test_range_reads(client: StorageClient) -> None:
@@ -89,11 +121,21 @@ def test_stat_and_delete(client: StorageClient, root: Path) -> None:
         client.get_bytes(key)
 
 
-def test_size_mismatch_leaves_nothing(client: StorageClient, root: Path) -> None:
-    before = sorted(p for p in root.rglob("*") if p.is_file())
+def test_size_mismatch_leaves_nothing(client: StorageClient, root: Path, store: ObjectStore, backend: str) -> None:
+    before = files_under(root) if backend == "filesystem" else _bucket_keys(store)
     with pytest.raises(InvalidArgument):
         client.put(REF, [b"12345"], expected_size=6)
-    assert sorted(p for p in root.rglob("*") if p.is_file()) == before
+    with pytest.raises(InvalidArgument):
+        client.put(REF, [payload(9 * 1024 * 1024)], expected_size=1)  # after a multipart part
+    after = files_under(root) if backend == "filesystem" else _bucket_keys(store)
+    assert after == before
+
+
+def _bucket_keys(store: ObjectStore) -> list[str]:
+    s3 = store.client  # type: ignore[attr-defined]
+    listed = s3.list_objects_v2(Bucket=store.bucket).get("Contents", [])  # type: ignore[attr-defined]
+    uploads = s3.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])  # type: ignore[attr-defined]
+    return sorted(o["Key"] for o in listed) + sorted(u["Key"] for u in uploads)
 
 
 @pytest.mark.parametrize(

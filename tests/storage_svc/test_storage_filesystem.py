@@ -1,0 +1,10 @@
+"""StorageService on a real folder."""
+
+import pytest
+
+from storage_cases import *  # noqa: F403  (the shared cases and fixtures)
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    return "filesystem"

@@ -1,0 +1,10 @@
+"""StorageService on a real S3-compatible store (SeaweedFS)."""
+
+import pytest
+
+from storage_cases import *  # noqa: F403  (the shared cases and fixtures)
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    return "s3"
