@@ -6,6 +6,7 @@ so the object crosses exactly one gRPC hop on its way to storage."""
 
 from __future__ import annotations
 
+import json
 import logging
 import struct
 from typing import BinaryIO
@@ -29,6 +30,7 @@ DUPLICATE_INSTANCE = 0x0111
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+ELEMENTS_DISCARDED = 0xB006
 
 _PIXEL_DATA = 0x7FE00010
 
@@ -112,6 +114,13 @@ def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
     return ds, frames
 
 
+def unindexed_tags(ds: Dataset, record: md_pb.InstanceRecord) -> list[str]:
+    """Top-level elements whose values could not be read into the index (and
+    so are missing from the metadata), e.g. an IS value that is not a number."""
+    indexed = json.loads(record.dicom_json)
+    return [f"{int(tag):08X}" for tag in ds.keys() if f"{int(tag):08X}" not in indexed]
+
+
 def build_record(ds: Dataset, tenant: str, size: int, frames: int) -> md_pb.InstanceRecord:
     for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         value = _text(ds, keyword)
@@ -190,9 +199,13 @@ class IngestPipeline:
         expected_study: str = "",
         policy: int = md_pb.DUPLICATE_POLICY_OVERWRITE,
         expected_sop_class: str = "",
+        expected_sop_instance: str = "",
     ) -> ingest_pb.InstanceOutcome:
         """Stores one Part 10 object read from `f` (`size` bytes). Never raises
-        for bad input: the outcome carries the DICOM status and reason."""
+        for bad input: the outcome carries the DICOM status and reason.
+
+        `expected_sop_class` and `expected_sop_instance` are what the request
+        said it carries (C-STORE's Affected SOP Class/Instance UID)."""
         outcome = ingest_pb.InstanceOutcome()
         try:
             ds, frames = parse_header(f, size)
@@ -203,7 +216,16 @@ class IngestPipeline:
                 raise Rejected(DATASET_MISMATCH, "Study Instance UID differs from the one in the request")
             if expected_sop_class and record.location.sop_class_uid != expected_sop_class:
                 raise Rejected(DATASET_MISMATCH, "SOP Class UID of the dataset differs from the request's")
+            if expected_sop_instance and record.location.ref.sop_instance_uid != expected_sop_instance:
+                raise Rejected(DATASET_MISMATCH, "SOP Instance UID of the dataset differs from the request's")
             self._store_and_index(f, size, record, policy, outcome)
+            if outcome.status == ingest_pb.STORE_STATUS_STORED and (dropped := unindexed_tags(ds, record)):
+                outcome.status = ingest_pb.STORE_STATUS_STORED_WITH_WARNING
+                outcome.dicom_status = ELEMENTS_DISCARDED
+                outcome.reason = (
+                    "stored as sent, but these elements have invalid values and are not in the index or the "
+                    "metadata: " + ", ".join(dropped[:20])
+                )
         except Rejected as rej:
             outcome.status = ingest_pb.STORE_STATUS_FAILED
             outcome.dicom_status = rej.status

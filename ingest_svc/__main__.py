@@ -1,35 +1,84 @@
-"""python -m ingest_svc: the DIMSE SCP and the IngestService in one process."""
+"""python -m ingest_svc: the DIMSE SCP and the IngestService in one process.
+
+With DICOMSERVER_DIMSE_WORKERS=N > 1 it also starts N-1 processes that run
+only the SCP (`python -m ingest_svc --dimse-worker`); all bind the DIMSE port
+with SO_REUSEPORT and the kernel spreads new associations across them."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import signal
+import subprocess
+import sys
+import threading
 
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from common.grpc_server import configure_logging, serve_forever
 from common.ingest import IngestPipeline
-from ingest_svc.scp import start_scp
+from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.service import IngestService
 from ingest_svc.settings import IngestSettings
 
 log = logging.getLogger("ingest_svc")
 
 
+def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer]:
+    storage = StorageClient(channel(settings.storage_addr))
+    metadata = MetadataClient(channel(settings.metadata_addr))
+    pipeline = IngestPipeline(storage, metadata)
+    scp = start_scp(settings, pipeline, AuthClient(channel(settings.auth_addr)), storage, metadata)
+    return pipeline, scp
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def worker(settings: IngestSettings) -> None:
+    """A DIMSE-only process sharing the port."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _, scp = _start(settings)
+    stop.wait()
+    scp.shutdown()
+
+
 def main() -> None:
     settings = IngestSettings()
     configure_logging(settings.log_level)
-    pipeline = IngestPipeline(
-        StorageClient(channel(settings.storage_addr)), MetadataClient(channel(settings.metadata_addr))
+    if "--dimse-worker" in sys.argv[1:]:
+        worker(settings)
+        return
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "ingest_svc", "--dimse-worker"], preexec_fn=_die_with_parent)
+        for _ in range(settings.dimse_workers - 1)
+    ]
+    pipeline, scp = _start(settings)
+    log.info(
+        "DIMSE SCP %s listening on %s:%d (%d processes)",
+        settings.ae_title, settings.dimse_host, settings.dimse_port, max(1, settings.dimse_workers),
     )
-    scp = start_scp(settings, pipeline, AuthClient(channel(settings.auth_addr)))
-    log.info("DIMSE SCP %s listening on %s:%d", settings.ae_title, settings.dimse_host, settings.dimse_port)
+
+    def stop() -> None:
+        scp.shutdown()
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(settings.shutdown_grace + 5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
     service = IngestService(pipeline, settings.spool_max_memory)
     serve_forever(
         lambda server: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(service, server),
         [ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name],
         settings.ingest_addr,
         settings.shutdown_grace,
-        on_stop=scp.shutdown,
+        on_stop=stop,
     )
 
 

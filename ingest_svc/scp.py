@@ -1,90 +1,210 @@
-"""The DIMSE edge: a pynetdicom AE with thin handlers bound to the pipeline."""
+"""The DIMSE edge: a pynetdicom AE with thin handlers bound to their clients.
+
+Association policy (calling/called AE title, tenant) is decided once, when the
+association is requested; each operation then checks the action it needs."""
 
 from __future__ import annotations
 
-import io
 import logging
+import socket
+import ssl
+import threading
 import weakref
 from typing import Any
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
 
 from common import errors
-from common.clients import AuthClient
-from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb, ingest_service_pb2 as ingest_pb
-from common.ingest import IngestPipeline, OUT_OF_RESOURCES
+from common.clients import AuthClient, MetadataClient, StorageClient
+from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
+from common.ingest import IngestPipeline
+from ingest_svc import commitment, find, retrieve, store
 from ingest_svc.settings import IngestSettings
 
 log = logging.getLogger(__name__)
 
-NOT_AUTHORIZED = 0x0124
+# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03)
+REJECT_CONGESTION = (0x02, 0x03, 0x01)
+
+QUERY_RETRIEVE = [
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+]
+UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
 class Principals:
-    """The tenant of each association, asked of auth_svc once per association."""
+    """Who each association is, asked of auth_svc once when it is requested."""
 
-    def __init__(self, auth: AuthClient) -> None:
+    def __init__(self, auth: AuthClient, settings: IngestSettings) -> None:
         self._auth = auth
-        self._by_assoc: weakref.WeakKeyDictionary[Association, str | None] = weakref.WeakKeyDictionary()
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._by_assoc: weakref.WeakKeyDictionary[Association, auth_pb.Principal] = weakref.WeakKeyDictionary()
+        self._decisions: weakref.WeakKeyDictionary[Association, dict[int, str | None]] = weakref.WeakKeyDictionary()
 
-    def tenant(self, assoc: Association) -> str | None:
-        if assoc not in self._by_assoc:
-            req = auth_pb.AuthenticateRequest(
-                dimse_peer=auth_pb.DimsePeer(
-                    calling_ae_title=assoc.requestor.ae_title,
-                    called_ae_title=assoc.acceptor.ae_title,
-                    peer_address=assoc.requestor.address,
-                )
-            )
-            try:
-                principal = self._auth.authenticate(req)
-                allowed = self._auth.authorize(principal, auth_pb.ACTION_WRITE, principal.tenants[0])
-                self._by_assoc[assoc] = principal.tenants[0] if allowed.allowed else None
-            except errors.Unauthenticated:
-                self._by_assoc[assoc] = None
-        return self._by_assoc[assoc]
+    def on_requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: rejects unknown calling AE titles before negotiation."""
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+        if self._settings.require_called_ae_title and called != self._settings.ae_title:
+            return  # pynetdicom rejects it (called AE title not recognised)
+        peer = auth_pb.DimsePeer(calling_ae_title=calling, called_ae_title=called, peer_address=assoc.requestor.address)
+        try:
+            principal = self._auth.authenticate(auth_pb.AuthenticateRequest(dimse_peer=peer))
+        except errors.Unauthenticated as exc:
+            log.warning("association from calling AE '%s' rejected: %s", calling, exc)
+            self._reject(assoc, REJECT_CALLING_AE)
+            return
+        except errors.ServiceError as exc:
+            log.warning("auth_svc unavailable, association rejected: %s", exc)
+            self._reject(assoc, REJECT_CONGESTION)
+            return
+        if not principal.tenants:
+            self._reject(assoc, REJECT_CALLING_AE)
+            return
+        with self._lock:
+            self._by_assoc[assoc] = principal
+
+    @staticmethod
+    def _reject(assoc: Association, rsd: tuple[int, int, int]) -> None:
+        assoc.acse.send_reject(*rsd)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def tenant(self, assoc: Association, action: int) -> str | None:
+        """The association's tenant if it may do `action` there, else None.
+        Raises errors.ServiceError when auth_svc cannot answer."""
+        with self._lock:
+            principal = self._by_assoc.get(assoc)
+            cached = self._decisions.setdefault(assoc, {}) if principal is not None else {}
+            if action in cached:
+                return cached[action]
+        if principal is None:
+            return None
+        tenant = principal.tenants[0]
+        allowed = self._auth.authorize(principal, action, tenant).allowed
+        with self._lock:
+            cached[action] = tenant if allowed else None
+        return tenant if allowed else None
 
 
-def handle_store(event: evt.Event, pipeline: IngestPipeline, principals: Principals) -> Any:
-    try:
-        tenant = principals.tenant(event.assoc)
-    except errors.ServiceError as exc:
-        log.warning("auth_svc unavailable: %s", exc)
-        return OUT_OF_RESOURCES
-    if tenant is None:
-        return NOT_AUTHORIZED
-    data = event.encoded_dataset(include_meta=True)
-    outcome = pipeline.store(
-        io.BytesIO(data),
-        len(data),
-        tenant,
-        expected_sop_class=str(event.request.AffectedSOPClassUID or ""),
-    )
-    if outcome.status == ingest_pb.STORE_STATUS_FAILED:
-        log.info("C-STORE failed with 0x%04X: %s", outcome.dicom_status, outcome.reason)
-    return outcome.dicom_status
+class DimseServer(ThreadedAssociationServer):
+    """Disables Nagle on every accepted socket (each C-STORE response would
+    otherwise wait for a delayed ACK) and shares the port between processes
+    when asked (SO_REUSEPORT)."""
+
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+
+def tls_context(settings: IngestSettings) -> ssl.SSLContext | None:
+    """The server TLS context, when a certificate is configured."""
+    if settings.tls_cert_file is None:
+        return None
+    if settings.tls_key_file is None:
+        raise ValueError("DICOMSERVER_TLS_KEY_FILE is required with DICOMSERVER_TLS_CERT_FILE")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_ca_file is not None:
+        ctx.load_verify_locations(settings.tls_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def build_ae(settings: IngestSettings) -> AE:
     _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
+    # C-MOVE/C-GET send stored files from disk as they are, without decoding.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    # pynetdicom logs identifiers (patient names, IDs) and every message at
+    # INFO: keep that out of our logs unless asked for with DEBUG.
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = settings.log_level.upper() == "DEBUG"
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
     ae.require_called_aet = settings.require_called_ae_title
-    # Accept every transfer syntax as proposed: we store what was sent.
+    # Accept every transfer syntax as proposed: we store what was sent. Both
+    # roles, so that a C-GET requester can take the SCP role for storage.
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes)
+        ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes, scu_role=True, scp_role=True)
     ae.add_supported_context(Verification, AllTransferSyntaxes)
+    for uid in QUERY_RETRIEVE:
+        ae.add_supported_context(uid, UNCOMPRESSED)
+    ae.add_supported_context(StorageCommitmentPushModel, UNCOMPRESSED)
     return ae
 
 
-def start_scp(settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient) -> Any:
+def handlers(
+    settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient, storage: StorageClient,
+    metadata: MetadataClient, ae: AE,
+) -> list[Any]:
+    principals = Principals(auth, settings)
+    sender = retrieve.Retriever(settings, storage, metadata, principals)
+    reports = commitment.Commitments(settings, ae, storage, metadata, principals)
+    return [
+        (evt.EVT_REQUESTED, principals.on_requested),
+        (evt.EVT_C_STORE, store.handle_store, [pipeline, principals]),
+        (evt.EVT_C_FIND, find.handle_find, [metadata, principals, settings.find_page_size]),
+        (evt.EVT_C_MOVE, sender.handle_move),
+        (evt.EVT_C_GET, sender.handle_get),
+        (evt.EVT_N_ACTION, reports.handle_n_action),
+    ]
+
+
+def start_scp(
+    settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient, storage: StorageClient,
+    metadata: MetadataClient,
+) -> DimseServer:
     """Starts the SCP in its own threads; returns the server to shut down."""
     ae = build_ae(settings)
-    handlers = [(evt.EVT_C_STORE, handle_store, [pipeline, Principals(auth)])]
-    return ae.start_server((settings.dimse_host, settings.dimse_port), block=False, evt_handlers=handlers)
+    server_class = type("Server", (DimseServer,), {"reuse_port": settings.dimse_workers > 1})
+    server = ae.make_server(
+        (settings.dimse_host, settings.dimse_port),
+        ssl_context=tls_context(settings),
+        evt_handlers=handlers(settings, pipeline, auth, storage, metadata, ae),
+        server_class=server_class,
+    )
+    ae._servers.append(server)  # so that ae.shutdown() stops it too
+    threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True).start()
+    return server

@@ -61,6 +61,8 @@ class Archive:
     proc: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
     grpc_addrs: dict[str, str] = field(default_factory=dict)
+    # More DICOMSERVER_* settings for this instance, e.g. C-MOVE destinations.
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def dicomweb(self) -> str:
@@ -80,7 +82,7 @@ class Archive:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "DICOMSERVER_LOG_LEVEL": "WARNING"},
+            env={**os.environ, "DICOMSERVER_LOG_LEVEL": "WARNING", **self.extra_env},
         )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
