@@ -10,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from metadata_svc.schema import Base
+from metadata_svc import migrate
 
 # Execution option asking SQLite for BEGIN IMMEDIATE: a write transaction
 # takes the write lock up front instead of failing with SQLITE_BUSY when a
@@ -18,10 +18,10 @@ from metadata_svc.schema import Base
 _IMMEDIATE = "metadata_svc_immediate"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -54,9 +54,9 @@ class Database:
         self._write = sessionmaker(engine.execution_options(**{_IMMEDIATE: True}), expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        db = cls(make_engine(url))
-        Base.metadata.create_all(db.engine)  # Alembic migrations come with a later issue
+    def from_url(cls, url: str, pool_size: int = 10) -> Database:
+        db = cls(make_engine(url, pool_size))
+        migrate.upgrade(db.engine)
         return db
 
     def reader(self) -> Session:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, delete, func, select
+from sqlalchemy import ColumnElement, Select, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,7 +17,7 @@ from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb
 from common.validation import InvalidValue, check_tenant, check_uid
 from metadata_svc.db import Database
 from metadata_svc.query import QueryEngine, QueryResult
-from metadata_svc.schema import EventRow, Instance, Patient, Series, Study
+from metadata_svc.schema import EventRow, Instance, Patient, Series, SeriesMetadata, Study
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,14 @@ _POLICIES = {
     md_pb.DUPLICATE_POLICY_OVERWRITE, md_pb.DUPLICATE_POLICY_KEEP_FIRST, md_pb.DUPLICATE_POLICY_REJECT,
 }
 T = TypeVar("T")
+# PostgreSQL: writers take this transaction lock before their first outbox
+# row, so sequences are handed out in commit order and a reader that has
+# seen sequence N has seen every event before N (the relay and the embedded
+# event log read by sequence). SQLite serializes writers anyway.
+_OUTBOX_LOCK = 0x6F7574  # "out"
+# The instance order of /metadata (series, then instances, by number then UID).
+_SERIES_ORDER = (Series.series_number_int.nulls_last(), Series.series_instance_uid)
+_INSTANCE_ORDER = (Instance.instance_number_int.nulls_last(), Instance.sop_instance_uid)
 
 
 class NotFoundError(LookupError):
@@ -162,7 +170,41 @@ class MetadataIndex:
         return found
 
     def get_metadata(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[bytes]:
+        """Headers of a study, series or instance in /metadata order; a series
+        whose precomputed form is current is one row read."""
         conds = _scope(tenant, study, series, sop)
+        if sop:
+            return self._instance_headers(conds)
+        scope = [Series.tenant == tenant, Study.study_instance_uid == study]
+        if series:
+            scope.append(Series.series_instance_uid == series)
+        with self.db.reader() as session, session.begin():
+            rows = session.execute(
+                select(Series.id, SeriesMetadata.payload)
+                .join(Study, Series.study_pk == Study.id)
+                .outerjoin(SeriesMetadata, (SeriesMetadata.series_pk == Series.id)
+                           & (SeriesMetadata.revision == Series.revision))
+                .where(*scope)
+                .order_by(*_SERIES_ORDER)
+            ).all()
+            stale = [pk for pk, payload in rows if payload is None]
+            per_series: dict[int, list[bytes]] = {}
+            if stale:
+                stmt = (select(Instance.series_pk, Instance.dicom_json).where(Instance.series_pk.in_(stale))
+                        .order_by(*_INSTANCE_ORDER))
+                for pk, header in session.execute(stmt):
+                    per_series.setdefault(pk, []).append(header)
+        headers: list[bytes] = []
+        for pk, payload in rows:
+            if payload is None:
+                headers += per_series.get(pk, [])
+            else:
+                headers += md_pb.GetMetadataResponse.FromString(payload).instances
+        if not headers:
+            raise NotFoundError("no matching instances")
+        return headers
+
+    def _instance_headers(self, conds: list[ColumnElement[bool]]) -> list[bytes]:
         stmt = (
             select(Instance.dicom_json)
             .join(Series, Instance.series_pk == Series.id)
@@ -176,6 +218,52 @@ class MetadataIndex:
         if not headers:
             raise NotFoundError("no matching instances")
         return headers
+
+    def refresh_metadata(self, tenant: str, study: str, series: str = "") -> int:
+        """Precomputes /metadata of a series, or of every series of a study,
+        from the index. Idempotent: a series that no longer exists is
+        skipped, and a newer precomputed revision is never overwritten."""
+        check_tenant(tenant)
+        check_uid(study, "Study Instance UID")
+        scope = [Series.tenant == tenant, Study.study_instance_uid == study]
+        if series:
+            scope.append(Series.series_instance_uid == check_uid(series, "Series Instance UID"))
+        with self.db.reader() as session, session.begin():
+            # Revisions first: instances read after them are at least as new,
+            # so a stored revision never claims a state older than its payload.
+            revisions = dict(session.execute(
+                select(Series.id, Series.revision).join(Study, Series.study_pk == Study.id).where(*scope)
+            ).all())
+            done = dict(session.execute(
+                select(SeriesMetadata.series_pk, SeriesMetadata.revision)
+                .where(SeriesMetadata.series_pk.in_(list(revisions)))
+            ).all()) if revisions else {}
+            todo = [pk for pk, rev in revisions.items() if done.get(pk) != rev]
+            payloads: dict[int, list[bytes]] = {pk: [] for pk in todo}
+            if todo:
+                stmt = (select(Instance.series_pk, Instance.dicom_json).where(Instance.series_pk.in_(todo))
+                        .order_by(*_INSTANCE_ORDER))
+                for pk, header in session.execute(stmt):
+                    payloads[pk].append(header)
+        if not todo:
+            return 0
+        rows = [{"series_pk": pk, "revision": revisions[pk],
+                 "payload": md_pb.GetMetadataResponse(instances=payloads[pk]).SerializeToString()}
+                for pk in todo if payloads[pk]]
+        if rows:
+            self._write(lambda s: _upsert_series_metadata(s, rows))
+        return len(rows)
+
+    def read_outbox(self, after_sequence: int, limit: int) -> tuple[list[events_pb2.Event], int]:
+        """Events of every tenant after a sequence, in order: what the relay
+        publishes and what embedded-log consumers read."""
+        limit = DEFAULT_FEED_LIMIT if limit <= 0 else min(limit, self.max_limit)
+        with self.db.reader() as session, session.begin():
+            rows = session.scalars(
+                select(EventRow).where(EventRow.sequence > after_sequence).order_by(EventRow.sequence).limit(limit)
+            ).all()
+            latest = session.scalar(select(func.max(EventRow.sequence))) or 0
+        return [_event_from_row(row) for row in rows], max(latest, rows[-1].sequence if rows else 0)
 
     def read_change_feed(self, tenant: str, after_sequence: int, limit: int) -> tuple[list[events_pb2.Event], int]:
         check_tenant(tenant)
@@ -199,7 +287,32 @@ def _event_from_row(row: EventRow) -> events_pb2.Event:
     return event
 
 
+def _upsert_series_metadata(session: Session, rows: list[dict[str, Any]]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    for row in rows:
+        stmt = insert(SeriesMetadata).values(**row)
+        excluded = stmt.excluded
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=[SeriesMetadata.series_pk],
+            set_={"revision": excluded.revision, "payload": excluded.payload},
+            where=SeriesMetadata.revision < excluded.revision,
+        ))
+
+
+def _bump_revisions(session: Session, series_pks: Sequence[int]) -> None:
+    for chunk in _chunks(list(series_pks)):
+        session.execute(update(Series).where(Series.id.in_(chunk)).values(revision=Series.revision + 1)
+                        .execution_options(synchronize_session=False))
+
+
 def _add_event(session: Session, event: events_pb2.Event, study_uid: str, now: datetime) -> None:
+    if not session.info.get("outbox_locked") and session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _OUTBOX_LOCK})
+        session.info["outbox_locked"] = True
     session.add(EventRow(tenant=event.tenant, study_instance_uid=study_uid, created=now,
                          payload=event.SerializeToString()))
 
@@ -234,6 +347,8 @@ class _Indexer:
             old_key, old_series, old_study = existing.object_key, existing.series_pk, existing.study_pk
         self._fill_instance(inst, rec, series, study)
         self.s.flush()
+        # In SQL, not read-modify-write: concurrent writers never share a revision.
+        _bump_revisions(self.s, [series.id] if old_series in (None, series.id) else [series.id, old_series])
         if old_series is not None and old_series != series.id:
             _prune(self.s, [old_series], [old_study] if old_study is not None else [])
         _add_event(self.s, events_pb2.Event(
@@ -348,6 +463,7 @@ def _delete(session: Session, tenant: str, conds: list[ColumnElement[bool]]) -> 
     session.expunge_all()  # rows go by bulk DELETE; keep stale objects out of the session
     for chunk in _chunks(ids):
         session.execute(delete(Instance).where(Instance.id.in_(chunk)))
+    _bump_revisions(session, series_pks)
     _prune(session, series_pks, study_pks)
     for loc in removed:
         _add_event(session, events_pb2.Event(

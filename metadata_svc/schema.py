@@ -20,6 +20,15 @@ class Base(DeclarativeBase):
     pass
 
 
+def _prefix_indexes(table: str, *specs: tuple[str, str]) -> list[Index]:
+    """PostgreSQL only: (tenant, column text_pattern_ops), so LIKE 'prefix%'
+    uses an index whatever the collation. Migration 0002 creates them."""
+    return [
+        Index(name, "tenant", column, postgresql_ops={column: "text_pattern_ops"}).ddl_if(dialect="postgresql")
+        for name, column in specs
+    ]
+
+
 class Patient(Base):
     __tablename__ = "patients"
     # patient_id is NULL when the instance carries none: NULLs never collide in
@@ -27,6 +36,8 @@ class Patient(Base):
     __table_args__ = (
         UniqueConstraint("tenant", "patient_id", "issuer_of_patient_id", name="uq_patients_key"),
         Index("ix_patients_name", "tenant", "patient_name_lower"),
+        *_prefix_indexes("patients", ("ix_patients_name_prefix", "patient_name_lower"),
+                         ("ix_patients_id_prefix", "patient_id")),
     )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
@@ -47,6 +58,8 @@ class Study(Base):
         Index("ix_studies_date", "tenant", "study_date", "study_time"),
         Index("ix_studies_accession", "tenant", "accession_number"),
         Index("ix_studies_referring", "tenant", "referring_physician_name_lower"),
+        *_prefix_indexes("studies", ("ix_studies_accession_prefix", "accession_number"),
+                         ("ix_studies_referring_prefix", "referring_physician_name_lower")),
     )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
@@ -81,6 +94,9 @@ class Series(Base):
     series_date: Mapped[str] = mapped_column(Text(), default="")
     series_time: Mapped[str] = mapped_column(Text(), default="")
     body_part_examined: Mapped[str] = mapped_column(Text(), default="")
+    # Bumped by every index change of the series, in the same transaction:
+    # precomputed metadata is current only while it carries this revision.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Instance(Base):
@@ -108,6 +124,19 @@ class Instance(Base):
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Deferred: queries load it only when include fields need it.
     dicom_json: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+
+
+class SeriesMetadata(Base):
+    """/metadata of a series, precomputed by the metadata consumer: a
+    serialized GetMetadataResponse, served while `revision` equals the
+    series' own (otherwise the per-instance headers are read)."""
+
+    __tablename__ = "series_metadata"
+
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), primary_key=True,
+                                           autoincrement=False)
+    revision: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class EventRow(Base):

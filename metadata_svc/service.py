@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from common import dicom_json
 from common.gen.dicomserver.v1 import metadata_service_pb2 as pb, metadata_service_pb2_grpc as pb_grpc
 from common.validation import InvalidValue
+from metadata_svc.cache import Cache
 from metadata_svc.index import MetadataIndex, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -45,26 +46,52 @@ def _mapped_errors(method: F) -> F:
 
 
 class MetadataService(pb_grpc.MetadataServiceServicer):
-    def __init__(self, index: MetadataIndex) -> None:
+    def __init__(self, index: MetadataIndex, cache: Cache | None = None) -> None:
         self.index = index
+        self.cache = cache
+
+    def _invalidate(self, tenant: str, studies: list[str]) -> None:
+        if self.cache is not None and studies:
+            self.cache.invalidate(tenant, studies)
 
     @_mapped_errors
     def IndexInstances(self, request: pb.IndexInstancesRequest, context: grpc.ServicerContext) -> pb.IndexInstancesResponse:
         results = self.index.index(list(request.records), request.duplicate_policy)
         log.debug("indexed %d records", len(results))
+        by_tenant: dict[str, list[str]] = {}
+        for rec in request.records:
+            by_tenant.setdefault(rec.location.ref.tenant, []).append(rec.location.ref.study_instance_uid)
+        for tenant, studies in by_tenant.items():
+            self._invalidate(tenant, studies)
         return pb.IndexInstancesResponse(results=results)
 
     @_mapped_errors
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
-        result = self.index.query(request)
-        return pb.QueryResponse(matches=[dicom_json.dumps(m) for m in result.matches], truncated=result.truncated)
+        def compute() -> bytes:
+            result = self.index.query(request)
+            return pb.QueryResponse(
+                matches=[dicom_json.dumps(m) for m in result.matches], truncated=result.truncated
+            ).SerializeToString()
+
+        if self.cache is None:
+            return pb.QueryResponse.FromString(compute())
+        raw = self.cache.get_or_compute("q", request.tenant, "", request.SerializeToString(deterministic=True),
+                                        compute)
+        return pb.QueryResponse.FromString(raw)
 
     @_mapped_errors
     def GetMetadata(self, request: pb.GetMetadataRequest, context: grpc.ServicerContext) -> pb.GetMetadataResponse:
-        headers = self.index.get_metadata(
-            request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
-        )
-        return pb.GetMetadataResponse(instances=headers)
+        def compute() -> bytes:
+            headers = self.index.get_metadata(
+                request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
+            )
+            return pb.GetMetadataResponse(instances=headers).SerializeToString()
+
+        if self.cache is None or not request.study_instance_uid:
+            return pb.GetMetadataResponse.FromString(compute())
+        raw = self.cache.get_or_compute("m", request.tenant, request.study_instance_uid,
+                                        request.SerializeToString(deterministic=True), compute)
+        return pb.GetMetadataResponse.FromString(raw)
 
     @_mapped_errors
     def LocateInstances(
@@ -87,6 +114,7 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
             request.tenant, request.study_instance_uid, request.series_instance_uid, request.sop_instance_uid
         )
         log.info("deleted %d instances from the index (tenant %s)", len(removed), request.tenant)
+        self._invalidate(request.tenant, [request.study_instance_uid])
         return pb.DeleteInstancesResponse(removed=removed)
 
     @_mapped_errors
@@ -95,3 +123,19 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
     ) -> pb.ReadChangeFeedResponse:
         events, latest = self.index.read_change_feed(request.tenant, request.after_sequence, request.limit)
         return pb.ReadChangeFeedResponse(events=events, latest_sequence=latest)
+
+    @_mapped_errors
+    def ReadOutbox(self, request: pb.ReadOutboxRequest, context: grpc.ServicerContext) -> pb.ReadOutboxResponse:
+        events, latest = self.index.read_outbox(request.after_sequence, request.limit)
+        return pb.ReadOutboxResponse(events=events, latest_sequence=latest)
+
+    @_mapped_errors
+    def RefreshMetadata(
+        self, request: pb.RefreshMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.RefreshMetadataResponse:
+        refreshed = self.index.refresh_metadata(
+            request.tenant, request.study_instance_uid, request.series_instance_uid
+        )
+        # Also for events whose change was committed while Redis missed it.
+        self._invalidate(request.tenant, [request.study_instance_uid])
+        return pb.RefreshMetadataResponse(series_refreshed=refreshed)

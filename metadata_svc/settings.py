@@ -5,9 +5,19 @@ from common.settings import CommonSettings
 
 class MetadataSettings(CommonSettings):
     # SQLAlchemy URL; defaults to sqlite:///<data_dir>/index.sqlite3.
+    # PostgreSQL: postgresql+psycopg://user:password@host:port/database
     database_url: str | None = None
     # Upper bound for Query and ReadChangeFeed pages; 0 or more is capped to it.
     max_query_limit: int = 1000
+    # Redis for hot Query and /metadata answers, e.g. redis://127.0.0.1:6379/0;
+    # empty: no cache.
+    redis_url: str = ""
+    # Seconds a cached answer lives at most (invalidation drops it sooner).
+    cache_ttl: float = 300.0
+    # Seconds one Redis call may take before the database answers instead.
+    redis_timeout: float = 0.25
+    # Connections the index keeps per process (PostgreSQL).
+    database_pool_size: int = 10
 
     @property
     def effective_database_url(self) -> str:

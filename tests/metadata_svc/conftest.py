@@ -1,5 +1,6 @@
 """Fixtures: an in-process MetadataService (pytest-grpc, one server and one
-temp SQLite database per module) and a fresh tenant per test."""
+fresh database per module) over SQLite and over a real PostgreSQL 15 server
+(every test here runs on both), and a fresh tenant per test."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from backends import Postgres, new_database, shared
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from metadata_svc.db import Database
 from metadata_svc.index import MetadataIndex
@@ -24,11 +26,31 @@ def tenant() -> str:
     return f"t{next(_tenants)}"
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    with shared("postgres") as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('md') / 'index.sqlite3'}"
+    return new_database(request.getfixturevalue("postgres"), "md")
+
+
 @pytest.fixture(scope="module")
-def md_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetadataIndex]:
-    db = Database.from_url(f"sqlite:///{tmp_path_factory.mktemp('md') / 'index.sqlite3'}")
+def md_index(database_url: str) -> Iterator[MetadataIndex]:
+    db = Database.from_url(database_url)
     yield MetadataIndex(db, max_query_limit=1000)
     db.dispose()
+
+
+@pytest.fixture(scope="module")
+def grpc_interceptors(database_url: str) -> None:
+    """Tied to the database parameter so pytest-grpc builds a new server for
+    each (a stopped grpc.Server cannot start again)."""
+    return None
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
+from backends import new_database
 from metadata_helpers import make_ds, record, uids
 from metadata_svc.attributes import encode
 from metadata_svc.db import Database, make_engine
@@ -22,9 +23,11 @@ from metadata_svc.service import MetadataService
 from metadata_svc.settings import MetadataSettings
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> Any:
-    db = Database.from_url(f"sqlite:///{tmp_path / 'sub' / 'index.sqlite3'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = (f"sqlite:///{tmp_path / 'sub' / 'index.sqlite3'}" if request.param == "sqlite"
+           else new_database(request.getfixturevalue("postgres"), "engine"))
+    db = Database.from_url(url)
     yield MetadataIndex(db, max_query_limit=3)
     db.dispose()
 
@@ -36,8 +39,9 @@ class AbortContext:
         raise RuntimeError(code, details)
 
 
-def test_sqlite_runs_in_wal_with_full_sync(index: MetadataIndex) -> None:
-    with index.db.engine.connect() as conn:
+def test_sqlite_runs_in_wal_with_full_sync(tmp_path: Path) -> None:
+    engine = Database.from_url(f"sqlite:///{tmp_path / 'sub' / 'index.sqlite3'}").engine
+    with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1

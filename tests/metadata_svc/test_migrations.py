@@ -1,0 +1,131 @@
+"""Alembic migrations on SQLite and PostgreSQL: from an empty database to
+head (matching the models exactly), from the previous revision with data in
+it, one step down and up again, and a first-release database without a
+revision table."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+
+from backends import new_database
+from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
+from metadata_helpers import make_ds, record
+from metadata_svc import migrate
+from metadata_svc.db import Database, make_engine
+from metadata_svc.index import MetadataIndex
+from metadata_svc.schema import Base
+
+HEAD = "0002"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = (f"sqlite:///{tmp_path / 'index.sqlite3'}" if request.param == "sqlite"
+           else new_database(request.getfixturevalue("postgres"), "mig"))
+    eng = make_engine(url)
+    yield eng
+    eng.dispose()
+
+
+def _differences(engine: Engine) -> list[Any]:
+    dialect = engine.dialect.name
+
+    def include(obj: Any, name: Any, type_: str, reflected: bool, compare_to: Any) -> bool:
+        # Indexes declared for another dialect only (ddl_if) are not expected here.
+        ddl_if = getattr(obj, "_ddl_if", None)
+        return ddl_if is None or ddl_if.dialect in (None, dialect)
+
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"include_object": include, "compare_type": True})
+        return list(compare_metadata(ctx, Base.metadata))
+
+
+def _insert_first_release_rows(engine: Engine) -> None:
+    """A study as revision 0001 stored it, written with that schema's columns."""
+    now = datetime.now(timezone.utc)
+    header = json.dumps({"00080018": {"vr": "UI", "Value": ["1.2.3.1"]}}).encode()
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO patients (tenant, patient_id, issuer_of_patient_id, patient_name, patient_name_lower,"
+            " patient_birth_date, patient_sex) VALUES ('m', 'P1', '', 'Old^Row', 'old^row', '', '')"))
+        pid = conn.execute(text("SELECT id FROM patients")).scalar_one()
+        conn.execute(text(
+            "INSERT INTO studies (tenant, patient_pk, study_instance_uid, study_date, study_time, accession_number,"
+            " study_id, study_description, referring_physician_name, referring_physician_name_lower)"
+            " VALUES ('m', :p, '1.2', '20200101', '', '', '', '', '', '')"), {"p": pid})
+        sid = conn.execute(text("SELECT id FROM studies")).scalar_one()
+        conn.execute(text(
+            "INSERT INTO series (tenant, study_pk, series_instance_uid, modality, series_number, series_number_int,"
+            " series_description, series_date, series_time, body_part_examined)"
+            " VALUES ('m', :s, '1.2.3', 'CT', '1', 1, '', '', '', '')"), {"s": sid})
+        seid = conn.execute(text("SELECT id FROM series")).scalar_one()
+        conn.execute(text(
+            "INSERT INTO instances (tenant, series_pk, study_pk, sop_instance_uid, sop_class_uid,"
+            " transfer_syntax_uid, object_key, size, number_of_frames, instance_number, instance_number_int, rows,"
+            " columns, content_date, content_time, specific_character_set, updated, dicom_json)"
+            " VALUES ('m', :se, :s, '1.2.3.1', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', 'k1', 10, 0,"
+            " '1', 1, 4, 4, '', '', '', :now, :h)"), {"se": seid, "s": sid, "now": now, "h": header})
+
+
+def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
+    assert migrate.current(engine) is None
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == HEAD
+    assert _differences(engine) == []
+    indexes = {ix["name"] for ix in inspect(engine).get_indexes("patients")}
+    assert ("ix_patients_name_prefix" in indexes) == (engine.dialect.name == "postgresql")
+
+
+def test_upgrade_from_previous_revision_keeps_data(engine: Engine) -> None:
+    migrate.upgrade(engine, "0001")
+    _insert_first_release_rows(engine)
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == HEAD
+    assert _differences(engine) == []
+    index = MetadataIndex(Database(engine))
+    assert [json.loads(h)["00080018"]["Value"] for h in index.get_metadata("m", "1.2")] == [["1.2.3.1"]]
+    # The old series takes new instances and its metadata can be precomputed.
+    index.index([record(make_ds("1.2", "1.2.3", "1.2.3.2", patient_id="P1", name="Old^Row",
+                                instance_number="2"), "m")], 0)
+    assert index.refresh_metadata("m", "1.2") == 1
+    assert len(index.get_metadata("m", "1.2", "1.2.3")) == 2
+    (study,) = index.query(md_pb.QueryRequest(tenant="m", level=dicom_pb2.QUERY_LEVEL_STUDY)).matches
+    assert study["00201208"]["Value"] == [2]
+
+
+def test_downgrade_one_step_and_up_again(engine: Engine) -> None:
+    migrate.upgrade(engine, "0001")
+    _insert_first_release_rows(engine)
+    migrate.upgrade(engine)
+    MetadataIndex(Database(engine)).refresh_metadata("m", "1.2")
+    migrate.downgrade(engine, "-1")
+    assert migrate.current(engine) == "0001"
+    tables = set(inspect(engine).get_table_names())
+    assert "series_metadata" not in tables and {"patients", "studies", "series", "instances", "events"} <= tables
+    assert "revision" not in {c["name"] for c in inspect(engine).get_columns("series")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM instances")).scalar_one() == 1
+    migrate.upgrade(engine)
+    assert _differences(engine) == []
+    assert len(MetadataIndex(Database(engine)).get_metadata("m", "1.2")) == 1
+
+
+def test_first_release_database_without_revision_table(engine: Engine) -> None:
+    migrate.upgrade(engine, "0001")
+    _insert_first_release_rows(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    db = Database.from_url(engine.url.render_as_string(hide_password=False))
+    try:
+        assert migrate.current(db.engine) == HEAD
+        assert len(MetadataIndex(db).get_metadata("m", "1.2")) == 1
+    finally:
+        db.dispose()
