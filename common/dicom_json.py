@@ -24,12 +24,27 @@ def _bulk_uri(elem: DataElement) -> str:
     return bulk_uri(f"{elem.tag:08X}")
 
 
+def _nest_bulk_uris(attrs: dict[str, Any], path: str) -> None:
+    """Gives bulk data inside sequences a path of its own
+    ("bulkdata/00880200/0/7FE00010": sequence tag, item index, tag), so
+    every URI names exactly one value."""
+    for tag, attr in attrs.items():
+        if path and attr.get("BulkDataURI") == bulk_uri(tag):
+            attr["BulkDataURI"] = bulk_uri(f"{path}{tag}")
+        if attr.get("vr") == "SQ":
+            for i, item in enumerate(attr.get("Value") or []):
+                if isinstance(item, dict):
+                    _nest_bulk_uris(item, f"{path}{tag}/{i}/")
+
+
 def dataset_to_json(ds: Dataset) -> dict[str, Any]:
-    return ds.to_json_dict(
+    attrs = ds.to_json_dict(
         bulk_data_threshold=BULK_THRESHOLD,
         bulk_data_element_handler=_bulk_uri,
         suppress_invalid_tags=True,
     )
+    _nest_bulk_uris(attrs, "")
+    return attrs
 
 
 def dumps(obj: Any) -> bytes:

@@ -7,13 +7,16 @@ from collections.abc import AsyncIterator
 
 import grpc
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 
 from common.clients import MetadataClient, StorageClient, channel
 from common.ingest import IngestPipeline
-from dicomweb_gateway import qido, stow, wado
+from dicomweb_gateway import delete, frames, openapi, qido, render, stow, wado, wado_uri
 from dicomweb_gateway.context import Gateway
 from dicomweb_gateway.errors import EXCEPTION_HANDLERS
+from dicomweb_gateway.objects import LayoutCache
 from dicomweb_gateway.settings import GatewaySettings
 
 _STUDY = "/studies/{study}"
@@ -40,6 +43,24 @@ def routes() -> list[BaseRoute]:
         Route(_STUDY + "/metadata", wado.retrieve_metadata, methods=["GET"]),
         Route(_SERIES + "/metadata", wado.retrieve_metadata, methods=["GET"]),
         Route(_INSTANCE + "/metadata", wado.retrieve_metadata, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}", frames.retrieve_frames, methods=["GET"]),
+        Route(_INSTANCE + "/bulkdata/{path:path}", frames.retrieve_bulkdata, methods=["GET"]),
+        # Rendered resources and thumbnails
+        Route(_INSTANCE + "/rendered", render.rendered_instance, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}/rendered", render.rendered_instance, methods=["GET"]),
+        Route(_INSTANCE + "/thumbnail", render.thumbnail_instance, methods=["GET"]),
+        Route(_INSTANCE + "/frames/{frames}/thumbnail", render.thumbnail_instance, methods=["GET"]),
+        Route(_SERIES + "/rendered", render.rendered_many, methods=["GET"]),
+        Route(_STUDY + "/rendered", render.rendered_many, methods=["GET"]),
+        Route(_SERIES + "/thumbnail", render.thumbnail_many, methods=["GET"]),
+        Route(_STUDY + "/thumbnail", render.thumbnail_many, methods=["GET"]),
+        # Delete
+        Route(_STUDY, delete.delete_resource, methods=["DELETE"]),
+        Route(_SERIES, delete.delete_resource, methods=["DELETE"]),
+        Route(_INSTANCE, delete.delete_resource, methods=["DELETE"]),
+        # WADO-URI and the API description
+        Route("/wado", wado_uri.wado_uri, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi, methods=["GET"]),
     ]
 
 
@@ -69,11 +90,24 @@ def create_app(
     app_routes: list[BaseRoute] = (
         [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
     )
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Content-Location", "Content-Type", "Content-Encoding", "Warning", "Location"],
+                max_age=settings.cors_max_age,
+            )
+        )
     app = Starlette(
         routes=app_routes,
+        middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
         max_body_size=settings.max_request_bytes,
     )
-    app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata))
+    app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(storage))
     return app

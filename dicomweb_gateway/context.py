@@ -10,6 +10,7 @@ from common.clients import MetadataClient, StorageClient
 from common.ingest import IngestPipeline
 from common.validation import InvalidValue, check_uid
 from dicomweb_gateway.errors import bad_request
+from dicomweb_gateway.objects import LayoutCache
 from dicomweb_gateway.settings import GatewaySettings
 
 
@@ -19,6 +20,7 @@ class Gateway:
     storage: StorageClient
     metadata: MetadataClient
     pipeline: IngestPipeline
+    layouts: LayoutCache
 
 
 def gateway(request: Request) -> Gateway:

@@ -115,7 +115,8 @@ async def _search(request: Request, level: int) -> Response:
     headers = {}
     if result.truncated:
         headers["Warning"] = f'299 {warn_agent(request)}: "{TRUNCATED_WARNING}"'
-    return json_array_response(result.matches, headers=headers)
+    gzip_min = gateway(request).settings.gzip_min_bytes
+    return json_array_response(result.matches, headers=headers, request=request, gzip_min_bytes=gzip_min)
 
 
 async def search_studies(request: Request) -> Response:

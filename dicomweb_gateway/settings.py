@@ -32,6 +32,13 @@ class GatewaySettings(CommonSettings):
     access_log: bool = False
     # What STOW-RS does with an instance whose SOP Instance UID exists.
     duplicate_policy: Literal["overwrite", "keep_first", "reject"] = "overwrite"
+    # Origins whose web pages may call the API (CORS), e.g.
+    # ["https://viewer.example.org"]; ["*"] allows any. Empty: no CORS headers.
+    cors_origins: list[str] = []
+    # Seconds a browser may cache a preflight answer.
+    cors_max_age: int = 600
+    # Smallest JSON body worth gzipping for clients that accept it.
+    gzip_min_bytes: int = 1024
 
     @field_validator("base_path")
     @classmethod

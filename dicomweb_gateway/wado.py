@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from common import dicom_json, errors
 from common.clients import MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import dicom_pb2
+from dicomweb_gateway import transcode
 from dicomweb_gateway.context import Urls, gateway, path_uid, tenant_for
 from dicomweb_gateway.errors import bad_request, not_acceptable, not_found
 from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, MediaType, MediaTypeError, parse_accept
@@ -34,30 +35,28 @@ _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 # ---- content negotiation -------------------------------------------------
 
 
-def _serves(r: MediaType, stored: set[str]) -> bool:
-    if r.essence in ("*/*", "multipart/*"):
-        return True
-    if r.essence != MULTIPART_RELATED:
-        return False
-    if r.params.get("type", DICOM).strip().lower() != DICOM:
-        return False
-    wanted = r.params.get("transfer-syntax", "*").strip()
-    # Without transcoding every instance must already be in the wanted syntax.
-    return wanted == "*" or stored == {wanted}
-
-
-def check_acceptable(accept: str | None, stored: set[str]) -> None:
-    """406 unless some Accept range is satisfied by the stored encodings."""
+def negotiate(accept: str | None, stored: set[str]) -> str:
+    """The transfer syntax to send: "*" for the stored bytes as they are, or
+    a UID every stored instance can be transcoded to. 406 if none fits."""
     try:
         ranges = parse_accept(accept)
     except MediaTypeError as exc:
         raise bad_request(f"Accept: {exc}") from None
-    if any(_serves(r, stored) for r in ranges):
-        return
+    for r in ranges:
+        if r.essence in ("*/*", "multipart/*"):
+            return "*"
+        if r.essence != MULTIPART_RELATED or r.params.get("type", DICOM).strip().lower() != DICOM:
+            continue
+        # Without a transfer-syntax parameter the stored encoding is served.
+        wanted = r.params.get("transfer-syntax", "*").strip()
+        if wanted == "*" or stored == {wanted}:
+            return "*"
+        if all(transcode.can_transcode(ts, wanted) for ts in stored):
+            return wanted
     syntaxes = ", ".join(sorted(stored)[:5])
     raise not_acceptable(
-        f'instances are available only as {MULTIPART_RELATED}; type="{DICOM}" in their stored '
-        f"transfer syntax ({syntaxes}); transcoding and rendered media types are not supported"
+        f'instances are available as {MULTIPART_RELATED}; type="{DICOM}" in their stored transfer syntax '
+        f"({syntaxes}) or by transcoding to one of {', '.join(sorted(transcode.TARGETS))}"
     )
 
 
@@ -77,24 +76,41 @@ def _open(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> Iterator[b
     return itertools.chain([first], chunks)
 
 
-def _first_available(
-    storage: StorageClient, locations: Sequence[dicom_pb2.InstanceLocation]
-) -> tuple[int, Iterator[bytes]]:
-    for i, loc in enumerate(locations):
-        opened = _open(storage, loc)
-        if opened is not None:
-            return i, opened
-    raise errors.NotFound("the requested instances are not in storage")
-
-
-def _part_head(boundary: bytes, loc: dicom_pb2.InstanceLocation, urls: Urls, first: bool) -> bytes:
+def _part_head(boundary: bytes, loc: dicom_pb2.InstanceLocation, urls: Urls, first: bool, ts: str) -> bytes:
     ref = loc.ref
     lines = [
-        f"Content-Type: {DICOM}; transfer-syntax={loc.transfer_syntax_uid}",
+        f"Content-Type: {DICOM}; transfer-syntax={ts}",
         f"Content-Location: {urls.instance(ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid)}",
     ]
     prefix = b"" if first else b"\r\n"
     return prefix + b"--" + boundary + b"\r\n" + "\r\n".join(lines).encode("ascii") + b"\r\n\r\n"
+
+
+def _transcoded(storage: StorageClient, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes] | None:
+    opened = _open(storage, loc)
+    if opened is None:
+        return None
+    return iter([transcode.transcode(b"".join(opened), target)])
+
+
+def _needs(loc: dicom_pb2.InstanceLocation, target: str) -> bool:
+    return target != "*" and loc.transfer_syntax_uid != target
+
+
+def open_instance(
+    storage: StorageClient, loc: dicom_pb2.InstanceLocation, target: str
+) -> Iterator[bytes] | None:
+    return _transcoded(storage, loc, target) if _needs(loc, target) else _open(storage, loc)
+
+
+def _first_available(
+    storage: StorageClient, locations: Sequence[dicom_pb2.InstanceLocation], target: str
+) -> tuple[int, Iterator[bytes]]:
+    for i, loc in enumerate(locations):
+        opened = open_instance(storage, loc, target)
+        if opened is not None:
+            return i, opened
+    raise errors.NotFound("the requested instances are not in storage")
 
 
 def multipart_body(
@@ -104,17 +120,19 @@ def multipart_body(
     opened: Iterator[bytes],
     boundary: bytes,
     urls: Urls,
+    target: str = "*",
 ) -> Iterator[bytes]:
     """The response body. Runs in a worker thread (Starlette iterates sync
     generators in the threadpool), so blocking gRPC reads are fine here."""
     first = True
     for i in range(start, len(locations)):
-        chunks = opened if i == start else _open(storage, locations[i])
+        loc = locations[i]
+        # An error here aborts the response: the client sees no closing delimiter.
+        chunks = opened if i == start else open_instance(storage, loc, target)
         if chunks is None:
             continue
-        yield _part_head(boundary, locations[i], urls, first)
+        yield _part_head(boundary, loc, urls, first, target if _needs(loc, target) else loc.transfer_syntax_uid)
         first = False
-        # An error here aborts the response: the client sees no closing delimiter.
         yield from chunks
     yield b"\r\n--" + boundary + b"--\r\n"
 
@@ -124,10 +142,14 @@ async def _retrieve(request: Request, study: str, series: str = "", sop: str = "
     locations = await run_in_threadpool(gw.metadata.locate, tenant_for(request), study, series, sop)
     if not locations:
         raise not_found("no such " + ("instance" if sop else "series" if series else "study"))
-    check_acceptable(request.headers.get("accept"), {loc.transfer_syntax_uid for loc in locations})
-    start, opened = await run_in_threadpool(_first_available, gw.storage, locations)
+    target = negotiate(request.headers.get("accept"), {loc.transfer_syntax_uid for loc in locations})
+    try:
+        start, opened = await run_in_threadpool(_first_available, gw.storage, locations, target)
+    except transcode.CannotTranscode as exc:
+        raise not_acceptable(f"transcoding to {target} failed: {exc}") from None
     boundary = secrets.token_hex(16)
-    body = multipart_body(gw.storage, locations, start, opened, boundary.encode("ascii"), Urls.for_request(request))
+    urls = Urls.for_request(request)
+    body = multipart_body(gw.storage, locations, start, opened, boundary.encode("ascii"), urls, target)
     media_type = f'{MULTIPART_RELATED}; type="{DICOM}"; boundary={boundary}'
     return StreamingResponse(body, media_type=media_type)
 
@@ -171,13 +193,13 @@ async def _metadata(request: Request, study: str, series: str = "", sop: str = "
     blobs = await run_in_threadpool(_load_metadata, gw.metadata, urls, tenant_for(request), study, series, sop)
     if not blobs:
         raise not_found("no such " + ("instance" if sop else "series" if series else "study"))
-    return json_array_response(blobs)
+    return json_array_response(blobs, request=request, gzip_min_bytes=gw.settings.gzip_min_bytes)
 
 
 # ---- routes --------------------------------------------------------------
 
 
-def _ids(request: Request) -> tuple[str, str, str]:
+def path_ids(request: Request) -> tuple[str, str, str]:
     p = request.path_params
     study = path_uid(request, "study", "Study Instance UID")
     series = path_uid(request, "series", "Series Instance UID") if "series" in p else ""
@@ -186,8 +208,8 @@ def _ids(request: Request) -> tuple[str, str, str]:
 
 
 async def retrieve(request: Request) -> Response:
-    return await _retrieve(request, *_ids(request))
+    return await _retrieve(request, *path_ids(request))
 
 
 async def retrieve_metadata(request: Request) -> Response:
-    return await _metadata(request, *_ids(request))
+    return await _metadata(request, *path_ids(request))

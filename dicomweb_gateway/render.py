@@ -1,0 +1,274 @@
+"""Rendered resources (PS3.18 10.4.1.1.3, 10.4.1.1.6 thumbnails): frames as
+JPEG or PNG for display, with windowing, viewport scaling and quality.
+
+The pipeline follows PS3.4 N.2 for grey images: modality LUT, VOI LUT (the
+window the request names, else the object's first, else the full range),
+presentation (MONOCHROME1 inverted), 8 bits out. Colour images are converted
+to RGB (palette colour through its LUTs)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from common.gen.dicomserver.v1 import dicom_pb2
+from dicomweb_gateway import objects, transcode
+from dicomweb_gateway.context import Gateway, gateway, path_uid, tenant_for
+from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
+from dicomweb_gateway.frames import load, parse_frame_list
+from dicomweb_gateway.media import MULTIPART_RELATED, MediaTypeError, parse_accept
+
+JPEG, PNG = "image/jpeg", "image/png"
+THUMBNAIL_SIZE = 128
+MAX_VIEWPORT = 8192
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    media_type: str = JPEG
+    window: tuple[float, float, str] | None = None  # center, width, function
+    viewport: tuple[int, int] | None = None
+    quality: int = 90
+
+
+def choose_media_type(accept: str | None) -> str:
+    try:
+        ranges = parse_accept(accept)
+    except MediaTypeError as exc:
+        raise bad_request(f"Accept: {exc}") from None
+    for r in ranges:
+        if r.matches(JPEG):
+            return JPEG
+        if r.matches(PNG):
+            return PNG
+    raise not_acceptable(f"rendered images are available as {JPEG} or {PNG}")
+
+
+def _number(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"query parameter '{name}': '{raw[:32]}' is not a number") from None
+    if not np.isfinite(value):
+        raise bad_request(f"query parameter '{name}' must be finite")
+    return value
+
+
+def parse_window(raw: str, name: str = "window") -> tuple[float, float, str]:
+    parts = raw.split(",")
+    if len(parts) not in (2, 3):
+        raise bad_request(f"query parameter '{name}' must be center,width[,function]")
+    center, width = _number(name, parts[0]), _number(name, parts[1])
+    function = parts[2].strip().lower() if len(parts) == 3 else "linear"
+    if function not in ("linear", "linear_exact", "sigmoid"):
+        raise bad_request(f"query parameter '{name}': function must be linear, linear_exact or sigmoid")
+    if width <= 0 or (function == "linear" and width < 1):
+        raise bad_request(f"query parameter '{name}': width must be positive (at least 1 for linear)")
+    return center, width, function
+
+
+def parse_viewport(raw: str) -> tuple[int, int]:
+    if not re.fullmatch(r"[0-9]{1,5},[0-9]{1,5}(,.*)?", raw):
+        raise bad_request("query parameter 'viewport' must be width,height")
+    w, h = (int(v) for v in raw.split(",")[:2])
+    if not (1 <= w <= MAX_VIEWPORT and 1 <= h <= MAX_VIEWPORT):
+        raise bad_request(f"query parameter 'viewport': width and height must be 1..{MAX_VIEWPORT}")
+    return w, h
+
+
+def parse_quality(raw: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 100:
+        raise bad_request("query parameter 'quality' must be an integer from 1 to 100")
+    return int(raw)
+
+
+_RENDER_PARAMS = {"window", "viewport", "quality", "annotation", "charset", "iccprofile"}
+
+
+def options_from_query(params: Mapping[str, str], accept: str | None, thumbnail: bool) -> RenderOptions:
+    unknown = [k for k in params if k not in _RENDER_PARAMS]
+    if unknown:
+        raise bad_request(f"unknown query parameter '{unknown[0][:64]}'")
+    return RenderOptions(
+        media_type=choose_media_type(accept),
+        window=parse_window(params["window"]) if "window" in params else None,
+        viewport=parse_viewport(params["viewport"]) if "viewport" in params
+        else (THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None,
+        quality=parse_quality(params["quality"]) if "quality" in params else (75 if thumbnail else 90),
+    )
+
+
+# ---- the pipeline ---------------------------------------------------------
+
+
+def _first_float(ds: Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _voi(arr: np.ndarray, window: tuple[float, float, str] | None, ds: Dataset) -> np.ndarray:
+    """Grey values to 0..1."""
+    if window is None:
+        center, width = _first_float(ds, "WindowCenter"), _first_float(ds, "WindowWidth")
+        if center is not None and width is not None and width > 0:
+            window = (center, width, str(ds.get("VOILUTFunction", "LINEAR")).lower())
+    if window is None:
+        lo, hi = float(arr.min()), float(arr.max())
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    c, w, function = window
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-4.0 * (arr - c) / w))
+    if function == "linear_exact":
+        return np.clip((arr - (c - w / 2)) / w, 0.0, 1.0)
+    return np.clip((arr - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+
+
+def to_image(arr: np.ndarray, ds: Dataset, options: RenderOptions) -> Image.Image:
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples == 1 and photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        samples = 3
+    if samples == 1:
+        grey = apply_modality_lut(arr, ds).astype(np.float64)
+        scaled = _voi(grey, options.window, ds)
+        if photometric == "MONOCHROME1":
+            scaled = 1.0 - scaled
+        image = Image.fromarray(np.round(scaled * 255).astype(np.uint8), mode="L")
+    else:
+        rgb = arr.astype(np.float64)
+        if options.window is not None:
+            rgb = _voi(rgb, options.window, ds)
+        else:
+            top = float(2 ** int(ds.get("BitsStored", 8) or 8) - 1)
+            rgb = rgb / top if top > 0 else rgb
+        image = Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)[..., :3], mode="RGB")
+    if options.viewport is not None:
+        # Fit inside the viewport, keeping the aspect ratio.
+        vw, vh = options.viewport
+        scale = min(vw / image.width, vh / image.height)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
+
+
+def encode(image: Image.Image, options: RenderOptions) -> bytes:
+    out = io.BytesIO()
+    if options.media_type == PNG:
+        image.save(out, format="PNG")
+    else:
+        image.save(out, format="JPEG", quality=options.quality)
+    return out.getvalue()
+
+
+def render_frame(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int,
+                 options: RenderOptions) -> bytes:
+    if layout.frames == 0:
+        raise not_found("the instance has no pixel data to render")
+    stored = None if layout.whole_object else objects.frame_bytes(gw.storage, loc, layout, number)
+    try:
+        arr = transcode.decode_frame(layout, stored, number)
+        if arr.ndim == 3 and int(layout.header.get("SamplesPerPixel", 1) or 1) == 1:
+            arr = arr[0]
+        return encode(to_image(arr, layout.header, options), options)
+    except transcode.CannotTranscode as exc:
+        raise ApiError(422, f"the instance cannot be rendered: {exc}") from None
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise ApiError(422, f"the instance cannot be rendered ({type(exc).__name__})") from None
+
+
+def _multipart_images(images: Iterator[bytes], media_type: str) -> StreamingResponse:
+    boundary = secrets.token_hex(16)
+
+    def body() -> Iterator[bytes]:
+        for data in images:
+            yield f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode("ascii") + data + b"\r\n"
+        yield f"--{boundary}--\r\n".encode("ascii")
+
+    return StreamingResponse(body(), media_type=f'{MULTIPART_RELATED}; type="{media_type}"; boundary={boundary}')
+
+
+# ---- routes ---------------------------------------------------------------
+
+
+def _options(request: Request, thumbnail: bool) -> RenderOptions:
+    return options_from_query(dict(request.query_params), request.headers.get("accept"), thumbnail)
+
+
+def _instance(gw: Gateway, request: Request, options: RenderOptions) -> Response:
+    loc, layout = load(gw, request)
+    raw = request.path_params.get("frames")
+    numbers = parse_frame_list(raw, layout.frames) if raw is not None else [1]
+    if layout.frames == 0:
+        raise not_found("the instance has no pixel data to render")
+    if len(numbers) == 1:
+        return Response(render_frame(gw, loc, layout, numbers[0], options), media_type=options.media_type)
+    first = render_frame(gw, loc, layout, numbers[0], options)
+    rest = (render_frame(gw, loc, layout, n, options) for n in numbers[1:])
+    return _multipart_images(itertools.chain([first], rest), options.media_type)
+
+
+async def rendered_instance(request: Request) -> Response:
+    return await run_in_threadpool(_instance, gateway(request), request, _options(request, False))
+
+
+async def thumbnail_instance(request: Request) -> Response:
+    return await run_in_threadpool(_instance, gateway(request), request, _options(request, True))
+
+
+def _images_in(gw: Gateway, request: Request) -> list[dicom_pb2.InstanceLocation]:
+    study = path_uid(request, "study", "Study Instance UID")
+    series = path_uid(request, "series", "Series Instance UID") if "series" in request.path_params else ""
+    locations = gw.metadata.locate(tenant_for(request), study, series)
+    if not locations:
+        raise not_found("no such " + ("series" if series else "study"))
+    images = [loc for loc in locations if loc.number_of_frames > 0]
+    if not images:
+        raise not_found("there are no images to render")
+    return images
+
+
+def _thumbnail_of_many(gw: Gateway, request: Request, options: RenderOptions) -> Response:
+    images = _images_in(gw, request)
+    loc = images[len(images) // 2]  # a representative image: the middle one
+    try:
+        layout = gw.layouts.get(loc)
+    except objects.UnreadableObject as exc:
+        raise ApiError(500, f"the stored object cannot be read: {exc}") from None
+    return Response(render_frame(gw, loc, layout, 1, options), media_type=options.media_type)
+
+
+def _rendered_many(gw: Gateway, request: Request, options: RenderOptions) -> Response:
+    images = _images_in(gw, request)
+
+    def one(loc: dicom_pb2.InstanceLocation) -> bytes:
+        return render_frame(gw, loc, gw.layouts.get(loc), 1, options)
+
+    first = one(images[0])
+    return _multipart_images(itertools.chain([first], (one(loc) for loc in images[1:])), options.media_type)
+
+
+async def thumbnail_many(request: Request) -> Response:
+    return await run_in_threadpool(_thumbnail_of_many, gateway(request), request, _options(request, True))
+
+
+async def rendered_many(request: Request) -> Response:
+    return await run_in_threadpool(_rendered_many, gateway(request), request, _options(request, False))
