@@ -11,13 +11,15 @@ from common.grpc_server import configure_logging, serve_forever
 
 def main() -> None:
     settings = AuthSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     service = AuthService(Policy(settings))
     serve_forever(
         lambda server: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, server),
         [auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name],
-        settings.auth_addr,
+        settings.listen_address(settings.auth_addr),
         settings.shutdown_grace,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
 
 

@@ -63,10 +63,11 @@ def serve_forever(
     grace: float,
     on_stop: Callable[[], None] | None = None,
     metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for `grace` seconds."""
     server, health_servicer, port = build_server(register, service_names, address)
-    observability.start_metrics_server(metrics_port)
+    observability.start_metrics_server(metrics_port, metrics_host)
     log.info("%s listening on %s", ", ".join(service_names), address)
     stop = threading.Event()
 

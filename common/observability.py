@@ -55,10 +55,10 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root.setLevel(level)
 
 
-def start_metrics_server(port: int) -> None:
-    """Serves /metrics on 0.0.0.0:port when port is set (Kubernetes scrapes it)."""
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    """Serves /metrics on host:port when port is set (Kubernetes scrapes it)."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=host)
 
 
 def _split(method: str) -> tuple[str, str]:

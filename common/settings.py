@@ -24,6 +24,9 @@ class CommonSettings(BaseSettings):
     metadata_addr: str = "127.0.0.1:50052"
     auth_addr: str = "127.0.0.1:50053"
     ingest_addr: str = "127.0.0.1:50054"
+    # Where this service's own gRPC server binds, when that differs from the
+    # address others call it on (0.0.0.0:PORT in a container).
+    grpc_listen: str = ""
     default_tenant: str = "default"
     log_level: str = "INFO"
     # "text" for people, "json" for log collectors; both carry the request id.
@@ -31,5 +34,10 @@ class CommonSettings(BaseSettings):
     # Port of the Prometheus /metrics endpoint; 0 serves none (the embedded
     # run, where all services share one address).
     metrics_port: int = 0
+    # Containers set 0.0.0.0 so Prometheus can scrape from outside the pod.
+    metrics_host: str = "127.0.0.1"
     # Seconds a stopping service gives in-flight calls.
     shutdown_grace: float = 5.0
+
+    def listen_address(self, own_addr: str) -> str:
+        return self.grpc_listen or own_addr

@@ -48,7 +48,7 @@ def worker(settings: IngestSettings) -> None:
 
 def main() -> None:
     settings = IngestSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if "--dimse-worker" in sys.argv[1:]:
         worker(settings)
         return
@@ -76,8 +76,10 @@ def main() -> None:
     serve_forever(
         lambda server: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(service, server),
         [ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name],
-        settings.ingest_addr,
+        settings.listen_address(settings.ingest_addr),
         settings.shutdown_grace,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         on_stop=stop,
     )
 

@@ -13,15 +13,17 @@ from metadata_svc.settings import MetadataSettings
 
 def main() -> None:
     settings = MetadataSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     db = Database.from_url(settings.effective_database_url, pool_size=settings.database_pool_size)
     cache = Cache(settings.redis_url, settings.cache_ttl, settings.redis_timeout) if settings.redis_url else None
     service = MetadataService(MetadataIndex(db, settings.max_query_limit), cache)
     serve_forever(
         lambda server: metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(service, server),
         [metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name],
-        settings.metadata_addr,
+        settings.listen_address(settings.metadata_addr),
         settings.shutdown_grace,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
         on_stop=db.dispose,
     )
 

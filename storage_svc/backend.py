@@ -23,7 +23,7 @@ class ObjectStore(Protocol):
 
 
 def open_store(settings: StorageSettings) -> ObjectStore:
-    if settings.backend == "s3":
+    if settings.storage_backend == "s3":
         from storage_svc.s3 import S3Store
 
         return S3Store(settings)

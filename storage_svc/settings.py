@@ -9,7 +9,7 @@ from common.settings import CommonSettings
 
 
 class StorageSettings(CommonSettings):
-    backend: Literal["filesystem", "s3"] = "filesystem"
+    storage_backend: Literal["filesystem", "s3"] = "filesystem"
     # filesystem: defaults to <data_dir>/objects.
     storage_dir: Path | None = None
     # filesystem: fsync files and their folders before acknowledging a Put.

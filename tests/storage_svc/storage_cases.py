@@ -46,7 +46,7 @@ def seaweed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def store(backend: str, root: Path, seaweed: SeaweedS3 | None) -> ObjectStore:
     if seaweed is not None:
         return open_store(StorageSettings(
-            backend="s3", s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
+            storage_backend="s3", s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
             s3_access_key_id=ACCESS_KEY, s3_secret_access_key=SECRET_KEY,
         ))
     return FilesystemStore(root)
