@@ -1,0 +1,80 @@
+"""The consumer loop: the same code on either transport. Each event gets
+up to max_attempts tries; one that still fails is dead-lettered; the batch's
+offsets are committed only after every event in it is done."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import grpc
+from sqlalchemy.exc import OperationalError
+
+from eventbus.handlers import Handler
+from eventbus.transports import Delivery, Transport
+
+log = logging.getLogger(__name__)
+_TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+
+
+def is_transient(exc: Exception) -> bool:
+    """An outage, not a bad event: the batch waits instead of dead-lettering."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code() in _TRANSIENT_CODES
+    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError))
+
+
+class ConsumerLoop:
+    def __init__(self, name: str, transport: Transport, handler: Handler, batch: int = 100,
+                 max_attempts: int = 3, backoff: float = 0.2, poll_interval: float = 0.2) -> None:
+        self.name = name
+        self.transport = transport
+        self.handler = handler
+        self.batch = max(1, batch)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff = backoff
+        self.poll_interval = poll_interval
+        self.handled = 0
+        self.dead_lettered = 0
+
+    def run_once(self) -> int:
+        """Handles one batch and commits it; returns the events handled."""
+        deliveries = self.transport.poll(self.batch, self.poll_interval)
+        for delivery in deliveries:
+            self._handle(delivery)
+        self.transport.commit()
+        self.handled += len(deliveries)
+        return len(deliveries)
+
+    def _handle(self, delivery: Delivery) -> None:
+        error = "undecodable event payload"
+        for attempt in range(1, self.max_attempts + 1):
+            if delivery.event is None:
+                break
+            try:
+                self.handler(delivery.event)
+                return
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                log.warning("%s: event %d failed (attempt %d of %d): %s", self.name, delivery.event.sequence,
+                            attempt, self.max_attempts, type(exc).__name__)
+                if attempt < self.max_attempts:
+                    time.sleep(self.backoff * attempt)
+        self.transport.dead_letter(delivery, self.name, error)
+        self.dead_lettered += 1
+        log.error("%s: event %s dead-lettered", self.name,
+                  delivery.event.sequence if delivery.event is not None else "(undecodable)")
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                if self.run_once() == 0 and not getattr(self.transport, "blocks_in_poll", False):
+                    stop.wait(self.poll_interval)
+            except Exception as exc:  # transport down: back off and retry the batch
+                log.warning("%s: %s; retrying", self.name, type(exc).__name__)
+                self.transport.rewind()
+                stop.wait(1.0)
