@@ -7,8 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MetadataServer = Any  # tests/eventbus/conftest.py
-
 import grpc
 import pytest
 from sqlalchemy import select
@@ -21,6 +19,8 @@ from eventbus.handlers import audit_sink, metadata_precompute
 from eventbus.store import AuditEntry, DeadLetter, Store
 from eventbus.transports import EmbeddedLog
 from metadata_svc.schema import SeriesMetadata
+
+MetadataServer = Any  # tests/eventbus/conftest.py
 
 
 def drain(*loops: ConsumerLoop) -> None:

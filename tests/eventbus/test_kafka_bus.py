@@ -1,0 +1,177 @@
+"""`python -m eventbus` against a real Kafka broker and PostgreSQL: topics
+created with the configured partitions, events keyed and ordered per study,
+consumers killed mid-batch and restarted, Kafka stopped for 30 s during
+ingest, and poison messages moved to the dead-letter topic."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from backends import Kafka
+from bus_helpers import Bus, index_study, metadata_sops, wait_until
+from common.gen.dicomserver.v1 import events_pb2
+
+PARTITIONS = 3
+
+
+def topic_name() -> str:
+    return f"events-{uuid.uuid4().hex[:8]}"
+
+
+def read_topic(kafka: Kafka, topic: str, expected: int, timeout: float = 60) -> list[Any]:
+    """Every message of a topic, with a throwaway consumer group."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [m for m in consumer.consume(100, 0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return messages
+
+
+def outbox_sequences(metadata: Any) -> list[int]:
+    events, _ = metadata.index.read_outbox(0, 1000)
+    return [e.sequence for e in events]
+
+
+def bus_for(tmp_path: Path, metadata: Any, kafka: Kafka | None, topic: str, **env: str) -> Bus:
+    settings = {"consumer_batch": "50", "kafka_partitions": str(PARTITIONS), **env}
+    if kafka is not None:
+        settings.update(kafka_bootstrap=kafka.bootstrap, kafka_topic=topic,
+                        kafka_dead_letter_topic=topic + ".dlq")
+    return Bus(tmp_path, metadata.addr, **settings)
+
+
+def test_relay_keys_and_orders_events_per_study(kafka: Kafka, metadata_pg: Any, tmp_path: Path) -> None:
+    topic = topic_name()
+    bus = bus_for(tmp_path, metadata_pg, kafka, topic)
+    bus.start()
+    try:
+        # Interleaved studies, so partitions really mix.
+        sops: dict[str, list[str]] = defaultdict(list)
+        for round_ in range(4):
+            for study in ("7.1", "7.2", "7.3"):
+                sops[study] += index_study(metadata_pg.index, "k", f"{study}.{round_}", 1, 2)
+        total = 24
+        wait_until("audit of every event", lambda: bus.scalar("SELECT count(*) FROM audit_log") == total)
+        meta = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10).topics
+        assert len(meta[topic].partitions) == PARTITIONS and topic + ".dlq" in meta
+        messages = read_topic(kafka, topic, total)
+        by_key: dict[bytes, list[int]] = defaultdict(list)
+        for m in messages:
+            event = events_pb2.Event.FromString(m.value())
+            assert m.key() == event.instance_stored.location.ref.study_instance_uid.encode()
+            by_key[m.key()].append(event.sequence)
+        assert sorted(s for seqs in by_key.values() for s in seqs) == outbox_sequences(metadata_pg)
+        assert all(seqs == sorted(seqs) for seqs in by_key.values())
+        assert {len({m.partition() for m in messages if m.key() == k}) for k in by_key} == {1}
+        # The metadata consumer's work is what /metadata serves.
+        wait_until("precomputed metadata",
+                   lambda: all(metadata_pg.index.refresh_metadata("k", f"{s}.{r}") == 0
+                               for s in sops for r in range(4)))
+        assert metadata_sops(metadata_pg.index, "k", "7.2.3") == ["7.2.3.1.1", "7.2.3.1.2"]
+    finally:
+        assert bus.stop() == 0, bus.log()
+
+
+@pytest.mark.parametrize("transport", ["embedded", "kafka"])
+def test_consumer_killed_mid_batch_loses_nothing_and_applies_once(
+    transport: str, request: pytest.FixtureRequest, metadata_pg: Any, tmp_path: Path
+) -> None:
+    kafka = request.getfixturevalue("kafka") if transport == "kafka" else None
+    topic = topic_name()
+    total = 300
+    index_study(metadata_pg.index, "m", "8.1", 3, total // 3)
+    bus = bus_for(tmp_path, metadata_pg, kafka, topic, consumers="audit", consumer_batch="100")
+    bus.start()
+    wait_until("the first audit entries", lambda: bus.scalar("SELECT count(*) FROM audit_log") >= 40, every=0.005)
+    bus.kill()
+    applied = bus.scalar("SELECT count(*) FROM audit_log")
+    assert 0 < applied < total
+    bus.start()
+    try:
+        wait_until("every event audited", lambda: bus.scalar("SELECT count(*) FROM audit_log") == total)
+        wait_until("the offsets committed", lambda: bus.scalar("SELECT sum(deliveries) FROM audit_log") >= total)
+        time.sleep(1)  # any redelivery still under way lands
+    finally:
+        assert bus.stop() == 0, bus.log()
+    audit = bus.audit()
+    assert [seq for seq, _, _ in audit] == outbox_sequences(metadata_pg)  # each once, none missing
+    assert sorted(sop for _, sop, _ in audit) == sorted(f"8.1.{se}.{n}" for se in (1, 2, 3)
+                                                        for n in range(1, 101))
+    # Those applied but not committed before the kill were delivered again,
+    # and had no second effect.
+    assert sum(d for _, _, d in audit) > total
+
+
+def test_kafka_down_for_30_s_during_ingest(kafka: Kafka, metadata_pg: Any, tmp_path: Path) -> None:
+    topic = topic_name()
+    bus = bus_for(tmp_path, metadata_pg, kafka, topic)
+    bus.start()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def ingest() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            acknowledged.extend(index_study(metadata_pg.index, "o", f"9.{n}", 1, 1))
+            time.sleep(0.05)
+
+    try:
+        index_study(metadata_pg.index, "o", "9.0", 1, 1)
+        wait_until("the first event through Kafka", lambda: bus.scalar("SELECT count(*) FROM audit_log") == 1)
+        writer = threading.Thread(target=ingest)
+        writer.start()
+        kafka.stop()
+        during = len(acknowledged)
+        time.sleep(30)
+        outage_acks = len(acknowledged) - during
+        relayed_during = bus.scalar("SELECT count(*) FROM audit_log")
+        kafka.start()
+        time.sleep(2)
+        stop.set()
+        writer.join()
+        assert outage_acks > 50  # ingest kept acknowledging; the outbox grew
+        total = len(outbox_sequences(metadata_pg))
+        assert relayed_during < total
+        wait_until("the outbox drained into Kafka and the consumers",
+                   lambda: bus.scalar("SELECT count(*) FROM audit_log") == total, timeout=120)
+    finally:
+        stop.set()
+        if kafka.proc is None:
+            kafka.start()
+        assert bus.stop() == 0, bus.log()
+    assert [seq for seq, _, _ in bus.audit()] == outbox_sequences(metadata_pg)
+
+
+def test_poison_message_goes_to_the_dead_letter_topic(kafka: Kafka, metadata_pg: Any, tmp_path: Path) -> None:
+    topic = topic_name()
+    bus = bus_for(tmp_path, metadata_pg, kafka, topic, consumers="audit", max_attempts="2")
+    bus.start()
+    try:
+        index_study(metadata_pg.index, "p", "10.1", 1, 1)
+        wait_until("the topic and the first event", lambda: bus.scalar("SELECT count(*) FROM audit_log") == 1)
+        producer = Producer({"bootstrap.servers": kafka.bootstrap})
+        producer.produce(topic, key=b"10.1", value=b"\xff\xffnot an event")
+        assert producer.flush(10) == 0
+        index_study(metadata_pg.index, "p", "10.2", 1, 1)
+        wait_until("the event after the poison", lambda: bus.scalar("SELECT count(*) FROM audit_log") == 2)
+        (dead,) = read_topic(kafka, topic + ".dlq", 1)
+        assert dead.value() == b"\xff\xffnot an event" and dead.key() == b"10.1"
+        assert dict(dead.headers())["consumer"] == b"audit"
+    finally:
+        assert bus.stop() == 0, bus.log()
