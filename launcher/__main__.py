@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.settings import CommonSettings
 
-SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway"]
+SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway", "eventbus"]
 GRPC_ADDR_SETTING = {
     "storage_svc": "storage_addr",
     "metadata_svc": "metadata_addr",
