@@ -156,6 +156,9 @@ class Commitments:
                 checkpoint.set()
                 return False
             time.sleep(0.001)
+        if assoc.acse.is_release_requested():
+            checkpoint.set()  # the requester is leaving: answer on a new association
+            return False
         try:
             status, _ = assoc.send_n_event_report(ds, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
         except Exception as exc:  # the association ended or has no usable context
