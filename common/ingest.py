@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import threading
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pydicom import dcmread
@@ -186,10 +188,85 @@ def build_record(ds: Dataset, tenant: str, size: int, frames: int) -> md_pb.Inst
     )
 
 
+@dataclass(eq=False)
+class _Waiting:
+    record: md_pb.InstanceRecord
+    policy: int
+    wake: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    done: bool = False
+    result: md_pb.IndexResult | None = None
+    error: Exception | None = None
+
+
+class GroupIndexer:
+    """Group commit: records that concurrent stores index at the same time go
+    to metadata_svc in one IndexInstances call (one transaction). Nothing
+    waits for company: a lone store is indexed at once; while a call is in
+    flight, the next ones queue up and the first of them sends them all."""
+
+    def __init__(self, metadata: MetadataClient, max_batch: int = 64) -> None:
+        self._metadata = metadata
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._queue: list[_Waiting] = []
+        self._busy = False
+
+    def index(self, record: md_pb.InstanceRecord, policy: int) -> md_pb.IndexResult:
+        me = _Waiting(record, policy)
+        with self._lock:
+            self._queue.append(me)
+            if not self._busy:
+                self._busy = me.lead = True
+        while not me.done:
+            if me.lead:
+                self._run_batch()
+            else:
+                me.wake.wait()
+                me.wake.clear()
+        if me.error is not None:
+            raise me.error
+        assert me.result is not None
+        return me.result
+
+    def _run_batch(self) -> None:
+        with self._lock:
+            policy = self._queue[0].policy
+            batch: list[_Waiting] = []
+            for w in self._queue:
+                if w.policy != policy or len(batch) == self._max_batch:
+                    break
+                batch.append(w)
+            del self._queue[: len(batch)]
+        try:
+            results = self._metadata.index([w.record for w in batch], policy)
+            for w, r in zip(batch, results, strict=True):
+                w.result = r
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # find out whose record it was: one call each
+                for w in batch:
+                    try:
+                        (w.result,) = self._metadata.index([w.record], policy)
+                    except Exception as one:
+                        w.error = one
+        with self._lock:
+            for w in batch:
+                w.done, w.lead = True, False
+                w.wake.set()
+            if self._queue:
+                self._queue[0].lead = True
+                self._queue[0].wake.set()
+            else:
+                self._busy = False
+
+
 class IngestPipeline:
     def __init__(self, storage: StorageClient, metadata: MetadataClient) -> None:
         self._storage = storage
         self._metadata = metadata
+        self._indexer = GroupIndexer(metadata)
 
     def store(
         self,
@@ -245,7 +322,7 @@ class IngestPipeline:
             raise Rejected(OUT_OF_RESOURCES, "storage is not available") from None
         record.location.object_key = put.object_key
         try:
-            (result,) = self._metadata.index([record], policy)
+            result = self._indexer.index(record, policy)
         except errors.ServiceError as exc:
             log.warning("index failed: %s", exc)
             self._reclaim(put.object_key)

@@ -313,3 +313,24 @@ def test_c_get_returns_the_stored_bytes(archive2: Archive, tmp_path: Path) -> No
         assoc.release()
     assert statuses[-1] == 0x0000
     assert received == [split_part10(path.read_bytes())[1]]
+
+
+def test_simultaneous_associations_all_store(archive2: Archive, tmp_path: Path) -> None:
+    paths = [ct(tmp_path, f"{i}.dcm") for i in range(24)]
+    statuses: list[int] = []
+
+    def sender(part: list[tuple[Path, Dataset]]) -> None:
+        assoc = associate(archive2)
+        try:
+            statuses.extend(int(assoc.send_c_store(path).Status) for path, _ in part)
+        finally:
+            assoc.release()
+
+    threads = [threading.Thread(target=sender, args=(paths[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert statuses == [0] * len(paths)
+    uids = [ds.SOPInstanceUID for _, ds in paths]
+    assert sorted(loc.ref.sop_instance_uid for loc in located(archive2, *uids)) == sorted(uids)
