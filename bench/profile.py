@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu0 = {svc: TreeSampler._stat(pid)[1] for svc, pid in pids.items()}
         for svc, pid in pids.items():
             spies[svc] = subprocess.Popen(
-                [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "200", "--idle", "false",
+                [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--nonblocking",
                  "-o", str(out / f"{svc}.txt")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             clients.cstore(srv, [ct])
             what = f"{len(ct)} CT instances over 1 association"
         elif args.workload == "cstore-small":
-            small = [str(root / f["path"]) for st in manifest["index"]["studies"][:400] for se in st["series"] for f in se["files"]]
+            small = [str(root / f["path"]) for st in manifest["index"]["studies"][:200] for se in st["series"] for f in se["files"]]
             clients.cstore(srv, [small[k::4] for k in range(4)])
             what = f"{len(small)} small instances over 4 associations"
         elif args.workload == "stow":
