@@ -45,7 +45,9 @@ FRAME_MEDIA_TYPES: dict[str, str] = {
     "1.2.840.10008.1.2.4.203": "image/jphc",
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
+_ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
 _MAX_FRAMES_IN_LIST = 10000
+_FRAME_LIST = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> 
         else:
             continue
         single = r.essence == OCTET
+        part = _ALIASES.get(part, part)
+        if part == "*/*" or (part == "image/*" and stored_type.startswith("image/")):
+            return FrameChoice(False, stored_type)
         if part == OCTET:
             if wanted == "*" and encapsulated:
                 return FrameChoice(False, OCTET, single)
@@ -91,9 +96,13 @@ def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> 
     )
 
 
-def parse_frame_list(raw: str, frames: int) -> list[int]:
-    if not re.fullmatch(r"[0-9]{1,9}(,[0-9]{1,9})*", raw):
+def check_frame_list(raw: str) -> None:
+    if not _FRAME_LIST.fullmatch(raw):
         raise bad_request("frame list must be comma-separated frame numbers, e.g. 1,3,5")
+
+
+def parse_frame_list(raw: str, frames: int) -> list[int]:
+    check_frame_list(raw)
     numbers = [int(n) for n in raw.split(",")]
     if len(numbers) > _MAX_FRAMES_IN_LIST:
         raise bad_request(f"at most {_MAX_FRAMES_IN_LIST} frames per request")
@@ -175,6 +184,7 @@ def _frames_response(
 
 async def retrieve_frames(request: Request) -> Response:
     gw = gateway(request)
+    check_frame_list(request.path_params["frames"])
     loc, layout = await run_in_threadpool(load, gw, request)
     numbers = parse_frame_list(request.path_params["frames"], layout.frames)
     return await run_in_threadpool(_frames_response, gw, request, loc, layout, numbers)
@@ -224,7 +234,9 @@ def _check_octet_accept(accept: str | None) -> bool:
     for r in ranges:
         if r.essence in ("*/*", "multipart/*"):
             return False
-        if r.essence == MULTIPART_RELATED and r.params.get("type", OCTET).strip().lower() == OCTET:
+        if r.essence == MULTIPART_RELATED and r.params.get("type", OCTET).strip().lower() in (
+            OCTET, "*/*", "application/*"
+        ):
             return False
         if r.essence == OCTET:
             return True
