@@ -68,6 +68,28 @@ def wait_grpc(addr: str, deadline: float) -> None:
             time.sleep(0.1)
 
 
+def wait_dimse(port: int, ae_title: str, deadline: float) -> None:
+    """A C-ECHO: a bare TCP probe would hold an SCP thread until its ACSE timeout."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="LAUNCHER")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.network_timeout = 5
+    while True:
+        assoc = ae.associate(HOST, port, ae_title=ae_title)
+        if assoc.is_rejected:
+            return  # an AE title policy said no: the SCP is up and answering
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assoc.release()
+            if status and status.Status == 0:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no DIMSE C-ECHO answer on {HOST}:{port}")
+        time.sleep(0.2)
+
+
 def wait_tcp(port: int, deadline: float) -> None:
     while True:
         try:
@@ -145,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             sup.start(name)
         for name, setting in GRPC_ADDR_SETTING.items():
             wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline)
-        wait_tcp(args.dimse_port, deadline)
+        wait_dimse(args.dimse_port, args.ae_title, deadline)
         wait_tcp(args.http_port, deadline)
     except TimeoutError as exc:
         print(f"startup failed: {exc}", file=sys.stderr)
