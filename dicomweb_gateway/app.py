@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from common.clients import MetadataClient, StorageClient, channel
 from common.ingest import IngestPipeline
-from dicomweb_gateway import delete, frames, openapi, qido, render, stow, wado, wado_uri
+from dicomweb_gateway import delete, frames, health, openapi, qido, render, stow, wado, wado_uri
 from dicomweb_gateway.context import Gateway
 from dicomweb_gateway.errors import EXCEPTION_HANDLERS
 from dicomweb_gateway.objects import LayoutCache
@@ -87,7 +87,11 @@ def create_app(
             for ch in owned:
                 ch.close()
 
-    app_routes: list[BaseRoute] = (
+    probes: list[BaseRoute] = [
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+    ]
+    app_routes: list[BaseRoute] = probes + (
         [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
     )
     middleware = []
