@@ -58,6 +58,8 @@ class Postgres:
     port: int = field(default_factory=free_port)
     dir: Path | None = None
     user: str | None = None
+    # False (tests): no fsync, so the suite stays fast. True: as deployed.
+    durable: bool = False
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         cmd = list(args)
@@ -71,9 +73,9 @@ class Postgres:
         data = self.dir / "data"
         self._run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                   "--locale=C", "--no-sync")
-        # A test server: durability off, so the suite stays fast.
-        opts = (f"-k {self.dir} -p {self.port} -h 127.0.0.1 -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200")
+        opts = f"-k {self.dir} -p {self.port} -h 127.0.0.1 -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w", "-o", opts, "start")
 
     def url(self, database: str = "postgres") -> str:
