@@ -7,6 +7,7 @@ import logging
 import uvicorn
 
 from common.grpc_server import configure_logging
+from common.observability import start_metrics_server
 from dicomweb_gateway.app import create_app
 from dicomweb_gateway.settings import GatewaySettings
 
@@ -15,7 +16,8 @@ log = logging.getLogger("dicomweb_gateway")
 
 def main() -> None:
     settings = GatewaySettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    start_metrics_server(settings.metrics_port, settings.metrics_host)
     app = create_app(settings)
     log.info("DICOMweb listening on http://%s:%d%s", settings.http_host, settings.http_port, settings.base_path)
     # uvicorn handles SIGTERM/SIGINT: stops accepting, drains, runs the lifespan shutdown.

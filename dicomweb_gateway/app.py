@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from common.clients import MetadataClient, StorageClient, channel
 from common.ingest import IngestPipeline
+from dicomweb_gateway.observability import RequestObservability
 from dicomweb_gateway import delete, frames, health, openapi, qido, render, stow, wado, wado_uri
 from dicomweb_gateway.context import Gateway
 from dicomweb_gateway.errors import EXCEPTION_HANDLERS
@@ -94,7 +95,7 @@ def create_app(
     app_routes: list[BaseRoute] = probes + (
         [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
     )
-    middleware = []
+    middleware = [Middleware(RequestObservability)]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -102,7 +103,7 @@ def create_app(
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Content-Location", "Content-Type", "Content-Encoding", "Warning", "Location"],
+                expose_headers=["Content-Location", "Content-Type", "Content-Encoding", "Warning", "Location", "X-Request-ID"],
                 max_age=settings.cors_max_age,
             )
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -188,4 +189,6 @@ def test_ports_and_probes_are_what_the_service_serves(name: str, tmp_path: Path)
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    # uvicorn re-raises SIGTERM after its graceful shutdown, so the gateway's
+    # clean stop reads as -SIGTERM; the gRPC services exit 0.
+    assert proc.returncode in (0, -signal.SIGTERM), err.decode()[-2000:]
