@@ -42,14 +42,30 @@ class FilesystemStore:
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            created = self._make_dirs(final.parent)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # a delete just removed the emptied folder
+                created += self._make_dirs(final.parent)
+                os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         if self.fsync:
-            self._fsync_dir(final.parent)
+            # The rename, and each new folder's entry in its parent, must be durable.
+            for folder in {final.parent, *(d.parent for d in created)}:
+                self._fsync_dir(folder)
         return Stored(key, size, digest.hexdigest())
+
+    def _make_dirs(self, folder: Path) -> list[Path]:
+        """Creates `folder` and missing parents; returns the ones it created."""
+        missing = []
+        while not folder.is_dir():
+            missing.append(folder)
+            folder = folder.parent
+        for d in reversed(missing):
+            d.mkdir(exist_ok=True)
+        return missing
 
     def get(self, key: str, offset: int = 0, length: int = 0) -> tuple[int, Iterator[bytes]]:
         """Total size and an iterator over the requested range."""
@@ -84,9 +100,9 @@ class FilesystemStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        # Empty folders are removed up to the tenant folder, never the root.
+        # Empty series and study folders go; the tenant folder and root stay.
         parent = path.parent
-        for _ in range(3):
+        for _ in range(2):
             try:
                 parent.rmdir()
             except OSError:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.validation import check_tenant, check_uid
 
-# tenant/study/series/sop/generation.dcm — every part checked by its grammar,
-# so a key can never climb out of the root or the bucket prefix.
-_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(/[0-9]+(\.[0-9]+)*){3}/[0-9a-f]{16}\.dcm")
+# tenant/study/series/sop_generation.dcm — every part checked by its grammar,
+# so a key can never climb out of the root or the bucket prefix. One file per
+# object in the series folder: a new object creates no folder of its own.
+_KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}(/[0-9]+(\.[0-9]+)*){3}_[0-9a-f]{16}\.dcm")
 
 
 class BadKey(ValueError):
@@ -43,7 +44,7 @@ def derive_key(ref: dicom_pb2.InstanceRef) -> str:
         check_uid(ref.series_instance_uid, "Series Instance UID"),
         check_uid(ref.sop_instance_uid, "SOP Instance UID"),
     ]
-    return "/".join(parts) + f"/{secrets.token_hex(8)}.dcm"
+    return "/".join(parts) + f"_{secrets.token_hex(8)}.dcm"
 
 
 def check_key(key: str) -> str:

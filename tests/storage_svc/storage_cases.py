@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def test_put_get_round_trip_across_chunks(client: StorageClient, root: Path, bac
     put = client.put(REF, [data], expected_size=len(data))
     assert put.size == len(data)
     assert put.sha256 == hashlib.sha256(data).hexdigest()
-    assert put.object_key.startswith("default/1.2.3/1.2.3.4/1.2.3.4.5/")
+    assert re.fullmatch(r"default/1\.2\.3/1\.2\.3\.4/1\.2\.3\.4\.5_[0-9a-f]{16}\.dcm", put.object_key)
     assert client.get_bytes(put.object_key) == data
     assert client.stat(put.object_key).size == len(data)
     if backend == "filesystem":
@@ -167,3 +168,19 @@ def test_header_must_come_first(grpc_stub: pb_grpc.StorageServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         grpc_stub.Put(requests())
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_deleting_the_last_object_removes_emptied_folders(client: StorageClient, root: Path, backend: str) -> None:
+    ref = dicom_pb2.InstanceRef(
+        tenant="emptied", study_instance_uid="9.8", series_instance_uid="9.8.7", sop_instance_uid="9.8.7.6"
+    )
+    first, second = client.put(ref, [b"a"]).object_key, client.put(ref, [b"b"]).object_key
+    assert client.delete(first)
+    if backend == "filesystem":
+        assert (root / "emptied/9.8/9.8.7").is_dir()  # the series still holds an object
+    assert client.delete(second)
+    if backend == "filesystem":
+        assert not (root / "emptied/9.8").exists()
+        assert (root / "emptied").is_dir()
+    # A new object in the same series after its folder went away.
+    assert client.get_bytes(client.put(ref, [b"c"]).object_key) == b"c"
