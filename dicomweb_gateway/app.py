@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from common.clients import MetadataClient, StorageClient, channel
 from common.ingest import IngestPipeline
 from dicomweb_gateway.observability import RequestObservability
-from dicomweb_gateway import delete, frames, health, openapi, qido, render, stow, wado, wado_uri
+from dicomweb_gateway import changefeed, delete, frames, health, openapi, qido, render, stow, wado, wado_uri
 from dicomweb_gateway.context import Gateway
 from dicomweb_gateway.errors import EXCEPTION_HANDLERS
 from dicomweb_gateway.objects import LayoutCache
@@ -59,6 +59,9 @@ def routes() -> list[BaseRoute]:
         Route(_STUDY, delete.delete_resource, methods=["DELETE"]),
         Route(_SERIES, delete.delete_resource, methods=["DELETE"]),
         Route(_INSTANCE, delete.delete_resource, methods=["DELETE"]),
+        # Change feed
+        Route("/changefeed", changefeed.read, methods=["GET"]),
+        Route("/changefeed/latest", changefeed.latest, methods=["GET"]),
         # WADO-URI and the API description
         Route("/wado", wado_uri.wado_uri, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
