@@ -11,9 +11,11 @@ import threading
 
 from common.clients import channel
 from common.grpc_server import configure_logging
+from common.observability import start_metrics_server
 from eventbus.consumer import ConsumerLoop
 from eventbus.handlers import Handler, audit_sink, metadata_precompute
-from eventbus.relay import Relay, ensure_topics
+from eventbus import lag
+from eventbus.relay import POSITION, Relay, ensure_topics
 from eventbus.settings import EventbusSettings
 from eventbus.store import Store
 from eventbus.transports import EmbeddedLog, KafkaLog, Transport
@@ -35,7 +37,8 @@ def _wait_for_topics(settings: EventbusSettings, stop: threading.Event) -> bool:
 
 def main() -> None:
     settings = EventbusSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    start_metrics_server(settings.metrics_port, settings.metrics_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -69,6 +72,9 @@ def main() -> None:
                             settings.retry_backoff, settings.poll_interval)
         threads.append(threading.Thread(target=loop.run, args=(stop,), name=f"consumer-{name}"))
         closers.append(transport.close)
+    readers = [POSITION] if kafka else [f"consumer:{n}" for n in settings.consumer_names]
+    threads.append(threading.Thread(target=lag.watch, args=(md_channel, store, readers, settings.lag_interval, stop),
+                                    name="lag"))
     for t in threads:
         t.start()
     log.info("eventbus running: %s on %s", ", ".join(settings.consumer_names) or "no consumers",

@@ -27,6 +27,8 @@ class EventbusSettings(CommonSettings):
     # Seconds between looks at an empty outbox (embedded log and relay).
     poll_interval: float = 0.2
     relay_batch: int = 500
+    # Seconds between measurements of the outbox lag metric.
+    lag_interval: float = 10.0
 
     @property
     def effective_database_url(self) -> str:

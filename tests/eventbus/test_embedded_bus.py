@@ -108,3 +108,35 @@ def test_an_outage_is_waited_out_not_dead_lettered(metadata_sqlite: MetadataServ
     store.dispose()
 
 
+
+
+def test_outbox_lag_gauge_counts_what_each_reader_has_not_handled(metadata_sqlite: MetadataServer, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from eventbus import lag
+
+    store = Store(f"sqlite:///{tmp_path / 'bus.sqlite3'}")
+    ch = channel(metadata_sqlite.addr)
+    index_study(metadata_sqlite.index, "a", "5.1", 1, 4)
+    audit = ConsumerLoop("audit", EmbeddedLog("audit", ch, store), audit_sink(store), batch=3)
+    audit.run_once()  # handles 3 of the 4 events
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=lag.watch, args=(ch, store, ["consumer:audit", "consumer:idle"], 0.05, stop))
+    watcher.start()
+    try:
+        def gauge(reader: str) -> float | None:
+            return REGISTRY.get_sample_value("dicomserver_outbox_lag_events", {"reader": reader})
+
+        deadline = time.monotonic() + 10
+        while gauge("consumer:idle") is None and time.monotonic() < deadline:
+            stop.wait(0.05)
+        assert gauge("consumer:audit") == 1
+        assert gauge("consumer:idle") == 4
+    finally:
+        stop.set()
+        watcher.join()
+        store.dispose()
