@@ -1,6 +1,6 @@
 """Index-scale benchmark of the metadata service (not a test):
 
-    .venv/bin/python -m metadata_svc.benchmark [--studies 5000] [--per-study 20] [--ingest-sample 3000]
+    .venv/bin/python -m bench.metadata_index [--studies 5000] [--per-study 20] [--ingest-sample 3000]
 
 Starts a durable PostgreSQL 15 (fsync on, as deployed) with tests/backends.py,
 measures the single-record ingest rate (one IndexInstances transaction per
