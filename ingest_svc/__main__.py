@@ -43,7 +43,7 @@ def worker(settings: IngestSettings) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     _, scp = _start(settings)
     stop.wait()
-    scp.shutdown()
+    scp.stop(settings.shutdown_grace)
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
     )
 
     def stop() -> None:
-        scp.shutdown()
+        scp.stop(settings.shutdown_grace)
         for proc in workers:
             proc.send_signal(signal.SIGTERM)
         for proc in workers:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import socketserver
 import ssl
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -131,6 +133,18 @@ class DimseServer(ThreadedAssociationServer):
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
+
+    def stop(self, grace: float) -> None:
+        """Stops accepting, lets running associations finish for `grace`
+        seconds, then aborts the rest: a silent peer (a load balancer's TCP
+        check) would otherwise hold the shutdown until its ACSE timeout."""
+        socketserver.BaseServer.shutdown(self)
+        deadline = time.monotonic() + grace
+        while self.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for assoc in self.active_associations:
+            assoc.abort()
+        self.shutdown()
 
 
 def tls_context(settings: IngestSettings) -> ssl.SSLContext | None:

@@ -334,3 +334,37 @@ def test_simultaneous_associations_all_store(archive2: Archive, tmp_path: Path) 
     assert statuses == [0] * len(paths)
     uids = [ds.SOPInstanceUID for _, ds in paths]
     assert sorted(loc.ref.sop_instance_uid for loc in located(archive2, *uids)) == sorted(uids)
+
+
+def test_a_silent_connection_does_not_hold_up_shutdown(tmp_path: Path) -> None:
+    """A peer that connects and says nothing (a load balancer's TCP check)
+    is aborted after the shutdown grace, not waited on until its ACSE timeout."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from support import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "DICOMSERVER_DIMSE_PORT": str(port), "DICOMSERVER_INGEST_ADDR": f"127.0.0.1:{free_port()}",
+           "DICOMSERVER_DATA_DIR": str(tmp_path), "DICOMSERVER_SHUTDOWN_GRACE": "1", "DICOMSERVER_ACSE_TIMEOUT": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "ingest_svc"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                silent = socket.create_connection(("127.0.0.1", port), timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ingest_svc did not listen"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0  # well before the 120 s ACSE timeout
+        silent.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
