@@ -42,11 +42,20 @@ class ConsumerLoop:
     def run_once(self) -> int:
         """Handles one batch and commits it; returns the events handled."""
         deliveries = self.transport.poll(self.batch, self.poll_interval)
-        for delivery in deliveries:
+        for delivery in self._coalesced(deliveries):
             self._handle(delivery)
         self.transport.commit()
         self.handled += len(deliveries)
         return len(deliveries)
+
+    def _coalesced(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """The deliveries to handle: for a handler with a `coalesce` key, only
+        the last event of each key in the batch (the others are covered by it)."""
+        key = getattr(self.handler, "coalesce", None)
+        if key is None:
+            return deliveries
+        last = {key(d.event): i for i, d in enumerate(deliveries) if d.event is not None}
+        return [d for i, d in enumerate(deliveries) if d.event is None or last[key(d.event)] == i]
 
     def _handle(self, delivery: Delivery) -> None:
         error = "undecodable event payload"

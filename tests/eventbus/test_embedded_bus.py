@@ -140,3 +140,25 @@ def test_outbox_lag_gauge_counts_what_each_reader_has_not_handled(metadata_sqlit
         stop.set()
         watcher.join()
         store.dispose()
+
+
+def test_metadata_refresh_runs_once_per_series_per_batch(metadata_sqlite: MetadataServer, tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'bus.sqlite3'}")
+    ch = channel(metadata_sqlite.addr)
+    refreshed: list[tuple[str, str]] = []
+    real = metadata_precompute(ch)
+
+    def counting(event: events_pb2.Event) -> None:
+        ref = event.instance_stored.location.ref
+        refreshed.append((ref.study_instance_uid, ref.series_instance_uid))
+        real(event)
+
+    counting.coalesce = real.coalesce  # type: ignore[attr-defined]
+    sops = index_study(metadata_sqlite.index, "a", "6.1", 2, 5)  # 2 series of 5
+    loop = ConsumerLoop("metadata", EmbeddedLog("metadata", ch, store), counting, batch=100)
+    assert loop.run_once() == 10
+    assert sorted(refreshed) == sorted(set(refreshed)) and len(refreshed) == 2
+    # Both series are precomputed and current: what /metadata serves is complete.
+    assert metadata_sqlite.index.refresh_metadata("a", "6.1") == 0
+    assert metadata_sops(metadata_sqlite.index, "a", "6.1") == sops
+    store.dispose()
