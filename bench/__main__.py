@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     bench: Bench | None = None
     try:
         dest = StoreSCP(work / "storescp")
-        ours_env = {k: v.format(dest_aet=dest.aet, dest_port=dest.port) for k, v in parse_env(args.ours_env).items()}
+        # Both servers know the C-MOVE destination, as Orthanc's config does below.
+        ours_env = {"DICOMSERVER_DIMSE_PEERS": json.dumps({dest.aet: {"host": "127.0.0.1", "port": dest.port}})}
+        ours_env |= {k: v.format(dest_aet=dest.aet, dest_port=dest.port) for k, v in parse_env(args.ours_env).items()}
         for side in sides:
             if side == "ours":
                 servers[side] = start_ours(work / "ours", ours_env)

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from common import dicom_json, errors
+from common import dicom_json, errors, observability
 from common.clients import MetadataClient, StorageClient, read_chunks
 from common.gen.dicomserver.v1 import dicom_pb2, ingest_service_pb2 as ingest_pb, metadata_service_pb2 as md_pb
 from common.validation import is_uid
@@ -307,6 +307,9 @@ class IngestPipeline:
             outcome.status = ingest_pb.STORE_STATUS_FAILED
             outcome.dicom_status = rej.status
             outcome.reason = rej.reason
+        observability.INGESTED.labels(ingest_pb.StoreStatus.Name(outcome.status)).inc()
+        if outcome.status != ingest_pb.STORE_STATUS_FAILED:
+            observability.INGESTED_BYTES.inc(size)
         return outcome
 
     def _store_and_index(

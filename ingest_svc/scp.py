@@ -14,6 +14,7 @@ import time
 import weakref
 from typing import Any
 
+from prometheus_client import Gauge
 from pydicom.uid import (
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
@@ -43,6 +44,7 @@ from common.ingest import IngestPipeline
 from ingest_svc import commitment, find, retrieve, store
 from ingest_svc.settings import IngestSettings
 
+ASSOCIATIONS = Gauge("dicomserver_dimse_associations", "DIMSE associations open in this process")
 log = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4.
@@ -220,5 +222,6 @@ def start_scp(
         server_class=server_class,
     )
     ae._servers.append(server)  # so that ae.shutdown() stops it too
+    ASSOCIATIONS.set_function(lambda: len(server.active_associations))
     threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True).start()
     return server
