@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench import corpus
-from bench.servers import Server, StoreSCP, ensure_orthanc, start_orthanc, start_ours
+from bench.servers import ScaleoutBackends, Server, StoreSCP, ensure_orthanc, start_orthanc, start_ours
 from bench.workloads import Plan, Bench
 from bench.report import table
 
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our launcher, e.g. DICOMSERVER_DATABASE_URL=...; "
                              "{dest_aet} and {dest_port} name the C-MOVE destination (storescp)")
+    parser.add_argument("--scaleout", action="store_true",
+                        help="run ours on PostgreSQL (durable), Redis and Kafka started for the run "
+                             "(scripts/setup --test installs them)")
     args = parser.parse_args(argv)
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN
@@ -98,10 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, Server] = {}
     dest: StoreSCP | None = None
     bench: Bench | None = None
+    backends = ScaleoutBackends() if args.scaleout else None
     try:
         dest = StoreSCP(work / "storescp")
         # Both servers know the C-MOVE destination, as Orthanc's config does below.
         ours_env = {"DICOMSERVER_DIMSE_PEERS": json.dumps({dest.aet: {"host": "127.0.0.1", "port": dest.port}})}
+        if backends is not None:
+            ours_env |= backends.start(log)
         ours_env |= {k: v.format(dest_aet=dest.aet, dest_port=dest.port) for k, v in parse_env(args.ours_env).items()}
         for side in sides:
             if side == "ours":
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         codes = {name: srv.stop() for name, srv in servers.items()}
         if dest is not None:
             dest.stop()
+        if backends is not None:
+            backends.stop()
         for name, srv in servers.items():
             if codes[name] != 0:
                 log(f"{name} exited with status {codes[name]}; log tail:\n{srv.log_tail()}")
@@ -135,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     result = {
         "date": when.isoformat(timespec="seconds"),
-        "mode": "quick" if args.quick else "full",
+        "mode": ("quick" if args.quick else "full") + (" on PostgreSQL/Redis/Kafka" if args.scaleout else ""),
         "machine": machine(),
         "corpus": size.key,
         "plan": plan.__dict__,

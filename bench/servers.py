@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,3 +302,31 @@ class StoreSCP:
         except ProcessLookupError:
             pass
         self.proc.wait(10)
+
+
+class ScaleoutBackends:
+    """PostgreSQL (fsync on, as deployed), Redis and Kafka for our side, on
+    free loopback ports — the same real servers the test suite starts."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from backends import Kafka, Postgres, Redis  # the tests' server runners
+
+        self.postgres = Postgres(durable=True)
+        self.redis = Redis()
+        self.kafka = Kafka()
+
+    def start(self, log: Callable[[str], None]) -> dict[str, str]:
+        for server in (self.postgres, self.redis, self.kafka):
+            server.start()
+        log(f"scale-out: PostgreSQL :{self.postgres.port}, Redis :{self.redis.port}, Kafka {self.kafka.bootstrap}")
+        return {
+            "DICOMSERVER_DATABASE_URL": self.postgres.create_database("bench"),
+            "DICOMSERVER_EVENTBUS_DATABASE_URL": self.postgres.create_database("bench_eventbus"),
+            "DICOMSERVER_REDIS_URL": self.redis.url,
+            "DICOMSERVER_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+        }
+
+    def stop(self) -> None:
+        for server in (self.kafka, self.redis, self.postgres):
+            getattr(server, "cleanup", server.stop)()
