@@ -14,12 +14,10 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     service = AuthService(Policy(settings))
     serve_forever(
+        settings,
         lambda server: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, server),
-        [auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name],
-        settings.listen_address(settings.auth_addr),
-        settings.shutdown_grace,
-        metrics_port=settings.metrics_port,
-        metrics_host=settings.metrics_host,
+        auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+        settings.auth_addr,
     )
 
 

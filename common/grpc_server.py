@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from common import observability
+from common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,17 @@ def build_server(
 
 
 def serve_forever(
+    settings: CommonSettings,
     register: Callable[[grpc.Server], None],
-    service_names: Sequence[str],
-    address: str,
-    grace: float,
+    service_name: str,
+    own_addr: str,
     on_stop: Callable[[], None] | None = None,
-    metrics_port: int = 0,
-    metrics_host: str = "127.0.0.1",
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then drains in-flight calls for `grace` seconds."""
-    server, health_servicer, port = build_server(register, service_names, address)
-    observability.start_metrics_server(metrics_port, metrics_host)
-    log.info("%s listening on %s", ", ".join(service_names), address)
+    """Serves until SIGTERM or SIGINT, then drains in-flight calls for the shutdown grace."""
+    address = settings.listen_address(own_addr)
+    server, health_servicer, port = build_server(register, [service_name], address)
+    observability.start_metrics_server(settings.metrics_port, settings.metrics_host)
+    log.info("%s listening on %s", service_name, address)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -79,7 +79,7 @@ def serve_forever(
     signal.signal(signal.SIGINT, _on_signal)
     stop.wait()
     health_servicer.enter_graceful_shutdown()
-    server.stop(grace).wait()
+    server.stop(settings.shutdown_grace).wait()
     if on_stop is not None:
         on_stop()
     log.info("stopped")

@@ -74,12 +74,10 @@ def main() -> None:
 
     service = IngestService(pipeline, settings.spool_max_memory)
     serve_forever(
+        settings,
         lambda server: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(service, server),
-        [ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name],
-        settings.listen_address(settings.ingest_addr),
-        settings.shutdown_grace,
-        metrics_port=settings.metrics_port,
-        metrics_host=settings.metrics_host,
+        ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+        settings.ingest_addr,
         on_stop=stop,
     )
 

@@ -18,12 +18,10 @@ def main() -> None:
     cache = Cache(settings.redis_url, settings.cache_ttl, settings.redis_timeout) if settings.redis_url else None
     service = MetadataService(MetadataIndex(db, settings.max_query_limit), cache)
     serve_forever(
+        settings,
         lambda server: metadata_service_pb2_grpc.add_MetadataServiceServicer_to_server(service, server),
-        [metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name],
-        settings.listen_address(settings.metadata_addr),
-        settings.shutdown_grace,
-        metrics_port=settings.metrics_port,
-        metrics_host=settings.metrics_host,
+        metadata_service_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name,
+        settings.metadata_addr,
         on_stop=db.dispose,
     )
 

@@ -14,12 +14,10 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     service = StorageService(open_store(settings))
     serve_forever(
+        settings,
         lambda server: storage_service_pb2_grpc.add_StorageServiceServicer_to_server(service, server),
-        [storage_service_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name],
-        settings.listen_address(settings.storage_addr),
-        settings.shutdown_grace,
-        metrics_port=settings.metrics_port,
-        metrics_host=settings.metrics_host,
+        storage_service_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name,
+        settings.storage_addr,
     )
 
 
