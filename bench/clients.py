@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,8 +16,11 @@ import httpx
 
 from bench.servers import CLIENT_AET, HOST, Server
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import dcmtk_env  # noqa: E402  (the tests' dcmtk environment)
+
 BOUNDARY = "benchBOUNDARY7f3a9c"
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+DCMTK_ENV = dcmtk_env()
 
 
 class NotAvailable(Exception):

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import dcmtk_env  # noqa: E402  (the tests' dcmtk environment)
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 CLIENT_AET = "BENCHSCU"
@@ -282,7 +285,7 @@ class StoreSCP:
             ["storescp", "-aet", aet, "-od", str(out_dir), str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "TCP_NODELAY": "1"},
+            env=dcmtk_env(),
             start_new_session=True,
         )
         wait_tcp(self.port, 10)
@@ -309,7 +312,6 @@ class ScaleoutBackends:
     free loopback ports — the same real servers the test suite starts."""
 
     def __init__(self) -> None:
-        sys.path.insert(0, str(ROOT / "tests"))
         from backends import Kafka, Postgres, Redis  # the tests' server runners
 
         self.postgres = Postgres(durable=True)

@@ -32,6 +32,16 @@ CORPUS_FILES = [
 ]
 
 
+def dcmtk_env() -> dict[str, str]:
+    """The environment to run dcmtk's tools in: TCP_NODELAY=1 (without it
+    every C-STORE waits ~40 ms for a delayed ACK) and a PATH without this
+    virtualenv, whose pynetdicom console scripts have dcmtk's names
+    (findscu, movescu, storescp, ...) but other options."""
+    venv_bin = os.path.abspath(os.path.dirname(sys.executable))
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and os.path.abspath(p) != venv_bin]
+    return {**os.environ, "TCP_NODELAY": "1", "PATH": os.pathsep.join(path)}
+
+
 def corpus_paths() -> list[Path]:
     return [Path(get_testdata_file(name, download=False)) for name in CORPUS_FILES]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from support import Archive, corpus_paths, free_port
+from support import Archive, corpus_paths, dcmtk_env, free_port
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+DCMTK_ENV = dcmtk_env()
 PEER = "STORESCP"
 
 

@@ -17,9 +17,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RTPlanStorage
 from pynetdicom import AE
 
-from support import Archive, corpus_paths, split_part10
+from support import Archive, corpus_paths, dcmtk_env, split_part10
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+DCMTK_ENV = dcmtk_env()
 
 
 def multipart_related(parts: list[bytes], boundary: str) -> bytes:

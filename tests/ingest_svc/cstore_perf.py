@@ -24,9 +24,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from support import Archive  # noqa: E402
+from support import Archive, dcmtk_env  # noqa: E402
 
-ENV = {**os.environ, "TCP_NODELAY": "1"}
+ENV = dcmtk_env()
 
 
 def make_ct(path: Path, study: str, series: str, number: int, rng: np.random.Generator) -> None:
