@@ -162,11 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
     deadline = time.monotonic() + base.startup_timeout
     try:
-        # All at once: callers connect lazily, so start order does not matter.
+        # The services at once (callers connect lazily); the event bus once
+        # metadata answers, so its consumers do not start by retrying.
         for name in SERVICES:
-            sup.start(name)
+            if name != "eventbus":
+                sup.start(name)
         for name, setting in GRPC_ADDR_SETTING.items():
             wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline)
+        sup.start("eventbus")
         wait_dimse(args.dimse_port, args.ae_title, deadline)
         wait_tcp(args.http_port, deadline)
     except TimeoutError as exc:
