@@ -75,3 +75,22 @@ def test_contexts_offer_the_stored_syntax_and_little_endian_fallbacks_for_uncomp
 
     contexts = contexts_for([loc(JPEG2000), loc(ExplicitVRLittleEndian), loc(JPEG2000)])
     assert [cx.transfer_syntax for cx in contexts] == [[JPEG2000], [ExplicitVRLittleEndian, ImplicitVRLittleEndian]]
+
+
+def test_associations_share_the_supported_contexts_instead_of_deep_copying_them() -> None:
+    """pynetdicom deep-copies a server's contexts for each association; the
+    server hands out a new list of the same (read-only) context objects."""
+    from copy import deepcopy
+
+    from ingest_svc.scp import DimseServer, build_ae
+    from ingest_svc.settings import IngestSettings
+
+    ae = build_ae(IngestSettings())
+    server = ae.make_server(("127.0.0.1", 0), server_class=DimseServer)
+    try:
+        copied = deepcopy(server.contexts)
+        assert copied is not server.contexts and copied == list(server.contexts)
+        assert all(a is b for a, b in zip(copied, server.contexts))
+        assert len(copied) == len(ae.supported_contexts) > 170
+    finally:
+        server.server_close()
