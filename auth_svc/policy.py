@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from common.gen.dicomserver.v1 import auth_service_pb2 as pb
 from auth_svc.settings import AuthSettings
+from auth_svc.tokens import InvalidToken, TokenValidator
+from common.gen.dicomserver.v1 import auth_service_pb2 as pb
 
 ALL_SCOPES = ["read", "write", "delete", "admin"]
 SCOPE_FOR_ACTION = {
@@ -24,6 +25,7 @@ class NotAuthenticated(Exception):
 class Policy:
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
+        self.tokens = TokenValidator(settings)
 
     def authenticate(self, request: pb.AuthenticateRequest) -> pb.Principal:
         kind = request.WhichOneof("credential")
@@ -34,7 +36,10 @@ class Policy:
         if kind == "api_key":
             return self._api_key(request.api_key)
         if kind == "bearer_token":
-            raise NotAuthenticated("bearer tokens are not accepted: no token issuer is configured")
+            try:
+                return self.tokens.principal(request.bearer_token)
+            except InvalidToken as exc:
+                raise NotAuthenticated(str(exc)) from None
         raise NotAuthenticated("credentials are required")
 
     def _api_key(self, key: str) -> pb.Principal:

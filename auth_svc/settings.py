@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from common.settings import CommonSettings
 
@@ -24,3 +24,19 @@ class AuthSettings(CommonSettings):
     ae_allowlist: list[str] = []
     # Calling AE title -> tenant; others get the default tenant.
     ae_tenants: dict[str, str] = {}
+    # Bearer tokens: RS256/ES256 keys from a JWKS URL, and/or HS256 with a
+    # shared secret (development).
+    jwks_url: str = ""
+    jwks_cache_seconds: int = 300
+    # Least seconds between refetches caused by tokens with unknown key ids.
+    jwks_refresh_cooldown_seconds: float = 30.0
+    jwt_hs256_secret: SecretStr | None = None
+    # Empty: not checked.
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    jwt_leeway_seconds: int = 30
+    # Where the principal is in the claims; dotted paths reach nested claims
+    # (Keycloak realm roles: "realm_access.roles").
+    jwt_subject_claim: str = "sub"
+    jwt_tenants_claim: str = "tenants"
+    jwt_scopes_claim: str = "scope"
