@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import dcmtk_env  # noqa: E402  (the tests' dcmtk environment)
+from support import dcmtk_env, stop_process  # noqa: E402  (the tests' process helpers)
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -141,14 +141,7 @@ class Server:
             return 0
         if self.sampler:
             self.sampler.stop()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def log_tail(self, n: int = 30) -> str:
         if self.log_path and self.log_path.exists():

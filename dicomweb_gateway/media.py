@@ -102,5 +102,8 @@ def parse_accept(value: str | None) -> list[MediaType]:
     q=0 are dropped: they say "not this"."""
     if value is None or not value.strip():
         return [MediaType("*", "*")]
-    ranges = [parse_media_type(item) for item in _split(value, ",") if item.strip()]
+    try:
+        ranges = [parse_media_type(item) for item in _split(value, ",") if item.strip()]
+    except MediaTypeError as exc:  # the app answers it with a 400 naming the header
+        raise MediaTypeError(f"Accept: {exc}") from None
     return sorted((r for r in ranges if r.q > 0), key=lambda r: -r.q)

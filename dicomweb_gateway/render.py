@@ -28,7 +28,7 @@ from dicomweb_gateway import objects, transcode
 from dicomweb_gateway.context import Gateway, gateway, path_uid, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
 from dicomweb_gateway.frames import load, parse_frame_list
-from dicomweb_gateway.media import MULTIPART_RELATED, MediaTypeError, parse_accept
+from dicomweb_gateway.media import MULTIPART_RELATED, parse_accept
 
 JPEG, PNG = "image/jpeg", "image/png"
 THUMBNAIL_SIZE = 128
@@ -44,10 +44,7 @@ class RenderOptions:
 
 
 def choose_media_type(accept: str | None) -> str:
-    try:
-        ranges = parse_accept(accept)
-    except MediaTypeError as exc:
-        raise bad_request(f"Accept: {exc}") from None
+    ranges = parse_accept(accept)
     for r in ranges:
         if r.matches(JPEG):
             return JPEG

@@ -23,8 +23,8 @@ from common.clients import MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import dicom_pb2
 from dicomweb_gateway import transcode
 from dicomweb_gateway.context import Urls, gateway, path_uid, tenant_for
-from dicomweb_gateway.errors import bad_request, not_acceptable, not_found
-from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, MediaType, MediaTypeError, parse_accept
+from dicomweb_gateway.errors import not_acceptable, not_found
+from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, parse_accept
 from dicomweb_gateway.responses import json_array_response, require_json
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,7 @@ _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 def negotiate(accept: str | None, stored: set[str]) -> str:
     """The transfer syntax to send: "*" for the stored bytes as they are, or
     a UID every stored instance can be transcoded to. 406 if none fits."""
-    try:
-        ranges = parse_accept(accept)
-    except MediaTypeError as exc:
-        raise bad_request(f"Accept: {exc}") from None
+    ranges = parse_accept(accept)
     for r in ranges:
         if r.essence in ("*/*", "multipart/*"):
             return "*"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import free_port
+from support import free_port, stop_process
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 KAFKA_VERSION = "4.1.1"
@@ -214,13 +214,7 @@ class Kafka:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,21 +12,17 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import free_port, stop_process
+
 ACCESS_KEY = "dicomserver-test"
 SECRET_KEY = "dicomserver-test-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
 class SeaweedS3:
     data_dir: Path
     bucket: str = "dicomserver"
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -36,7 +31,7 @@ class SeaweedS3:
 
     def start(self, timeout: float = 60) -> None:
         weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
-        ports = {name: _free_port() for name in ("master", "volume", "filer", "admin", "webdav")}
+        ports = {name: free_port() for name in ("master", "volume", "filer", "admin", "webdav")}
         args = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.port={self.port}", f"-bucket={self.bucket}"]
         args += [f"-{name}.port={port}" for name, port in ports.items()]
@@ -55,9 +50,5 @@ class SeaweedS3:
         raise RuntimeError("SeaweedFS did not start")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc is not None:
+            stop_process(self.proc, 20)

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom.data import get_testdata_file
 from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -52,6 +53,18 @@ def split_part10(data: bytes) -> tuple[bytes, bytes]:
     read_preamble(f, False)
     _read_file_meta_info(f)
     return data[: f.tell()], data[f.tell() :]
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 60) -> int:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout`; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def free_port() -> int:
@@ -110,13 +123,7 @@ class Archive:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         if self.proc.stdout:
             self.output.extend(self.proc.stdout.readlines())
         return self.proc.returncode

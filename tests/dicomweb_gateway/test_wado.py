@@ -166,3 +166,15 @@ def test_metadata_service_down_is_503(backend: Backend) -> None:
         r = client.get(f"/dicomweb/studies/{generate_uid()}")
     assert r.status_code == 503
     assert r.json() == {"error": "a backend service is unavailable"}
+
+
+@pytest.mark.parametrize("suffix", ["", "/metadata", "/rendered", "/frames/1"])
+def test_malformed_accept_is_400_naming_the_header(
+    client: TestClient, study: tuple[str, str, list[tuple[str, bytes]]], suffix: str
+) -> None:
+    study_uid, series_uid, instances = study
+    sop = instances[0][0]
+    url = f"/dicomweb/studies/{study_uid}/series/{series_uid}/instances/{sop}{suffix}"
+    r = client.get(url, headers={"Accept": "multipart/related; type"})
+    assert r.status_code == 400, (suffix, r.status_code)
+    assert r.json()["error"].startswith("Accept: ")

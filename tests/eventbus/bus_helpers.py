@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metadata_svc"))
 from metadata_helpers import make_ds, record  # noqa: E402
+from support import stop_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,14 +65,7 @@ class Bus:
     def stop(self) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        code = self.proc.returncode
+        code = stop_process(self.proc)
         self.proc = None
         return code
 
