@@ -57,6 +57,16 @@ def build_server(
     return server, health_servicer, port
 
 
+def wait_for_signal(stop: threading.Event) -> None:
+    """Blocks the main thread until `stop` is set by a signal handler.
+
+    Waits in short slices: a signal the kernel delivers to another thread
+    does not interrupt a blocked main thread, and Python runs handlers only
+    on the main thread, so an untimed wait could sleep through SIGTERM."""
+    while not stop.wait(0.25):
+        pass
+
+
 def serve_forever(
     settings: CommonSettings,
     register: Callable[[grpc.Server], None],
@@ -77,7 +87,7 @@ def serve_forever(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    stop.wait()
+    wait_for_signal(stop)
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.shutdown_grace).wait()
     if on_stop is not None:

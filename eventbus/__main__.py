@@ -10,7 +10,7 @@ import signal
 import threading
 
 from common.clients import channel
-from common.grpc_server import configure_logging
+from common.grpc_server import configure_logging, wait_for_signal
 from common.observability import start_metrics_server
 from eventbus.consumer import ConsumerLoop
 from eventbus.handlers import Handler, audit_sink, metadata_precompute
@@ -79,7 +79,7 @@ def main() -> None:
         t.start()
     log.info("eventbus running: %s on %s", ", ".join(settings.consumer_names) or "no consumers",
              "kafka" if kafka else "the embedded event log")
-    stop.wait()
+    wait_for_signal(stop)
     for t in threads:
         t.join(30)
     for close in closers:

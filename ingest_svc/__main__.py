@@ -15,7 +15,7 @@ import threading
 
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from common.grpc_server import configure_logging, serve_forever
+from common.grpc_server import configure_logging, serve_forever, wait_for_signal
 from common.ingest import IngestPipeline
 from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.service import IngestService
@@ -42,7 +42,7 @@ def worker(settings: IngestSettings) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     _, scp = _start(settings)
-    stop.wait()
+    wait_for_signal(stop)
     scp.stop(settings.shutdown_grace)
 
 
