@@ -23,29 +23,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!dicomserver/v1/auth_service.proto\x12\x0e\x64icomserver.v1\"T\n\tDimsePeer\x12\x18\n\x10\x63\x61lling_ae_title\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61lled_ae_title\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\"\x7f\n\x13\x41uthenticateRequest\x12\x16\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\tH\x00\x12\x11\n\x07\x61pi_key\x18\x02 \x01(\tH\x00\x12/\n\ndimse_peer\x18\x03 \x01(\x0b\x32\x19.dicomserver.v1.DimsePeerH\x00\x42\x0c\n\ncredential\"=\n\tPrincipal\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x03(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"D\n\x14\x41uthenticateResponse\x12,\n\tprincipal\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.Principal\"x\n\x10\x41uthorizeRequest\x12,\n\tprincipal\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.Principal\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x16.dicomserver.v1.Action\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"4\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*h\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_READ\x10\x01\x12\x10\n\x0c\x41\x43TION_WRITE\x10\x02\x12\x11\n\rACTION_DELETE\x10\x03\x12\x10\n\x0c\x41\x43TION_ADMIN\x10\x04\x32\xba\x01\n\x0b\x41uthService\x12Y\n\x0c\x41uthenticate\x12#.dicomserver.v1.AuthenticateRequest\x1a$.dicomserver.v1.AuthenticateResponse\x12P\n\tAuthorize\x12 .dicomserver.v1.AuthorizeRequest\x1a!.dicomserver.v1.AuthorizeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!dicomserver/v1/auth_service.proto\x12\x0e\x64icomserver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\tDimsePeer\x12\x18\n\x10\x63\x61lling_ae_title\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61lled_ae_title\x18\x02 \x01(\t\x12\x14\n\x0cpeer_address\x18\x03 \x01(\t\"\x7f\n\x13\x41uthenticateRequest\x12\x16\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\tH\x00\x12\x11\n\x07\x61pi_key\x18\x02 \x01(\tH\x00\x12/\n\ndimse_peer\x18\x03 \x01(\x0b\x32\x19.dicomserver.v1.DimsePeerH\x00\x42\x0c\n\ncredential\"=\n\tPrincipal\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07tenants\x18\x02 \x03(\t\x12\x0e\n\x06scopes\x18\x03 \x03(\t\"D\n\x14\x41uthenticateResponse\x12,\n\tprincipal\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.Principal\"x\n\x10\x41uthorizeRequest\x12,\n\tprincipal\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.Principal\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x16.dicomserver.v1.Action\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"4\n\x11\x41uthorizeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"p\n\nCredential\x12\x16\n\x0c\x62\x65\x61rer_token\x18\x01 \x01(\tH\x00\x12\x11\n\x07\x61pi_key\x18\x02 \x01(\tH\x00\x12/\n\ndimse_peer\x18\x03 \x01(\x0b\x32\x19.dicomserver.v1.DimsePeerH\x00\x42\x06\n\x04kind\"v\n\x0c\x43heckRequest\x12.\n\ncredential\x18\x01 \x01(\x0b\x32\x1a.dicomserver.v1.Credential\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x16.dicomserver.v1.Action\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"M\n\rCheckResponse\x12,\n\tprincipal\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.Principal\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\x17\n\x15\x44\x65scribePolicyRequest\"F\n\x16\x44\x65scribePolicyResponse\x12\x14\n\x0c\x61uth_enabled\x18\x01 \x01(\x08\x12\x16\n\x0e\x64\x65\x66\x61ult_tenant\x18\x02 \x01(\t\"\xa7\x01\n\nApiKeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\x12+\n\x07\x63reated\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07revoked\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x13\x43reateApiKeyRequest\x12*\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1a.dicomserver.v1.Credential\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"Q\n\x14\x43reateApiKeyResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.dicomserver.v1.ApiKeyInfo\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"Q\n\x13RevokeApiKeyRequest\x12*\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1a.dicomserver.v1.Credential\x12\x0e\n\x06key_id\x18\x02 \x01(\t\"@\n\x14RevokeApiKeyResponse\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.dicomserver.v1.ApiKeyInfo\"P\n\x12ListApiKeysRequest\x12*\n\x06\x63\x61ller\x18\x01 \x01(\x0b\x32\x1a.dicomserver.v1.Credential\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"?\n\x13ListApiKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.dicomserver.v1.ApiKeyInfo*h\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_READ\x10\x01\x12\x10\n\x0c\x41\x43TION_WRITE\x10\x02\x12\x11\n\rACTION_DELETE\x10\x03\x12\x10\n\x0c\x41\x43TION_ADMIN\x10\x04\x32\xef\x04\n\x0b\x41uthService\x12Y\n\x0c\x41uthenticate\x12#.dicomserver.v1.AuthenticateRequest\x1a$.dicomserver.v1.AuthenticateResponse\x12P\n\tAuthorize\x12 .dicomserver.v1.AuthorizeRequest\x1a!.dicomserver.v1.AuthorizeResponse\x12\x44\n\x05\x43heck\x12\x1c.dicomserver.v1.CheckRequest\x1a\x1d.dicomserver.v1.CheckResponse\x12_\n\x0e\x44\x65scribePolicy\x12%.dicomserver.v1.DescribePolicyRequest\x1a&.dicomserver.v1.DescribePolicyResponse\x12Y\n\x0c\x43reateApiKey\x12#.dicomserver.v1.CreateApiKeyRequest\x1a$.dicomserver.v1.CreateApiKeyResponse\x12Y\n\x0cRevokeApiKey\x12#.dicomserver.v1.RevokeApiKeyRequest\x1a$.dicomserver.v1.RevokeApiKeyResponse\x12V\n\x0bListApiKeys\x12\".dicomserver.v1.ListApiKeysRequest\x1a#.dicomserver.v1.ListApiKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dicomserver.v1.auth_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACTION']._serialized_start=577
-  _globals['_ACTION']._serialized_end=681
-  _globals['_DIMSEPEER']._serialized_start=53
-  _globals['_DIMSEPEER']._serialized_end=137
-  _globals['_AUTHENTICATEREQUEST']._serialized_start=139
-  _globals['_AUTHENTICATEREQUEST']._serialized_end=266
-  _globals['_PRINCIPAL']._serialized_start=268
-  _globals['_PRINCIPAL']._serialized_end=329
-  _globals['_AUTHENTICATERESPONSE']._serialized_start=331
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=399
-  _globals['_AUTHORIZEREQUEST']._serialized_start=401
-  _globals['_AUTHORIZEREQUEST']._serialized_end=521
-  _globals['_AUTHORIZERESPONSE']._serialized_start=523
-  _globals['_AUTHORIZERESPONSE']._serialized_end=575
-  _globals['_AUTHSERVICE']._serialized_start=684
-  _globals['_AUTHSERVICE']._serialized_end=870
+  _globals['_ACTION']._serialized_start=1685
+  _globals['_ACTION']._serialized_end=1789
+  _globals['_DIMSEPEER']._serialized_start=86
+  _globals['_DIMSEPEER']._serialized_end=170
+  _globals['_AUTHENTICATEREQUEST']._serialized_start=172
+  _globals['_AUTHENTICATEREQUEST']._serialized_end=299
+  _globals['_PRINCIPAL']._serialized_start=301
+  _globals['_PRINCIPAL']._serialized_end=362
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=364
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=432
+  _globals['_AUTHORIZEREQUEST']._serialized_start=434
+  _globals['_AUTHORIZEREQUEST']._serialized_end=554
+  _globals['_AUTHORIZERESPONSE']._serialized_start=556
+  _globals['_AUTHORIZERESPONSE']._serialized_end=608
+  _globals['_CREDENTIAL']._serialized_start=610
+  _globals['_CREDENTIAL']._serialized_end=722
+  _globals['_CHECKREQUEST']._serialized_start=724
+  _globals['_CHECKREQUEST']._serialized_end=842
+  _globals['_CHECKRESPONSE']._serialized_start=844
+  _globals['_CHECKRESPONSE']._serialized_end=921
+  _globals['_DESCRIBEPOLICYREQUEST']._serialized_start=923
+  _globals['_DESCRIBEPOLICYREQUEST']._serialized_end=946
+  _globals['_DESCRIBEPOLICYRESPONSE']._serialized_start=948
+  _globals['_DESCRIBEPOLICYRESPONSE']._serialized_end=1018
+  _globals['_APIKEYINFO']._serialized_start=1021
+  _globals['_APIKEYINFO']._serialized_end=1188
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1190
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1304
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1306
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1387
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1389
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1470
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1472
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1536
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1538
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1618
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1620
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1683
+  _globals['_AUTHSERVICE']._serialized_start=1792
+  _globals['_AUTHSERVICE']._serialized_end=2415
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,31 @@ class AuthServiceStub:
                 request_serializer=dicomserver_dot_v1_dot_auth__service__pb2.AuthorizeRequest.SerializeToString,
                 response_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.AuthorizeResponse.FromString,
                 _registered_method=True)
+        self.Check = channel.unary_unary(
+                '/dicomserver.v1.AuthService/Check',
+                request_serializer=dicomserver_dot_v1_dot_auth__service__pb2.CheckRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.CheckResponse.FromString,
+                _registered_method=True)
+        self.DescribePolicy = channel.unary_unary(
+                '/dicomserver.v1.AuthService/DescribePolicy',
+                request_serializer=dicomserver_dot_v1_dot_auth__service__pb2.DescribePolicyRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.DescribePolicyResponse.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/dicomserver.v1.AuthService/CreateApiKey',
+                request_serializer=dicomserver_dot_v1_dot_auth__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/dicomserver.v1.AuthService/RevokeApiKey',
+                request_serializer=dicomserver_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/dicomserver.v1.AuthService/ListApiKeys',
+                request_serializer=dicomserver_dot_v1_dot_auth__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -65,6 +90,44 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Check(self, request, context):
+        """Authenticate and authorize in one call, as the edges do per request.
+        UNAUTHENTICATED: the credential is missing or not accepted.
+        PERMISSION_DENIED: the principal may not do the action in the tenant.
+        INVALID_ARGUMENT: a malformed tenant, or a principal of several tenants
+        that did not choose one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribePolicy(self, request, context):
+        """What the policy is, so that an edge can refuse to serve a network
+        address while authentication is off.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """API keys: admin scope required (the caller's credential in the request).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +140,31 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.Authorize,
                     request_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.AuthorizeRequest.FromString,
                     response_serializer=dicomserver_dot_v1_dot_auth__service__pb2.AuthorizeResponse.SerializeToString,
+            ),
+            'Check': grpc.unary_unary_rpc_method_handler(
+                    servicer.Check,
+                    request_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.CheckRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_auth__service__pb2.CheckResponse.SerializeToString,
+            ),
+            'DescribePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribePolicy,
+                    request_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.DescribePolicyRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_auth__service__pb2.DescribePolicyResponse.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_auth__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=dicomserver_dot_v1_dot_auth__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_auth__service__pb2.ListApiKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +222,141 @@ class AuthService:
             '/dicomserver.v1.AuthService/Authorize',
             dicomserver_dot_v1_dot_auth__service__pb2.AuthorizeRequest.SerializeToString,
             dicomserver_dot_v1_dot_auth__service__pb2.AuthorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Check(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.AuthService/Check',
+            dicomserver_dot_v1_dot_auth__service__pb2.CheckRequest.SerializeToString,
+            dicomserver_dot_v1_dot_auth__service__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.AuthService/DescribePolicy',
+            dicomserver_dot_v1_dot_auth__service__pb2.DescribePolicyRequest.SerializeToString,
+            dicomserver_dot_v1_dot_auth__service__pb2.DescribePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.AuthService/CreateApiKey',
+            dicomserver_dot_v1_dot_auth__service__pb2.CreateApiKeyRequest.SerializeToString,
+            dicomserver_dot_v1_dot_auth__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.AuthService/RevokeApiKey',
+            dicomserver_dot_v1_dot_auth__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            dicomserver_dot_v1_dot_auth__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.AuthService/ListApiKeys',
+            dicomserver_dot_v1_dot_auth__service__pb2.ListApiKeysRequest.SerializeToString,
+            dicomserver_dot_v1_dot_auth__service__pb2.ListApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,21 @@ class AuthServiceStub:
     Authenticate: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.AuthenticateRequest, _auth_service_pb2.AuthenticateResponse]
     """Fails with UNAUTHENTICATED when the credential is not accepted."""
     Authorize: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.AuthorizeRequest, _auth_service_pb2.AuthorizeResponse]
+    Check: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CheckRequest, _auth_service_pb2.CheckResponse]
+    """Authenticate and authorize in one call, as the edges do per request.
+    UNAUTHENTICATED: the credential is missing or not accepted.
+    PERMISSION_DENIED: the principal may not do the action in the tenant.
+    INVALID_ARGUMENT: a malformed tenant, or a principal of several tenants
+    that did not choose one.
+    """
+    DescribePolicy: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.DescribePolicyRequest, _auth_service_pb2.DescribePolicyResponse]
+    """What the policy is, so that an edge can refuse to serve a network
+    address while authentication is off.
+    """
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]
+    """API keys: admin scope required (the caller's credential in the request)."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ListApiKeysRequest, _auth_service_pb2.ListApiKeysResponse]
 
 @_typing.type_check_only
 class AuthServiceAsyncStub(AuthServiceStub):
@@ -46,6 +61,21 @@ class AuthServiceAsyncStub(AuthServiceStub):
     Authenticate: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.AuthenticateRequest, _auth_service_pb2.AuthenticateResponse]  # type: ignore[assignment]
     """Fails with UNAUTHENTICATED when the credential is not accepted."""
     Authorize: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.AuthorizeRequest, _auth_service_pb2.AuthorizeResponse]  # type: ignore[assignment]
+    Check: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CheckRequest, _auth_service_pb2.CheckResponse]  # type: ignore[assignment]
+    """Authenticate and authorize in one call, as the edges do per request.
+    UNAUTHENTICATED: the credential is missing or not accepted.
+    PERMISSION_DENIED: the principal may not do the action in the tenant.
+    INVALID_ARGUMENT: a malformed tenant, or a principal of several tenants
+    that did not choose one.
+    """
+    DescribePolicy: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.DescribePolicyRequest, _auth_service_pb2.DescribePolicyResponse]  # type: ignore[assignment]
+    """What the policy is, so that an edge can refuse to serve a network
+    address while authentication is off.
+    """
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.CreateApiKeyRequest, _auth_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """API keys: admin scope required (the caller's credential in the request)."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.RevokeApiKeyRequest, _auth_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ListApiKeysRequest, _auth_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
     """Who is calling, for which tenants, with which scopes."""
@@ -64,5 +94,50 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_service_pb2.AuthorizeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.AuthorizeResponse, _abc.Awaitable[_auth_service_pb2.AuthorizeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Check(
+        self,
+        request: _auth_service_pb2.CheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.CheckResponse, _abc.Awaitable[_auth_service_pb2.CheckResponse]]:
+        """Authenticate and authorize in one call, as the edges do per request.
+        UNAUTHENTICATED: the credential is missing or not accepted.
+        PERMISSION_DENIED: the principal may not do the action in the tenant.
+        INVALID_ARGUMENT: a malformed tenant, or a principal of several tenants
+        that did not choose one.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribePolicy(
+        self,
+        request: _auth_service_pb2.DescribePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.DescribePolicyResponse, _abc.Awaitable[_auth_service_pb2.DescribePolicyResponse]]:
+        """What the policy is, so that an edge can refuse to serve a network
+        address while authentication is off.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _auth_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_auth_service_pb2.CreateApiKeyResponse]]:
+        """API keys: admin scope required (the caller's credential in the request)."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _auth_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_auth_service_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _auth_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_service_pb2.ListApiKeysResponse, _abc.Awaitable[_auth_service_pb2.ListApiKeysResponse]]: ...
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,7 @@ from common.gen.dicomserver.v1 import dicom_pb2 as _dicom_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +33,7 @@ class Event(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     INSTANCE_STORED_FIELD_NUMBER: _builtins.int
     INSTANCE_DELETED_FIELD_NUMBER: _builtins.int
+    AUDIT_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the outbox; increases with every event."""
     tenant: _builtins.str
@@ -41,6 +43,8 @@ class Event(_message.Message):
     def instance_stored(self) -> Global___InstanceStored: ...
     @_builtins.property
     def instance_deleted(self) -> Global___InstanceDeleted: ...
+    @_builtins.property
+    def audit(self) -> Global___AuditRecord: ...
     def __init__(
         self,
         *,
@@ -49,12 +53,13 @@ class Event(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         instance_stored: Global___InstanceStored | None = ...,
         instance_deleted: Global___InstanceDeleted | None = ...,
+        audit: Global___AuditRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "sequence", b"sequence", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "sequence", b"sequence", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["instance_stored", "instance_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["instance_stored", "instance_deleted", "audit"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -103,3 +108,112 @@ class InstanceDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceDeleted: _TypeAlias = InstanceDeleted  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """Who did what, when and from where (PS3.15 A.5 in spirit). Carries UIDs and
+    never patient names or IDs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Outcome:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AuditRecord._Outcome.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        OUTCOME_UNSPECIFIED: AuditRecord._Outcome.ValueType  # 0
+        OUTCOME_SUCCESS: AuditRecord._Outcome.ValueType  # 1
+        OUTCOME_DENIED: AuditRecord._Outcome.ValueType  # 2
+        """Refused: no or bad credentials, or not allowed."""
+        OUTCOME_FAILURE: AuditRecord._Outcome.ValueType  # 3
+
+    class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper): ...
+    OUTCOME_UNSPECIFIED: AuditRecord.Outcome.ValueType  # 0
+    OUTCOME_SUCCESS: AuditRecord.Outcome.ValueType  # 1
+    OUTCOME_DENIED: AuditRecord.Outcome.ValueType  # 2
+    """Refused: no or bad credentials, or not allowed."""
+    OUTCOME_FAILURE: AuditRecord.Outcome.ValueType  # 3
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AuditRecord._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: AuditRecord._Action.ValueType  # 0
+        ACTION_READ: AuditRecord._Action.ValueType  # 1
+        ACTION_WRITE: AuditRecord._Action.ValueType  # 2
+        ACTION_DELETE: AuditRecord._Action.ValueType  # 3
+        ACTION_AUTHENTICATE: AuditRecord._Action.ValueType  # 4
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: AuditRecord.Action.ValueType  # 0
+    ACTION_READ: AuditRecord.Action.ValueType  # 1
+    ACTION_WRITE: AuditRecord.Action.ValueType  # 2
+    ACTION_DELETE: AuditRecord.Action.ValueType  # 3
+    ACTION_AUTHENTICATE: AuditRecord.Action.ValueType  # 4
+
+    TIME_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SOURCE_ADDRESS_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SERIES_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    SOP_INSTANCE_UID_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """The tenant acted in; empty when authentication failed before one was known."""
+    subject: _builtins.str
+    """The principal's subject; empty when authentication failed."""
+    source_address: _builtins.str
+    """The caller's address, "host:port"."""
+    edge: _builtins.str
+    """"dicomweb" or "dimse"."""
+    action: Global___AuditRecord.Action.ValueType
+    operation: _builtins.str
+    """What was asked, e.g. "GET /studies/{study}/series/{series}" or "C-MOVE"."""
+    outcome: Global___AuditRecord.Outcome.ValueType
+    status: _builtins.int
+    """HTTP status or DIMSE status."""
+    study_instance_uid: _builtins.str
+    """The resource, as far as the request named it."""
+    series_instance_uid: _builtins.str
+    sop_instance_uid: _builtins.str
+    detail: _builtins.str
+    """Why a request was refused or failed, in words without patient data."""
+    request_id: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        tenant: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        source_address: _builtins.str = ...,
+        edge: _builtins.str = ...,
+        action: Global___AuditRecord.Action.ValueType = ...,
+        operation: _builtins.str = ...,
+        outcome: Global___AuditRecord.Outcome.ValueType = ...,
+        status: _builtins.int = ...,
+        study_instance_uid: _builtins.str = ...,
+        series_instance_uid: _builtins.str = ...,
+        sop_instance_uid: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "detail", b"detail", "edge", b"edge", "operation", b"operation", "outcome", b"outcome", "request_id", b"request_id", "series_instance_uid", b"series_instance_uid", "sop_instance_uid", b"sop_instance_uid", "source_address", b"source_address", "status", b"status", "study_instance_uid", b"study_instance_uid", "subject", b"subject", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015

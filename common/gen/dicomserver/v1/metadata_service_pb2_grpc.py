@@ -77,6 +77,11 @@ class MetadataServiceStub:
                 request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataRequest.SerializeToString,
                 response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataResponse.FromString,
                 _registered_method=True)
+        self.RecordAudit = channel.unary_unary(
+                '/dicomserver.v1.MetadataService/RecordAudit',
+                request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServiceServicer:
@@ -140,6 +145,14 @@ class MetadataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordAudit(self, request, context):
+        """Appends audit records to the outbox (each becomes an Event with its
+        tenant), so that they reach the bus like every other event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +195,11 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.RefreshMetadata,
                     request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataRequest.FromString,
                     response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataResponse.SerializeToString,
+            ),
+            'RecordAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAudit,
+                    request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +420,33 @@ class MetadataService:
             '/dicomserver.v1.MetadataService/RefreshMetadata',
             dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataRequest.SerializeToString,
             dicomserver_dot_v1_dot_metadata__service__pb2.RefreshMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.MetadataService/RecordAudit',
+            dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditRequest.SerializeToString,
+            dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

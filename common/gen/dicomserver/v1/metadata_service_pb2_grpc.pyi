@@ -54,6 +54,10 @@ class MetadataServiceStub:
     a study) from the index and drops cached answers about the study.
     Idempotent; the metadata consumer calls it for each event.
     """
+    RecordAudit: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.RecordAuditRequest, _metadata_service_pb2.RecordAuditResponse]
+    """Appends audit records to the outbox (each becomes an Event with its
+    tenant), so that they reach the bus like every other event.
+    """
 
 @_typing.type_check_only
 class MetadataServiceAsyncStub(MetadataServiceStub):
@@ -79,6 +83,10 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     """Recomputes the precomputed metadata of a series (or of every series of
     a study) from the index and drops cached answers about the study.
     Idempotent; the metadata consumer calls it for each event.
+    """
+    RecordAudit: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.RecordAuditRequest, _metadata_service_pb2.RecordAuditResponse]  # type: ignore[assignment]
+    """Appends audit records to the outbox (each becomes an Event with its
+    tenant), so that they reach the bus like every other event.
     """
 
 class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -150,6 +158,16 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         """Recomputes the precomputed metadata of a series (or of every series of
         a study) from the index and drops cached answers about the study.
         Idempotent; the metadata consumer calls it for each event.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordAudit(
+        self,
+        request: _metadata_service_pb2.RecordAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_service_pb2.RecordAuditResponse, _abc.Awaitable[_metadata_service_pb2.RecordAuditResponse]]:
+        """Appends audit records to the outbox (each becomes an Event with its
+        tenant), so that they reach the bus like every other event.
         """
 
 def add_MetadataServiceServicer_to_server(servicer: MetadataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
