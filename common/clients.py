@@ -15,6 +15,7 @@ from common.gen.dicomserver.v1 import (
     auth_service_pb2 as auth_pb,
     auth_service_pb2_grpc as auth_grpc,
     dicom_pb2,
+    events_pb2,
     ingest_service_pb2 as ingest_pb,
     ingest_service_pb2_grpc as ingest_grpc,
     metadata_service_pb2 as md_pb,
@@ -128,6 +129,10 @@ class MetadataClient:
         return list(self._stub.DeleteInstances(req).removed)
 
     @_translate
+    def record_audit(self, records: Iterable[events_pb2.AuditRecord], timeout: float = 10.0) -> None:
+        self._stub.RecordAudit(md_pb.RecordAuditRequest(records=list(records)), timeout=timeout)
+
+    @_translate
     def read_change_feed(self, tenant: str, after: int = 0, limit: int = 100) -> md_pb.ReadChangeFeedResponse:
         return self._stub.ReadChangeFeed(md_pb.ReadChangeFeedRequest(tenant=tenant, after_sequence=after, limit=limit))
 
@@ -143,6 +148,31 @@ class AuthClient:
     @_translate
     def authorize(self, principal: auth_pb.Principal, action: int, tenant: str) -> auth_pb.AuthorizeResponse:
         return self._stub.Authorize(auth_pb.AuthorizeRequest(principal=principal, action=action, tenant=tenant))
+
+    @_translate
+    def check(
+        self, credential: auth_pb.Credential | None, action: int, tenant: str = "", timeout: float = 10.0
+    ) -> auth_pb.CheckResponse:
+        """The principal and the tenant it acts in; raises Unauthenticated,
+        PermissionDenied or InvalidArgument (common.errors) when refused."""
+        return self._stub.Check(auth_pb.CheckRequest(credential=credential, action=action, tenant=tenant),
+                                timeout=timeout)
+
+    @_translate
+    def describe_policy(self, timeout: float = 10.0) -> auth_pb.DescribePolicyResponse:
+        return self._stub.DescribePolicy(auth_pb.DescribePolicyRequest(), timeout=timeout)
+
+    @_translate
+    def create_api_key(self, request: auth_pb.CreateApiKeyRequest) -> auth_pb.CreateApiKeyResponse:
+        return self._stub.CreateApiKey(request)
+
+    @_translate
+    def revoke_api_key(self, request: auth_pb.RevokeApiKeyRequest) -> auth_pb.ApiKeyInfo:
+        return self._stub.RevokeApiKey(request).info
+
+    @_translate
+    def list_api_keys(self, request: auth_pb.ListApiKeysRequest) -> list[auth_pb.ApiKeyInfo]:
+        return list(self._stub.ListApiKeys(request).keys)
 
 
 class IngestClient:
