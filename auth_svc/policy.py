@@ -1,4 +1,9 @@
-"""Credentials to principals, and principals to decisions. Fails closed."""
+"""Credentials to principals, and principals to decisions. Fails closed.
+
+A credential that is given is always checked, whether authentication is on
+or off: a wrong API key or a bad token is refused, never taken for the
+anonymous caller. Only the absence of any credential, with authentication
+off, gives the anonymous principal (the default tenant, every scope)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import hmac
 from auth_svc.settings import AuthSettings
 from auth_svc.tokens import InvalidToken, TokenValidator
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from common.validation import InvalidValue, check_tenant
 
 ALL_SCOPES = ["read", "write", "delete", "admin"]
 SCOPE_FOR_ACTION = {
@@ -18,8 +24,20 @@ SCOPE_FOR_ACTION = {
 }
 
 
-class NotAuthenticated(Exception):
-    pass
+class Refused(Exception):
+    """A request the policy does not grant; the message is fit for the caller."""
+
+
+class NotAuthenticated(Refused):
+    """No credential where one is required, or a credential not accepted."""
+
+
+class Forbidden(Refused):
+    """The principal may not do this."""
+
+
+class BadRequest(Refused):
+    """The request itself is malformed or ambiguous."""
 
 
 class Policy:
@@ -27,27 +45,43 @@ class Policy:
         self.settings = settings
         self.tokens = TokenValidator(settings)
 
+    # -- who is calling -----------------------------------------------------
+
+    def anonymous(self) -> pb.Principal:
+        return pb.Principal(subject="anonymous", tenants=[self.settings.default_tenant], scopes=ALL_SCOPES)
+
+    def identify(self, credential: pb.Credential | None) -> pb.Principal:
+        """The principal behind a Credential; None or an empty one is the anonymous caller."""
+        kind = credential.WhichOneof("kind") if credential is not None else None
+        return self._principal(kind, getattr(credential, kind) if kind else None)
+
     def authenticate(self, request: pb.AuthenticateRequest) -> pb.Principal:
         kind = request.WhichOneof("credential")
+        return self._principal(kind, getattr(request, kind) if kind else None)
+
+    def _principal(self, kind: str | None, value: object) -> pb.Principal:
         if kind == "dimse_peer":
-            return self._dimse(request.dimse_peer)
-        if not self.settings.auth_enabled:
-            return pb.Principal(subject="anonymous", tenants=[self.settings.default_tenant], scopes=ALL_SCOPES)
+            assert isinstance(value, pb.DimsePeer)
+            return self._dimse(value)
         if kind == "api_key":
-            return self._api_key(request.api_key)
+            assert isinstance(value, str)
+            return self._api_key(value)
         if kind == "bearer_token":
+            assert isinstance(value, str)
             try:
-                return self.tokens.principal(request.bearer_token)
+                return self.tokens.principal(value)
             except InvalidToken as exc:
                 raise NotAuthenticated(str(exc)) from None
-        raise NotAuthenticated("credentials are required")
+        if self.settings.auth_enabled:
+            raise NotAuthenticated("credentials are required")
+        return self.anonymous()
 
     def _api_key(self, key: str) -> pb.Principal:
         digest = hashlib.sha256(key.encode()).hexdigest()
         for entry in self.settings.api_keys:
             if hmac.compare_digest(digest, entry.sha256.lower()):
                 return pb.Principal(subject=entry.subject, tenants=entry.tenants, scopes=entry.scopes)
-        raise NotAuthenticated("unknown API key")
+        raise NotAuthenticated("unknown or revoked API key")
 
     def _dimse(self, peer: pb.DimsePeer) -> pb.Principal:
         allow = self.settings.ae_allowlist
@@ -56,6 +90,55 @@ class Policy:
         tenant = self.settings.ae_tenants.get(peer.calling_ae_title, self.settings.default_tenant)
         scopes = ALL_SCOPES if not self.settings.auth_enabled else ["read", "write"]
         return pb.Principal(subject=f"ae:{peer.calling_ae_title}", tenants=[tenant], scopes=scopes)
+
+    # -- what it may do -----------------------------------------------------
+
+    def tenant_for(self, principal: pb.Principal, requested: str) -> str:
+        """The tenant an operation runs in: the requested one if the principal
+        holds it, else the principal's only tenant (or the default tenant
+        among several). The refusal never says whether a tenant exists."""
+        if requested:
+            try:
+                check_tenant(requested)
+            except InvalidValue as exc:
+                raise BadRequest(str(exc)) from None
+            if requested not in principal.tenants:
+                raise Forbidden("no access to tenant")
+            return requested
+        held = list(dict.fromkeys(principal.tenants))
+        if not held:
+            raise Forbidden("this principal holds no tenant")
+        if len(held) == 1:
+            chosen = held[0]
+        elif self.settings.default_tenant in held:
+            chosen = self.settings.default_tenant
+        else:
+            raise BadRequest("this principal holds several tenants: choose one with the X-Tenant header")
+        try:
+            return check_tenant(chosen)
+        except InvalidValue:
+            raise Forbidden("this principal's tenant is not a valid tenant id") from None
+
+    @staticmethod
+    def require_scope(principal: pb.Principal, action: int) -> None:
+        scope = SCOPE_FOR_ACTION.get(action)
+        if scope is None:
+            raise BadRequest("the action is not specified")
+        if scope not in principal.scopes:
+            raise Forbidden(f"the '{scope}' scope is required")
+
+    def check(self, request: pb.CheckRequest) -> pb.CheckResponse:
+        """Authenticate, then choose the tenant, then authorize the action."""
+        principal = self.identify(request.credential if request.HasField("credential") else None)
+        if request.action not in SCOPE_FOR_ACTION:
+            raise BadRequest("the action is not specified")
+        tenant = self.tenant_for(principal, request.tenant)
+        self.require_scope(principal, request.action)
+        return pb.CheckResponse(principal=principal, tenant=tenant)
+
+    def describe(self) -> pb.DescribePolicyResponse:
+        return pb.DescribePolicyResponse(auth_enabled=self.settings.auth_enabled,
+                                         default_tenant=self.settings.default_tenant)
 
     @staticmethod
     def authorize(request: pb.AuthorizeRequest) -> pb.AuthorizeResponse:

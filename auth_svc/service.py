@@ -1,11 +1,32 @@
-"""AuthService over the policy."""
+"""AuthService over the policy: refusals become gRPC status codes here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import grpc
 
-from auth_svc.policy import NotAuthenticated, Policy
+from auth_svc.policy import BadRequest, Forbidden, NotAuthenticated, Policy, Refused
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb, auth_service_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+_CODES: dict[type[Refused], grpc.StatusCode] = {
+    NotAuthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
+    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def _answer(context: grpc.ServicerContext, decide: Callable[[], T]) -> T:
+    try:
+        return decide()
+    except Refused as exc:
+        # Unknown subclasses fail closed as PERMISSION_DENIED.
+        code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), grpc.StatusCode.PERMISSION_DENIED)
+        context.abort(code, str(exc))
+        raise  # abort raises; this keeps type checkers honest
 
 
 class AuthService(pb_grpc.AuthServiceServicer):
@@ -13,10 +34,15 @@ class AuthService(pb_grpc.AuthServiceServicer):
         self.policy = policy
 
     def Authenticate(self, request: pb.AuthenticateRequest, context: grpc.ServicerContext) -> pb.AuthenticateResponse:
-        try:
-            return pb.AuthenticateResponse(principal=self.policy.authenticate(request))
-        except NotAuthenticated as exc:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        return _answer(context, lambda: pb.AuthenticateResponse(principal=self.policy.authenticate(request)))
 
     def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> pb.AuthorizeResponse:
         return self.policy.authorize(request)
+
+    def Check(self, request: pb.CheckRequest, context: grpc.ServicerContext) -> pb.CheckResponse:
+        return _answer(context, lambda: self.policy.check(request))
+
+    def DescribePolicy(
+        self, request: pb.DescribePolicyRequest, context: grpc.ServicerContext
+    ) -> pb.DescribePolicyResponse:
+        return self.policy.describe()
