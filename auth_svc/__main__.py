@@ -1,16 +1,35 @@
-"""python -m auth_svc"""
+"""python -m auth_svc
+
+Refuses to start, with one line on stderr and exit status 2, when its
+settings are invalid or when authentication is off while its gRPC listener
+is reachable from beyond loopback."""
 
 from __future__ import annotations
 
+import sys
+
+from pydantic import ValidationError
+
 from auth_svc.policy import Policy
 from auth_svc.service import AuthService
-from auth_svc.settings import AuthSettings
+from auth_svc.settings import AuthSettings, describe_errors, exposure_problem
 from common.gen.dicomserver.v1 import auth_service_pb2, auth_service_pb2_grpc
 from common.grpc_server import configure_logging, serve_forever
 
 
+def refuse(message: str) -> None:
+    print(f"auth_svc: refusing to start: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
-    settings = AuthSettings()
+    try:
+        settings = AuthSettings()
+    except ValidationError as exc:
+        refuse(describe_errors(exc))
+        return
+    if problem := exposure_problem(settings):
+        refuse(problem)
     configure_logging(settings.log_level, settings.log_format)
     service = AuthService(Policy(settings))
     serve_forever(

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
+from common.exposure import host_of, is_loopback
 from common.settings import CommonSettings
 
 
@@ -40,3 +41,24 @@ class AuthSettings(CommonSettings):
     jwt_subject_claim: str = "sub"
     jwt_tenants_claim: str = "tenants"
     jwt_scopes_claim: str = "scope"
+
+
+def exposure_problem(settings: AuthSettings) -> str | None:
+    """Why this auth_svc must not serve, or None: authentication may be off
+    only while its gRPC listener is bound to loopback."""
+    address = settings.listen_address(settings.auth_addr)
+    if settings.auth_enabled or is_loopback(host_of(address)):
+        return None
+    return (f"auth is off (DICOMSERVER_AUTH_ENABLED=false) but the gRPC listener {address} is not loopback: "
+            "configure authentication or bind to 127.0.0.1")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Settings errors in one line, named by their environment variables."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        name = f"DICOMSERVER_{loc[0].upper()}" if loc else "settings"
+        where = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
+        parts.append(f"{name}{where}: {error['msg']}")
+    return "; ".join(parts)
