@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 
-from common.clients import MetadataClient, StorageClient, channel
+from common.clients import AuthClient, MetadataClient, StorageClient, channel
+from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
 from common.ingest import IngestPipeline
+from dicomweb_gateway.audit_trail import AuditSink
+from dicomweb_gateway.auth import Authentication
 from dicomweb_gateway.observability import RequestObservability
 from dicomweb_gateway import changefeed, delete, frames, health, openapi, qido, render, stow, wado, wado_uri
 from dicomweb_gateway.context import Gateway
 from dicomweb_gateway.errors import EXCEPTION_HANDLERS
 from dicomweb_gateway.objects import LayoutCache
 from dicomweb_gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
 
 _STUDY = "/studies/{study}"
 _SERIES = _STUDY + "/series/{series}"
@@ -72,6 +79,8 @@ def create_app(
     settings: GatewaySettings,
     storage: StorageClient | None = None,
     metadata: MetadataClient | None = None,
+    auth: AuthClient | None = None,
+    audit: AuditSink | None = None,
 ) -> Starlette:
     """Clients not passed in are built from the settings' addresses; the app
     then owns their channels and closes them on shutdown."""
@@ -82,12 +91,23 @@ def create_app(
     if metadata is None:
         owned.append(channel(settings.metadata_addr))
         metadata = MetadataClient(owned[-1])
+    if auth is None:
+        owned.append(channel(settings.auth_addr))
+        auth = AuthClient(owned[-1])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Refuses to serve a network address while authentication is off.
+        try:
+            await run_in_threadpool(require_auth_unless_loopback, auth, {"HTTP listener": settings.http_host})
+        except ExposedWithoutAuth as exc:
+            log.error("%s", exc)
+            raise
         try:
             yield
         finally:
+            if audit is not None:
+                await run_in_threadpool(audit.close, settings.shutdown_grace)
             for ch in owned:
                 ch.close()
 
@@ -99,6 +119,7 @@ def create_app(
         [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
     )
     middleware = [Middleware(RequestObservability)]
+    # CORS outside authentication, so that a browser can read a 401.
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -110,6 +131,8 @@ def create_app(
                 max_age=settings.cors_max_age,
             )
         )
+    open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
+    middleware.append(Middleware(Authentication, auth=auth, base_path=settings.base_path, open_paths=open_paths))
     app = Starlette(
         routes=app_routes,
         middleware=middleware,
@@ -117,5 +140,6 @@ def create_app(
         lifespan=lifespan,
         max_body_size=settings.max_request_bytes,
     )
+    app.state.audit = audit
     app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(storage))
     return app

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from common.clients import MetadataClient, StorageClient
 from common.ingest import IngestPipeline
 from common.validation import InvalidValue, check_uid
+from dicomweb_gateway.auth import Access
 from dicomweb_gateway.errors import bad_request
 from dicomweb_gateway.objects import LayoutCache
 from dicomweb_gateway.settings import GatewaySettings
@@ -28,10 +29,18 @@ def gateway(request: Request) -> Gateway:
     return gw
 
 
+def access(request: Request) -> Access:
+    """What auth_svc granted the request. Routes behind the authentication
+    middleware always have it; anything else is a wiring bug, so fail closed."""
+    granted: Access | None = request.scope.get("access")
+    if granted is None:
+        raise RuntimeError("a DICOMweb route was reached without authentication")
+    return granted
+
+
 def tenant_for(request: Request) -> str:
-    """The tenant a request acts in. Authentication will derive it from the
-    principal; until then every request uses the configured default."""
-    return gateway(request).settings.default_tenant
+    """The tenant the request acts in, as auth_svc granted it."""
+    return access(request).tenant
 
 
 def path_uid(request: Request, name: str, label: str) -> str:
@@ -51,9 +60,10 @@ class Urls:
     @classmethod
     def for_request(cls, request: Request) -> Urls:
         settings = gateway(request).settings
+        prefix = access(request).path_prefix
         if settings.public_url:
-            return cls(settings.public_url)
-        return cls(str(request.base_url).rstrip("/") + settings.base_path)
+            return cls(settings.public_url + prefix)
+        return cls(str(request.base_url).rstrip("/") + settings.base_path + prefix)
 
     def study(self, study: str) -> str:
         return f"{self.root}/studies/{study}"

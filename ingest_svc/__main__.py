@@ -15,6 +15,7 @@ import threading
 
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
 from common.grpc_server import configure_logging, serve_forever, wait_for_signal
 from common.ingest import IngestPipeline
 from ingest_svc.scp import DimseServer, start_scp
@@ -28,7 +29,17 @@ def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer]:
     storage = StorageClient(channel(settings.storage_addr))
     metadata = MetadataClient(channel(settings.metadata_addr))
     pipeline = IngestPipeline(storage, metadata)
-    scp = start_scp(settings, pipeline, AuthClient(channel(settings.auth_addr)), storage, metadata)
+    auth = AuthClient(channel(settings.auth_addr))
+    # Refuses to serve a network address while authentication is off.
+    try:
+        require_auth_unless_loopback(auth, {
+            "DIMSE listener": settings.dimse_host,
+            "gRPC listener": settings.listen_address(settings.ingest_addr),
+        })
+    except ExposedWithoutAuth as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    scp = start_scp(settings, pipeline, auth, storage, metadata)
     return pipeline, scp
 
 

@@ -42,6 +42,7 @@ from common.clients import AuthClient, MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.ingest import IngestPipeline
 from ingest_svc import commitment, find, retrieve, store
+from ingest_svc.audit_trail import AuditSink, DimseAudit, Record
 from ingest_svc.settings import IngestSettings
 
 ASSOCIATIONS = Gauge("dicomserver_dimse_associations", "DIMSE associations open in this process")
@@ -68,6 +69,7 @@ class Principals:
     def __init__(self, auth: AuthClient, settings: IngestSettings) -> None:
         self._auth = auth
         self._settings = settings
+        self.audit: DimseAudit | None = None
         self._lock = threading.Lock()
         self._by_assoc: weakref.WeakKeyDictionary[Association, auth_pb.Principal] = weakref.WeakKeyDictionary()
         self._decisions: weakref.WeakKeyDictionary[Association, dict[int, str | None]] = weakref.WeakKeyDictionary()
@@ -84,23 +86,28 @@ class Principals:
             principal = self._auth.authenticate(auth_pb.AuthenticateRequest(dimse_peer=peer))
         except errors.Unauthenticated as exc:
             log.warning("association from calling AE '%s' rejected: %s", calling, exc)
-            self._reject(assoc, REJECT_CALLING_AE)
+            self._reject(assoc, REJECT_CALLING_AE, calling, str(exc))
             return
         except errors.ServiceError as exc:
             log.warning("auth_svc unavailable, association rejected: %s", exc)
-            self._reject(assoc, REJECT_CONGESTION)
+            self._reject(assoc, REJECT_CONGESTION, calling, "the authorization service is unavailable")
             return
         if not principal.tenants:
-            self._reject(assoc, REJECT_CALLING_AE)
+            self._reject(assoc, REJECT_CALLING_AE, calling, "the principal holds no tenant")
             return
         with self._lock:
             self._by_assoc[assoc] = principal
 
-    @staticmethod
-    def _reject(assoc: Association, rsd: tuple[int, int, int]) -> None:
+    def _reject(self, assoc: Association, rsd: tuple[int, int, int], calling: str, reason: str) -> None:
+        if self.audit is not None:
+            self.audit.rejected(assoc, calling, reason)
         assoc.acse.send_reject(*rsd)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
+
+    def principal(self, assoc: Association) -> auth_pb.Principal | None:
+        with self._lock:
+            return self._by_assoc.get(assoc)
 
     def tenant(self, assoc: Association, action: int) -> str | None:
         """The association's tenant if it may do `action` there, else None.
@@ -209,24 +216,26 @@ def build_ae(settings: IngestSettings) -> AE:
 
 def handlers(
     settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient, storage: StorageClient,
-    metadata: MetadataClient, ae: AE,
+    metadata: MetadataClient, ae: AE, audit: AuditSink | None = None,
 ) -> list[Any]:
     principals = Principals(auth, settings)
+    trail = principals.audit = DimseAudit(audit, principals)
     sender = retrieve.Retriever(settings, storage, metadata, principals)
     reports = commitment.Commitments(settings, ae, storage, metadata, principals)
+    read, write = Record.ACTION_READ, Record.ACTION_WRITE
     return [
         (evt.EVT_REQUESTED, principals.on_requested),
-        (evt.EVT_C_STORE, store.handle_store, [pipeline, principals]),
-        (evt.EVT_C_FIND, find.handle_find, [metadata, principals, settings.find_page_size]),
-        (evt.EVT_C_MOVE, sender.handle_move),
-        (evt.EVT_C_GET, sender.handle_get),
-        (evt.EVT_N_ACTION, reports.handle_n_action),
+        (evt.EVT_C_STORE, trail.wrap("C-STORE", write, store.handle_store), [pipeline, principals]),
+        (evt.EVT_C_FIND, trail.wrap("C-FIND", read, find.handle_find), [metadata, principals, settings.find_page_size]),
+        (evt.EVT_C_MOVE, trail.wrap("C-MOVE", read, sender.handle_move)),
+        (evt.EVT_C_GET, trail.wrap("C-GET", read, sender.handle_get)),
+        (evt.EVT_N_ACTION, trail.wrap("N-ACTION storage commitment", read, reports.handle_n_action)),
     ]
 
 
 def start_scp(
     settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient, storage: StorageClient,
-    metadata: MetadataClient,
+    metadata: MetadataClient, audit: AuditSink | None = None,
 ) -> DimseServer:
     """Starts the SCP in its own threads; returns the server to shut down."""
     ae = build_ae(settings)
@@ -234,7 +243,7 @@ def start_scp(
     server = ae.make_server(
         (settings.dimse_host, settings.dimse_port),
         ssl_context=tls_context(settings),
-        evt_handlers=handlers(settings, pipeline, auth, storage, metadata, ae),
+        evt_handlers=handlers(settings, pipeline, auth, storage, metadata, ae, audit),
         server_class=server_class,
     )
     ae._servers.append(server)  # so that ae.shutdown() stops it too

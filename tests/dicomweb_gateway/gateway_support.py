@@ -40,6 +40,7 @@ def make_settings(backend: Backend, **overrides: object) -> GatewaySettings:
     values: dict[str, object] = {
         "storage_addr": backend.storage_addr,
         "metadata_addr": backend.storage_addr,
+        "auth_addr": backend.storage_addr,
         "spool_max_memory": 4096,
     }
     values.update(overrides)

@@ -1,0 +1,98 @@
+"""Audit records of the DIMSE edge: refused associations, and one record per
+C-STORE, C-FIND, C-MOVE, C-GET and storage commitment request with its final
+status. Records carry AE titles and UIDs, never identifier values such as
+patient names."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pynetdicom import evt
+
+from common.gen.dicomserver.v1 import events_pb2
+
+if TYPE_CHECKING:
+    from ingest_svc.scp import Principals
+
+Record = events_pb2.AuditRecord
+PENDING = (0xFF00, 0xFF01)
+
+
+class AuditSink(Protocol):
+    def record(self, record: events_pb2.AuditRecord) -> None: ...
+
+
+def _source(assoc: Any) -> str:
+    requestor = assoc.requestor
+    return f"{requestor.address}:{requestor.port}"
+
+
+def _study_of(event: evt.Event) -> str:
+    """The Study Instance UID a query/retrieve identifier names, if one."""
+    try:
+        value = event.identifier.get("StudyInstanceUID", "")
+    except Exception:  # an undecodable identifier was answered with a failure status
+        return ""
+    return str(value)[:64] if isinstance(value, str) else ""
+
+
+class DimseAudit:
+    def __init__(self, sink: AuditSink | None, principals: Principals) -> None:
+        self._sink = sink
+        self._principals = principals
+
+    def rejected(self, assoc: Any, calling_ae: str, reason: str) -> None:
+        if self._sink is None:
+            return
+        self._sink.record(Record(
+            subject=f"ae:{calling_ae}"[:128], source_address=_source(assoc), edge="dimse",
+            action=Record.ACTION_AUTHENTICATE, operation="A-ASSOCIATE", outcome=Record.OUTCOME_DENIED,
+            detail=reason[:500],
+        ))
+
+    def _emit(self, event: evt.Event, operation: str, action: int, status: int, sop: str = "", study: str = "") -> None:
+        if self._sink is None:
+            return
+        principal = self._principals.principal(event.assoc)
+        denied = status == 0x0124 or principal is None
+        self._sink.record(Record(
+            tenant=principal.tenants[0] if principal is not None and principal.tenants else "",
+            subject=principal.subject if principal is not None else "",
+            source_address=_source(event.assoc), edge="dimse", action=action, operation=operation,
+            outcome=Record.OUTCOME_DENIED if denied else
+            Record.OUTCOME_SUCCESS if status in (0x0000, 0xB000, 0xB006, 0xB007) else Record.OUTCOME_FAILURE,
+            status=status, study_instance_uid=study, sop_instance_uid=sop[:64],
+        ))
+
+    def wrap(self, operation: str, action: int, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """The handler, recording its final status when it is done."""
+        if inspect.isgeneratorfunction(handler):
+
+            @functools.wraps(handler)
+            def generator(event: evt.Event, *args: Any) -> Iterator[Any]:
+                status = 0x0000
+                try:
+                    for item in handler(event, *args):
+                        if item == (None, None):  # C-MOVE to an unknown destination
+                            status = 0xA801
+                        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int) \
+                                and item[0] not in PENDING and (item[1] is None):
+                            status = item[0]
+                        yield item
+                finally:
+                    self._emit(event, operation, action, status, study=_study_of(event))
+
+            return generator
+
+        @functools.wraps(handler)
+        def plain(event: evt.Event, *args: Any) -> Any:
+            result = handler(event, *args)
+            status = result[0] if isinstance(result, tuple) else result
+            sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            self._emit(event, operation, action, int(status) if isinstance(status, int) else 0xC000, sop=sop)
+            return result
+
+        return plain
