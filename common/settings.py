@@ -28,6 +28,11 @@ class CommonSettings(BaseSettings):
     # address others call it on (0.0.0.0:PORT in a container).
     grpc_listen: str = ""
     default_tenant: str = "default"
+    # Audit records (who did what, when, from where) from the edges to the
+    # event bus; at most audit_queue_size wait while the metadata service is
+    # away, then the oldest are dropped (dicomserver_audit_dropped_total).
+    audit_enabled: bool = True
+    audit_queue_size: int = 10000
     log_level: str = "INFO"
     # "text" for people, "json" for log collectors; both carry the request id.
     log_format: Literal["text", "json"] = "text"
