@@ -10,6 +10,7 @@ import sys
 
 from pydantic import ValidationError
 
+from auth_svc.keystore import KeyStore
 from auth_svc.policy import Policy
 from auth_svc.service import AuthService
 from auth_svc.settings import AuthSettings, describe_errors, exposure_problem
@@ -31,12 +32,14 @@ def main() -> None:
     if problem := exposure_problem(settings):
         refuse(problem)
     configure_logging(settings.log_level, settings.log_format)
-    service = AuthService(Policy(settings))
+    keys = KeyStore.open(settings.effective_auth_database_url)
+    service = AuthService(Policy(settings, keys))
     serve_forever(
         settings,
         lambda server: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, server),
         auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
         settings.auth_addr,
+        on_stop=keys.close,
     )
 
 

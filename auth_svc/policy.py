@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from auth_svc.keystore import KeyInfo, KeyStore, check_key_id, check_scopes, check_subject
 from auth_svc.settings import AuthSettings
 from auth_svc.tokens import InvalidToken, TokenValidator
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
@@ -40,10 +44,32 @@ class BadRequest(Refused):
     """The request itself is malformed or ambiguous."""
 
 
+class NotFound(Refused):
+    """No such thing, or none the principal may see."""
+
+
+class NoKeyStore(Refused):
+    """This policy was built without an API key store."""
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def key_info(info: KeyInfo) -> pb.ApiKeyInfo:
+    return pb.ApiKeyInfo(key_id=info.key_id, subject=info.subject, tenant=info.tenant, scopes=info.scopes,
+                         created=_timestamp(info.created), revoked=_timestamp(info.revoked))
+
+
 class Policy:
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, keys: KeyStore | None = None) -> None:
         self.settings = settings
         self.tokens = TokenValidator(settings)
+        self.keys = keys
 
     # -- who is calling -----------------------------------------------------
 
@@ -77,6 +103,8 @@ class Policy:
         return self.anonymous()
 
     def _api_key(self, key: str) -> pb.Principal:
+        if self.keys is not None and (info := self.keys.find(key)) is not None:
+            return pb.Principal(subject=info.subject, tenants=[info.tenant], scopes=info.scopes)
         digest = hashlib.sha256(key.encode()).hexdigest()
         for entry in self.settings.api_keys:
             if hmac.compare_digest(digest, entry.sha256.lower()):
@@ -150,3 +178,56 @@ class Policy:
         if scope not in request.principal.scopes:
             return pb.AuthorizeResponse(allowed=False, reason=f"the '{scope}' scope is required")
         return pb.AuthorizeResponse(allowed=True)
+
+    # -- API key administration ----------------------------------------------
+
+    def _admin(self, caller: pb.Credential | None) -> tuple[pb.Principal, KeyStore]:
+        """The calling admin: authenticated, holding the 'admin' scope."""
+        principal = self.identify(caller)
+        if "admin" not in principal.scopes:
+            raise Forbidden("the 'admin' scope is required")
+        if self.keys is None:
+            raise NoKeyStore("this auth_svc has no API key store")
+        return principal, self.keys
+
+    @staticmethod
+    def _held(principal: pb.Principal, tenant: str) -> str:
+        try:
+            check_tenant(tenant)
+        except InvalidValue as exc:
+            raise BadRequest(str(exc)) from None
+        if tenant not in principal.tenants:
+            raise Forbidden("no access to tenant")
+        return tenant
+
+    def create_api_key(self, request: pb.CreateApiKeyRequest) -> pb.CreateApiKeyResponse:
+        """An admin makes keys only for its own tenants, with scopes it holds itself."""
+        admin, keys = self._admin(request.caller if request.HasField("caller") else None)
+        try:
+            subject = check_subject(request.subject)
+            scopes = check_scopes(list(request.scopes))
+        except InvalidValue as exc:
+            raise BadRequest(str(exc)) from None
+        tenant = self._held(admin, request.tenant)
+        beyond = [s for s in scopes if s not in admin.scopes]
+        if beyond:
+            raise Forbidden(f"cannot grant the '{beyond[0]}' scope, which the caller does not hold")
+        info, key = keys.create(subject, tenant, scopes)
+        return pb.CreateApiKeyResponse(info=key_info(info), api_key=key)
+
+    def revoke_api_key(self, request: pb.RevokeApiKeyRequest) -> pb.RevokeApiKeyResponse:
+        """A key of another tenant is as unknown to the caller as a key that does not exist."""
+        admin, keys = self._admin(request.caller if request.HasField("caller") else None)
+        try:
+            check_key_id(request.key_id)
+        except InvalidValue as exc:
+            raise BadRequest(str(exc)) from None
+        info = keys.revoke(request.key_id, list(admin.tenants))
+        if info is None:
+            raise NotFound("unknown API key id")
+        return pb.RevokeApiKeyResponse(info=key_info(info))
+
+    def list_api_keys(self, request: pb.ListApiKeysRequest) -> pb.ListApiKeysResponse:
+        admin, keys = self._admin(request.caller if request.HasField("caller") else None)
+        tenants = [self._held(admin, request.tenant)] if request.tenant else list(admin.tenants)
+        return pb.ListApiKeysResponse(keys=[key_info(i) for i in keys.list_keys(tenants)])

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import grpc
 
-from auth_svc.policy import BadRequest, Forbidden, NotAuthenticated, Policy, Refused
+from auth_svc.policy import BadRequest, Forbidden, NoKeyStore, NotAuthenticated, NotFound, Policy, Refused
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb, auth_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
@@ -16,6 +16,8 @@ _CODES: dict[type[Refused], grpc.StatusCode] = {
     NotAuthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    NoKeyStore: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -46,3 +48,12 @@ class AuthService(pb_grpc.AuthServiceServicer):
         self, request: pb.DescribePolicyRequest, context: grpc.ServicerContext
     ) -> pb.DescribePolicyResponse:
         return self.policy.describe()
+
+    def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: grpc.ServicerContext) -> pb.CreateApiKeyResponse:
+        return _answer(context, lambda: self.policy.create_api_key(request))
+
+    def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: grpc.ServicerContext) -> pb.RevokeApiKeyResponse:
+        return _answer(context, lambda: self.policy.revoke_api_key(request))
+
+    def ListApiKeys(self, request: pb.ListApiKeysRequest, context: grpc.ServicerContext) -> pb.ListApiKeysResponse:
+        return _answer(context, lambda: self.policy.list_api_keys(request))

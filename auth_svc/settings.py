@@ -41,6 +41,14 @@ class AuthSettings(CommonSettings):
     jwt_subject_claim: str = "sub"
     jwt_tenants_claim: str = "tenants"
     jwt_scopes_claim: str = "scope"
+    # API keys made by `python -m auth_svc.keys` or the CreateApiKey RPC are
+    # stored (hashed) here; default sqlite:///<data_dir>/auth.sqlite3.
+    # PostgreSQL: postgresql+psycopg://user:password@host:port/database
+    auth_database_url: str | None = None
+
+    @property
+    def effective_auth_database_url(self) -> str:
+        return self.auth_database_url or f"sqlite:///{self.data_dir / 'auth.sqlite3'}"
 
 
 def exposure_problem(settings: AuthSettings) -> str | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from support import ROOT, free_port, stop_process
 
+from auth_svc.keystore import KeyStore
 from auth_svc.policy import Policy
 from auth_svc.service import AuthService
 from auth_svc.settings import AuthSettings
@@ -24,8 +25,8 @@ SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_
 
 
 @contextmanager
-def serving(settings: AuthSettings) -> Iterator[AuthClient]:
-    service = AuthService(Policy(settings))
+def serving(settings: AuthSettings, keys: KeyStore | None = None) -> Iterator[AuthClient]:
+    service = AuthService(Policy(settings, keys))
     server, _health, port = build_server(
         lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, s), [SERVICE_NAME], "127.0.0.1:0"
     )
