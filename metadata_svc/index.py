@@ -13,11 +13,12 @@ from sqlalchemy import ColumnElement, Select, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from common import audit
 from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb2 as md_pb
 from common.validation import InvalidValue, check_tenant, check_uid
 from metadata_svc.db import Database
 from metadata_svc.query import QueryEngine, QueryResult
-from metadata_svc.schema import EventRow, Instance, Patient, Series, SeriesMetadata, Study
+from metadata_svc.schema import KIND_AUDIT, KIND_INSTANCE, EventRow, Instance, Patient, Series, SeriesMetadata, Study
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,24 @@ class MetadataIndex:
     def delete(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[dicom_pb2.InstanceLocation]:
         conds = _scope(tenant, study, series, sop)
         return self._write(lambda s: _delete(s, tenant, conds))
+
+    def record_audit(self, records: Sequence[events_pb2.AuditRecord]) -> None:
+        """Appends audit records to the outbox in one transaction, each as an
+        Event of the record's tenant ("" when none was known). Only the outbox
+        readers see them: the change feed shows index changes only."""
+        audit.check_batch(records)
+        if not records:
+            return
+        now = datetime.now(timezone.utc)
+
+        def append(session: Session) -> None:
+            for rec in records:
+                event = events_pb2.Event(tenant=rec.tenant, audit=rec)
+                if not rec.HasField("time"):
+                    event.audit.time.FromDatetime(now)
+                _add_event(session, event, rec.study_instance_uid, now)
+
+        self._write(append)
 
     def _write(self, work: Callable[[Session], T]) -> T:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
@@ -266,16 +285,19 @@ class MetadataIndex:
         return [_event_from_row(row) for row in rows], max(latest, rows[-1].sequence if rows else 0)
 
     def read_change_feed(self, tenant: str, after_sequence: int, limit: int) -> tuple[list[events_pb2.Event], int]:
+        """The tenant's index changes after a sequence, in order, and the
+        newest sequence of one (audit records are not changes)."""
         check_tenant(tenant)
         limit = DEFAULT_FEED_LIMIT if limit <= 0 else min(limit, self.max_limit)
         with self.db.reader() as session, session.begin():
             rows = session.scalars(
                 select(EventRow)
-                .where(EventRow.tenant == tenant, EventRow.sequence > after_sequence)
+                .where(EventRow.tenant == tenant, EventRow.kind == KIND_INSTANCE, EventRow.sequence > after_sequence)
                 .order_by(EventRow.sequence)
                 .limit(limit)
             ).all()
-            latest = session.scalar(select(func.max(EventRow.sequence)).where(EventRow.tenant == tenant)) or 0
+            latest = session.scalar(select(func.max(EventRow.sequence))
+                                    .where(EventRow.tenant == tenant, EventRow.kind == KIND_INSTANCE)) or 0
         return [_event_from_row(row) for row in rows], max(latest, rows[-1].sequence if rows else 0)
 
 
@@ -313,7 +335,8 @@ def _add_event(session: Session, event: events_pb2.Event, study_uid: str, now: d
     if not session.info.get("outbox_locked") and session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _OUTBOX_LOCK})
         session.info["outbox_locked"] = True
-    session.add(EventRow(tenant=event.tenant, study_instance_uid=study_uid, created=now,
+    kind = KIND_AUDIT if event.HasField("audit") else KIND_INSTANCE
+    session.add(EventRow(tenant=event.tenant, kind=kind, study_instance_uid=study_uid, created=now,
                          payload=event.SerializeToString()))
 
 

@@ -139,15 +139,25 @@ class SeriesMetadata(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+# Kinds of outbox rows: index changes (the change feed) and audit records
+# (RecordAudit; only the outbox readers see them).
+KIND_INSTANCE = "instance"
+KIND_AUDIT = "audit"
+
+
 class EventRow(Base):
-    """The outbox: written in the same transaction as the index change."""
+    """The outbox: written in the same transaction as the index change, or
+    by RecordAudit (kind "audit", tenant "" when none was known)."""
 
     __tablename__ = "events"
     # AUTOINCREMENT on SQLite: sequences are never reused, even after deletes.
-    __table_args__ = (Index("ix_events_tenant_sequence", "tenant", "sequence"), {"sqlite_autoincrement": True})
+    # The index serves the change feed: one tenant's instance events in order.
+    __table_args__ = (Index("ix_events_tenant_kind_sequence", "tenant", "kind", "sequence"),
+                      {"sqlite_autoincrement": True})
 
     sequence: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(TENANT)
+    kind: Mapped[str] = mapped_column(String(16), default=KIND_INSTANCE, server_default=KIND_INSTANCE)
     study_instance_uid: Mapped[str] = mapped_column(UID)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # A serialized events_pb2.Event; sequence and time are filled on read.

@@ -118,6 +118,13 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
         return pb.DeleteInstancesResponse(removed=removed)
 
     @_mapped_errors
+    def RecordAudit(self, request: pb.RecordAuditRequest, context: grpc.ServicerContext) -> pb.RecordAuditResponse:
+        # No cache invalidation: an audit record changes nothing that is cached.
+        self.index.record_audit(list(request.records))
+        log.debug("recorded %d audit records", len(request.records))
+        return pb.RecordAuditResponse()
+
+    @_mapped_errors
     def ReadChangeFeed(
         self, request: pb.ReadChangeFeedRequest, context: grpc.ServicerContext
     ) -> pb.ReadChangeFeedResponse:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from backends import Redis
-from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb2 as md_pb
 from metadata_helpers import make_ds, record
 from metadata_svc.cache import Cache
 from metadata_svc.index import MetadataIndex
@@ -115,3 +115,18 @@ def test_missed_invalidation_is_never_served(service: MetadataService, redis_ser
         assert studies(service, tenant) == ["3.1"]
         assert sops(service, tenant, "3.1") == ["3.1.1.1", "3.1.1.2"]
     assert cache.hits > hits  # the cache is in use again, with fresh entries
+
+
+def test_audit_records_leave_cached_answers_alone(service: MetadataService, tenant: str) -> None:
+    """An audit record changes nothing an answer depends on: it must not
+    cost the next reader a cache miss."""
+    cache = service.cache
+    assert cache is not None
+    store(service, tenant, "4.1", "4.1.1.1")
+    assert studies(service, tenant) == ["4.1"] and sops(service, tenant, "4.1") == ["4.1.1.1"]
+    hits = cache.hits
+    service.RecordAudit(md_pb.RecordAuditRequest(records=[events_pb2.AuditRecord(
+        tenant=tenant, subject="alice", operation="GET /studies/{study}/metadata", study_instance_uid="4.1",
+        action=events_pb2.AuditRecord.ACTION_READ, outcome=events_pb2.AuditRecord.OUTCOME_SUCCESS)]), Ctx())
+    assert studies(service, tenant) == ["4.1"] and sops(service, tenant, "4.1") == ["4.1.1.1"]
+    assert cache.hits == hits + 2

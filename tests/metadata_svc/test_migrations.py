@@ -1,7 +1,7 @@
 """Alembic migrations on SQLite and PostgreSQL: from an empty database to
-head (matching the models exactly), from the previous revision with data in
-it, one step down and up again, and a first-release database without a
-revision table."""
+head (matching the models exactly), from earlier revisions with data in
+them, down and up again, and a first-release database without a revision
+table."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from backends import new_database
-from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb2 as md_pb
 from metadata_helpers import make_ds, record
 from metadata_svc import migrate
 from metadata_svc.db import Database, make_engine
 from metadata_svc.index import MetadataIndex
 from metadata_svc.schema import Base
 
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,12 +101,12 @@ def test_upgrade_from_previous_revision_keeps_data(engine: Engine) -> None:
     assert study["00201208"]["Value"] == [2]
 
 
-def test_downgrade_one_step_and_up_again(engine: Engine) -> None:
+def test_downgrade_to_the_first_release_and_up_again(engine: Engine) -> None:
     migrate.upgrade(engine, "0001")
     _insert_first_release_rows(engine)
     migrate.upgrade(engine)
     MetadataIndex(Database(engine)).refresh_metadata("m", "1.2")
-    migrate.downgrade(engine, "-1")
+    migrate.downgrade(engine, "0001")
     assert migrate.current(engine) == "0001"
     tables = set(inspect(engine).get_table_names())
     assert "series_metadata" not in tables and {"patients", "studies", "series", "instances", "events"} <= tables
@@ -129,3 +129,41 @@ def test_first_release_database_without_revision_table(engine: Engine) -> None:
         assert len(MetadataIndex(db).get_metadata("m", "1.2")) == 1
     finally:
         db.dispose()
+
+
+def _insert_outbox_row(engine: Engine, sequence_uid: str) -> None:
+    """An index change as revisions 0001 and 0002 wrote it (no kind)."""
+    event = events_pb2.Event(tenant="m", instance_stored=events_pb2.InstanceStored(location=dicom_pb2.InstanceLocation(
+        ref=dicom_pb2.InstanceRef(tenant="m", study_instance_uid="1.2", series_instance_uid="1.2.3",
+                                  sop_instance_uid=sequence_uid), object_key="k")))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (tenant, study_instance_uid, created, payload)"
+                          " VALUES ('m', '1.2', :now, :p)"), {"now": datetime.now(timezone.utc),
+                                                             "p": event.SerializeToString()})
+
+
+def test_outbox_kinds_from_0002_down_and_up(engine: Engine) -> None:
+    """Events written before 0003 stay in the change feed; audit records
+    never enter it; going back to 0002 takes the audit records out of the
+    outbox (older code would read them as index changes)."""
+    migrate.upgrade(engine, "0002")
+    _insert_first_release_rows(engine)
+    _insert_outbox_row(engine, "1.2.3.1")
+    migrate.upgrade(engine)
+    assert _differences(engine) == []
+    index = MetadataIndex(Database(engine))
+    index.record_audit([events_pb2.AuditRecord(tenant="m", subject="alice", operation="GET /studies")])
+    (old,), latest = index.read_change_feed("m", 0, 10)
+    assert old.instance_stored.location.ref.sop_instance_uid == "1.2.3.1" and latest == old.sequence
+    outbox, _ = index.read_outbox(0, 10)
+    assert [e.WhichOneof("kind") for e in outbox] == ["instance_stored", "audit"]
+
+    migrate.downgrade(engine, "-1")
+    assert migrate.current(engine) == "0002"
+    assert "kind" not in {c["name"] for c in inspect(engine).get_columns("events")}
+    with engine.connect() as conn:
+        payloads = list(conn.execute(text("SELECT payload FROM events ORDER BY sequence")).scalars())
+    assert [events_pb2.Event.FromString(p).WhichOneof("kind") for p in payloads] == ["instance_stored"]
+    migrate.upgrade(engine)
+    assert _differences(engine) == []
+    assert [e.sequence for e in index.read_change_feed("m", 0, 10)[0]] == [old.sequence]
