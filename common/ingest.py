@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -89,6 +90,18 @@ def _pixel_data_complete(f: BinaryIO, header_end: int, size: int, little_endian:
     return b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" in f.read()
 
 
+def _cut_short(ds: Dataset) -> bool:
+    """True when an element's value is shorter than its stated length: pydicom
+    reads what is there without complaint, so a truncated object would be
+    indexed with cut-off values (a Series Instance UID cut to a valid prefix)."""
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF \
+                and len(raw.value) < raw.length:
+            return True
+    return False
+
+
 def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
     """Reads the header without pixel data; returns it with the frame count
     (0 when the object has no pixel data)."""
@@ -98,6 +111,8 @@ def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
         header_end = f.tell()
     except Exception as exc:  # pydicom raises many types on garbage input
         raise Rejected(CANNOT_UNDERSTAND, f"not a readable DICOM Part 10 object ({type(exc).__name__})") from None
+    if _cut_short(ds):
+        raise Rejected(CANNOT_UNDERSTAND, "object is truncated: an element ends before its stated length")
     meta = ds.file_meta
     ts = getattr(meta, "TransferSyntaxUID", None)
     if not ts:

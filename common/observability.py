@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+import warnings
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -53,6 +54,12 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # pydicom quotes element values (patient names, IDs) in its warnings
+    # about invalid values; below DEBUG only its errors are kept.
+    quiet = logging.getLevelName(level.upper()) != logging.DEBUG
+    logging.getLogger("pydicom").setLevel(logging.ERROR if quiet else logging.NOTSET)
+    if quiet:  # the same text also goes out as Python warnings, on stderr
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:

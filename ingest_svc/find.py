@@ -153,7 +153,8 @@ def handle_find(
             identifier = event.identifier
             query = build_query(identifier, tenant, str(event.request.AffectedSOPClassUID))
         except BadIdentifier as exc:
-            log.info("C-FIND refused with 0x%04X: %s", exc.status, exc)
+            log.info("C-FIND refused with 0x%04X", exc.status)
+            log.debug("C-FIND refused: %s", exc)  # may quote the query's values
             yield exc.status, None
             return
         except Exception as exc:  # an identifier pydicom cannot decode
@@ -165,7 +166,8 @@ def handle_find(
             try:
                 page = run_query(metadata, query.request)
             except errors.InvalidArgument as exc:
-                log.info("C-FIND refused: %s", exc)
+                log.info("C-FIND refused: the index cannot answer the query")
+                log.debug("C-FIND refused: %s", exc)  # may quote the query's values
                 yield UNABLE_TO_PROCESS, None
                 return
             for match in page.matches:

@@ -194,7 +194,8 @@ class Retriever:
                 return IDENTIFIER_MISMATCH, []
             locations = self.locate(identifier, tenant, str(event.request.AffectedSOPClassUID))
         except BadIdentifier as exc:
-            log.info("retrieve refused with 0x%04X: %s", exc.status, exc)
+            log.info("retrieve refused with 0x%04X", exc.status)
+            log.debug("retrieve refused: %s", exc)  # may quote the identifier's values
             return exc.status, []
         except errors.ServiceError as exc:
             log.warning("retrieve failed, a service is unavailable: %s", exc)

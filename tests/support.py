@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,13 +118,24 @@ class Archive:
             if m := re.match(r"grpc +(\w+) +(\S+)", line):
                 self.grpc_addrs[m.group(1)] = m.group(2)
             if line.startswith("ready"):
+                # Keep draining, so that chatty services never block on a full pipe.
+                self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                self._drain.start()
                 return
         self.stop()
         raise RuntimeError("archive did not start:\n" + "".join(self.output))
 
+    def _read_rest(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
     def stop(self) -> int:
         assert self.proc is not None
         stop_process(self.proc)
-        if self.proc.stdout:
+        drain = getattr(self, "_drain", None)
+        if drain is not None:
+            drain.join(timeout=10)
+        elif self.proc.stdout:
             self.output.extend(self.proc.stdout.readlines())
         return self.proc.returncode

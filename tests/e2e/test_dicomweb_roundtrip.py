@@ -52,7 +52,9 @@ OBJECTS = readable_objects()
 # Objects the server refuses (0xC000) on purpose: MR_truncated's pixel data is
 # cut short; SC_rgb_jpeg declares an explicit VR transfer syntax but is encoded
 # implicit VR, so its pixel data element cannot be checked (pydicom guesses).
-REFUSED = {"MR_truncated.dcm", "SC_rgb_jpeg.dcm"}
+# Truncated (MR: in the pixel data; RT plan: in a header element) or mislabelled
+# (SC: says explicit VR, is implicit).
+REFUSED = {"MR_truncated.dcm", "rtplan_truncated.dcm", "SC_rgb_jpeg.dcm"}
 # Left out of the comparison: Data Set Trailing Padding (after the pixel data,
 # which the header read stops before; it carries no information).
 _IGNORED = {"FFFCFFFC"}
