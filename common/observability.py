@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-import warnings
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
