@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from pydantic import ValidationError
-
 from auth_svc.keystore import KeyStore
 from auth_svc.policy import Policy
 from auth_svc.service import AuthService
-from auth_svc.settings import AuthSettings, describe_errors, exposure_problem
+from auth_svc.settings import InvalidSettings, exposure_problem, load_settings
 from common.gen.dicomserver.v1 import auth_service_pb2, auth_service_pb2_grpc
 from common.grpc_server import configure_logging, serve_forever
 
@@ -25,9 +23,9 @@ def refuse(message: str) -> None:
 
 def main() -> None:
     try:
-        settings = AuthSettings()
-    except ValidationError as exc:
-        refuse(describe_errors(exc))
+        settings = load_settings()
+    except InvalidSettings as exc:
+        refuse(f"invalid settings: {exc}")
         return
     if problem := exposure_problem(settings):
         refuse(problem)

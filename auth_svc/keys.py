@@ -16,10 +16,8 @@ import argparse
 import sys
 from datetime import datetime
 
-from pydantic import ValidationError
-
 from auth_svc.keystore import KEY_SCOPES, KeyInfo, KeyStore, check_key_id, check_scopes, check_subject
-from auth_svc.settings import AuthSettings, describe_errors
+from auth_svc.settings import InvalidSettings, load_settings
 from common.validation import InvalidValue, check_tenant
 
 
@@ -62,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidValue as exc:
         parser.error(str(exc))
     try:
-        settings = AuthSettings()
-    except ValidationError as exc:
-        print(f"auth_svc.keys: invalid settings: {describe_errors(exc)}", file=sys.stderr)
+        settings = load_settings()
+    except InvalidSettings as exc:
+        print(f"auth_svc.keys: invalid settings: {exc}", file=sys.stderr)
         return 2
     store = KeyStore.open(settings.effective_auth_database_url)
     try:

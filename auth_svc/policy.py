@@ -13,6 +13,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from auth_svc.dimse import DimseRules
 from auth_svc.keystore import KeyInfo, KeyStore, check_key_id, check_scopes, check_subject
 from auth_svc.settings import AuthSettings
 from auth_svc.tokens import InvalidToken, TokenValidator
@@ -70,6 +71,7 @@ class Policy:
         self.settings = settings
         self.tokens = TokenValidator(settings)
         self.keys = keys
+        self.dimse_rules = DimseRules(settings.dimse_rules)
 
     # -- who is calling -----------------------------------------------------
 
@@ -112,12 +114,22 @@ class Policy:
         raise NotAuthenticated("unknown or revoked API key")
 
     def _dimse(self, peer: pb.DimsePeer) -> pb.Principal:
-        allow = self.settings.ae_allowlist
-        if allow and peer.calling_ae_title not in allow:
+        calling = peer.calling_ae_title
+        subject = f"ae:{calling}"
+        rule = self.dimse_rules.match(calling, peer.peer_address)
+        if rule is not None:
+            return pb.Principal(subject=subject, tenants=[rule.tenant], scopes=rule.scopes)
+        s = self.settings
+        if s.auth_enabled:
+            # The older settings admit, with auth on, only the titles they name.
+            named = calling in s.ae_tenants or calling in s.ae_allowlist
+            if calling and named and (not s.ae_allowlist or calling in s.ae_allowlist):
+                return pb.Principal(subject=subject, tenants=[s.ae_tenants.get(calling, s.default_tenant)],
+                                    scopes=["read", "write"])
+            raise NotAuthenticated("no DIMSE rule admits this calling AE title from this address")
+        if s.ae_allowlist and calling not in s.ae_allowlist:
             raise NotAuthenticated("calling AE title is not allowed")
-        tenant = self.settings.ae_tenants.get(peer.calling_ae_title, self.settings.default_tenant)
-        scopes = ALL_SCOPES if not self.settings.auth_enabled else ["read", "write"]
-        return pb.Principal(subject=f"ae:{peer.calling_ae_title}", tenants=[tenant], scopes=scopes)
+        return pb.Principal(subject=subject, tenants=[s.ae_tenants.get(calling, s.default_tenant)], scopes=ALL_SCOPES)
 
     # -- what it may do -----------------------------------------------------
 
