@@ -9,7 +9,7 @@ from typing import BinaryIO, ParamSpec, TypeVar
 
 import grpc
 
-from common import observability
+from common import observability, tls
 from common.errors import from_rpc_error
 from common.gen.dicomserver.v1 import (
     auth_service_pb2 as auth_pb,
@@ -24,6 +24,7 @@ from common.gen.dicomserver.v1 import (
     storage_service_pb2_grpc as st_grpc,
 )
 from common.grpc_server import CHANNEL_OPTIONS
+from common.settings import CommonSettings
 
 CHUNK = 1024 * 1024
 P = ParamSpec("P")
@@ -41,10 +42,16 @@ def _translate(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.intercept_channel(
-        grpc.insecure_channel(address, options=CHANNEL_OPTIONS), observability.ClientInterceptor()
-    )
+def channel(address: str, settings: CommonSettings | None = None) -> grpc.Channel:
+    """A channel to another service: mutual TLS when the grpc_tls_* settings
+    are set (those of `settings`, else this process's environment), plain
+    otherwise; a half-configured trio raises common.tls.TLSConfigError."""
+    credentials = tls.grpc_channel_credentials(settings if settings is not None else CommonSettings())
+    if credentials is None:
+        raw = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    else:
+        raw = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.intercept_channel(raw, observability.ClientInterceptor())
 
 
 def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:

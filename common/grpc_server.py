@@ -12,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from common import observability
+from common import observability, tls
 from common.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ def build_server(
     service_names: Sequence[str],
     address: str,
     max_workers: int = 16,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, health.HealthServicer, int]:
-    """A started server with health and reflection; returns its bound port."""
+    """A started server with health and reflection; returns its bound port.
+    With `credentials` it serves TLS only (tls.grpc_server_credentials)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         options=CHANNEL_OPTIONS,
@@ -48,7 +50,10 @@ def build_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     server.start()
@@ -76,9 +81,10 @@ def serve_forever(
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls for the shutdown grace."""
     address = settings.listen_address(own_addr)
-    server, health_servicer, port = build_server(register, [service_name], address)
+    credentials = tls.grpc_server_credentials(settings)
+    server, health_servicer, port = build_server(register, [service_name], address, credentials=credentials)
     observability.start_metrics_server(settings.metrics_port, settings.metrics_host)
-    log.info("%s listening on %s", service_name, address)
+    log.info("%s listening on %s%s", service_name, address, " (mutual TLS)" if credentials else "")
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:

@@ -43,6 +43,14 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     # Seconds a stopping service gives in-flight calls.
     shutdown_grace: float = 5.0
+    # Mutual TLS between the services: set all three (or none). Every gRPC
+    # server then requires a client certificate signed by the CA, and every
+    # channel presents this certificate; it needs serverAuth and clientAuth
+    # and must name the host of each *_addr (python -m common.devca server
+    # --also-client).
+    grpc_tls_cert_file: Path | None = None
+    grpc_tls_key_file: Path | None = None
+    grpc_tls_ca_file: Path | None = None
 
     def listen_address(self, own_addr: str) -> str:
         return self.grpc_listen or own_addr
