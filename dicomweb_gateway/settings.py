@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator
@@ -39,6 +40,17 @@ class GatewaySettings(CommonSettings):
     cors_max_age: int = 600
     # Smallest JSON body worth gzipping for clients that accept it.
     gzip_min_bytes: int = 1024
+    # HTTPS: certificate and key (PEM) to serve TLS 1.2+ instead of plain
+    # HTTP; with a CA file, clients must present a certificate it signed.
+    http_tls_cert_file: Path | None = None
+    http_tls_key_file: Path | None = None
+    http_tls_ca_file: Path | None = None
+    # Slow and greedy clients: seconds an idle keep-alive connection stays
+    # open, bytes of an unfinished request head (request line and headers;
+    # 400 beyond), and connections plus requests in progress (503 beyond).
+    http_keep_alive_timeout: int = 5
+    http_max_header_bytes: int = 64 * 1024
+    http_max_concurrency: int = 1000
 
     @field_validator("base_path")
     @classmethod
