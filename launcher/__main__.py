@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common import tls
 from common.settings import CommonSettings
 
 SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway", "eventbus"]
@@ -40,6 +42,12 @@ class LauncherSettings(CommonSettings):
     # First of four consecutive ports for the internal gRPC services; 0 picks free ports.
     grpc_base_port: int = 50051
     startup_timeout: float = 60.0
+    # The edges' TLS settings (same variables as ingest_svc's and the
+    # gateway's): the readiness probes speak TLS and the printed URL says https.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    http_tls_cert_file: Path | None = None
 
 
 def free_port() -> int:
@@ -54,8 +62,8 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def wait_grpc(addr: str, deadline: float) -> None:
-    with grpc.insecure_channel(addr) as ch:
+def wait_grpc(addr: str, deadline: float, credentials: grpc.ChannelCredentials | None = None) -> None:
+    with grpc.insecure_channel(addr) if credentials is None else grpc.secure_channel(addr, credentials) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
@@ -68,23 +76,41 @@ def wait_grpc(addr: str, deadline: float) -> None:
             time.sleep(0.1)
 
 
-def wait_dimse(port: int, ae_title: str, deadline: float) -> None:
-    """A C-ECHO: a bare TCP probe would hold an SCP thread until its ACSE timeout."""
+def _tls_alert_from(port: int, context: ssl.SSLContext) -> bool:
+    """Whether a TLS server on `port` answers our certificate-less handshake
+    with an alert (it wants a client certificate): then it is up."""
+    try:
+        with socket.create_connection((HOST, port), timeout=5) as raw, context.wrap_socket(raw) as conn:
+            conn.recv(1)  # TLS 1.3 servers send their verdict on the client's certificate after the handshake
+    except ssl.SSLError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def dimse_answers(port: int, ae_title: str, context: ssl.SSLContext | None) -> bool:
+    """A C-ECHO (a bare TCP probe would hold an SCP thread until its ACSE
+    timeout). An A-ASSOCIATE-RJ counts as up: an AE title or auth rule said no."""
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
     ae = AE(ae_title="LAUNCHER")
     ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = 5
-    while True:
-        assoc = ae.associate(HOST, port, ae_title=ae_title)
-        if assoc.is_rejected:
-            return  # an AE title policy said no: the SCP is up and answering
-        if assoc.is_established:
-            status = assoc.send_c_echo()
-            assoc.release()
-            if status and status.Status == 0:
-                return
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    assoc = ae.associate(HOST, port, ae_title=ae_title, tls_args=None if context is None else (context, HOST))
+    if assoc.is_rejected:
+        return True
+    if assoc.is_established:
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status and status.Status == 0)
+    return context is not None and _tls_alert_from(port, context)
+
+
+def wait_dimse(port: int, ae_title: str, deadline: float, context: ssl.SSLContext | None = None) -> None:
+    """Waits for a DIMSE answer; `context` when the SCP speaks DICOM TLS."""
+    while not dimse_answers(port, ae_title, context):
         if time.monotonic() > deadline:
             raise TimeoutError(f"no DIMSE C-ECHO answer on {HOST}:{port}")
         time.sleep(0.2)
@@ -157,6 +183,15 @@ def main(argv: list[str] | None = None) -> int:
         port = args.grpc_base_port + i if args.grpc_base_port else free_port()
         env[f"DICOMSERVER_{setting.upper()}"] = f"{HOST}:{port}"
 
+    try:
+        grpc_credentials = tls.grpc_channel_credentials(base)
+    except tls.TLSConfigError as exc:
+        print(f"startup failed: {exc}", file=sys.stderr)
+        return 2
+    # The readiness probe carries no data: it does not check the SCP's certificate.
+    dimse_probe = tls.client_context(verify=False) if base.tls_cert_file is not None else None
+    scheme = "https" if base.http_tls_cert_file is not None else "http"
+
     sup = Supervisor(env, base.shutdown_grace)
     signal.signal(signal.SIGTERM, lambda *_: sup.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
@@ -168,16 +203,16 @@ def main(argv: list[str] | None = None) -> int:
             if name != "eventbus":
                 sup.start(name)
         for name, setting in GRPC_ADDR_SETTING.items():
-            wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline)
+            wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline, grpc_credentials)
         sup.start("eventbus")
-        wait_dimse(args.dimse_port, args.ae_title, deadline)
+        wait_dimse(args.dimse_port, args.ae_title, deadline, dimse_probe)
         wait_tcp(args.http_port, deadline)
     except TimeoutError as exc:
         print(f"startup failed: {exc}", file=sys.stderr)
         sup.stop_all()
         return 1
-    print(f"DICOMweb  http://{HOST}:{args.http_port}{base.base_path}", flush=True)
-    print(f"DIMSE     {args.ae_title}@{HOST}:{args.dimse_port}", flush=True)
+    print(f"DICOMweb  {scheme}://{HOST}:{args.http_port}{base.base_path}", flush=True)
+    print(f"DIMSE     {args.ae_title}@{HOST}:{args.dimse_port}{' (TLS)' if dimse_probe else ''}", flush=True)
     print(f"data      {data_dir}", flush=True)
     for svc, setting in GRPC_ADDR_SETTING.items():
         print(f"grpc      {svc.removesuffix('_svc'):<9} {env[f'DICOMSERVER_{setting.upper()}']}", flush=True)
