@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,12 +24,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from auth_svc import migrate
 from auth_svc.schema import KEY_ID_LENGTH, ApiKeyRow
 from common.validation import InvalidValue, check_tenant
+
+log = logging.getLogger(__name__)
 
 PREFIX = "dsk_"
 KEY_SCOPES = ("read", "write", "delete", "admin")
@@ -37,6 +41,21 @@ _KEY_ID = re.compile(rf"[A-Za-z0-9]{{{KEY_ID_LENGTH}}}")
 _KEY = re.compile(rf"{PREFIX}(?P<key_id>[A-Za-z0-9]{{{KEY_ID_LENGTH}}})_[A-Za-z0-9_-]{{43}}")
 # Compared against when a key id is unknown, so that unknown and wrong keys take alike.
 _NO_HASH = "0" * 64
+
+
+class StoreUnavailable(Exception):
+    """The key database did not answer; callers fail closed."""
+
+
+@contextmanager
+def _reachable() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DBAPIError as exc:
+        log.warning("API key database unavailable: %s", type(exc.orig).__name__ if exc.orig else exc)
+        raise StoreUnavailable("the API key database is unavailable") from None
 
 
 def check_subject(value: str) -> str:
@@ -134,7 +153,7 @@ class KeyStore:
             row = ApiKeyRow(key_id=key_id, sha256=_hash(key), subject=subject, tenant=tenant,
                             scopes=" ".join(scopes), created=datetime.now(UTC), revoked=None)
             try:
-                with self._session.begin() as session:
+                with _reachable(), self._session.begin() as session:
                     session.add(row)
             except IntegrityError:
                 continue  # the key id is taken (62^12 ids): draw again
@@ -146,7 +165,7 @@ class KeyStore:
         m = _KEY.fullmatch(key)
         if m is None:
             return None
-        with self._session() as session:
+        with _reachable(), self._session() as session:
             row = session.get(ApiKeyRow, m["key_id"])
             info = KeyInfo.of(row) if row is not None else None
             stored = row.sha256 if row is not None else _NO_HASH
@@ -155,7 +174,7 @@ class KeyStore:
         return info
 
     def get(self, key_id: str) -> KeyInfo | None:
-        with self._session() as session:
+        with _reachable(), self._session() as session:
             row = session.get(ApiKeyRow, key_id)
             return KeyInfo.of(row) if row is not None else None
 
@@ -165,7 +184,7 @@ class KeyStore:
         query = update(ApiKeyRow).where(ApiKeyRow.key_id == key_id, ApiKeyRow.revoked.is_(None))
         if tenants is not None:
             query = query.where(ApiKeyRow.tenant.in_(list(tenants)))
-        with self._session.begin() as session:
+        with _reachable(), self._session.begin() as session:
             session.execute(query.values(revoked=datetime.now(UTC)))
         info = self.get(key_id)
         if info is None or (tenants is not None and info.tenant not in tenants):
@@ -177,5 +196,5 @@ class KeyStore:
         query = select(ApiKeyRow).order_by(ApiKeyRow.created, ApiKeyRow.key_id)
         if tenants is not None:
             query = query.where(ApiKeyRow.tenant.in_(list(tenants)))
-        with self._session() as session:
+        with _reachable(), self._session() as session:
             return [KeyInfo.of(row) for row in session.scalars(query)]

@@ -105,12 +105,13 @@ class Policy:
         return self.anonymous()
 
     def _api_key(self, key: str) -> pb.Principal:
-        if self.keys is not None and (info := self.keys.find(key)) is not None:
-            return pb.Principal(subject=info.subject, tenants=[info.tenant], scopes=info.scopes)
+        """Keys in the settings first (no database needed), then the key store."""
         digest = hashlib.sha256(key.encode()).hexdigest()
         for entry in self.settings.api_keys:
             if hmac.compare_digest(digest, entry.sha256.lower()):
                 return pb.Principal(subject=entry.subject, tenants=entry.tenants, scopes=entry.scopes)
+        if self.keys is not None and (info := self.keys.find(key)) is not None:
+            return pb.Principal(subject=info.subject, tenants=[info.tenant], scopes=info.scopes)
         raise NotAuthenticated("unknown or revoked API key")
 
     def _dimse(self, peer: pb.DimsePeer) -> pb.Principal:
@@ -194,8 +195,11 @@ class Policy:
     # -- API key administration ----------------------------------------------
 
     def _admin(self, caller: pb.Credential | None) -> tuple[pb.Principal, KeyStore]:
-        """The calling admin: authenticated, holding the 'admin' scope."""
+        """The calling admin: authenticated, holding the 'admin' scope, and not
+        a DIMSE peer (whose identity is only what the edge saw)."""
         principal = self.identify(caller)
+        if caller is not None and caller.WhichOneof("kind") == "dimse_peer":
+            raise Forbidden("a DIMSE peer cannot administer API keys")
         if "admin" not in principal.scopes:
             raise Forbidden("the 'admin' scope is required")
         if self.keys is None:

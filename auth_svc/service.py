@@ -7,6 +7,7 @@ from typing import TypeVar
 
 import grpc
 
+from auth_svc.keystore import StoreUnavailable
 from auth_svc.policy import BadRequest, Forbidden, NoKeyStore, NotAuthenticated, NotFound, Policy, Refused
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb, auth_service_pb2_grpc as pb_grpc
 
@@ -24,6 +25,9 @@ _CODES: dict[type[Refused], grpc.StatusCode] = {
 def _answer(context: grpc.ServicerContext, decide: Callable[[], T]) -> T:
     try:
         return decide()
+    except StoreUnavailable as exc:
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise
     except Refused as exc:
         # Unknown subclasses fail closed as PERMISSION_DENIED.
         code = next((c for cls, c in _CODES.items() if isinstance(exc, cls)), grpc.StatusCode.PERMISSION_DENIED)

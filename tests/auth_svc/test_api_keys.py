@@ -13,11 +13,12 @@ import pytest
 from auth_helpers import serving
 from backends import new_database, shared
 from sqlalchemy import text
+from support import free_port
 
-from auth_svc.keystore import KeyStore
-from auth_svc.settings import ApiKey, AuthSettings
+from auth_svc.keystore import KeyStore, make_engine
+from auth_svc.settings import ApiKey, AuthSettings, DimseRule
 from common.clients import AuthClient
-from common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
 
 ADMIN_A, ADMIN_B, READER_A = "admin-of-tenant-a", "admin-of-tenant-b", "reader-of-tenant-a"
@@ -229,3 +230,37 @@ def test_a_key_made_by_one_store_is_revoked_for_another_on_the_same_database(sto
         assert store.find(key) is None
     finally:
         other.close()
+
+
+def test_an_unreachable_key_database_fails_closed_as_unavailable() -> None:
+    """PostgreSQL that does not answer (nothing listens on the port)."""
+    keys = KeyStore(make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/auth?connect_timeout=5"))
+    try:
+        with serving(SETTINGS, keys) as client:
+            with pytest.raises(Unavailable, match="API key database is unavailable"):
+                client.check(caller(f"dsk_{'A' * 12}_{'b' * 43}"), pb.ACTION_READ)
+            with pytest.raises(Unavailable):
+                create(client)
+            # Keys from the settings need no database; malformed keys never reach it.
+            assert client.check(caller(READER_A), pb.ACTION_READ).tenant == "a"
+            with pytest.raises(Unauthenticated):
+                client.check(caller("not-a-stored-key"), pb.ACTION_READ)
+    finally:
+        keys.close()
+
+
+def test_a_dimse_peer_cannot_administer_keys(tmp_path: Path) -> None:
+    settings = AuthSettings(auth_enabled=True,
+                            dimse_rules=[DimseRule(calling_ae_title="PACS", tenant="a", scopes=["read", "admin"])])
+    keys = KeyStore.open(f"sqlite:///{tmp_path / 'auth.sqlite3'}")
+    try:
+        with serving(settings, keys) as client:
+            dimse = pb.Credential(dimse_peer=pb.DimsePeer(calling_ae_title="PACS", peer_address="10.0.0.1"))
+            with pytest.raises(PermissionDenied, match="DIMSE peer"):
+                client.create_api_key(pb.CreateApiKeyRequest(caller=dimse, subject="x", tenant="a",
+                                                             scopes=["read"]))
+            with pytest.raises(PermissionDenied, match="DIMSE peer"):
+                client.list_api_keys(pb.ListApiKeysRequest(caller=dimse))
+        assert keys.list_keys() == []
+    finally:
+        keys.close()
