@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 
+from common.audit import AuditLog
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
 from common.ingest import IngestPipeline
@@ -94,6 +95,8 @@ def create_app(
     if auth is None:
         owned.append(channel(settings.auth_addr))
         auth = AuthClient(owned[-1])
+    if audit is None:
+        audit = AuditLog.from_settings(settings, metadata, edge="dicomweb")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -106,8 +109,7 @@ def create_app(
         try:
             yield
         finally:
-            if audit is not None:
-                await run_in_threadpool(audit.close, settings.shutdown_grace)
+            await run_in_threadpool(audit.close, settings.shutdown_grace)
             for ch in owned:
                 ch.close()
 

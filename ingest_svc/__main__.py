@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+from common.audit import AuditLog
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
@@ -39,7 +40,9 @@ def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer]:
     except ExposedWithoutAuth as exc:
         log.error("%s", exc)
         sys.exit(2)
-    scp = start_scp(settings, pipeline, auth, storage, metadata)
+    audit = AuditLog.from_settings(settings, metadata, edge="dimse")
+    scp = start_scp(settings, pipeline, auth, storage, metadata, audit)
+    scp.on_stopped = lambda: audit.close(settings.shutdown_grace)
     return pipeline, scp
 
 
