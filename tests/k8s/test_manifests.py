@@ -113,6 +113,16 @@ def test_every_variable_is_a_setting_of_its_service(rendered: tuple[str, list[di
             assert name.removeprefix("DICOMSERVER_").lower() in fields, f"{module} has no setting {name}"
 
 
+def test_authentication_is_on_where_listeners_face_the_network(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """The edges refuse to serve 0.0.0.0 with authentication off, so every
+    overlay must turn it on in auth_svc."""
+    _, docs = rendered
+    (auth,) = [c for _, c in workloads(docs) if c["command"][2] == "auth_svc"]
+    env = container_env(docs, auth)
+    assert env.get("DICOMSERVER_AUTH_ENABLED") == "true"
+    assert env.get("DICOMSERVER_GRPC_LISTEN", "").startswith("0.0.0.0")
+
+
 def _port_map(container: dict[str, Any]) -> dict[int, int]:
     return {p["containerPort"]: free_port() for p in container["ports"]}
 
