@@ -13,7 +13,7 @@ from common.clients import channel
 from common.grpc_server import configure_logging, wait_for_signal
 from common.observability import start_metrics_server
 from eventbus.consumer import ConsumerLoop
-from eventbus.handlers import Handler, audit_sink, metadata_precompute
+from eventbus.handlers import Handler, audit_sink, metadata_precompute, wants_audit
 from eventbus import lag
 from eventbus.relay import POSITION, Relay, ensure_topics
 from eventbus.settings import EventbusSettings
@@ -26,7 +26,8 @@ log = logging.getLogger("eventbus")
 def _wait_for_topics(settings: EventbusSettings, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
-            ensure_topics(settings.kafka_bootstrap, [settings.kafka_topic, settings.kafka_dead_letter_topic],
+            ensure_topics(settings.kafka_bootstrap, [settings.kafka_topic, settings.kafka_audit_topic,
+                                                     settings.kafka_dead_letter_topic],
                           settings.kafka_partitions, settings.kafka_replication, timeout=10)
             return True
         except Exception as exc:  # Kafka not there yet
@@ -60,12 +61,13 @@ def main() -> None:
     closers = []
     if kafka:
         relay = Relay(md_channel, store, settings.kafka_bootstrap, settings.kafka_topic, settings.relay_batch,
-                      settings.poll_interval)
+                      settings.poll_interval, audit_topic=settings.kafka_audit_topic)
         threads.append(threading.Thread(target=relay.run, args=(stop,), name="relay"))
         closers.append(relay.close)
     for name in settings.consumer_names:
+        topics = [settings.kafka_topic] + ([settings.kafka_audit_topic] if wants_audit(handlers[name]) else [])
         transport: Transport = (
-            KafkaLog(name, settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_dead_letter_topic)
+            KafkaLog(name, settings.kafka_bootstrap, topics, settings.kafka_dead_letter_topic)
             if kafka else EmbeddedLog(name, md_channel, store)
         )
         loop = ConsumerLoop(name, transport, handlers[name], settings.consumer_batch, settings.max_attempts,

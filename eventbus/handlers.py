@@ -1,5 +1,9 @@
 """The consumers' work, one function per consumer. Each is idempotent: an
-event handled twice has the effect of one handling."""
+event handled twice has the effect of one handling.
+
+A handler's `wants_audit` says whether it needs audit records: on Kafka,
+only those consumers also read the audit topic; on the embedded log every
+consumer reads the whole outbox and the others skip them."""
 
 from __future__ import annotations
 
@@ -12,6 +16,11 @@ from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb,
 from eventbus.store import Store
 
 Handler = Callable[[events_pb2.Event], None]
+INSTANCE_KINDS = ("instance_stored", "instance_deleted")
+
+
+def wants_audit(handler: Handler) -> bool:
+    return bool(getattr(handler, "wants_audit", False))
 
 
 def metadata_precompute(channel: grpc.Channel) -> Handler:
@@ -21,7 +30,7 @@ def metadata_precompute(channel: grpc.Channel) -> Handler:
 
     def handle(event: events_pb2.Event) -> None:
         kind = event.WhichOneof("kind")
-        if kind not in ("instance_stored", "instance_deleted"):
+        if kind not in INSTANCE_KINDS:  # audit records change no metadata
             return
         ref = getattr(event, kind).location.ref
         stub.RefreshMetadata(md_pb.RefreshMetadataRequest(
@@ -30,16 +39,25 @@ def metadata_precompute(channel: grpc.Channel) -> Handler:
 
     def series_of(event: events_pb2.Event) -> Hashable:
         kind = event.WhichOneof("kind")
-        ref = getattr(event, kind).location.ref if kind else None
-        return (event.tenant, ref.study_instance_uid, ref.series_instance_uid) if ref else event.sequence
+        if kind not in INSTANCE_KINDS:
+            return event.sequence
+        ref = getattr(event, kind).location.ref
+        return (event.tenant, ref.study_instance_uid, ref.series_instance_uid)
 
     # A refresh reads the series as it is now, so within a batch only the
     # last event of each series needs one: a 500-image series costs one
     # refresh per batch instead of one per image.
     handle.coalesce = series_of  # type: ignore[attr-defined]
+    handle.wants_audit = False  # type: ignore[attr-defined]
     return handle
 
 
 def audit_sink(store: Store) -> Handler:
-    """One audit entry per event sequence, whatever the deliveries."""
-    return store.audit
+    """One audit entry per event sequence, whatever the deliveries: index
+    changes and audit records (who did what, when, from where)."""
+
+    def handle(event: events_pb2.Event) -> None:
+        store.audit(event)
+
+    handle.wants_audit = True  # type: ignore[attr-defined]
+    return handle

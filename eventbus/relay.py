@@ -1,7 +1,14 @@
 """The outbox relay: publishes outbox events to Kafka in sequence order,
-keyed by Study Instance UID (one study's events stay in one partition, in
-order), and moves its position only after Kafka acknowledged them. While
-Kafka is away the outbox simply grows; events drain when it returns."""
+and moves its position only after Kafka acknowledged them. While Kafka is
+away the outbox simply grows; events drain when it returns.
+
+Index changes go to the events topic keyed by Study Instance UID (one
+study's events stay in one partition, in order). Audit records go to their
+own topic keyed by tenant: there is one per request at the edges, reads
+included, so they would outnumber index changes many times over on a topic
+that every instance consumer (metadata precompute, and any transcode or
+webhook consumer) must read through; they have no study to key by; and an
+audit trail is kept and accessed under its own rules (retention, ACLs)."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb, \
     metadata_service_pb2_grpc as md_grpc
+from eventbus.handlers import INSTANCE_KINDS
 from eventbus.store import Store
 
 log = logging.getLogger(__name__)
@@ -21,9 +29,16 @@ POSITION = "relay"
 
 
 def study_key(event: events_pb2.Event) -> bytes:
-    """The partition key: the Study Instance UID."""
+    """The partition key of an index change: the Study Instance UID."""
     kind = event.WhichOneof("kind")
-    return getattr(event, kind).location.ref.study_instance_uid.encode() if kind else b""
+    return getattr(event, kind).location.ref.study_instance_uid.encode() if kind in INSTANCE_KINDS else b""
+
+
+def route(event: events_pb2.Event, topic: str, audit_topic: str) -> tuple[str, bytes]:
+    """The topic and partition key of an outbox event."""
+    if event.HasField("audit"):
+        return audit_topic, event.tenant.encode()
+    return topic, study_key(event)
 
 
 def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int,
@@ -46,10 +61,12 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replicatio
 
 class Relay:
     def __init__(self, channel: grpc.Channel, store: Store, bootstrap: str, topic: str, batch: int = 500,
-                 poll_interval: float = 0.2, send_timeout: float = 10.0) -> None:
+                 poll_interval: float = 0.2, send_timeout: float = 10.0,
+                 audit_topic: str = "dicomserver.audit") -> None:
         self._stub = md_grpc.MetadataServiceStub(channel)
         self._store = store
         self.topic = topic
+        self.audit_topic = audit_topic
         self.batch = batch
         self.poll_interval = poll_interval
         self.send_timeout = send_timeout
@@ -78,9 +95,9 @@ class Relay:
 
         for event in resp.events:
             while True:
+                topic, key = route(event, self.topic, self.audit_topic)
                 try:
-                    self._producer.produce(self.topic, key=study_key(event), value=event.SerializeToString(),
-                                           on_delivery=on_delivery)
+                    self._producer.produce(topic, key=key, value=event.SerializeToString(), on_delivery=on_delivery)
                     break
                 except BufferError:  # local queue full: let it drain
                     self._producer.poll(0.5)

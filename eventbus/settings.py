@@ -8,6 +8,9 @@ class EventbusSettings(CommonSettings):
     # log (consumers read the outbox directly, no relay).
     kafka_bootstrap: str = ""
     kafka_topic: str = "dicomserver.events"
+    # Audit records from the edges, keyed by tenant; only the audit consumer
+    # reads it (see eventbus/relay.py for why it is a topic of its own).
+    kafka_audit_topic: str = "dicomserver.audit"
     # Where events go after max_attempts failed handlings (Kafka); the
     # embedded log keeps them in its own database.
     kafka_dead_letter_topic: str = "dicomserver.events.dead-letter"

@@ -1,5 +1,8 @@
 """The event bus's own database: embedded-log offsets and the relay
-position, the audit log, and dead letters of the embedded log."""
+position, the audit log, and dead letters of the embedded log.
+
+Tables are made by create_all; columns added since are added to an older
+database on start (each new column has a server default)."""
 
 from __future__ import annotations
 
@@ -8,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text, UniqueConstraint, create_engine, \
-    event, select
+    event, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.schema import CreateColumn
 
+from common.audit import LIMITS
 from common.gen.dicomserver.v1 import events_pb2
+
+Record = events_pb2.AuditRecord
 
 
 class Base(DeclarativeBase):
@@ -27,9 +34,21 @@ class Offset(Base):
     sequence: Mapped[int] = mapped_column(BigInteger)
 
 
+def _text(name: str) -> Mapped[str]:
+    return mapped_column(String(LIMITS[name]), default="", server_default="")
+
+
 class AuditEntry(Base):
     """One line per event; `deliveries` counts how often it was handed over
-    (at-least-once), while the entry itself exists once."""
+    (at-least-once), while the entry itself exists once.
+
+    kind "instance_stored" / "instance_deleted": an index change (tenant,
+    UIDs, event_time = when it was committed). kind "audit": a request at an
+    edge: who (subject, tenant; both empty when authentication failed), from
+    where (source_address, edge), what (action, operation, UIDs), how it
+    ended (outcome, status, detail), request_id, and event_time = when the
+    edge saw it. action and outcome are enum names in lower case ("read",
+    "denied")."""
 
     __tablename__ = "audit_log"
     __table_args__ = (UniqueConstraint("sequence", name="uq_audit_sequence"),)
@@ -37,9 +56,18 @@ class AuditEntry(Base):
     sequence: Mapped[int] = mapped_column(BigInteger)
     tenant: Mapped[str] = mapped_column(String(63))
     kind: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = _text("subject")
+    source_address: Mapped[str] = _text("source_address")
+    edge: Mapped[str] = _text("edge")
+    action: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    operation: Mapped[str] = _text("operation")
+    outcome: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    status: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     study_instance_uid: Mapped[str] = mapped_column(String(64))
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = _text("detail")
+    request_id: Mapped[str] = _text("request_id")
     event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     recorded: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     deliveries: Mapped[int] = mapped_column(Integer, default=1)
@@ -81,10 +109,59 @@ def _insert(session: Session) -> Any:
     return insert
 
 
+def _add_missing_columns(engine: Engine) -> None:
+    """Adds the model's columns an older database lacks (they all have
+    server defaults, so existing rows get them)."""
+    insp = inspect(engine)
+    with engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+
+
+def _enum_name(enum: Any, prefix: str, value: int) -> str:
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:  # a newer producer's value
+        return str(value)
+
+
+def _cut(value: str, limit: int) -> str:
+    """What fits the column (the metadata service enforces the limits; an
+    event from elsewhere must not become a poison message)."""
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
+def _audit_values(ev: events_pb2.Event) -> dict[str, Any]:
+    """The row of an event: an index change or an audit record."""
+    kind = ev.WhichOneof("kind") or "unknown"
+    values: dict[str, Any] = {"sequence": ev.sequence, "tenant": _cut(ev.tenant, 63), "kind": kind}
+    when = ev.time
+    if kind == "audit":
+        rec = ev.audit
+        values.update({name: _cut(getattr(rec, name), limit) for name, limit in LIMITS.items() if name != "tenant"})
+        values.update(action=_enum_name(Record.Action, "ACTION_", rec.action),
+                      outcome=_enum_name(Record.Outcome, "OUTCOME_", rec.outcome), status=rec.status)
+        if rec.HasField("time"):
+            when = rec.time
+    elif kind in ("instance_stored", "instance_deleted"):
+        ref = getattr(ev, kind).location.ref
+        values.update(study_instance_uid=ref.study_instance_uid, series_instance_uid=ref.series_instance_uid,
+                      sop_instance_uid=ref.sop_instance_uid)
+    for uid in ("study_instance_uid", "series_instance_uid", "sop_instance_uid"):
+        values.setdefault(uid, "")
+    values["event_time"] = when.ToDatetime(tzinfo=timezone.utc)
+    return values
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def offset(self, name: str) -> int:
         with Session(self.engine) as s:
@@ -98,18 +175,10 @@ class Store:
 
     def audit(self, ev: events_pb2.Event) -> None:
         """Records an event once, however often it is delivered."""
-        kind = ev.WhichOneof("kind") or "unknown"
-        ref = getattr(ev, kind).location.ref if kind in ("instance_stored", "instance_deleted") else None
+        values = _audit_values(ev)
         with Session(self.engine) as s, s.begin():
             insert = _insert(s)
-            stmt = insert(AuditEntry).values(
-                sequence=ev.sequence, tenant=ev.tenant, kind=kind,
-                study_instance_uid=ref.study_instance_uid if ref else "",
-                series_instance_uid=ref.series_instance_uid if ref else "",
-                sop_instance_uid=ref.sop_instance_uid if ref else "",
-                event_time=ev.time.ToDatetime(tzinfo=timezone.utc), recorded=datetime.now(timezone.utc),
-                deliveries=1,
-            )
+            stmt = insert(AuditEntry).values(**values, recorded=datetime.now(timezone.utc), deliveries=1)
             s.execute(stmt.on_conflict_do_update(index_elements=[AuditEntry.sequence],
                                                  set_={"deliveries": AuditEntry.deliveries + 1}))
 

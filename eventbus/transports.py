@@ -6,6 +6,7 @@ otherwise the embedded event log, the outbox read through MetadataService."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,13 +75,17 @@ class EmbeddedLog:
 
 
 class KafkaLog:
-    """A consumer group per consumer name; offsets committed synchronously
-    after the batch is handled (at-least-once). Dead letters go to their own
-    topic, flushed before the offsets move."""
+    """A consumer group per consumer name, named after the first topic;
+    offsets committed synchronously after the batch is handled
+    (at-least-once). Dead letters go to their own topic, flushed before the
+    offsets move. `topic` may be several (the audit consumer reads the
+    events and the audit topics)."""
 
     blocks_in_poll = True
 
-    def __init__(self, name: str, bootstrap: str, topic: str, dead_letter_topic: str) -> None:
+    def __init__(self, name: str, bootstrap: str, topic: str | Sequence[str], dead_letter_topic: str) -> None:
+        topics = [topic] if isinstance(topic, str) else list(topic)
+        topic = topics[0]
         self.name = name
         # First offset per partition of what was consumed but not committed.
         self._batch_start: dict[tuple[str, int], int] = {}
@@ -94,7 +99,7 @@ class KafkaLog:
             "heartbeat.interval.ms": 1000,
             "logger": log,
         })
-        self._consumer.subscribe([topic])
+        self._consumer.subscribe(topics)
         self._producer: Producer | None = None
         self._bootstrap = bootstrap
         self._uncommitted = False
