@@ -94,9 +94,15 @@ def sanitize(record: Record) -> Record:
     the tenant field, unknown enum values unspecified, time filled if unset."""
     out = Record()
     out.CopyFrom(record)
+    _sanitize(out)
+    return out
+
+
+def _sanitize(out: Record) -> None:
+    """sanitize() in place."""
     for name, limit in LIMITS.items():
         value = getattr(out, name)
-        if value:
+        if value and (len(value) > limit or _CONTROL.search(value)):
             setattr(out, name, _CONTROL.sub("\ufffd", value)[:limit])
     if out.tenant != NO_TENANT:
         try:
@@ -111,7 +117,6 @@ def sanitize(record: Record) -> Record:
     if not out.HasField("time") or not (_MIN_SECONDS <= out.time.seconds <= _MAX_SECONDS
                                         and 0 <= out.time.nanos < 1_000_000_000):
         out.time.FromDatetime(datetime.now(timezone.utc))
-    return out
 
 
 def _enum(enum: Any, prefix: str, value: Any) -> Any:
@@ -200,8 +205,8 @@ class AuditLog:
             if not rec.edge:
                 rec.edge = self.edge
             if not rec.HasField("time"):
-                rec.time.FromDatetime(datetime.now(timezone.utc))
-            rec = sanitize(rec)
+                rec.time.GetCurrentTime()
+            _sanitize(rec)
         except Exception as exc:  # a caller's mistake must not fail the request
             log.warning("audit record not made (%s); dropped", type(exc).__name__)
             self._count_drops("invalid", 1)
