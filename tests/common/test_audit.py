@@ -136,6 +136,24 @@ def test_records_wait_out_a_stopped_metadata_service(metadata_process: MetadataP
         log.close(5)
 
 
+def test_records_after_a_quiet_spell_go_out_without_a_flush(running_metadata: MetadataProcess, prefix: str) -> None:
+    """The sender sleeps while the queue is empty; a new record must wake it
+    (it once slept until the next full batch or shutdown)."""
+    log = AuditLog(MetadataClient(channel(running_metadata.addr)), flush_interval=0.05)
+    try:
+        for n in range(3):
+            log.record(numbered(n, prefix))
+            deadline = time.monotonic() + 30
+            while log.pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert log.pending == 0, f"record {n} was not sent"
+            time.sleep(0.3)  # the sender is idle again
+        assert [r for r in running_metadata.audit_request_ids() if r.startswith(prefix)] == \
+            [f"{prefix}r{n}" for n in range(3)]
+    finally:
+        log.close(5)
+
+
 def test_a_full_queue_drops_the_oldest_and_counts_them(metadata_process: MetadataProcess) -> None:
     """Nothing is sent until flush() (a long interval, a large batch): the
     queue bound alone decides what is kept."""
@@ -232,6 +250,17 @@ def test_disabled_log_sends_nothing(running_metadata: MetadataProcess, prefix: s
     assert log.pending == 0 and log.flush(1)
     log.close(1)
     assert running_metadata.audit_request_ids(prefix) == []
+
+
+def test_settings_turn_it_off_and_bound_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.settings import CommonSettings
+
+    defaults = AuditLog.from_settings(CommonSettings(), None, "dicomweb")
+    assert (defaults.enabled, defaults.queue_size, defaults.edge) == (True, 10000, "dicomweb")
+    monkeypatch.setenv("DICOMSERVER_AUDIT_ENABLED", "false")
+    monkeypatch.setenv("DICOMSERVER_AUDIT_QUEUE_SIZE", "7")
+    configured = AuditLog.from_settings(CommonSettings(), None, "dimse")
+    assert (configured.enabled, configured.queue_size) == (False, 7)
 
 
 def test_sanitized_records_pass_the_service_check() -> None:
