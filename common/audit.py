@@ -217,11 +217,14 @@ class AuditLog:
                     dropped = 1
                 else:
                     self._ensure_thread()
-                    if not self._queue:
+                    was_empty = not self._queue
+                    if was_empty:
                         self._oldest_at = time.monotonic()
                     self._queue.append(rec)
                     dropped = self._trim()
-                    if len(self._queue) >= self.batch_size:
+                    # The sender sleeps without a deadline while the queue is
+                    # empty: wake it for the first record, and for a full batch.
+                    if was_empty or len(self._queue) >= self.batch_size:
                         self._cond.notify_all()
             if dropped:
                 self._count_drops("closed" if self._closing else "queue_full", dropped)
