@@ -285,20 +285,26 @@ class MetadataIndex:
         return [_event_from_row(row) for row in rows], max(latest, rows[-1].sequence if rows else 0)
 
     def read_change_feed(self, tenant: str, after_sequence: int, limit: int) -> tuple[list[events_pb2.Event], int]:
-        """The tenant's index changes after a sequence, in order, and the
-        newest sequence of one (audit records are not changes)."""
+        """The tenant's index changes after a position, in order, and the
+        newest position. Positions are the tenant's own count of changes
+        (feed_sequence), never the outbox's global sequence; audit records
+        are not changes."""
         check_tenant(tenant)
         limit = DEFAULT_FEED_LIMIT if limit <= 0 else min(limit, self.max_limit)
         with self.db.reader() as session, session.begin():
             rows = session.scalars(
                 select(EventRow)
-                .where(EventRow.tenant == tenant, EventRow.kind == KIND_INSTANCE, EventRow.sequence > after_sequence)
-                .order_by(EventRow.sequence)
+                .where(EventRow.tenant == tenant, EventRow.feed_sequence > after_sequence)
+                .order_by(EventRow.feed_sequence)
                 .limit(limit)
             ).all()
-            latest = session.scalar(select(func.max(EventRow.sequence))
-                                    .where(EventRow.tenant == tenant, EventRow.kind == KIND_INSTANCE)) or 0
-        return [_event_from_row(row) for row in rows], max(latest, rows[-1].sequence if rows else 0)
+            latest = session.scalar(select(func.max(EventRow.feed_sequence)).where(EventRow.tenant == tenant)) or 0
+        events = []
+        for row in rows:
+            event = _event_from_row(row)
+            event.sequence = row.feed_sequence or 0
+            events.append(event)
+        return events, max(latest, events[-1].sequence if events else 0)
 
 
 def _event_from_row(row: EventRow) -> events_pb2.Event:
@@ -335,9 +341,19 @@ def _add_event(session: Session, event: events_pb2.Event, study_uid: str, now: d
     if not session.info.get("outbox_locked") and session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _OUTBOX_LOCK})
         session.info["outbox_locked"] = True
-    kind = KIND_AUDIT if event.HasField("audit") else KIND_INSTANCE
-    session.add(EventRow(tenant=event.tenant, kind=kind, study_instance_uid=study_uid, created=now,
-                         payload=event.SerializeToString()))
+    if event.HasField("audit"):
+        session.add(EventRow(tenant=event.tenant, kind=KIND_AUDIT, study_instance_uid=study_uid, created=now,
+                             payload=event.SerializeToString()))
+        return
+    # Writers are serialized (the outbox lock; SQLite has one writer), so the
+    # tenant's next feed number is its newest one plus one.
+    feeds: dict[str, int] = session.info.setdefault("feed_sequences", {})
+    if event.tenant not in feeds:
+        feeds[event.tenant] = session.scalar(
+            select(func.max(EventRow.feed_sequence)).where(EventRow.tenant == event.tenant)) or 0
+    feeds[event.tenant] += 1
+    session.add(EventRow(tenant=event.tenant, kind=KIND_INSTANCE, feed_sequence=feeds[event.tenant],
+                         study_instance_uid=study_uid, created=now, payload=event.SerializeToString()))
 
 
 class _Indexer:

@@ -153,11 +153,16 @@ class EventRow(Base):
     # AUTOINCREMENT on SQLite: sequences are never reused, even after deletes.
     # The index serves the change feed: one tenant's instance events in order.
     __table_args__ = (Index("ix_events_tenant_kind_sequence", "tenant", "kind", "sequence"),
+                      Index("ux_events_tenant_feed_sequence", "tenant", "feed_sequence", unique=True),
                       {"sqlite_autoincrement": True})
 
     sequence: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(TENANT)
     kind: Mapped[str] = mapped_column(String(16), default=KIND_INSTANCE, server_default=KIND_INSTANCE)
+    # The tenant's own count of index changes (1, 2, 3, ...): the change
+    # feed's sequence, so that it does not reveal how much other tenants
+    # changed meanwhile. Null for audit records.
+    feed_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     study_instance_uid: Mapped[str] = mapped_column(UID)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # A serialized events_pb2.Event; sequence and time are filled on read.

@@ -23,7 +23,7 @@ from metadata_svc.db import Database, make_engine
 from metadata_svc.index import MetadataIndex
 from metadata_svc.schema import Base
 
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -158,7 +158,7 @@ def test_outbox_kinds_from_0002_down_and_up(engine: Engine) -> None:
     outbox, _ = index.read_outbox(0, 10)
     assert [e.WhichOneof("kind") for e in outbox] == ["instance_stored", "audit"]
 
-    migrate.downgrade(engine, "-1")
+    migrate.downgrade(engine, "0002")
     assert migrate.current(engine) == "0002"
     assert "kind" not in {c["name"] for c in inspect(engine).get_columns("events")}
     with engine.connect() as conn:
@@ -167,3 +167,37 @@ def test_outbox_kinds_from_0002_down_and_up(engine: Engine) -> None:
     migrate.upgrade(engine)
     assert _differences(engine) == []
     assert [e.sequence for e in index.read_change_feed("m", 0, 10)[0]] == [old.sequence]
+
+
+def _insert_tenant_outbox_row(engine: Engine, tenant: str, sop: str) -> None:
+    """An index change as revision 0003 wrote it (a kind, no feed number)."""
+    event = events_pb2.Event(tenant=tenant, instance_stored=events_pb2.InstanceStored(
+        location=dicom_pb2.InstanceLocation(ref=dicom_pb2.InstanceRef(
+            tenant=tenant, study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid=sop),
+            object_key="k")))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO events (tenant, kind, study_instance_uid, created, payload)"
+                          " VALUES (:t, 'instance', '1.2', :now, :p)"),
+                     {"t": tenant, "now": datetime.now(timezone.utc), "p": event.SerializeToString()})
+
+
+def test_feed_positions_per_tenant_from_0003(engine: Engine) -> None:
+    """0004 numbers each tenant's existing changes 1, 2, ... in outbox order;
+    new changes continue each tenant's count; down one step and up again."""
+    migrate.upgrade(engine, "0003")
+    for tenant, sop in [("a", "1.1"), ("b", "2.1"), ("b", "2.2"), ("a", "1.2"), ("b", "2.3")]:
+        _insert_tenant_outbox_row(engine, tenant, sop)
+    migrate.upgrade(engine)
+    assert _differences(engine) == []
+    index = MetadataIndex(Database(engine))
+    index.record_audit([events_pb2.AuditRecord(tenant="a", subject="alice", operation="GET /studies")])
+    _insert_outbox_row(engine, "9.9")  # tenant "m", written by hand: no feed number yet
+    feed_a, latest_a = index.read_change_feed("a", 0, 10)
+    assert [(e.sequence, e.instance_stored.location.ref.sop_instance_uid) for e in feed_a] == [(1, "1.1"), (2, "1.2")]
+    assert latest_a == 2
+    feed_b, latest_b = index.read_change_feed("b", 1, 10)
+    assert [e.sequence for e in feed_b] == [2, 3] and latest_b == 3
+    migrate.downgrade(engine, "-1")
+    assert "feed_sequence" not in {c["name"] for c in inspect(engine).get_columns("events")}
+    migrate.upgrade(engine)
+    assert [e.sequence for e in index.read_change_feed("a", 0, 10)[0]] == [1, 2]

@@ -968,10 +968,6 @@ def test_changefeed_latest_does_not_move_when_b_writes(world: World, principal: 
     assert latest(world, who) == after[0]["Sequence"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known side channel, reported to the lead: change feed sequence numbers are global (metadata_svc's "
-    "events table), so the gap between two of A's entries counts the changes other tenants made meanwhile; "
-    "closing it needs per-tenant sequences in metadata_svc"))
 def test_changefeed_sequence_numbers_do_not_count_other_tenants_changes(world: World) -> None:
     who = world.principals["jwt"]
     first = make("ct", "A")
