@@ -17,6 +17,11 @@ _TIME = re.compile(r"[0-9]{2}([0-9]{2}([0-9]{2}(\.[0-9]{1,6})?)?)?")
 _DATETIME = re.compile(r"[0-9]{4,14}(\.[0-9]{1,6})?([+-][0-9]{4})?")
 MAX_VALUE_LENGTH = 1024
 MAX_LIST = 1000
+# '*' and '?' in one wildcard value; runs of '*' count once (they mean the same).
+MAX_WILDCARDS = 64
+# C0 controls and DEL: no query value has them (values arrive decoded).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_STARS = re.compile(r"\*{2,}")
 
 
 def tag_hex(tag: int) -> str:
@@ -51,12 +56,21 @@ def _check_bound(vr: str, value: str, tag: int) -> str:
     return value
 
 
-def parse(tag: int, raw: str, fuzzy: bool = False) -> md_pb.Filter:
+def parse(
+    tag: int,
+    raw: str,
+    fuzzy: bool = False,
+    *,
+    max_length: int = MAX_VALUE_LENGTH,
+    max_wildcards: int = MAX_WILDCARDS,
+) -> md_pb.Filter:
     """One matching key's text into a Filter. Raises InvalidValue naming the key."""
     vr = vr_of(tag)
     key = tag_hex(tag)
-    if len(raw) > MAX_VALUE_LENGTH:
-        raise InvalidValue(f"{_name(tag)}: value longer than {MAX_VALUE_LENGTH} characters")
+    if len(raw) > max_length:
+        raise InvalidValue(f"{_name(tag)}: value longer than {max_length} characters")
+    if _CONTROL.search(raw):
+        raise InvalidValue(f"{_name(tag)}: value contains control characters")
     if raw == "":
         return md_pb.Filter(tag=key, universal=True)
     if vr == "UI":
@@ -79,5 +93,8 @@ def parse(tag: int, raw: str, fuzzy: bool = False) -> md_pb.Filter:
     if vr == "PN" and fuzzy:
         return md_pb.Filter(tag=key, fuzzy=raw)
     if vr in _STRING_VRS and ("*" in raw or "?" in raw):
-        return md_pb.Filter(tag=key, wildcard=raw)
+        pattern = _STARS.sub("*", raw)
+        if pattern.count("*") + pattern.count("?") > max_wildcards:
+            raise InvalidValue(f"{_name(tag)}: more than {max_wildcards} wildcard characters")
+        return md_pb.Filter(tag=key, wildcard=pattern)
     return md_pb.Filter(tag=key, equal=raw)

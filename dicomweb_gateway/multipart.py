@@ -4,7 +4,11 @@ It is push-based and does no I/O of its own: feed() it body chunks as they
 arrive and it returns the parts completed so far. Part bodies go straight into
 SpooledTemporaryFiles, so a multi-GB upload never sits in memory; the parser
 itself keeps at most one delimiter length (plus one part's header block) of
-unconsumed bytes."""
+unconsumed bytes.
+
+Limits a caller sets (each breach raises a MultipartError whose `status` is
+the HTTP answer): bytes per part and parts per body (413), bytes of one part's
+header block (400), and no part may itself be multipart/* (415)."""
 
 from __future__ import annotations
 
@@ -18,10 +22,26 @@ from typing import IO
 MAX_HEADER_BYTES = 16 * 1024
 # RFC 2046: 1 to 70 characters.
 MAX_BOUNDARY = 70
+# RFC 2046 5.1.1 bchars: a boundary is made of these (space never last).
+_BCHARS = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? ")
 
 
 class MultipartError(ValueError):
     """The body is not well-formed multipart; the message says how."""
+
+    status = 400
+
+
+class LimitExceeded(MultipartError):
+    """The body is larger than a configured limit allows."""
+
+    status = 413
+
+
+class NestedMultipart(MultipartError):
+    """A part is itself a multipart body: not something we store."""
+
+    status = 415
 
 
 @dataclass
@@ -63,9 +83,12 @@ def check_boundary(boundary: str | None) -> bytes:
     if len(boundary) > MAX_BOUNDARY or boundary.endswith(" "):
         raise MultipartError("the boundary must be 1-70 characters and not end with a space")
     try:
-        return boundary.encode("ascii")
+        raw = boundary.encode("ascii")
     except UnicodeEncodeError:
         raise MultipartError("the boundary must be ASCII") from None
+    if not set(raw) <= _BCHARS:
+        raise MultipartError("the boundary may contain only letters, digits, spaces and '()+_,-./:=?")
+    return raw
 
 
 class _State(enum.Enum):
@@ -94,12 +117,22 @@ def _parse_headers(block: bytes) -> dict[str, str]:
     return headers
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one body may hold; None: unlimited."""
+
+    max_part_bytes: int | None = None
+    max_parts: int | None = None
+    max_header_bytes: int = MAX_HEADER_BYTES
+
+
 class MultipartParser:
-    def __init__(self, boundary: bytes, spool_max_memory: int) -> None:
+    def __init__(self, boundary: bytes, spool_max_memory: int, limits: Limits = Limits()) -> None:
         # Every delimiter but the first is preceded by CRLF; pretending the
         # body starts with CRLF makes the first one look like the rest.
         self._delimiter = b"\r\n--" + boundary
         self._spool_max_memory = spool_max_memory
+        self._limits = limits
         self._buf = bytearray(b"\r\n")
         self._state = _State.PREAMBLE
         self._part: Part | None = None
@@ -177,28 +210,42 @@ class MultipartParser:
             return False
         if buf[i : i + 2] != b"\r\n":
             raise MultipartError("a boundary delimiter is not followed by CRLF")
+        max_parts = self._limits.max_parts
+        if max_parts is not None and self._parts_seen >= max_parts:
+            raise LimitExceeded(f"the body has more than {max_parts} parts")
         del buf[: i + 2]
         self._state = _State.HEADERS
         return True
 
     def _headers(self) -> bool:
         buf = self._buf
+        max_header = self._limits.max_header_bytes
         if buf[:2] == b"\r\n":  # a part with no headers at all
             end, skip = 0, 2
         else:
             end = buf.find(b"\r\n\r\n")
             skip = 4
             if end < 0:
-                if len(buf) > MAX_HEADER_BYTES:
-                    raise MultipartError(f"a part's headers exceed {MAX_HEADER_BYTES} bytes")
+                if len(buf) > max_header:
+                    raise MultipartError(f"a part's headers exceed {max_header} bytes")
                 return False
-        if end > MAX_HEADER_BYTES:
-            raise MultipartError(f"a part's headers exceed {MAX_HEADER_BYTES} bytes")
+        if end > max_header:
+            raise MultipartError(f"a part's headers exceed {max_header} bytes")
         headers = _parse_headers(bytes(buf[:end]))
+        ctype = headers.get("content-type", "")
+        if ctype.strip().lower().startswith("multipart/"):
+            raise NestedMultipart(
+                f"part {self._parts_seen + 1} is itself '{ctype[:60]}'; nested multipart is not supported"
+            )
         del buf[: end + skip]
         self._part = Part(headers, spool(self._spool_max_memory))
         self._state = _State.BODY
         return True
+
+    def _grow(self, part: Part, n: int) -> None:
+        limit = self._limits.max_part_bytes
+        if limit is not None and part.size + n > limit:
+            raise LimitExceeded(f"part {self._parts_seen + 1} is larger than {limit} bytes")
 
     def _body(self, done: list[Part]) -> bool:
         buf, delim, part = self._buf, self._delimiter, self._part
@@ -208,10 +255,12 @@ class MultipartParser:
             # Keep a tail that could be the start of a delimiter split across chunks.
             safe = len(buf) - len(delim) + 1
             if safe > 0:
+                self._grow(part, safe)
                 part.file.write(buf[:safe])
                 part.size += safe
                 del buf[:safe]
             return False
+        self._grow(part, idx)
         part.file.write(buf[:idx])
         part.size += idx
         part.file.seek(0)
@@ -224,12 +273,12 @@ class MultipartParser:
 
 
 async def iter_parts(
-    chunks: AsyncIterable[bytes], boundary: bytes, spool_max_memory: int
+    chunks: AsyncIterable[bytes], boundary: bytes, spool_max_memory: int, limits: Limits = Limits()
 ) -> AsyncIterator[Part]:
     """Yields each part as soon as its closing delimiter has streamed in.
 
     The consumer owns each yielded part and must close it."""
-    parser = MultipartParser(boundary, spool_max_memory)
+    parser = MultipartParser(boundary, spool_max_memory, limits)
     pending: list[Part] = []
     try:
         async for chunk in chunks:

@@ -5,6 +5,7 @@ the query itself runs in metadata_svc."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -14,8 +15,9 @@ from common import matching
 from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
 from dicomweb_gateway.context import gateway, path_uid, tenant_for
-from dicomweb_gateway.errors import bad_request
+from dicomweb_gateway.errors import ApiError, bad_request
 from dicomweb_gateway.responses import json_array_response, require_json, warn_agent
+from dicomweb_gateway.settings import GatewaySettings
 
 INCLUDE_FIELD = "includefield"
 LIMIT = "limit"
@@ -24,6 +26,34 @@ FUZZY = "fuzzymatching"
 _RESERVED = {INCLUDE_FIELD, LIMIT, OFFSET, FUZZY}
 INT32_MAX = 2**31 - 1
 TRUNCATED_WARNING = "There are additional results that can be requested"
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one query string may ask for (GatewaySettings.qido_*)."""
+
+    max_limit: int = 1000
+    max_params: int = 64
+    max_includefields: int = 256
+    max_value_length: int = matching.MAX_VALUE_LENGTH
+    max_wildcards: int = matching.MAX_WILDCARDS
+
+    @classmethod
+    def of(cls, settings: GatewaySettings) -> QueryLimits:
+        return cls(
+            max_limit=settings.qido_max_limit,
+            max_params=settings.qido_max_params,
+            max_includefields=settings.qido_max_includefields,
+            max_value_length=settings.qido_max_value_length,
+            max_wildcards=settings.qido_max_wildcards,
+        )
+
+
+def check_query_string(request: Request, max_bytes: int) -> None:
+    """414 for a query string longer than `max_bytes`."""
+    size = len(request.scope.get("query_string", b""))
+    if size > max_bytes:
+        raise ApiError(414, f"the query string has {size} bytes; at most {max_bytes} are accepted")
 
 
 def _int_param(name: str, raw: str, minimum: int) -> int:
@@ -50,14 +80,18 @@ def _single(params: list[tuple[str, str]], name: str) -> str | None:
     return values[0] if values else None
 
 
-def _include_fields(values: Iterable[str]) -> tuple[list[str], bool]:
+def _include_fields(values: Iterable[str], max_fields: int) -> tuple[list[str], bool]:
     fields: list[str] = []
     include_all = False
+    count = 0
     for value in values:
         for name in value.split(","):
             name = name.strip()
             if not name:
                 continue
+            count += 1
+            if count > max_fields:
+                raise bad_request(f"query parameter '{INCLUDE_FIELD}' names more than {max_fields} attributes")
             if name.lower() == "all":
                 include_all = True
                 continue
@@ -69,14 +103,25 @@ def _include_fields(values: Iterable[str]) -> tuple[list[str], bool]:
 
 
 def build_query(
-    params: list[tuple[str, str]], level: int, tenant: str, study: str = "", series: str = ""
+    params: list[tuple[str, str]],
+    level: int,
+    tenant: str,
+    study: str = "",
+    series: str = "",
+    limits: QueryLimits = QueryLimits(),
 ) -> md_pb.QueryRequest:
-    """The QueryRequest for a QIDO-RS query string (400 on anything invalid)."""
+    """The QueryRequest for a QIDO-RS query string (400 on anything invalid).
+
+    A `limit` above limits.max_limit is lowered to it (PS3.18 lets
+    the server return fewer); the caller warns about it. Without `limit` the
+    query carries 0, and metadata_svc applies its own cap."""
+    if len(params) > limits.max_params:
+        raise bad_request(f"the query has {len(params)} parameters; at most {limits.max_params} are accepted")
     fuzzy_raw = _single(params, FUZZY)
     fuzzy = _bool_param(FUZZY, fuzzy_raw) if fuzzy_raw is not None else False
     limit_raw = _single(params, LIMIT)
     offset_raw = _single(params, OFFSET)
-    fields, include_all = _include_fields(v for k, v in params if k == INCLUDE_FIELD)
+    fields, include_all = _include_fields((v for k, v in params if k == INCLUDE_FIELD), limits.max_includefields)
     filters: list[md_pb.Filter] = []
     seen: dict[int, str] = {}
     for name, raw in params:
@@ -90,7 +135,11 @@ def build_query(
             raise bad_request(f"attribute '{name[:64]}' is given more than once (as '{seen[tag][:64]}' too)")
         seen[tag] = name
         try:
-            filters.append(matching.parse(tag, raw, fuzzy))
+            filters.append(
+                matching.parse(
+                    tag, raw, fuzzy, max_length=limits.max_value_length, max_wildcards=limits.max_wildcards
+                )
+            )
         except InvalidValue as exc:
             raise bad_request(f"query parameter '{name[:64]}': {exc}") from None
     return md_pb.QueryRequest(
@@ -99,7 +148,7 @@ def build_query(
         filters=filters,
         include_fields=fields,
         include_all_fields=include_all,
-        limit=_int_param(LIMIT, limit_raw, 1) if limit_raw is not None else 0,
+        limit=min(_int_param(LIMIT, limit_raw, 1), limits.max_limit) if limit_raw is not None else 0,
         offset=_int_param(OFFSET, offset_raw, 0) if offset_raw is not None else 0,
         study_instance_uid=study,
         series_instance_uid=series,
@@ -107,15 +156,22 @@ def build_query(
 
 
 async def _search(request: Request, level: int) -> Response:
+    settings = gateway(request).settings
+    check_query_string(request, settings.max_query_string_bytes)
     require_json(request)
     study = path_uid(request, "study", "Study Instance UID") if "study" in request.path_params else ""
     series = path_uid(request, "series", "Series Instance UID") if "series" in request.path_params else ""
-    query = build_query(request.query_params.multi_items(), level, tenant_for(request), study, series)
+    params = request.query_params.multi_items()
+    query = build_query(params, level, tenant_for(request), study, series, QueryLimits.of(settings))
     result = await run_in_threadpool(gateway(request).metadata.query, query)
-    headers = {}
+    warnings = []
+    asked = _single(params, LIMIT)
+    if asked is not None and int(asked) > query.limit:
+        warnings.append(f'299 {warn_agent(request)}: "The limit was lowered to {query.limit}"')
     if result.truncated:
-        headers["Warning"] = f'299 {warn_agent(request)}: "{TRUNCATED_WARNING}"'
-    gzip_min = gateway(request).settings.gzip_min_bytes
+        warnings.append(f'299 {warn_agent(request)}: "{TRUNCATED_WARNING}"')
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    gzip_min = settings.gzip_min_bytes
     return json_array_response(result.matches, headers=headers, request=request, gzip_min_bytes=gzip_min)
 
 

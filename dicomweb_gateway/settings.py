@@ -28,6 +28,22 @@ class GatewaySettings(CommonSettings):
     spool_max_memory: int = 8 * 1024 * 1024
     # Largest request body accepted (413 beyond).
     max_request_bytes: int = 4 * 1024 * 1024 * 1024
+    # Largest single object in a STOW-RS request, as one part or as the whole
+    # application/dicom body (413 beyond). 4 GiB: the most a DICOM value length says.
+    max_part_bytes: int = 4 * 1024 * 1024 * 1024
+    # Parts in one STOW-RS request (413 beyond), and bytes of one part's headers (400 beyond).
+    max_parts: int = 10000
+    max_part_header_bytes: int = 16 * 1024
+    # QIDO-RS: a larger `limit` is lowered to this, with a Warning header
+    # (PS3.18 lets a server return fewer); more query parameters, includefield names, characters
+    # in one value or '*'/'?' wildcards in one value than these are a 400.
+    qido_max_limit: int = 1000
+    qido_max_params: int = 64
+    qido_max_includefields: int = 256
+    qido_max_value_length: int = 1024
+    qido_max_wildcards: int = 64
+    # Bytes of a query string (QIDO-RS, WADO-URI): 414 beyond.
+    max_query_string_bytes: int = 16 * 1024
     # HTTP access log lines (INFO). They contain UIDs and query strings, which
     # may name patients, so they are off by default.
     access_log: bool = False

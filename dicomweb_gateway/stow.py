@@ -7,10 +7,12 @@ storage_svc and nothing holds the whole request in memory."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -18,14 +20,21 @@ from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
 from common.ingest import CANNOT_UNDERSTAND
 from dicomweb_gateway import stow_result
 from dicomweb_gateway.context import Gateway, Urls, gateway, path_uid, tenant_for
-from dicomweb_gateway.errors import bad_request, unsupported_media_type
+from dicomweb_gateway.errors import ApiError, bad_request, unsupported_media_type
 from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, MediaType, MediaTypeError, parse_media_type
-from dicomweb_gateway.multipart import MultipartError, Part, check_boundary, iter_parts, spool
+from dicomweb_gateway.multipart import Limits, MultipartError, Part, check_boundary, iter_parts, spool
+from dicomweb_gateway.settings import GatewaySettings
 from dicomweb_gateway.responses import DicomJSONResponse, require_json, warn_agent
 
 log = logging.getLogger(__name__)
 
 _ACCEPTED = f'{MULTIPART_RELATED}; type="{DICOM}" or {DICOM}'
+# A parameter name, skipping quoted strings (which may contain ';' and '=').
+_PARAM_NAME = re.compile(r'"(?:\\.|[^"\\])*"|;\s*([^\s;=]+)\s*=')
+
+
+def _param_count(value: str, name: str) -> int:
+    return sum(1 for m in _PARAM_NAME.finditer(value) if (m.group(1) or "").lower() == name)
 
 
 def _request_media_type(request: Request) -> MediaType:
@@ -37,6 +46,8 @@ def _request_media_type(request: Request) -> MediaType:
     except MediaTypeError as exc:
         raise unsupported_media_type(f"{exc}; expected {_ACCEPTED}") from None
     if media.essence == MULTIPART_RELATED:
+        if _param_count(value, "boundary") > 1:
+            raise bad_request("the Content-Type gives the boundary parameter more than once")
         declared = media.params.get("type")
         # Without a type parameter each part's own Content-Type decides.
         if declared is not None and declared.strip().lower() != DICOM:
@@ -81,9 +92,15 @@ class _Store:
         self.outcomes.append(stow_result.failure(CANNOT_UNDERSTAND, reason))
 
 
-async def _single(chunks: AsyncIterator[bytes], store: _Store, spool_max_memory: int) -> None:
+def _limits(settings: GatewaySettings) -> Limits:
+    return Limits(settings.max_part_bytes, settings.max_parts, settings.max_part_header_bytes)
+
+
+async def _single(chunks: AsyncIterator[bytes], store: _Store, spool_max_memory: int, max_bytes: int) -> None:
     with Part({"content-type": DICOM}, spool(spool_max_memory)) as part:
         async for chunk in chunks:
+            if part.size + len(chunk) > max_bytes:
+                raise ApiError(413, f"the object is larger than {max_bytes} bytes")
             part.file.write(chunk)
             part.size += len(chunk)
         if part.size == 0:
@@ -91,13 +108,11 @@ async def _single(chunks: AsyncIterator[bytes], store: _Store, spool_max_memory:
         await store.part(part)
 
 
-async def _multipart(
-    chunks: AsyncIterator[bytes], media: MediaType, store: _Store, spool_max_memory: int
-) -> None:
+async def _multipart(chunks: AsyncIterator[bytes], media: MediaType, store: _Store, settings: GatewaySettings) -> None:
     boundary = check_boundary(media.params.get("boundary"))
     declared = media.params.get("type")
     try:
-        async with aclosing(iter_parts(chunks, boundary, spool_max_memory)) as parts:
+        async with aclosing(iter_parts(chunks, boundary, settings.spool_max_memory, _limits(settings))) as parts:
             async for part in parts:
                 with part:
                     if part_is_dicom(part, declared):
@@ -106,9 +121,11 @@ async def _multipart(
                         store.refuse(f"part Content-Type '{(part.content_type or 'none')[:60]}' is not {DICOM}")
     except MultipartError as exc:
         if not store.outcomes:
-            raise bad_request(f"malformed multipart body: {exc}") from None
+            prefix = "malformed multipart body: " if exc.status == 400 else ""
+            raise ApiError(exc.status, f"{prefix}{exc}") from None
         # Earlier parts are stored already; report them, and this as a failure.
-        store.refuse(f"the rest of the body is malformed: {exc}")
+        what = "malformed" if exc.status == 400 else "refused"
+        store.refuse(f"the rest of the body is {what}: {exc}")
 
 
 async def store_instances(request: Request) -> Response:
@@ -117,15 +134,22 @@ async def store_instances(request: Request) -> Response:
     require_json(request)
     media = _request_media_type(request)
     store = _Store(gw, tenant_for(request), study)
-    spool_max = gw.settings.spool_max_memory
+    settings = gw.settings
     try:
         if media.essence == DICOM:
-            await _single(request.stream(), store, spool_max)
+            await _single(request.stream(), store, settings.spool_max_memory, settings.max_part_bytes)
         else:
-            await _multipart(request.stream(), media, store, spool_max)
+            await _multipart(request.stream(), media, store, settings)
     except ClientDisconnect:
         log.info("client disconnected during STOW-RS after %d part(s)", len(store.outcomes))
         return Response(status_code=400)
+    except HTTPException as exc:  # Starlette's max_body_size, while streaming
+        if exc.status_code != 413:
+            raise
+        too_large = f"the request body is larger than {settings.max_request_bytes} bytes"
+        if not store.outcomes:
+            raise ApiError(413, too_large) from None
+        store.refuse(f"the rest of the body is refused: {too_large}")
     if not store.outcomes:
         raise bad_request("the request contains no parts")
     result = stow_result.build(store.outcomes, Urls.for_request(request), study)

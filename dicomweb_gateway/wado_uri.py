@@ -16,6 +16,7 @@ from dicomweb_gateway import objects, transcode
 from dicomweb_gateway.context import Gateway, gateway, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
 from dicomweb_gateway.media import DICOM
+from dicomweb_gateway.qido import check_query_string
 from dicomweb_gateway.render import JPEG, PNG, RenderOptions, parse_quality, parse_window, render_frame
 from dicomweb_gateway.wado import open_instance
 
@@ -59,24 +60,44 @@ def _content_type(raw: str | None) -> str:
     raise not_acceptable(f"contentType '{raw[:60]}' is not available; use {DICOM}, {JPEG} or {PNG}")
 
 
+def _params(request: Request) -> dict[str, str]:
+    """The query parameters, each given at most once (400 otherwise)."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in _KNOWN:
+            raise bad_request(f"unknown query parameter '{name[:64]}'")
+        if name in params:
+            raise bad_request(f"query parameter '{name}' is given more than once")
+        params[name] = value
+    return params
+
+
+def _transfer_syntax(params: dict[str, str]) -> str:
+    target = params.get("transferSyntax", "*").strip() or "*"
+    if target != "*":
+        try:
+            check_uid(target, "transferSyntax")
+        except InvalidValue as exc:
+            raise bad_request(str(exc)) from None
+    return target
+
+
 def _handle(gw: Gateway, request: Request) -> Response:
-    params = dict(request.query_params)
+    check_query_string(request, gw.settings.max_query_string_bytes)
+    params = _params(request)
     if params.get("requestType") != "WADO":
         raise bad_request("query parameter 'requestType' must be WADO")
-    unknown = [k for k in params if k not in _KNOWN]
-    if unknown:
-        raise bad_request(f"unknown query parameter '{unknown[0][:64]}'")
     unsupported = [k for k in params if k in _UNSUPPORTED and k != "annotation"]
     if unsupported:
         raise bad_request(f"query parameter '{unsupported[0]}' is not supported")
     study, series, sop = _uid(params, "studyUID"), _uid(params, "seriesUID"), _uid(params, "objectUID")
     content_type = _content_type(params.get("contentType"))
+    target = _transfer_syntax(params)
     locations = gw.metadata.locate(tenant_for(request), study, series, sop)
     if not locations:
         raise not_found("no such object")
     loc = locations[0]
     if content_type == DICOM:
-        target = params.get("transferSyntax", "*").strip() or "*"
         if target != "*" and not transcode.can_transcode(loc.transfer_syntax_uid, target):
             raise not_acceptable(f"the object cannot be sent in transfer syntax {target[:64]}")
         try:
@@ -91,6 +112,8 @@ def _handle(gw: Gateway, request: Request) -> Response:
     if "windowCenter" in params or "windowWidth" in params:
         if "windowCenter" not in params or "windowWidth" not in params:
             raise bad_request("windowCenter and windowWidth go together")
+        if "," in params["windowCenter"] + params["windowWidth"]:
+            raise bad_request("windowCenter and windowWidth are one number each")
         window = parse_window(f"{params['windowCenter']},{params['windowWidth']}", "windowCenter/windowWidth")
     viewport = None
     if rows or columns:
