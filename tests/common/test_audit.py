@@ -154,21 +154,6 @@ def test_records_after_a_quiet_spell_go_out_without_a_flush(running_metadata: Me
         log.close(5)
 
 
-def test_a_lone_record_is_sent_without_being_flushed(running_metadata: MetadataProcess, prefix: str) -> None:
-    """No flush(), no close(), no full batch: the interval alone sends it,
-    also after the sender has slept on an empty queue."""
-    log = AuditLog(MetadataClient(channel(running_metadata.addr)), flush_interval=0.05)
-    try:
-        log.record(numbered(1, prefix))
-        wait_until("the first record in the outbox", lambda: running_metadata.audit_request_ids(prefix) == ["r1"])
-        wait_until("the sender idle", lambda: log.pending == 0)
-        log.record(numbered(2, prefix))
-        wait_until("the second record in the outbox",
-                   lambda: running_metadata.audit_request_ids(prefix) == ["r1", "r2"])
-    finally:
-        log.close(5)
-
-
 def test_a_full_queue_drops_the_oldest_and_counts_them(metadata_process: MetadataProcess) -> None:
     """Nothing is sent until flush() (a long interval, a large batch): the
     queue bound alone decides what is kept."""

@@ -89,7 +89,7 @@ def _long(name: str) -> Audit:
     pytest.param([full_record("t")] * (audit.MAX_RECORDS_PER_CALL + 1), id="too-many"),
     pytest.param([full_record("Upper")], id="bad-tenant"),
     pytest.param([full_record("t"), full_record("a/b")], id="bad-tenant-second"),
-    pytest.param([full_record("t"), _long("subject")], id="long-subject"),
+    pytest.param([full_record("t"), _long("subject")], id="long-second"),
     *(pytest.param([_long(name)], id=f"long-{name}") for name in audit.LIMITS if name != "tenant"),
     pytest.param([Audit(tenant="t", detail="a\x00b")], id="nul"),
     pytest.param([Audit(tenant="t", action=99)], id="unknown-action"),
