@@ -1,6 +1,7 @@
 """Probes for orchestrators, at the root (outside the DICOMweb base path):
-/healthz answers while the process serves HTTP; /readyz only while storage_svc
-and metadata_svc report SERVING on their gRPC health service."""
+/healthz answers while the process serves HTTP; /readyz only while storage_svc,
+metadata_svc and auth_svc report SERVING on their gRPC health service (without
+auth_svc every request would be refused)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ def _serving(address: str) -> bool:
     return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _check(storage_addr: str, metadata_addr: str) -> dict[str, bool]:
-    return {"storage": _serving(storage_addr), "metadata": _serving(metadata_addr)}
+def _check(addresses: dict[str, str]) -> dict[str, bool]:
+    return {name: _serving(address) for name, address in addresses.items()}
 
 
 async def readyz(request: Request) -> Response:
     settings = gateway(request).settings
-    checks = await run_in_threadpool(_check, settings.storage_addr, settings.metadata_addr)
+    checks = await run_in_threadpool(_check, {
+        "storage": settings.storage_addr, "metadata": settings.metadata_addr, "auth": settings.auth_addr})
     ready = all(checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)

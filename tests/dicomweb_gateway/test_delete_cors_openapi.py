@@ -129,9 +129,11 @@ def test_error_bodies_are_readable(client: TestClient) -> None:
 def test_health_and_readiness_probes(client: TestClient, backend: Backend) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"storage": True, "metadata": True}
-    app = create_app(make_settings(backend, metadata_addr="127.0.0.1:1"))
-    with TestClient(app) as down:
-        r = down.get("/readyz")
-        assert r.status_code == 503 and r.json()["checks"] == {"storage": True, "metadata": False}
-        assert down.get("/healthz").status_code == 200
+    assert r.status_code == 200 and r.json()["checks"] == {"storage": True, "metadata": True, "auth": True}
+    for missing in ("metadata", "auth"):
+        app = create_app(make_settings(backend, **{f"{missing}_addr": "127.0.0.1:1"}))
+        with TestClient(app) as down:
+            r = down.get("/readyz")
+            assert r.status_code == 503
+            assert r.json()["checks"] == {"storage": True, "metadata": True, "auth": True, missing: False}
+            assert down.get("/healthz").status_code == 200
