@@ -979,7 +979,7 @@ def test_changefeed_sequence_numbers_do_not_count_other_tenants_changes(world: W
     entries = feed(world, who, latest(world, who) - 1)  # just `second`
     previous = feed(world, who)[-2]
     assert previous["SopInstanceUid"] == first.sop and entries[0]["SopInstanceUid"] == second.sop
-    # With per-tenant sequences A's two changes would be consecutive.
+    # Sequences are per tenant: A's two changes are consecutive whatever B did between them.
     assert entries[0]["Sequence"] - previous["Sequence"] == 1
 
 
