@@ -137,6 +137,10 @@ class MultipartParser:
         self._state = _State.PREAMBLE
         self._part: Part | None = None
         self._parts_seen = 0
+        # An error met after some parts of the same chunk were complete: raised
+        # on the next call, so that those parts are handed out first whatever
+        # the chunking.
+        self._error: MultipartError | None = None
 
     @property
     def parts_seen(self) -> int:
@@ -144,6 +148,8 @@ class MultipartParser:
 
     def feed(self, data: bytes) -> list[Part]:
         """Consumes a chunk; returns the parts it completed (caller closes them)."""
+        if self._error is not None:
+            raise self._error
         if self._state is _State.EPILOGUE:
             return []  # the epilogue is ignored, however long
         self._buf += data
@@ -151,6 +157,12 @@ class MultipartParser:
         try:
             while self._step(done):
                 pass
+        except MultipartError as exc:
+            if not done:
+                raise
+            self._error = exc
+            self.abort()
+            self._buf.clear()
         except BaseException:
             for part in done:
                 part.close()
@@ -159,6 +171,8 @@ class MultipartParser:
 
     def close(self) -> None:
         """Call at the end of the body; raises unless the closing delimiter was seen."""
+        if self._error is not None:
+            raise self._error
         if self._state is _State.EPILOGUE:
             return
         self.abort()

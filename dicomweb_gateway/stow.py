@@ -88,6 +88,9 @@ class _Store:
         )
         self.outcomes.append(outcome)
 
+    def any_stored(self) -> bool:
+        return any(o.status != ingest_pb.STORE_STATUS_FAILED for o in self.outcomes)
+
     def refuse(self, reason: str) -> None:
         self.outcomes.append(stow_result.failure(CANNOT_UNDERSTAND, reason))
 
@@ -120,9 +123,11 @@ async def _multipart(chunks: AsyncIterator[bytes], media: MediaType, store: _Sto
                     else:
                         store.refuse(f"part Content-Type '{(part.content_type or 'none')[:60]}' is not {DICOM}")
     except MultipartError as exc:
-        if not store.outcomes:
+        if not store.any_stored():
+            # Nothing to report but this: answer it, with the earlier parts' count.
             prefix = "malformed multipart body: " if exc.status == 400 else ""
-            raise ApiError(exc.status, f"{prefix}{exc}") from None
+            after = f" (after {len(store.outcomes)} part(s), none stored)" if store.outcomes else ""
+            raise ApiError(exc.status, f"{prefix}{exc}{after}") from None
         # Earlier parts are stored already; report them, and this as a failure.
         what = "malformed" if exc.status == 400 else "refused"
         store.refuse(f"the rest of the body is {what}: {exc}")
@@ -147,7 +152,7 @@ async def store_instances(request: Request) -> Response:
         if exc.status_code != 413:
             raise
         too_large = f"the request body is larger than {settings.max_request_bytes} bytes"
-        if not store.outcomes:
+        if not store.any_stored():
             raise ApiError(413, too_large) from None
         store.refuse(f"the rest of the body is refused: {too_large}")
     if not store.outcomes:
