@@ -432,6 +432,39 @@ def test_http_case(limited: Archive, case: Case) -> None:
     assert snapshot(limited) == before
 
 
+# Requests the HTTP server itself refuses before the app sees them.
+RAW_REQUESTS = {
+    "http-garbage-request-line": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n",
+    "http-header-without-colon": b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n",
+    "http-nul-in-header": b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nX-Tenant: a\x00b\r\n\r\n",
+    "http-space-in-target": b"GET /dicomweb/studies/1 2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http-conflicting-lengths": b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                b"Transfer-Encoding: chunked\r\nContent-Type: application/dicom\r\n\r\n0\r\n\r\n",
+    "http-huge-header": b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW_REQUESTS))
+def test_malformed_http_is_refused_by_the_server(limited: Archive, name: str) -> None:
+    before = snapshot(limited)
+    with socket.create_connection(("127.0.0.1", limited.http_port), timeout=30) as sock:
+        try:
+            sock.sendall(RAW_REQUESTS[name])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+            body = response.read()
+        except ConnectionResetError:  # refused while we were still sending: its 400 was lost with the reset
+            assert name == "http-huge-header"
+            body = b""
+        else:
+            assert response.status == 400, body[:200]
+    assert b"Traceback" not in body and len(body) < 200
+    assert snapshot(limited) == before
+
+
 def test_limit_above_the_cap_is_lowered_with_a_warning(limited: Archive) -> None:
     reply = send(limited.http_port, "GET", f"{B}/studies?limit=999999")
     assert reply.status == 200
@@ -440,7 +473,7 @@ def test_limit_above_the_cap_is_lowered_with_a_warning(limited: Archive) -> None
 
 
 def test_corpus_size() -> None:
-    assert len(HTTP_CASES) + len(TOKEN_CASES) + len(DIMSE_GARBAGE) >= 50
+    assert len(HTTP_CASES) + len(TOKEN_CASES) + len(DIMSE_GARBAGE) + len(RAW_REQUESTS) >= 50
     ids = [c.id for c in HTTP_CASES + TOKEN_CASES]
     assert len(set(ids)) == len(ids)
 
