@@ -62,9 +62,11 @@ class GatewaySettings(CommonSettings):
     http_tls_key_file: Path | None = None
     http_tls_ca_file: Path | None = None
     # Slow and greedy clients: seconds an idle keep-alive connection stays
-    # open, bytes of an unfinished request head (request line and headers;
-    # 400 beyond), and connections plus requests in progress (503 beyond).
+    # open, seconds a request head (request line and headers) may take to
+    # arrive (then the connection is closed), bytes of an unfinished request
+    # head (400 beyond), and connections plus requests in progress (503 beyond).
     http_keep_alive_timeout: int = 5
+    http_head_timeout: float = 20.0
     http_max_header_bytes: int = 64 * 1024
     http_max_concurrency: int = 1000
 

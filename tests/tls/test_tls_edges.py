@@ -4,6 +4,7 @@ TLS, the object back over HTTPS, and what plain or wrongly trusting clients get.
 
 from __future__ import annotations
 
+import http.client
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "DICOMSERVER_HTTP_TLS_CERT_FILE": str(pki.cert("server")),
         "DICOMSERVER_HTTP_TLS_KEY_FILE": str(pki.key("server")),
         "DICOMSERVER_HTTP_MAX_HEADER_BYTES": "8192",
+        "DICOMSERVER_HTTP_HEAD_TIMEOUT": "2",
     })
     archive.start()
     try:
@@ -123,6 +125,25 @@ def test_request_head_limit_applies(served: Served) -> None:
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 12 * 1024)
         reply = conn.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400 "), reply
+
+
+def test_a_trickled_request_head_is_cut_off(served: Served) -> None:
+    """DICOMSERVER_HTTP_HEAD_TIMEOUT (2 s here): a client that sends part of
+    a request head and then waits is disconnected, on a new connection and on
+    a kept-alive one, instead of holding the connection forever."""
+    context = tls.client_context(served.pki.ca)
+    with socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=60) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        response = http.client.HTTPResponse(conn)  # type: ignore[arg-type]
+        response.begin()
+        assert response.status == 200 and response.read() == b'{"status":"ok"}'
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert conn.recv(4096) == b""
+    with socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=60) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\n")
+        assert conn.recv(4096) == b""
 
 
 @pytest.mark.xfail(
