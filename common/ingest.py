@@ -46,12 +46,15 @@ class Rejected(Exception):
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value)
+    try:
+        value = ds.get(keyword)
+        if value is None:
+            return ""
+        if isinstance(value, MultiValue):
+            return "\\".join(str(v) for v in value)
+        return str(value)
+    except Exception:  # pydicom raises many types on values it cannot decode
+        raise Rejected(CANNOT_UNDERSTAND, f"{keyword} cannot be decoded") from None
 
 
 def _int(ds: Dataset, keyword: str) -> int:
