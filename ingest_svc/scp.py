@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from common import errors
 from common.clients import AuthClient, MetadataClient, StorageClient
@@ -138,16 +138,60 @@ class _SharedContexts(list):  # type: ignore[type-arg]
         return list(self)
 
 
+# Largest PDU other than P-DATA-TF we read (association negotiation): a
+# request proposing every storage class in every transfer syntax is ~100 KB.
+MAX_CONTROL_PDU = 1024 * 1024
+P_DATA_TF = 0x04
+
+
+class _BoundedSocket(AssociationSocket):
+    """Refuses a PDU longer than the association allows before reading it.
+
+    pynetdicom's reader takes the 6-byte PDU header and then reads whatever
+    length it declares (up to 4 GiB) into memory, without checking it against
+    the Maximum Length we offered. Raising OSError here is what a broken
+    connection does: pynetdicom closes the association (Evt17)."""
+
+    max_pdata = 0
+    _pdu_type: int | None = None  # set between a PDU's header and its body
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if self._pdu_type is None:  # the 6-byte header: type, reserved, length
+            data = super().recv(nr_bytes)
+            self._pdu_type = data[0] if data else None
+            return data
+        pdu_type, self._pdu_type = self._pdu_type, None
+        # P-DATA-TF: the Maximum Length we offered (0: none); others: negotiation.
+        limit = (self.max_pdata or None) if pdu_type == P_DATA_TF else MAX_CONTROL_PDU
+        if limit is not None and nr_bytes > limit:
+            log.warning("a DIMSE peer sent a PDU of %d bytes, more than the %d allowed; closing", nr_bytes, limit)
+            raise OSError("PDU longer than the negotiated maximum")
+        return super().recv(nr_bytes)
+
+
+class _RequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        # The socket pynetdicom just made, given the length check.
+        sock = assoc.dul.socket
+        sock.__class__ = _BoundedSocket
+        sock.max_pdata = self.ae.maximum_pdu_size
+        return assoc
+
+
 class DimseServer(ThreadedAssociationServer):
     """Disables Nagle on every accepted socket (each C-STORE response would
-    otherwise wait for a delayed ACK) and shares the port between processes
-    when asked (SO_REUSEPORT)."""
+    otherwise wait for a delayed ACK), gives it the network timeout (a peer
+    that stops inside a PDU would otherwise hold its thread for ever), caps
+    PDU lengths, and shares the port between processes when asked
+    (SO_REUSEPORT)."""
 
     reuse_port = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
+        self.RequestHandlerClass = _RequestHandler
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -157,6 +201,11 @@ class DimseServer(ThreadedAssociationServer):
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # pynetdicom waits for data with select() and then reads a whole PDU
+        # with blocking recv() calls: without a timeout a peer that stops
+        # inside a PDU is never dropped (neither ARTIM nor the network
+        # timeout can fire while the reader is blocked).
+        sock.settimeout(self.ae.network_timeout)
         return sock, address
 
     def stop(self, grace: float) -> None:
