@@ -72,19 +72,10 @@ def wait_for_signal(stop: threading.Event) -> None:
         pass
 
 
-def serve_forever(
-    settings: CommonSettings,
-    register: Callable[[grpc.Server], None],
-    service_name: str,
-    own_addr: str,
-    on_stop: Callable[[], None] | None = None,
-) -> None:
-    """Serves until SIGTERM or SIGINT, then drains in-flight calls for the shutdown grace."""
-    address = settings.listen_address(own_addr)
-    credentials = tls.grpc_server_credentials(settings)
-    server, health_servicer, port = build_server(register, [service_name], address, credentials=credentials)
-    observability.start_metrics_server(settings.metrics_port, settings.metrics_host)
-    log.info("%s listening on %s%s", service_name, address, " (mutual TLS)" if credentials else "")
+def stop_on_signals() -> threading.Event:
+    """An event SIGTERM and SIGINT set from now on. A service that opens a
+    port before serve_forever calls this first, so that a SIGTERM in between
+    stops it gracefully instead of killing it."""
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -93,6 +84,25 @@ def serve_forever(
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    return stop
+
+
+def serve_forever(
+    settings: CommonSettings,
+    register: Callable[[grpc.Server], None],
+    service_name: str,
+    own_addr: str,
+    on_stop: Callable[[], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT (or `stop` from stop_on_signals), then
+    drains in-flight calls for the shutdown grace."""
+    stop = stop or stop_on_signals()
+    address = settings.listen_address(own_addr)
+    credentials = tls.grpc_server_credentials(settings)
+    server, health_servicer, port = build_server(register, [service_name], address, credentials=credentials)
+    observability.start_metrics_server(settings.metrics_port, settings.metrics_host)
+    log.info("%s listening on %s%s", service_name, address, " (mutual TLS)" if credentials else "")
     wait_for_signal(stop)
     health_servicer.enter_graceful_shutdown()
     server.stop(settings.shutdown_grace).wait()

@@ -17,7 +17,7 @@ from common.audit import AuditLog
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
-from common.grpc_server import configure_logging, serve_forever, wait_for_signal
+from common.grpc_server import configure_logging, serve_forever, stop_on_signals, wait_for_signal
 from common.ingest import IngestPipeline
 from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.service import IngestService
@@ -70,6 +70,7 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-m", "ingest_svc", "--dimse-worker"], preexec_fn=_die_with_parent)
         for _ in range(settings.dimse_workers - 1)
     ]
+    stop_requested = stop_on_signals()  # before the DIMSE port opens
     pipeline, scp = _start(settings)
     log.info(
         "DIMSE SCP %s listening on %s:%d (%d processes)",
@@ -93,6 +94,7 @@ def main() -> None:
         ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
         settings.ingest_addr,
         on_stop=stop,
+        stop=stop_requested,
     )
 
 
