@@ -25,7 +25,7 @@ from common.clients import MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb, dicom_pb2, metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
 from ingest_svc.find import IDENTIFIER_MISMATCH, LEVELS, NOT_AUTHORIZED, OUT_OF_RESOURCES, BadIdentifier, levels_of
-from ingest_svc.settings import IngestSettings
+from ingest_svc.settings import IngestSettings, Peer
 
 if TYPE_CHECKING:
     from ingest_svc.scp import Principals
@@ -205,8 +205,18 @@ class Retriever:
             return OUT_OF_RESOURCES, []
         return 0, locations
 
-    def handle_move(self, event: evt.Event) -> Iterator[Any]:
+    def _destination(self, event: evt.Event) -> Peer | None:
+        """The C-MOVE destination, if it exists for the caller's tenant: one
+        kept for other tenants is answered as unknown (no existence oracle)."""
         peer = self._settings.dimse_peers.get(str(event.move_destination).strip())
+        if peer is None or not peer.tenants:
+            return peer
+        principal = self._principals.principal(event.assoc)
+        held = set(principal.tenants) if principal is not None else set()
+        return peer if held & set(peer.tenants) else None
+
+    def handle_move(self, event: evt.Event) -> Iterator[Any]:
+        peer = self._destination(event)
         if peer is None:
             log.info("C-MOVE to an unknown destination refused")
             yield None, None  # pynetdicom answers 0xA801, destination unknown

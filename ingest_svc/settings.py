@@ -12,6 +12,8 @@ class Peer(BaseModel):
 
     host: str
     port: int
+    # Tenants whose data may be sent there (C-MOVE); empty: any tenant.
+    tenants: list[str] = []
 
 
 class IngestSettings(CommonSettings):
@@ -39,7 +41,7 @@ class IngestSettings(CommonSettings):
     dimse_workers: int = 1
     # Remote AEs by title: C-MOVE destinations and where storage commitment
     # reports go when the requester's association is gone. JSON, e.g.
-    # {"PACS": {"host": "10.0.0.5", "port": 104}}
+    # {"PACS": {"host": "10.0.0.5", "port": 104, "tenants": ["radiology"]}}
     dimse_peers: dict[str, Peer] = {}
     # Matches per Query call while a C-FIND streams its results.
     find_page_size: int = 200
