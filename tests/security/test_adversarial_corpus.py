@@ -6,9 +6,12 @@ never a stack trace; and nothing may be stored by it: the QIDO-RS instance
 count and the storage folder's file list are the same before and after.
 After the whole corpus the archive still stores, serves and answers C-ECHO.
 
-The archive runs with small limits (request, part, parts, PDU, ACSE timeout)
-so that the limit cases are cheap. SQL-ish matching values are valid queries:
-their right answer is 200 with no match, and that is what they must get."""
+One archive runs with small limits (request, part, parts, PDU, ACSE, network
+and HTTP head timeouts) so that the limit and slow-peer cases are cheap;
+another has authentication on (RS256 tokens from a JWKS endpoint served here,
+an API key of a second tenant) for the credential cases. SQL-ish matching
+values are valid queries: their right answer is 200 with no match, and that
+is what they must get."""
 
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +51,7 @@ MAX_PARTS = 16
 MAX_PDU = 16 * 1024
 ACSE_TIMEOUT = 2
 NETWORK_TIMEOUT = 4
+HEAD_TIMEOUT = 4
 # How long the tests wait for the server to drop a stalled peer: "for ever" here.
 DROP_GUARD = 15
 
@@ -58,6 +62,7 @@ LIMITED_ENV = {
     "DICOMSERVER_MAX_PDU_SIZE": str(MAX_PDU),
     "DICOMSERVER_ACSE_TIMEOUT": str(ACSE_TIMEOUT),
     "DICOMSERVER_NETWORK_TIMEOUT": str(NETWORK_TIMEOUT),
+    "DICOMSERVER_HTTP_HEAD_TIMEOUT": str(HEAD_TIMEOUT),
     "DICOMSERVER_SHUTDOWN_GRACE": "1",
 }
 
@@ -83,8 +88,6 @@ class Case:
     # "error": {"error": "..."}; "stow": a STOW-RS failure list; "empty": a QIDO-RS [];
     # "text": the HTTP server's own short plain-text refusal (before the app).
     kind: str = "error"
-    # Why this case is known to fail (a bug reported, not yet fixed): run strict-xfail.
-    known_bug: str = ""
 
 
 def stow(case_id: str, body: bytes | tuple[bytes, ...], status: int, says: str = "", ctype: str = MULTIPART,
@@ -416,12 +419,7 @@ def check_readable(case: Case, reply: Reply) -> None:
         assert body == [], body
 
 
-def params(cases: list[Case]) -> list[Any]:
-    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.known_bug)] if c.known_bug else [])
-            for c in cases]
-
-
-@pytest.mark.parametrize("case", params(HTTP_CASES))
+@pytest.mark.parametrize("case", HTTP_CASES, ids=lambda c: c.id)
 def test_http_case(limited: Archive, case: Case) -> None:
     before = snapshot(limited)
     reply = send(limited.http_port, case.method, case.target, case.headers, case.body)
@@ -497,7 +495,6 @@ DIMSE_GARBAGE = {
     "cstore-truncated-pixels": _VALID_DATASET[:-40],
     "cstore-undecodable-person-name": split_part10(UNDECODABLE_NAME)[1],
 }
-DIMSE_KNOWN_BUGS: dict[str, str] = {}
 
 
 def associate(server: Archive, max_pdu: int = MAX_PDU) -> Any:
@@ -510,10 +507,7 @@ def associate(server: Archive, max_pdu: int = MAX_PDU) -> Any:
     return assoc
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[pytest.mark.xfail(strict=True, reason=DIMSE_KNOWN_BUGS[n])] if n in DIMSE_KNOWN_BUGS else [])
-    for n in sorted(DIMSE_GARBAGE)
-])
+@pytest.mark.parametrize("name", sorted(DIMSE_GARBAGE))
 def test_dimse_cstore_of_garbage_fails_and_stores_nothing(limited: Archive, tmp_path: Path, name: str) -> None:
     before = snapshot(limited)
     path = tmp_path / "garbage.dcm"
@@ -543,11 +537,10 @@ def test_dimse_peer_that_stalls_inside_a_pdu_is_dropped(limited: Archive) -> Non
     assert dropped(STALLED["dimse-inside-pdu"])
 
 
-@pytest.mark.xfail(strict=True, reason="uvicorn (h11) starts no timer before a request's headers are complete: a "
-                   "connection that sends nothing, or stops inside its headers, is held for ever; reported to the "
-                   "owner of dicomweb_gateway/__main__.py")
 @pytest.mark.parametrize("name", ["http-silent", "http-inside-headers"])
 def test_http_peer_that_stalls_is_dropped(limited: Archive, name: str) -> None:
+    """A client that sends nothing, or stops inside its request head, is
+    disconnected after the head timeout (4 s here)."""
     assert dropped(STALLED[name])
 
 
@@ -776,7 +769,7 @@ def guarded_snapshot(server: Archive) -> tuple[Any, ...]:
             snapshot(server, {"Authorization": f"Bearer {API_KEY_B}"})[0])
 
 
-@pytest.mark.parametrize("case", params(TOKEN_CASES))
+@pytest.mark.parametrize("case", TOKEN_CASES, ids=lambda c: c.id)
 def test_credential_case(guarded: Archive, case: Case) -> None:
     before = guarded_snapshot(guarded)
     reply = send(guarded.http_port, case.method, case.target, case.headers, case.body)
