@@ -118,10 +118,12 @@ def grpc_channel_credentials(settings: CommonSettings) -> grpc.ChannelCredential
 def server_handshake(context: ssl.SSLContext, sock: socket.socket, timeout: float) -> ssl.SSLSocket | None:
     """The server side of a handshake on an accepted socket, within `timeout`
     seconds; None (and the socket closed) when the peer does not complete it.
+    The TLS socket keeps the timeout `sock` had before.
 
     Run it on the connection's own thread, not in the accept loop: there a
     client that connects and sends nothing would stall every other client."""
     peer = _peer(sock)
+    previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
         conn = context.wrap_socket(sock, server_side=True)
@@ -129,7 +131,7 @@ def server_handshake(context: ssl.SSLContext, sock: socket.socket, timeout: floa
         log.info("TLS handshake with %s failed: %s", peer, exc)
         sock.close()
         return None
-    conn.settimeout(None)
+    conn.settimeout(previous)
     return conn
 
 
