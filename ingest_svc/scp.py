@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from common import errors
+from common import errors, tls
 from common.clients import AuthClient, MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.ingest import IngestPipeline
@@ -199,7 +199,10 @@ class DimseServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        sock, address = super().get_request()
+        # Accept only: pynetdicom would do the TLS handshake here, in the
+        # accept loop, where one client that connects and sends nothing
+        # stalls every other (finish_request does it on the connection's thread).
+        sock, address = self.socket.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # pynetdicom waits for data with select() and then reads a whole PDU
         # with blocking recv() calls: without a timeout a peer that stops
@@ -207,6 +210,13 @@ class DimseServer(ThreadedAssociationServer):
         # timeout can fire while the reader is blocked).
         sock.settimeout(self.ae.network_timeout)
         return sock, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:
+            request = tls.server_handshake(self.ssl_context, request, self.ae.acse_timeout)
+            if request is None:
+                return
+        super().finish_request(request, client_address)
 
     def stop(self, grace: float) -> None:
         """Stops accepting, lets running associations finish for `grace`
@@ -227,18 +237,10 @@ class DimseServer(ThreadedAssociationServer):
 
 
 def tls_context(settings: IngestSettings) -> ssl.SSLContext | None:
-    """The server TLS context, when a certificate is configured."""
-    if settings.tls_cert_file is None:
-        return None
-    if settings.tls_key_file is None:
-        raise ValueError("DICOMSERVER_TLS_KEY_FILE is required with DICOMSERVER_TLS_CERT_FILE")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
-    if settings.tls_ca_file is not None:
-        ctx.load_verify_locations(settings.tls_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    """The server TLS context, when a certificate is configured (a CA without
+    one is refused, never served as plain DIMSE)."""
+    return tls.optional_server_context(
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, "DICOMSERVER_TLS")
 
 
 def build_ae(settings: IngestSettings) -> AE:

@@ -146,11 +146,6 @@ def test_a_trickled_request_head_is_cut_off(served: Served) -> None:
         assert conn.recv(4096) == b""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest_svc/scp.py runs the TLS handshake in the accept loop; the fix "
-           "(handshake on the association's thread, common.tls.server_handshake) is with the lead",
-)
 def test_a_client_that_never_handshakes_does_not_stall_others(served: Served) -> None:
     pki = served.pki
     with socket.create_connection(("127.0.0.1", served.archive.dimse_port)):
