@@ -139,13 +139,7 @@ class Policy:
         holds it, else the principal's only tenant (or the default tenant
         among several). The refusal never says whether a tenant exists."""
         if requested:
-            try:
-                check_tenant(requested)
-            except InvalidValue as exc:
-                raise BadRequest(str(exc)) from None
-            if requested not in principal.tenants:
-                raise Forbidden("no access to tenant")
-            return requested
+            return self._held(principal, requested)
         held = list(dict.fromkeys(principal.tenants))
         if not held:
             raise Forbidden("this principal holds no tenant")

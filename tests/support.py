@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +142,21 @@ class Archive:
         elif self.proc.stdout:
             self.output.extend(self.proc.stdout.readlines())
         return self.proc.returncode
+
+
+def small_ct(study: str = "", **attrs: Any) -> tuple[Dataset, bytes]:
+    """A CT header without pixels, as a Dataset and as Part 10 bytes; `attrs`
+    set patient and other attributes by keyword."""
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), generate_uid()
+    ds.Modality = "CT"
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return ds, buf.getvalue()

@@ -4,7 +4,6 @@ consumer's table holds who, what, when, from where and the outcome."""
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 import time
@@ -13,14 +12,13 @@ from pathlib import Path
 
 import httpx
 import jwt
-import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from support import Archive
+from support import Archive, small_ct
 
 SECRET = "audit-trail-test-secret-0123456789abcdef"
 MODALITY = "AUDITMOD"
@@ -48,20 +46,7 @@ def bearer(tenants: list[str], subject: str = "dr-who") -> dict[str, str]:
 
 
 def part10(study: str) -> tuple[Dataset, bytes]:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = "Audit^Patient"
-    ds.PatientID = "AUD-1"
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return ds, buf.getvalue()
+    return small_ct(study, PatientName="Audit^Patient", PatientID="AUD-1")
 
 
 def audit_rows(data_dir: Path, want: int, timeout: float = 60) -> list[dict[str, object]]:

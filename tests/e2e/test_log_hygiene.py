@@ -15,7 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from support import Archive
+from support import Archive, small_ct
 
 NAME, GIVEN, PATIENT_ID = "Quixotezz", "Zebulonne", "PIDZQ77310"
 SECRETS = (NAME, GIVEN, PATIENT_ID)
@@ -23,21 +23,7 @@ DICOM = "application/dicom"
 
 
 def instance(study: str) -> bytes:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = f"{NAME}^{GIVEN}"
-    ds.PatientID = PATIENT_ID
-    ds.Modality = "CT"
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
+    return small_ct(study, PatientName=f"{NAME}^{GIVEN}", PatientID=PATIENT_ID)[1]
 
 
 def stow(base: str, parts: list[bytes]) -> httpx.Response:
