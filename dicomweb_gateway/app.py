@@ -134,7 +134,8 @@ def create_app(
             )
         )
     open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
-    middleware.append(Middleware(Authentication, auth=auth, base_path=settings.base_path, open_paths=open_paths))
+    middleware.append(Middleware(Authentication, auth=auth, base_path=settings.base_path, open_paths=open_paths,
+                                 cache_seconds=settings.auth_cache_seconds))
     app = Starlette(
         routes=app_routes,
         middleware=middleware,

@@ -67,6 +67,10 @@ class GatewaySettings(CommonSettings):
     # head (400 beyond), and connections plus requests in progress (503 beyond).
     http_keep_alive_timeout: int = 5
     http_head_timeout: float = 20.0
+    # Seconds a granted (credential, action, tenant) is reused without asking
+    # auth_svc again; refusals are never reused. 0 asks for every request.
+    # A revoked API key or a switched-on authentication holds after at most this.
+    auth_cache_seconds: float = 2.0
     http_max_header_bytes: int = 64 * 1024
     http_max_concurrency: int = 1000
 

@@ -232,3 +232,23 @@ def test_serves_a_network_address_with_auth_on(backend: Backend, auth_on: str) -
 def test_describe_policy_tells_the_edges(auth_on: str) -> None:
     with channel(auth_on) as ch:
         assert AuthClient(ch).describe_policy().auth_enabled
+
+
+def test_grants_are_reused_for_a_short_while_refusals_never(backend: Backend, tmp_path: Path) -> None:
+    """auth_cache_seconds: a grant holds that long even if auth_svc goes away;
+    then the gateway asks again and fails closed."""
+    settings = AuthSettings(data_dir=tmp_path, auth_enabled=True, jwt_hs256_secret=SECRET)
+    service = AuthService(Policy(settings))
+    name = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+    server, _health, port = build_server(
+        lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, s), [name], "127.0.0.1:0")
+    app = create_app(make_settings(backend, auth_addr=f"127.0.0.1:{port}", auth_cache_seconds=1.0))
+    good = bearer(token(["alpha"]))
+    with TestClient(app) as client:
+        assert client.get("/dicomweb/studies", headers=good).status_code in (200, 204)
+        assert client.get("/dicomweb/studies", headers=bearer("forged")).status_code == 401
+        server.stop(None).wait()
+        assert client.get("/dicomweb/studies", headers=good).status_code in (200, 204)  # the grant, reused
+        assert client.get("/dicomweb/studies", headers=bearer(token(["beta"]))).status_code == 503  # never granted
+        time.sleep(1.2)
+        assert client.get("/dicomweb/studies", headers=good).status_code == 503  # expired: asks, fails closed
