@@ -19,6 +19,7 @@ from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
 from common.ingest import IngestPipeline
 from dicomweb_gateway.audit_trail import AuditSink
 from dicomweb_gateway.auth import Authentication
+from dicomweb_gateway.limits import RequestLimits
 from dicomweb_gateway.observability import RequestObservability
 from dicomweb_gateway import changefeed, delete, frames, health, openapi, qido, render, stow, wado, wado_uri
 from dicomweb_gateway.context import Gateway
@@ -133,6 +134,8 @@ def create_app(
                 max_age=settings.cors_max_age,
             )
         )
+    middleware.append(Middleware(RequestLimits, max_query_string_bytes=settings.max_query_string_bytes,
+                                 max_request_bytes=settings.max_request_bytes))
     open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
     middleware.append(Middleware(Authentication, auth=auth, base_path=settings.base_path, open_paths=open_paths,
                                  cache_seconds=settings.auth_cache_seconds))
@@ -141,7 +144,6 @@ def create_app(
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
-        max_body_size=settings.max_request_bytes,
     )
     app.state.audit = audit
     app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(storage))

@@ -15,7 +15,7 @@ from common import matching
 from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
 from dicomweb_gateway.context import gateway, path_uid, tenant_for
-from dicomweb_gateway.errors import ApiError, bad_request
+from dicomweb_gateway.errors import bad_request
 from dicomweb_gateway.responses import json_array_response, require_json, warn_agent
 from dicomweb_gateway.settings import GatewaySettings
 
@@ -47,13 +47,6 @@ class QueryLimits:
             max_value_length=settings.qido_max_value_length,
             max_wildcards=settings.qido_max_wildcards,
         )
-
-
-def check_query_string(request: Request, max_bytes: int) -> None:
-    """414 for a query string longer than `max_bytes`."""
-    size = len(request.scope.get("query_string", b""))
-    if size > max_bytes:
-        raise ApiError(414, f"the query string has {size} bytes; at most {max_bytes} are accepted")
 
 
 def _int_param(name: str, raw: str, minimum: int) -> int:
@@ -157,7 +150,6 @@ def build_query(
 
 async def _search(request: Request, level: int) -> Response:
     settings = gateway(request).settings
-    check_query_string(request, settings.max_query_string_bytes)
     require_json(request)
     study = path_uid(request, "study", "Study Instance UID") if "study" in request.path_params else ""
     series = path_uid(request, "series", "Series Instance UID") if "series" in request.path_params else ""

@@ -42,7 +42,7 @@ class GatewaySettings(CommonSettings):
     qido_max_includefields: int = 256
     qido_max_value_length: int = 1024
     qido_max_wildcards: int = 64
-    # Bytes of a query string (QIDO-RS, WADO-URI): 414 beyond.
+    # Bytes of a query string, on every route: 414 beyond.
     max_query_string_bytes: int = 16 * 1024
     # HTTP access log lines (INFO). They contain UIDs and query strings, which
     # may name patients, so they are off by default.

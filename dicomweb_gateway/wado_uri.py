@@ -16,7 +16,6 @@ from dicomweb_gateway import objects, transcode
 from dicomweb_gateway.context import Gateway, gateway, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
 from dicomweb_gateway.media import DICOM
-from dicomweb_gateway.qido import check_query_string
 from dicomweb_gateway.render import JPEG, PNG, RenderOptions, parse_quality, parse_window, render_frame
 from dicomweb_gateway.wado import open_instance
 
@@ -83,7 +82,6 @@ def _transfer_syntax(params: dict[str, str]) -> str:
 
 
 def _handle(gw: Gateway, request: Request) -> Response:
-    check_query_string(request, gw.settings.max_query_string_bytes)
     params = _params(request)
     if params.get("requestType") != "WADO":
         raise bad_request("query parameter 'requestType' must be WADO")

@@ -195,7 +195,9 @@ def test_request_larger_than_the_limit_is_413(backend: Backend) -> None:
     _, data = make_instance()
     with TestClient(app) as client:
         r = post(client, data, ctype="application/dicom")
-    assert r.status_code == 413
+        assert r.status_code == 413
+        assert r.json()["error"] == f"the request body has {len(data)} bytes; at most 1000 are accepted"
+        assert client.get("/dicomweb/studies?" + "x" * 17000).status_code == 414  # any route
 
 
 def test_storage_down_fails_the_instance_with_out_of_resources(backend: Backend) -> None:
