@@ -152,6 +152,18 @@ class MetadataIndex:
 
         self._write(append)
 
+    def prune_audit(self, older_than: datetime) -> int:
+        """Deletes audit records written to the outbox before `older_than`;
+        returns how many. Index changes stay (the change feed keeps them all).
+        The audit consumer keeps its own copy; a relay further behind than
+        the retention would miss the pruned records."""
+        def prune(session: Session) -> int:
+            result = session.execute(
+                delete(EventRow).where(EventRow.kind == KIND_AUDIT, EventRow.created < older_than))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+        return self._write(prune)
+
     def _write(self, work: Callable[[Session], T]) -> T:
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:

@@ -154,6 +154,8 @@ class EventRow(Base):
     # The index serves the change feed: one tenant's instance events in order.
     __table_args__ = (Index("ix_events_tenant_kind_sequence", "tenant", "kind", "sequence"),
                       Index("ux_events_tenant_feed_sequence", "tenant", "feed_sequence", unique=True),
+                      # Pruning old audit records.
+                      Index("ix_events_kind_created", "kind", "created"),
                       {"sqlite_autoincrement": True})
 
     sequence: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)

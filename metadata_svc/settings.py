@@ -18,6 +18,10 @@ class MetadataSettings(CommonSettings):
     redis_timeout: float = 0.25
     # Connections the index keeps per process (PostgreSQL).
     database_pool_size: int = 10
+    # Hours audit records stay in the outbox (the audit consumer keeps its own
+    # copy); 0 keeps them for ever. Pruned every audit_prune_interval seconds.
+    audit_outbox_retention_hours: float = 168.0
+    audit_prune_interval: float = 600.0
 
     @property
     def effective_database_url(self) -> str:

@@ -23,7 +23,7 @@ from metadata_svc.db import Database, make_engine
 from metadata_svc.index import MetadataIndex
 from metadata_svc.schema import Base
 
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -197,7 +197,7 @@ def test_feed_positions_per_tenant_from_0003(engine: Engine) -> None:
     assert latest_a == 2
     feed_b, latest_b = index.read_change_feed("b", 1, 10)
     assert [e.sequence for e in feed_b] == [2, 3] and latest_b == 3
-    migrate.downgrade(engine, "-1")
+    migrate.downgrade(engine, "0003")
     assert "feed_sequence" not in {c["name"] for c in inspect(engine).get_columns("events")}
     migrate.upgrade(engine)
     assert [e.sequence for e in index.read_change_feed("a", 0, 10)[0]] == [1, 2]

@@ -116,3 +116,30 @@ def test_the_largest_batch_is_one_transaction(grpc_stub: Any, tenant: str) -> No
     assert len(events) == audit.MAX_RECORDS_PER_CALL
     assert {e.audit.detail for e in events} == {longest["detail"]}
     assert [e.sequence for e in events] == list(range(events[0].sequence, events[0].sequence + len(events)))
+
+
+def test_old_audit_records_are_pruned_index_changes_stay(grpc_stub: Any, md_index: Any, tenant: str) -> None:
+    """prune_audit deletes audit records written before the cutoff and
+    nothing else: index changes and newer records stay for the readers."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from metadata_svc.schema import EventRow
+
+    start = latest_outbox(grpc_stub)
+    record_audit(grpc_stub, full_record(tenant, 1), full_record(tenant, 2))
+    grpc_stub.IndexInstances(md_pb.IndexInstancesRequest(records=[record(make_ds("6.1", "6.1.1", "6.1.1.1"), tenant)]))
+    record_audit(grpc_stub, full_record(tenant, 3))
+    old_ones = [e.sequence for e in outbox_after(grpc_stub, start)][:2]
+    long_ago = datetime.now(timezone.utc) - timedelta(days=30)
+    with md_index.db.writer() as session, session.begin():
+        session.execute(update(EventRow).where(EventRow.sequence.in_(old_ones)).values(created=long_ago))
+        # The index change is as old: it stays all the same.
+        session.execute(update(EventRow).where(EventRow.sequence > start, EventRow.kind == "instance")
+                        .values(created=long_ago))
+
+    assert md_index.prune_audit(datetime.now(timezone.utc) - timedelta(days=7)) == 2
+    left = outbox_after(grpc_stub, start)
+    assert [(e.WhichOneof("kind"), e.audit.request_id) for e in left] == [("instance_stored", ""), ("audit", "req-3")]
+    assert md_index.prune_audit(datetime.now(timezone.utc) - timedelta(days=7)) == 0
