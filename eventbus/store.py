@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String, Text, UniqueConstraint, create_engine, \
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint, create_engine, \
     event, inspect, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -51,7 +51,12 @@ class AuditEntry(Base):
     "denied")."""
 
     __tablename__ = "audit_log"
-    __table_args__ = (UniqueConstraint("sequence", name="uq_audit_sequence"),)
+    __table_args__ = (
+        UniqueConstraint("sequence", name="uq_audit_sequence"),
+        # The questions an audit trail answers: who touched this study, what did this subject do.
+        Index("ix_audit_tenant_study_time", "tenant", "study_instance_uid", "event_time"),
+        Index("ix_audit_subject_time", "subject", "event_time"),
+    )
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
     sequence: Mapped[int] = mapped_column(BigInteger)
     tenant: Mapped[str] = mapped_column(String(63))
@@ -110,8 +115,8 @@ def _insert(session: Session) -> Any:
 
 
 def _add_missing_columns(engine: Engine) -> None:
-    """Adds the model's columns an older database lacks (they all have
-    server defaults, so existing rows get them)."""
+    """Adds the model's columns and indexes an older database lacks (the
+    columns all have server defaults, so existing rows get them)."""
     insp = inspect(engine)
     with engine.begin() as conn:
         for table in Base.metadata.sorted_tables:
@@ -120,6 +125,10 @@ def _add_missing_columns(engine: Engine) -> None:
                 if column.name not in have:
                     ddl = CreateColumn(column).compile(dialect=engine.dialect)
                     conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            indexes = {i["name"] for i in insp.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in indexes:
+                    index.create(conn)
 
 
 def _enum_name(enum: Any, prefix: str, value: int) -> str:

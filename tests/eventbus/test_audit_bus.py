@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, inspect, select, text
 
 from backends import Kafka
 from bus_helpers import Bus, index_study, metadata_sops, wait_until
@@ -123,6 +123,8 @@ def test_an_older_audit_table_gains_the_new_columns(tmp_path: Path) -> None:
     rows = audit_rows(store.engine, "instance_stored") + audit_rows(store.engine)
     assert rows[0][:3] == (1, "a", "instance_stored") and rows[0][3:10] == ("", "", "", "", "", "", 0)
     assert rows[1] == expected_row(2, audit_record("a", 1), "read", "success")
+    indexes = {i["name"] for i in inspect(store.engine).get_indexes("audit_log")}
+    assert {"ix_audit_tenant_study_time", "ix_audit_subject_time"} <= indexes
     store.dispose()
     Store(url).dispose()  # a second start finds nothing to add
 
