@@ -137,14 +137,13 @@ def create_app(
     middleware.append(Middleware(RequestLimits, max_query_string_bytes=settings.max_query_string_bytes,
                                  max_request_bytes=settings.max_request_bytes))
     open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
-    middleware.append(Middleware(Authentication, auth=auth, base_path=settings.base_path, open_paths=open_paths,
-                                 cache_seconds=settings.auth_cache_seconds))
+    middleware.append(Middleware(Authentication, auth=auth, audit=audit, base_path=settings.base_path,
+                                 open_paths=open_paths, cache_seconds=settings.auth_cache_seconds))
     app = Starlette(
         routes=app_routes,
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.audit = audit
     app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(storage))
     return app

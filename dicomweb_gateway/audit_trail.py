@@ -18,11 +18,13 @@ Record = events_pb2.AuditRecord
 
 
 class AuditSink(Protocol):
-    """Where records go (common.audit.AuditLog): never blocks, never raises."""
+    """Where records go (common.audit.AuditLog): never blocks, never raises,
+    and cuts fields to what the outbox takes."""
 
     def record(self, record: events_pb2.AuditRecord) -> None: ...
 
     def close(self, timeout: float) -> None: ...
+
 
 _ACTIONS = {
     "GET": Record.ACTION_READ,
@@ -37,35 +39,28 @@ def _source(scope: dict[str, Any]) -> str:
     return f"{client[0]}:{client[1]}" if client else ""
 
 
-def _emit(scope: dict[str, Any], record: events_pb2.AuditRecord) -> None:
-    app = scope.get("app")
-    log = getattr(getattr(app, "state", None), "audit", None)
-    if log is not None:
-        log.record(record)
-
-
-def refused(scope: dict[str, Any], status: int, reason: str) -> None:
+def refused(sink: AuditSink, scope: dict[str, Any], status: int, reason: str) -> None:
     """A request turned away before any handler ran."""
     denied = status in (401, 403)
-    _emit(scope, Record(
+    sink.record(Record(
         source_address=_source(scope), edge="dicomweb",
         action=Record.ACTION_AUTHENTICATE if status == 401 else _ACTIONS.get(scope["method"], Record.ACTION_UNSPECIFIED),
-        operation=f"{scope['method']} {scope['path']}"[:256],
+        operation=f"{scope['method']} {scope['path']}",
         outcome=Record.OUTCOME_DENIED if denied else Record.OUTCOME_FAILURE,
-        status=status, detail=reason[:500], request_id=observability.request_id.get(),
+        status=status, detail=reason, request_id=observability.request_id.get(),
     ))
 
 
-def served(scope: dict[str, Any], access: Access, status: int) -> None:
+def served(sink: AuditSink, scope: dict[str, Any], access: Access, status: int) -> None:
     """A request a handler answered, whatever the status."""
     route = getattr(scope.get("route"), "path", None)
     params = scope.get("path_params") or {}
-    _emit(scope, Record(
+    sink.record(Record(
         tenant=access.tenant, subject=access.principal.subject, source_address=_source(scope), edge="dicomweb",
         action=_ACTIONS.get(scope["method"], Record.ACTION_UNSPECIFIED),
         operation=f"{scope['method']} {route or 'unmatched'}",
         outcome=Record.OUTCOME_SUCCESS if status < 400 else Record.OUTCOME_FAILURE,
         status=status,
-        study_instance_uid=str(params.get("study", ""))[:64], series_instance_uid=str(params.get("series", ""))[:64],
-        sop_instance_uid=str(params.get("sop", ""))[:64], request_id=observability.request_id.get(),
+        study_instance_uid=str(params.get("study", "")), series_instance_uid=str(params.get("series", "")),
+        sop_instance_uid=str(params.get("sop", "")), request_id=observability.request_id.get(),
     ))

@@ -124,10 +124,12 @@ class Authentication:
     description and CORS preflights pass without credentials."""
 
     def __init__(
-        self, app: ASGIApp, auth: AuthClient, base_path: str, open_paths: frozenset[str], cache_seconds: float = 0.0
+        self, app: ASGIApp, auth: AuthClient, audit: audit_trail.AuditSink, base_path: str,
+        open_paths: frozenset[str], cache_seconds: float = 0.0,
     ) -> None:
         self.app = app
         self.auth = auth
+        self.audit = audit
         self.base_path = base_path
         self.open_paths = open_paths
         self.grants = Grants(cache_seconds)
@@ -139,7 +141,7 @@ class Authentication:
         try:
             access = await self._grant(scope)
         except Refused as exc:
-            audit_trail.refused(scope, exc.status, exc.message)
+            audit_trail.refused(self.audit, scope, exc.status, exc.message)
             await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
             return
         scope["access"] = access
@@ -154,7 +156,7 @@ class Authentication:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            audit_trail.served(scope, access, status)
+            audit_trail.served(self.audit, scope, access, status)
 
     async def _grant(self, scope: Scope) -> Access:
         action = _ACTIONS.get(scope["method"])

@@ -11,7 +11,6 @@ import logging
 import signal
 import subprocess
 import sys
-import threading
 
 from common.audit import AuditLog
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
@@ -26,7 +25,7 @@ from ingest_svc.settings import IngestSettings
 log = logging.getLogger("ingest_svc")
 
 
-def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer]:
+def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer, AuditLog]:
     storage = StorageClient(channel(settings.storage_addr))
     metadata = MetadataClient(channel(settings.metadata_addr))
     pipeline = IngestPipeline(storage, metadata)
@@ -42,8 +41,7 @@ def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer]:
         sys.exit(2)
     audit = AuditLog.from_settings(settings, metadata, edge="dimse")
     scp = start_scp(settings, pipeline, auth, storage, metadata, audit)
-    scp.on_stopped = lambda: audit.close(settings.shutdown_grace)
-    return pipeline, scp
+    return pipeline, scp, audit
 
 
 def _die_with_parent() -> None:
@@ -52,12 +50,11 @@ def _die_with_parent() -> None:
 
 def worker(settings: IngestSettings) -> None:
     """A DIMSE-only process sharing the port."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    _, scp = _start(settings)
+    stop = stop_on_signals()
+    _, scp, audit = _start(settings)
     wait_for_signal(stop)
     scp.stop(settings.shutdown_grace)
+    audit.close(settings.shutdown_grace)
 
 
 def main() -> None:
@@ -71,7 +68,7 @@ def main() -> None:
         for _ in range(settings.dimse_workers - 1)
     ]
     stop_requested = stop_on_signals()  # before the DIMSE port opens
-    pipeline, scp = _start(settings)
+    pipeline, scp, audit = _start(settings)
     log.info(
         "DIMSE SCP %s listening on %s:%d (%d processes)",
         settings.ae_title, settings.dimse_host, settings.dimse_port, max(1, settings.dimse_workers),
@@ -79,6 +76,7 @@ def main() -> None:
 
     def stop() -> None:
         scp.stop(settings.shutdown_grace)
+        audit.close(settings.shutdown_grace)
         for proc in workers:
             proc.send_signal(signal.SIGTERM)
         for proc in workers:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pynetdicom import evt
 
 from common.gen.dicomserver.v1 import events_pb2
+from ingest_svc.find import NOT_AUTHORIZED
 
 if TYPE_CHECKING:
     from ingest_svc.scp import Principals
@@ -57,7 +58,7 @@ class DimseAudit:
         if self._sink is None:
             return
         principal = self._principals.principal(event.assoc)
-        denied = status == 0x0124 or principal is None
+        denied = status == NOT_AUTHORIZED or principal is None
         self._sink.record(Record(
             tenant=principal.tenants[0] if principal is not None and principal.tenants else "",
             subject=principal.subject if principal is not None else "",

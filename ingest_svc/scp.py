@@ -229,11 +229,6 @@ class DimseServer(ThreadedAssociationServer):
         for assoc in self.active_associations:
             assoc.abort()
         self.shutdown()
-        self.on_stopped()
-
-    @staticmethod
-    def on_stopped() -> None:
-        """Set per server: what to flush once no association is left (the audit log)."""
 
 
 def tls_context(settings: IngestSettings) -> ssl.SSLContext | None:

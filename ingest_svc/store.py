@@ -11,13 +11,13 @@ from pynetdicom import evt
 from common import errors
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb, ingest_service_pb2 as ingest_pb
 from common.ingest import OUT_OF_RESOURCES, IngestPipeline
+from ingest_svc.find import NOT_AUTHORIZED
 
 if TYPE_CHECKING:
     from ingest_svc.scp import Principals
 
 log = logging.getLogger(__name__)
 
-NOT_AUTHORIZED = 0x0124
 
 
 def handle_store(event: evt.Event, pipeline: IngestPipeline, principals: Principals) -> int:
