@@ -16,6 +16,11 @@ class MediaTypeError(ValueError):
     """A header value that is not a media type."""
 
 
+class RepeatedParameter(MediaTypeError):
+    """A media type that gives one parameter twice: which one counts is
+    ambiguous (two boundaries would split the body two ways)."""
+
+
 @dataclass(frozen=True)
 class MediaType:
     type: str  # e.g. "multipart"
@@ -91,6 +96,8 @@ def parse_media_type(value: str) -> MediaType:
             except ValueError:
                 raise MediaTypeError(f"malformed quality value in '{value[:80]}'") from None
             continue
+        if name in params:
+            raise RepeatedParameter(f"the '{name}' parameter is given more than once in '{value[:80]}'")
         params[name] = _unquote(val)
     return MediaType(main, sub, params, q)
 

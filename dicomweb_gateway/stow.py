@@ -7,7 +7,6 @@ storage_svc and nothing holds the whole request in memory."""
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -21,7 +20,9 @@ from common.ingest import CANNOT_UNDERSTAND
 from dicomweb_gateway import stow_result
 from dicomweb_gateway.context import Gateway, Urls, gateway, path_uid, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, unsupported_media_type
-from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, MediaType, MediaTypeError, parse_media_type
+from dicomweb_gateway.media import (
+    DICOM, MULTIPART_RELATED, MediaType, MediaTypeError, RepeatedParameter, parse_media_type,
+)
 from dicomweb_gateway.multipart import Limits, MultipartError, Part, check_boundary, iter_parts, spool
 from dicomweb_gateway.settings import GatewaySettings
 from dicomweb_gateway.responses import DicomJSONResponse, require_json, warn_agent
@@ -29,12 +30,6 @@ from dicomweb_gateway.responses import DicomJSONResponse, require_json, warn_age
 log = logging.getLogger(__name__)
 
 _ACCEPTED = f'{MULTIPART_RELATED}; type="{DICOM}" or {DICOM}'
-# A parameter name, skipping quoted strings (which may contain ';' and '=').
-_PARAM_NAME = re.compile(r'"(?:\\.|[^"\\])*"|;\s*([^\s;=]+)\s*=')
-
-
-def _param_count(value: str, name: str) -> int:
-    return sum(1 for m in _PARAM_NAME.finditer(value) if (m.group(1) or "").lower() == name)
 
 
 def _request_media_type(request: Request) -> MediaType:
@@ -43,11 +38,11 @@ def _request_media_type(request: Request) -> MediaType:
         raise unsupported_media_type(f"the request has no Content-Type; expected {_ACCEPTED}")
     try:
         media = parse_media_type(value)
+    except RepeatedParameter as exc:
+        raise bad_request(f"Content-Type: {exc}") from None
     except MediaTypeError as exc:
         raise unsupported_media_type(f"{exc}; expected {_ACCEPTED}") from None
     if media.essence == MULTIPART_RELATED:
-        if _param_count(value, "boundary") > 1:
-            raise bad_request("the Content-Type gives the boundary parameter more than once")
         declared = media.params.get("type")
         # Without a type parameter each part's own Content-Type decides.
         if declared is not None and declared.strip().lower() != DICOM:

@@ -15,7 +15,7 @@ from common.validation import InvalidValue
 from dicomweb_gateway.errors import ApiError
 from dicomweb_gateway.multipart import LimitExceeded, Limits, MultipartParser, NestedMultipart, check_boundary
 from dicomweb_gateway.qido import QueryLimits, build_query
-from dicomweb_gateway.stow import _param_count
+from dicomweb_gateway.media import RepeatedParameter, parse_media_type
 
 STUDY = dicom_pb2.QUERY_LEVEL_STUDY
 LIMITS = QueryLimits(max_limit=100, max_params=4, max_includefields=3, max_value_length=16, max_wildcards=3)
@@ -68,10 +68,11 @@ def test_boundaries_rfc_2046_forbids(boundary: str) -> None:
     assert getattr(err.value, "status", None) == 400
 
 
-def test_duplicate_boundary_parameter_is_counted_outside_quotes() -> None:
-    assert _param_count('multipart/related; boundary=a; type="x; boundary=b"', "boundary") == 1
-    assert _param_count("multipart/related; boundary=a; BOUNDARY=b", "boundary") == 2
-    assert _param_count('multipart/related; type="a\\"; boundary=b"', "boundary") == 0
+def test_a_repeated_parameter_is_found_outside_quotes_only() -> None:
+    assert parse_media_type('multipart/related; boundary=a; type="x; boundary=b"').params["boundary"] == "a"
+    with pytest.raises(RepeatedParameter, match="'boundary' parameter is given more than once"):
+        parse_media_type("multipart/related; boundary=a; BOUNDARY=b")
+    assert "boundary" not in parse_media_type('multipart/related; type="a\\"; boundary=b"').params
 
 
 def test_nested_multipart_is_refused_before_its_body() -> None:
