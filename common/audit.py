@@ -204,9 +204,7 @@ class AuditLog:
             rec = build(record, **fields)
             if not rec.edge:
                 rec.edge = self.edge
-            if not rec.HasField("time"):
-                rec.time.GetCurrentTime()
-            _sanitize(rec)
+            _sanitize(rec)  # also gives a record without a time the current one
         except Exception as exc:  # a caller's mistake must not fail the request
             log.warning("audit record not made (%s); dropped", type(exc).__name__)
             self._count_drops("invalid", 1)

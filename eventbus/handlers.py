@@ -48,7 +48,6 @@ def metadata_precompute(channel: grpc.Channel) -> Handler:
     # last event of each series needs one: a 500-image series costs one
     # refresh per batch instead of one per image.
     handle.coalesce = series_of  # type: ignore[attr-defined]
-    handle.wants_audit = False  # type: ignore[attr-defined]
     return handle
 
 

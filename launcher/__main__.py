@@ -45,8 +45,6 @@ class LauncherSettings(CommonSettings):
     # The edges' TLS settings (same variables as ingest_svc's and the
     # gateway's): the readiness probes speak TLS and the printed URL says https.
     tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_ca_file: Path | None = None
     http_tls_cert_file: Path | None = None
 
 

@@ -152,8 +152,7 @@ class EventRow(Base):
     __tablename__ = "events"
     # AUTOINCREMENT on SQLite: sequences are never reused, even after deletes.
     # The index serves the change feed: one tenant's instance events in order.
-    __table_args__ = (Index("ix_events_tenant_kind_sequence", "tenant", "kind", "sequence"),
-                      Index("ux_events_tenant_feed_sequence", "tenant", "feed_sequence", unique=True),
+    __table_args__ = (Index("ux_events_tenant_feed_sequence", "tenant", "feed_sequence", unique=True),
                       # Pruning old audit records.
                       Index("ix_events_kind_created", "kind", "created"),
                       {"sqlite_autoincrement": True})

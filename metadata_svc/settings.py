@@ -19,8 +19,10 @@ class MetadataSettings(CommonSettings):
     # Connections the index keeps per process (PostgreSQL).
     database_pool_size: int = 10
     # Hours audit records stay in the outbox (the audit consumer keeps its own
-    # copy); 0 keeps them for ever. Pruned every audit_prune_interval seconds.
-    audit_outbox_retention_hours: float = 168.0
+    # copy); 0 keeps them for ever. Pruning goes by age alone: a relay or audit
+    # consumer further behind than this loses the pruned records, so it is off
+    # unless set. Pruned every audit_prune_interval seconds.
+    audit_outbox_retention_hours: float = 0.0
     audit_prune_interval: float = 600.0
 
     @property

@@ -77,8 +77,12 @@ class MetadataProcess:
 
     def audit_events(self, prefix: str = "") -> list[events_pb2.Event]:
         """Audit events in the outbox whose request id starts with `prefix`."""
+        events: list[events_pb2.Event] = []
         with grpc.insecure_channel(self.addr) as ch:
-            events = md_grpc.MetadataServiceStub(ch).ReadOutbox(md_pb.ReadOutboxRequest(limit=1000)).events
+            stub = md_grpc.MetadataServiceStub(ch)
+            while page := stub.ReadOutbox(md_pb.ReadOutboxRequest(
+                    after_sequence=events[-1].sequence if events else 0, limit=1000)).events:
+                events.extend(page)
         return [e for e in events if e.HasField("audit") and e.audit.request_id.startswith(prefix)]
 
     def audit_request_ids(self, prefix: str = "") -> list[str]:

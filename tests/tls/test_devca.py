@@ -79,18 +79,20 @@ def test_client_certificate_is_for_clients_only(ca_dir: Path) -> None:
 
 
 def test_existing_files_are_kept_unless_forced(ca_dir: Path) -> None:
+    proc = devca("client", "--dir", str(ca_dir), "--name", "kept")
+    assert proc.returncode == 0, proc.stderr
     before = {p.name: p.read_bytes() for p in ca_dir.iterdir()}
     proc = devca("init", "--dir", str(ca_dir))
     assert proc.returncode == 1
     assert "already exist" in proc.stderr and "--force" in proc.stderr
-    proc = devca("client", "--dir", str(ca_dir), "--name", "modality")
+    proc = devca("client", "--dir", str(ca_dir), "--name", "kept")
     assert proc.returncode == 1
     assert {p.name: p.read_bytes() for p in ca_dir.iterdir()} == before
 
-    proc = devca("client", "--dir", str(ca_dir), "--name", "modality", "--force")
+    proc = devca("client", "--dir", str(ca_dir), "--name", "kept", "--force")
     assert proc.returncode == 0, proc.stderr
-    assert (ca_dir / "modality.key").read_bytes() != before["modality.key"]
-    assert stat.S_IMODE((ca_dir / "modality.key").stat().st_mode) == 0o600
+    assert (ca_dir / "kept.key").read_bytes() != before["kept.key"]
+    assert stat.S_IMODE((ca_dir / "kept.key").stat().st_mode) == 0o600
     assert (ca_dir / "ca.key").read_bytes() == before["ca.key"]
     assert sorted(p.name for p in ca_dir.iterdir()) == sorted(before)  # no temp files left
 

