@@ -25,17 +25,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64icomserver/v1/dicom.proto\x12\x0e\x64icomserver.v1\"p\n\x0bInstanceRef\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x03 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x04 \x01(\t\"\xac\x01\n\x10InstanceLocation\x12(\n\x03ref\x18\x01 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x12\n\nobject_key\x18\x02 \x01(\t\x12\x15\n\rsop_class_uid\x18\x03 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x18\n\x10number_of_frames\x18\x06 \x01(\x05*\x8b\x01\n\nQueryLevel\x12\x1b\n\x17QUERY_LEVEL_UNSPECIFIED\x10\x00\x12\x17\n\x13QUERY_LEVEL_PATIENT\x10\x01\x12\x15\n\x11QUERY_LEVEL_STUDY\x10\x02\x12\x16\n\x12QUERY_LEVEL_SERIES\x10\x03\x12\x18\n\x14QUERY_LEVEL_INSTANCE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64icomserver/v1/dicom.proto\x12\x0e\x64icomserver.v1\"p\n\x0bInstanceRef\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x03 \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x04 \x01(\t\"\x96\x02\n\x10InstanceLocation\x12(\n\x03ref\x18\x01 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x12\n\nobject_key\x18\x02 \x01(\t\x12\x15\n\rsop_class_uid\x18\x03 \x01(\t\x12\x1b\n\x13transfer_syntax_uid\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x18\n\x10number_of_frames\x18\x06 \x01(\x05\x12\x31\n\x0cpixel_layout\x18\x07 \x01(\x0b\x32\x1b.dicomserver.v1.PixelLayout\x12\x35\n\nconversion\x18\x08 \x01(\x0b\x32!.dicomserver.v1.StorageConversion\"P\n\x11StorageConversion\x12$\n\x1coriginal_transfer_syntax_uid\x18\x01 \x01(\t\x12\x15\n\roriginal_size\x18\x02 \x01(\x03\"(\n\x0cIngestSource\x12\x18\n\x10\x63\x61lling_ae_title\x18\x01 \x01(\t\"\xe1\x01\n\x0bPixelLayout\x12\x14\n\x0cvalue_offset\x18\x01 \x01(\x03\x12\x14\n\x0cvalue_length\x18\x02 \x01(\x03\x12\x14\n\x0c\x65ncapsulated\x18\x03 \x01(\x08\x12\x12\n\nframe_bits\x18\x04 \x01(\x03\x12\x16\n\x0e\x62its_allocated\x18\x05 \x01(\x05\x12\x12\n\nbig_endian\x18\x06 \x01(\x08\x12\x18\n\x10\x66ragment_offsets\x18\x07 \x03(\x03\x12\x18\n\x10\x66ragment_lengths\x18\x08 \x03(\x03\x12\x1c\n\x14\x66rame_first_fragment\x18\t \x03(\x05*\x8b\x01\n\nQueryLevel\x12\x1b\n\x17QUERY_LEVEL_UNSPECIFIED\x10\x00\x12\x17\n\x13QUERY_LEVEL_PATIENT\x10\x01\x12\x15\n\x11QUERY_LEVEL_STUDY\x10\x02\x12\x16\n\x12QUERY_LEVEL_SERIES\x10\x03\x12\x18\n\x14QUERY_LEVEL_INSTANCE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dicomserver.v1.dicom_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYLEVEL']._serialized_start=336
-  _globals['_QUERYLEVEL']._serialized_end=475
+  _globals['_QUERYLEVEL']._serialized_start=794
+  _globals['_QUERYLEVEL']._serialized_end=933
   _globals['_INSTANCEREF']._serialized_start=46
   _globals['_INSTANCEREF']._serialized_end=158
   _globals['_INSTANCELOCATION']._serialized_start=161
-  _globals['_INSTANCELOCATION']._serialized_end=333
+  _globals['_INSTANCELOCATION']._serialized_end=439
+  _globals['_STORAGECONVERSION']._serialized_start=441
+  _globals['_STORAGECONVERSION']._serialized_end=521
+  _globals['_INGESTSOURCE']._serialized_start=523
+  _globals['_INGESTSOURCE']._serialized_end=563
+  _globals['_PIXELLAYOUT']._serialized_start=566
+  _globals['_PIXELLAYOUT']._serialized_end=791
 # @@protoc_insertion_point(module_scope)

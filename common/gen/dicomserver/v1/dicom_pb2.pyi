@@ -4,8 +4,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -84,6 +86,8 @@ class InstanceLocation(_message.Message):
     TRANSFER_SYNTAX_UID_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
     NUMBER_OF_FRAMES_FIELD_NUMBER: _builtins.int
+    PIXEL_LAYOUT_FIELD_NUMBER: _builtins.int
+    CONVERSION_FIELD_NUMBER: _builtins.int
     object_key: _builtins.str
     sop_class_uid: _builtins.str
     transfer_syntax_uid: _builtins.str
@@ -91,6 +95,18 @@ class InstanceLocation(_message.Message):
     number_of_frames: _builtins.int
     @_builtins.property
     def ref(self) -> Global___InstanceRef: ...
+    @_builtins.property
+    def pixel_layout(self) -> Global___PixelLayout:
+        """Where the frames lie in the object, recorded at ingest; absent for
+        objects indexed before it was, and for deflated objects.
+        """
+
+    @_builtins.property
+    def conversion(self) -> Global___StorageConversion:
+        """Set when the stored object is not the one received: the compression
+        policy converted it (losslessly) after it was acknowledged.
+        """
+
     def __init__(
         self,
         *,
@@ -100,11 +116,122 @@ class InstanceLocation(_message.Message):
         transfer_syntax_uid: _builtins.str = ...,
         size: _builtins.int = ...,
         number_of_frames: _builtins.int = ...,
+        pixel_layout: Global___PixelLayout | None = ...,
+        conversion: Global___StorageConversion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversion", b"conversion", "pixel_layout", b"pixel_layout", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["number_of_frames", b"number_of_frames", "object_key", b"object_key", "ref", b"ref", "size", b"size", "sop_class_uid", b"sop_class_uid", "transfer_syntax_uid", b"transfer_syntax_uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion", b"conversion", "number_of_frames", b"number_of_frames", "object_key", b"object_key", "pixel_layout", b"pixel_layout", "ref", b"ref", "size", b"size", "sop_class_uid", b"sop_class_uid", "transfer_syntax_uid", b"transfer_syntax_uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceLocation: _TypeAlias = InstanceLocation  # noqa: Y015
+
+@_typing.final
+class StorageConversion(_message.Message):
+    """What the archive changed about a stored object after receiving it. The
+    pixel data decode to the same values; the bytes, the transfer syntax and
+    the size are no longer those received.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_TRANSFER_SYNTAX_UID_FIELD_NUMBER: _builtins.int
+    ORIGINAL_SIZE_FIELD_NUMBER: _builtins.int
+    original_transfer_syntax_uid: _builtins.str
+    original_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        original_transfer_syntax_uid: _builtins.str = ...,
+        original_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_size", b"original_size", "original_transfer_syntax_uid", b"original_transfer_syntax_uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StorageConversion: _TypeAlias = StorageConversion  # noqa: Y015
+
+@_typing.final
+class IngestSource(_message.Message):
+    """Where an instance came from, as far as the edge knew."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLING_AE_TITLE_FIELD_NUMBER: _builtins.int
+    calling_ae_title: _builtins.str
+    """The calling AE title of the DIMSE association; empty for DICOMweb."""
+    def __init__(
+        self,
+        *,
+        calling_ae_title: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calling_ae_title", b"calling_ae_title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestSource: _TypeAlias = IngestSource  # noqa: Y015
+
+@_typing.final
+class PixelLayout(_message.Message):
+    """Where the pixel data of a stored object lies, so that one frame is read
+    with one ranged read and no parse of the object.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_OFFSET_FIELD_NUMBER: _builtins.int
+    VALUE_LENGTH_FIELD_NUMBER: _builtins.int
+    ENCAPSULATED_FIELD_NUMBER: _builtins.int
+    FRAME_BITS_FIELD_NUMBER: _builtins.int
+    BITS_ALLOCATED_FIELD_NUMBER: _builtins.int
+    BIG_ENDIAN_FIELD_NUMBER: _builtins.int
+    FRAGMENT_OFFSETS_FIELD_NUMBER: _builtins.int
+    FRAGMENT_LENGTHS_FIELD_NUMBER: _builtins.int
+    FRAME_FIRST_FRAGMENT_FIELD_NUMBER: _builtins.int
+    value_offset: _builtins.int
+    """The Pixel Data value (after its element header) in the stored object."""
+    value_length: _builtins.int
+    """Native: the value's length. Encapsulated: up to the sequence delimiter."""
+    encapsulated: _builtins.bool
+    frame_bits: _builtins.int
+    """Native: bits in one frame (Rows x Columns x Samples per Pixel x Bits
+    Allocated); frame n starts at bit (n - 1) x frame_bits of the value.
+    """
+    bits_allocated: _builtins.int
+    big_endian: _builtins.bool
+    @_builtins.property
+    def fragment_offsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Encapsulated: every fragment's value (offset in the object, length),
+        and the index of each frame's first fragment; a frame runs up to the
+        next frame's first fragment.
+        """
+
+    @_builtins.property
+    def fragment_lengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def frame_first_fragment(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        value_offset: _builtins.int = ...,
+        value_length: _builtins.int = ...,
+        encapsulated: _builtins.bool = ...,
+        frame_bits: _builtins.int = ...,
+        bits_allocated: _builtins.int = ...,
+        big_endian: _builtins.bool = ...,
+        fragment_offsets: _abc.Iterable[_builtins.int] | None = ...,
+        fragment_lengths: _abc.Iterable[_builtins.int] | None = ...,
+        frame_first_fragment: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["big_endian", b"big_endian", "bits_allocated", b"bits_allocated", "encapsulated", b"encapsulated", "fragment_lengths", b"fragment_lengths", "fragment_offsets", b"fragment_offsets", "frame_bits", b"frame_bits", "frame_first_fragment", b"frame_first_fragment", "value_length", b"value_length", "value_offset", b"value_offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PixelLayout: _TypeAlias = PixelLayout  # noqa: Y015

@@ -27,7 +27,7 @@ from common.gen.dicomserver.v1 import dicom_pb2 as dicomserver_dot_v1_dot_dicom_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64icomserver/v1/events.proto\x12\x0e\x64icomserver.v1\x1a\x1a\x64icomserver/v1/dicom.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0finstance_stored\x18\x04 \x01(\x0b\x32\x1e.dicomserver.v1.InstanceStoredH\x00\x12;\n\x10instance_deleted\x18\x05 \x01(\x0b\x32\x1f.dicomserver.v1.InstanceDeletedH\x00\x12,\n\x05\x61udit\x18\x06 \x01(\x0b\x32\x1b.dicomserver.v1.AuditRecordH\x00\x42\x06\n\x04kind\"V\n\x0eInstanceStored\x12\x32\n\x08location\x18\x01 \x01(\x0b\x32 .dicomserver.v1.InstanceLocation\x12\x10\n\x08replaced\x18\x02 \x01(\x08\"E\n\x0fInstanceDeleted\x12\x32\n\x08location\x18\x01 \x01(\x0b\x32 .dicomserver.v1.InstanceLocation\"\xd5\x04\n\x0b\x41uditRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x16\n\x0esource_address\x18\x04 \x01(\t\x12\x0c\n\x04\x65\x64ge\x18\x05 \x01(\t\x12\x32\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\".dicomserver.v1.AuditRecord.Action\x12\x11\n\toperation\x18\x07 \x01(\t\x12\x34\n\x07outcome\x18\x08 \x01(\x0e\x32#.dicomserver.v1.AuditRecord.Outcome\x12\x0e\n\x06status\x18\t \x01(\x05\x12\x1a\n\x12study_instance_uid\x18\n \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x0b \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x13\n\x0fOUTCOME_FAILURE\x10\x03\"o\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_READ\x10\x01\x12\x10\n\x0c\x41\x43TION_WRITE\x10\x02\x12\x11\n\rACTION_DELETE\x10\x03\x12\x17\n\x13\x41\x43TION_AUTHENTICATE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x64icomserver/v1/events.proto\x12\x0e\x64icomserver.v1\x1a\x1a\x64icomserver/v1/dicom.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x02\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0finstance_stored\x18\x04 \x01(\x0b\x32\x1e.dicomserver.v1.InstanceStoredH\x00\x12;\n\x10instance_deleted\x18\x05 \x01(\x0b\x32\x1f.dicomserver.v1.InstanceDeletedH\x00\x12,\n\x05\x61udit\x18\x06 \x01(\x0b\x32\x1b.dicomserver.v1.AuditRecordH\x00\x12?\n\x12instance_converted\x18\x07 \x01(\x0b\x32!.dicomserver.v1.InstanceConvertedH\x00\x42\x06\n\x04kind\"\x84\x01\n\x0eInstanceStored\x12\x32\n\x08location\x18\x01 \x01(\x0b\x32 .dicomserver.v1.InstanceLocation\x12\x10\n\x08replaced\x18\x02 \x01(\x08\x12,\n\x06source\x18\x03 \x01(\x0b\x32\x1c.dicomserver.v1.IngestSource\"G\n\x11InstanceConverted\x12\x32\n\x08location\x18\x01 \x01(\x0b\x32 .dicomserver.v1.InstanceLocation\"E\n\x0fInstanceDeleted\x12\x32\n\x08location\x18\x01 \x01(\x0b\x32 .dicomserver.v1.InstanceLocation\"\xd5\x04\n\x0b\x41uditRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x16\n\x0esource_address\x18\x04 \x01(\t\x12\x0c\n\x04\x65\x64ge\x18\x05 \x01(\t\x12\x32\n\x06\x61\x63tion\x18\x06 \x01(\x0e\x32\".dicomserver.v1.AuditRecord.Action\x12\x11\n\toperation\x18\x07 \x01(\t\x12\x34\n\x07outcome\x18\x08 \x01(\x0e\x32#.dicomserver.v1.AuditRecord.Outcome\x12\x0e\n\x06status\x18\t \x01(\x05\x12\x1a\n\x12study_instance_uid\x18\n \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x0b \x01(\t\x12\x18\n\x10sop_instance_uid\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\"`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x12\n\x0eOUTCOME_DENIED\x10\x02\x12\x13\n\x0fOUTCOME_FAILURE\x10\x03\"o\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x41\x43TION_READ\x10\x01\x12\x10\n\x0c\x41\x43TION_WRITE\x10\x02\x12\x11\n\rACTION_DELETE\x10\x03\x12\x17\n\x13\x41\x43TION_AUTHENTICATE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dicomserver.v1.events_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT']._serialized_start=109
-  _globals['_EVENT']._serialized_end=366
-  _globals['_INSTANCESTORED']._serialized_start=368
-  _globals['_INSTANCESTORED']._serialized_end=454
-  _globals['_INSTANCEDELETED']._serialized_start=456
-  _globals['_INSTANCEDELETED']._serialized_end=525
-  _globals['_AUDITRECORD']._serialized_start=528
-  _globals['_AUDITRECORD']._serialized_end=1125
-  _globals['_AUDITRECORD_OUTCOME']._serialized_start=916
-  _globals['_AUDITRECORD_OUTCOME']._serialized_end=1012
-  _globals['_AUDITRECORD_ACTION']._serialized_start=1014
-  _globals['_AUDITRECORD_ACTION']._serialized_end=1125
+  _globals['_EVENT']._serialized_end=431
+  _globals['_INSTANCESTORED']._serialized_start=434
+  _globals['_INSTANCESTORED']._serialized_end=566
+  _globals['_INSTANCECONVERTED']._serialized_start=568
+  _globals['_INSTANCECONVERTED']._serialized_end=639
+  _globals['_INSTANCEDELETED']._serialized_start=641
+  _globals['_INSTANCEDELETED']._serialized_end=710
+  _globals['_AUDITRECORD']._serialized_start=713
+  _globals['_AUDITRECORD']._serialized_end=1310
+  _globals['_AUDITRECORD_OUTCOME']._serialized_start=1101
+  _globals['_AUDITRECORD_OUTCOME']._serialized_end=1197
+  _globals['_AUDITRECORD_ACTION']._serialized_start=1199
+  _globals['_AUDITRECORD_ACTION']._serialized_end=1310
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,7 @@ class Event(_message.Message):
     INSTANCE_STORED_FIELD_NUMBER: _builtins.int
     INSTANCE_DELETED_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
+    INSTANCE_CONVERTED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the outbox; increases with every event."""
     tenant: _builtins.str
@@ -45,6 +46,8 @@ class Event(_message.Message):
     def instance_deleted(self) -> Global___InstanceDeleted: ...
     @_builtins.property
     def audit(self) -> Global___AuditRecord: ...
+    @_builtins.property
+    def instance_converted(self) -> Global___InstanceConverted: ...
     def __init__(
         self,
         *,
@@ -54,12 +57,13 @@ class Event(_message.Message):
         instance_stored: Global___InstanceStored | None = ...,
         instance_deleted: Global___InstanceDeleted | None = ...,
         audit: Global___AuditRecord | None = ...,
+        instance_converted: Global___InstanceConverted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "instance_converted", b"instance_converted", "instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "sequence", b"sequence", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "instance_converted", b"instance_converted", "instance_deleted", b"instance_deleted", "instance_stored", b"instance_stored", "kind", b"kind", "sequence", b"sequence", "tenant", b"tenant", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["instance_stored", "instance_deleted", "audit"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["instance_stored", "instance_deleted", "audit", "instance_converted"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -71,23 +75,52 @@ class InstanceStored(_message.Message):
 
     LOCATION_FIELD_NUMBER: _builtins.int
     REPLACED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     replaced: _builtins.bool
     """True when an existing instance with the same UID was replaced."""
+    @_builtins.property
+    def location(self) -> _dicom_pb2.InstanceLocation: ...
+    @_builtins.property
+    def source(self) -> _dicom_pb2.IngestSource: ...
+    def __init__(
+        self,
+        *,
+        location: _dicom_pb2.InstanceLocation | None = ...,
+        replaced: _builtins.bool = ...,
+        source: _dicom_pb2.IngestSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "replaced", b"replaced", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceStored: _TypeAlias = InstanceStored  # noqa: Y015
+
+@_typing.final
+class InstanceConverted(_message.Message):
+    """The stored object of an instance was replaced by a converted one (the
+    compression policy): the location is the new object's, with its
+    conversion set. The instance itself did not change.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def location(self) -> _dicom_pb2.InstanceLocation: ...
     def __init__(
         self,
         *,
         location: _dicom_pb2.InstanceLocation | None = ...,
-        replaced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "replaced", b"replaced"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___InstanceStored: _TypeAlias = InstanceStored  # noqa: Y015
+Global___InstanceConverted: _TypeAlias = InstanceConverted  # noqa: Y015
 
 @_typing.final
 class InstanceDeleted(_message.Message):

@@ -27,15 +27,15 @@ from common.gen.dicomserver.v1 import dicom_pb2 as dicomserver_dot_v1_dot_dicom_
 from common.gen.dicomserver.v1 import metadata_service_pb2 as dicomserver_dot_v1_dot_metadata__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#dicomserver/v1/ingest_service.proto\x12\x0e\x64icomserver.v1\x1a\x1a\x64icomserver/v1/dicom.proto\x1a%dicomserver/v1/metadata_service.proto\"u\n\x0cStoreOptions\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\x12\x39\n\x10\x64uplicate_policy\x18\x03 \x01(\x0e\x32\x1f.dicomserver.v1.DuplicatePolicy\"|\n\x15StoreInstancesRequest\x12/\n\x07options\x18\x01 \x01(\x0b\x32\x1c.dicomserver.v1.StoreOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x19\n\x0f\x65nd_of_instance\x18\x03 \x01(\x08H\x00\x42\x06\n\x04part\"\xda\x01\n\x0fInstanceOutcome\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.dicomserver.v1.StoreStatus\x12(\n\x03ref\x18\x02 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x15\n\rsop_class_uid\x18\x03 \x01(\t\x12\x14\n\x0c\x64icom_status\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x33\n\rindex_outcome\x18\x06 \x01(\x0e\x32\x1c.dicomserver.v1.IndexOutcome\"K\n\x16StoreInstancesResponse\x12\x31\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1f.dicomserver.v1.InstanceOutcome*\x83\x01\n\x0bStoreStatus\x12\x1c\n\x18STORE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STORE_STATUS_STORED\x10\x01\x12$\n STORE_STATUS_STORED_WITH_WARNING\x10\x02\x12\x17\n\x13STORE_STATUS_FAILED\x10\x03\x32r\n\rIngestService\x12\x61\n\x0eStoreInstances\x12%.dicomserver.v1.StoreInstancesRequest\x1a&.dicomserver.v1.StoreInstancesResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#dicomserver/v1/ingest_service.proto\x12\x0e\x64icomserver.v1\x1a\x1a\x64icomserver/v1/dicom.proto\x1a%dicomserver/v1/metadata_service.proto\"u\n\x0cStoreOptions\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x02 \x01(\t\x12\x39\n\x10\x64uplicate_policy\x18\x03 \x01(\x0e\x32\x1f.dicomserver.v1.DuplicatePolicy\"|\n\x15StoreInstancesRequest\x12/\n\x07options\x18\x01 \x01(\x0b\x32\x1c.dicomserver.v1.StoreOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x19\n\x0f\x65nd_of_instance\x18\x03 \x01(\x08H\x00\x42\x06\n\x04part\"\xda\x01\n\x0fInstanceOutcome\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.dicomserver.v1.StoreStatus\x12(\n\x03ref\x18\x02 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x15\n\rsop_class_uid\x18\x03 \x01(\t\x12\x14\n\x0c\x64icom_status\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x33\n\rindex_outcome\x18\x06 \x01(\x0e\x32\x1c.dicomserver.v1.IndexOutcome\"K\n\x16StoreInstancesResponse\x12\x31\n\x08outcomes\x18\x01 \x03(\x0b\x32\x1f.dicomserver.v1.InstanceOutcome\"\"\n\x10ListPeersRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"8\n\x08PeerInfo\x12\x10\n\x08\x61\x65_title\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\x05\"<\n\x11ListPeersResponse\x12\'\n\x05peers\x18\x01 \x03(\x0b\x32\x18.dicomserver.v1.PeerInfo\"n\n\x11SendToPeerRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x61\x65_title\x18\x02 \x01(\t\x12\x1a\n\x12study_instance_uid\x18\x03 \x01(\t\x12\x1b\n\x13series_instance_uid\x18\x04 \x01(\t\"t\n\x12SendToPeerResponse\x12\r\n\x05total\x18\x01 \x01(\x05\x12\x11\n\tcompleted\x18\x02 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x05\x12\x0f\n\x07warning\x18\x04 \x01(\x05\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t*\x83\x01\n\x0bStoreStatus\x12\x1c\n\x18STORE_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STORE_STATUS_STORED\x10\x01\x12$\n STORE_STATUS_STORED_WITH_WARNING\x10\x02\x12\x17\n\x13STORE_STATUS_FAILED\x10\x03\x32\x9b\x02\n\rIngestService\x12\x61\n\x0eStoreInstances\x12%.dicomserver.v1.StoreInstancesRequest\x1a&.dicomserver.v1.StoreInstancesResponse(\x01\x12P\n\tListPeers\x12 .dicomserver.v1.ListPeersRequest\x1a!.dicomserver.v1.ListPeersResponse\x12U\n\nSendToPeer\x12!.dicomserver.v1.SendToPeerRequest\x1a\".dicomserver.v1.SendToPeerResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dicomserver.v1.ingest_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STORESTATUS']._serialized_start=666
-  _globals['_STORESTATUS']._serialized_end=797
+  _globals['_STORESTATUS']._serialized_start=1052
+  _globals['_STORESTATUS']._serialized_end=1183
   _globals['_STOREOPTIONS']._serialized_start=122
   _globals['_STOREOPTIONS']._serialized_end=239
   _globals['_STOREINSTANCESREQUEST']._serialized_start=241
@@ -44,6 +44,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INSTANCEOUTCOME']._serialized_end=586
   _globals['_STOREINSTANCESRESPONSE']._serialized_start=588
   _globals['_STOREINSTANCESRESPONSE']._serialized_end=663
-  _globals['_INGESTSERVICE']._serialized_start=799
-  _globals['_INGESTSERVICE']._serialized_end=913
+  _globals['_LISTPEERSREQUEST']._serialized_start=665
+  _globals['_LISTPEERSREQUEST']._serialized_end=699
+  _globals['_PEERINFO']._serialized_start=701
+  _globals['_PEERINFO']._serialized_end=757
+  _globals['_LISTPEERSRESPONSE']._serialized_start=759
+  _globals['_LISTPEERSRESPONSE']._serialized_end=819
+  _globals['_SENDTOPEERREQUEST']._serialized_start=821
+  _globals['_SENDTOPEERREQUEST']._serialized_end=931
+  _globals['_SENDTOPEERRESPONSE']._serialized_start=933
+  _globals['_SENDTOPEERRESPONSE']._serialized_end=1049
+  _globals['_INGESTSERVICE']._serialized_start=1186
+  _globals['_INGESTSERVICE']._serialized_end=1469
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,16 @@ class IngestServiceStub:
                 request_serializer=dicomserver_dot_v1_dot_ingest__service__pb2.StoreInstancesRequest.SerializeToString,
                 response_deserializer=dicomserver_dot_v1_dot_ingest__service__pb2.StoreInstancesResponse.FromString,
                 _registered_method=True)
+        self.ListPeers = channel.unary_unary(
+                '/dicomserver.v1.IngestService/ListPeers',
+                request_serializer=dicomserver_dot_v1_dot_ingest__service__pb2.ListPeersRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_ingest__service__pb2.ListPeersResponse.FromString,
+                _registered_method=True)
+        self.SendToPeer = channel.unary_stream(
+                '/dicomserver.v1.IngestService/SendToPeer',
+                request_serializer=dicomserver_dot_v1_dot_ingest__service__pb2.SendToPeerRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_ingest__service__pb2.SendToPeerResponse.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -55,6 +65,24 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPeers(self, request, context):
+        """The DIMSE peers (DICOMSERVER_DIMSE_PEERS) a tenant may send data to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendToPeer(self, request, context):
+        """Sends a study (or one of its series) to a peer with C-STORE, as a
+        C-MOVE to it would: stored objects go out as stored, from where storage
+        grants them. One message when the association is open, one after each
+        object, the last with done set. A peer the tenant may not use is
+        NOT_FOUND, as an unknown one is; a study it does not hold is NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +90,16 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.StoreInstances,
                     request_deserializer=dicomserver_dot_v1_dot_ingest__service__pb2.StoreInstancesRequest.FromString,
                     response_serializer=dicomserver_dot_v1_dot_ingest__service__pb2.StoreInstancesResponse.SerializeToString,
+            ),
+            'ListPeers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeers,
+                    request_deserializer=dicomserver_dot_v1_dot_ingest__service__pb2.ListPeersRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_ingest__service__pb2.ListPeersResponse.SerializeToString,
+            ),
+            'SendToPeer': grpc.unary_stream_rpc_method_handler(
+                    servicer.SendToPeer,
+                    request_deserializer=dicomserver_dot_v1_dot_ingest__service__pb2.SendToPeerRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_ingest__service__pb2.SendToPeerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -92,6 +130,60 @@ class IngestService:
             '/dicomserver.v1.IngestService/StoreInstances',
             dicomserver_dot_v1_dot_ingest__service__pb2.StoreInstancesRequest.SerializeToString,
             dicomserver_dot_v1_dot_ingest__service__pb2.StoreInstancesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.IngestService/ListPeers',
+            dicomserver_dot_v1_dot_ingest__service__pb2.ListPeersRequest.SerializeToString,
+            dicomserver_dot_v1_dot_ingest__service__pb2.ListPeersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendToPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dicomserver.v1.IngestService/SendToPeer',
+            dicomserver_dot_v1_dot_ingest__service__pb2.SendToPeerRequest.SerializeToString,
+            dicomserver_dot_v1_dot_ingest__service__pb2.SendToPeerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,15 @@ class IngestServiceStub:
     """A stream of one options message, then for each instance its Part 10
     bytes in chunks of at most 1 MiB closed by an end_of_instance message.
     """
+    ListPeers: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.ListPeersRequest, _ingest_service_pb2.ListPeersResponse]
+    """The DIMSE peers (DICOMSERVER_DIMSE_PEERS) a tenant may send data to."""
+    SendToPeer: _grpc.UnaryStreamMultiCallable[_ingest_service_pb2.SendToPeerRequest, _ingest_service_pb2.SendToPeerResponse]
+    """Sends a study (or one of its series) to a peer with C-STORE, as a
+    C-MOVE to it would: stored objects go out as stored, from where storage
+    grants them. One message when the association is open, one after each
+    object, the last with done set. A peer the tenant may not use is
+    NOT_FOUND, as an unknown one is; a study it does not hold is NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -47,6 +56,15 @@ class IngestServiceAsyncStub(IngestServiceStub):
     StoreInstances: _aio.StreamUnaryMultiCallable[_ingest_service_pb2.StoreInstancesRequest, _ingest_service_pb2.StoreInstancesResponse]  # type: ignore[assignment]
     """A stream of one options message, then for each instance its Part 10
     bytes in chunks of at most 1 MiB closed by an end_of_instance message.
+    """
+    ListPeers: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.ListPeersRequest, _ingest_service_pb2.ListPeersResponse]  # type: ignore[assignment]
+    """The DIMSE peers (DICOMSERVER_DIMSE_PEERS) a tenant may send data to."""
+    SendToPeer: _aio.UnaryStreamMultiCallable[_ingest_service_pb2.SendToPeerRequest, _ingest_service_pb2.SendToPeerResponse]  # type: ignore[assignment]
+    """Sends a study (or one of its series) to a peer with C-STORE, as a
+    C-MOVE to it would: stored objects go out as stored, from where storage
+    grants them. One message when the association is open, one after each
+    object, the last with done set. A peer the tenant may not use is
+    NOT_FOUND, as an unknown one is; a study it does not hold is NOT_FOUND.
     """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -60,6 +78,27 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_service_pb2.StoreInstancesResponse, _abc.Awaitable[_ingest_service_pb2.StoreInstancesResponse]]:
         """A stream of one options message, then for each instance its Part 10
         bytes in chunks of at most 1 MiB closed by an end_of_instance message.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPeers(
+        self,
+        request: _ingest_service_pb2.ListPeersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_service_pb2.ListPeersResponse, _abc.Awaitable[_ingest_service_pb2.ListPeersResponse]]:
+        """The DIMSE peers (DICOMSERVER_DIMSE_PEERS) a tenant may send data to."""
+
+    @_abc_1.abstractmethod
+    def SendToPeer(
+        self,
+        request: _ingest_service_pb2.SendToPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ingest_service_pb2.SendToPeerResponse], _abc.AsyncIterator[_ingest_service_pb2.SendToPeerResponse]]:
+        """Sends a study (or one of its series) to a peer with C-STORE, as a
+        C-MOVE to it would: stored objects go out as stored, from where storage
+        grants them. One message when the association is open, one after each
+        object, the last with done set. A peer the tenant may not use is
+        NOT_FOUND, as an unknown one is; a study it does not hold is NOT_FOUND.
         """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

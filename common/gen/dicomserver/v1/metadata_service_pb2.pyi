@@ -206,6 +206,7 @@ class InstanceRecord(_message.Message):
     SERIES_FIELD_NUMBER: _builtins.int
     INSTANCE_FIELD_NUMBER: _builtins.int
     DICOM_JSON_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     specific_character_set: _builtins.str
     dicom_json: _builtins.bytes
     """The whole header as DICOM JSON (PS3.18 F.2), UTF-8, without bulk data
@@ -221,6 +222,8 @@ class InstanceRecord(_message.Message):
     def series(self) -> Global___SeriesAttributes: ...
     @_builtins.property
     def instance(self) -> Global___InstanceAttributes: ...
+    @_builtins.property
+    def source(self) -> _dicom_pb2.IngestSource: ...
     def __init__(
         self,
         *,
@@ -231,10 +234,11 @@ class InstanceRecord(_message.Message):
         series: Global___SeriesAttributes | None = ...,
         instance: Global___InstanceAttributes | None = ...,
         dicom_json: _builtins.bytes = ...,
+        source: _dicom_pb2.IngestSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "location", b"location", "patient", b"patient", "series", b"series", "study", b"study"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "location", b"location", "patient", b"patient", "series", b"series", "source", b"source", "study", b"study"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dicom_json", b"dicom_json", "instance", b"instance", "location", b"location", "patient", b"patient", "series", b"series", "specific_character_set", b"specific_character_set", "study", b"study"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dicom_json", b"dicom_json", "instance", b"instance", "location", b"location", "patient", b"patient", "series", b"series", "source", b"source", "specific_character_set", b"specific_character_set", "study", b"study"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -822,3 +826,261 @@ class RecordAuditResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordAuditResponse: _TypeAlias = RecordAuditResponse  # noqa: Y015
+
+@_typing.final
+class ReferencedObjectsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_keys", b"object_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferencedObjectsRequest: _TypeAlias = ReferencedObjectsRequest  # noqa: Y015
+
+@_typing.final
+class ReferencedObjectsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The requested keys that some index row points to."""
+
+    def __init__(
+        self,
+        *,
+        object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_keys", b"object_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReferencedObjectsResponse: _TypeAlias = ReferencedObjectsResponse  # noqa: Y015
+
+@_typing.final
+class GetStatisticsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    days: _builtins.int
+    """Days of the per-day counts, ending today (UTC); 0 means 30, at most 366."""
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tenants to count (at least one); nothing of other tenants is read."""
+
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[_builtins.str] | None = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatisticsRequest: _TypeAlias = GetStatisticsRequest  # noqa: Y015
+
+@_typing.final
+class TenantUsage(_message.Message):
+    """What one tenant holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    PATIENTS_FIELD_NUMBER: _builtins.int
+    STUDIES_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    patients: _builtins.int
+    studies: _builtins.int
+    series: _builtins.int
+    instances: _builtins.int
+    bytes: _builtins.int
+    """Sum of the stored objects' sizes."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        patients: _builtins.int = ...,
+        studies: _builtins.int = ...,
+        series: _builtins.int = ...,
+        instances: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "instances", b"instances", "patients", b"patients", "series", b"series", "studies", b"studies", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantUsage: _TypeAlias = TenantUsage  # noqa: Y015
+
+@_typing.final
+class DayCount(_message.Message):
+    """What was indexed on one day (UTC), by when the instance was last written."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    STUDIES_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """YYYY-MM-DD."""
+    studies: _builtins.int
+    """Studies with at least one instance written that day."""
+    instances: _builtins.int
+    bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        studies: _builtins.int = ...,
+        instances: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "date", b"date", "instances", b"instances", "studies", b"studies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DayCount: _TypeAlias = DayCount  # noqa: Y015
+
+@_typing.final
+class ModalityCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODALITY_FIELD_NUMBER: _builtins.int
+    STUDIES_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    modality: _builtins.str
+    """The series' Modality; empty when the series has none."""
+    studies: _builtins.int
+    series: _builtins.int
+    instances: _builtins.int
+    def __init__(
+        self,
+        *,
+        modality: _builtins.str = ...,
+        studies: _builtins.int = ...,
+        series: _builtins.int = ...,
+        instances: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "modality", b"modality", "series", b"series", "studies", b"studies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModalityCount: _TypeAlias = ModalityCount  # noqa: Y015
+
+@_typing.final
+class GetStatisticsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANTS_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    MODALITIES_FIELD_NUMBER: _builtins.int
+    INSTANCES_LAST_MINUTE_FIELD_NUMBER: _builtins.int
+    INSTANCES_LAST_HOUR_FIELD_NUMBER: _builtins.int
+    instances_last_minute: _builtins.int
+    """Instances written in the last minute and in the last hour."""
+    instances_last_hour: _builtins.int
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantUsage]:
+        """One per requested tenant, in request order."""
+
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DayCount]:
+        """One per day, oldest first, days without instances included."""
+
+    @_builtins.property
+    def modalities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModalityCount]:
+        """Most instances first."""
+
+    def __init__(
+        self,
+        *,
+        tenants: _abc.Iterable[Global___TenantUsage] | None = ...,
+        days: _abc.Iterable[Global___DayCount] | None = ...,
+        modalities: _abc.Iterable[Global___ModalityCount] | None = ...,
+        instances_last_minute: _builtins.int = ...,
+        instances_last_hour: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days", "instances_last_hour", b"instances_last_hour", "instances_last_minute", b"instances_last_minute", "modalities", b"modalities", "tenants", b"tenants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatisticsResponse: _TypeAlias = GetStatisticsResponse  # noqa: Y015
+
+@_typing.final
+class ReplaceObjectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    EXPECTED_OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    expected_object_key: _builtins.str
+    """The object the instance must still point to; otherwise nothing changes."""
+    @_builtins.property
+    def record(self) -> Global___InstanceRecord:
+        """The converted object's record (its location names the new object)."""
+
+    def __init__(
+        self,
+        *,
+        record: Global___InstanceRecord | None = ...,
+        expected_object_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_object_key", b"expected_object_key", "record", b"record"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceObjectRequest: _TypeAlias = ReplaceObjectRequest  # noqa: Y015
+
+@_typing.final
+class ReplaceObjectResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLACED_FIELD_NUMBER: _builtins.int
+    UNREFERENCED_OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    replaced: _builtins.bool
+    unreferenced_object_key: _builtins.str
+    """The object no row points to now: the old one when replaced, the new
+    one when not. The caller reclaims it (storage's sweep would too).
+    """
+    def __init__(
+        self,
+        *,
+        replaced: _builtins.bool = ...,
+        unreferenced_object_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replaced", b"replaced", "unreferenced_object_key", b"unreferenced_object_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplaceObjectResponse: _TypeAlias = ReplaceObjectResponse  # noqa: Y015

@@ -82,6 +82,21 @@ class MetadataServiceStub:
                 request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditRequest.SerializeToString,
                 response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditResponse.FromString,
                 _registered_method=True)
+        self.ReferencedObjects = channel.unary_unary(
+                '/dicomserver.v1.MetadataService/ReferencedObjects',
+                request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReferencedObjectsRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReferencedObjectsResponse.FromString,
+                _registered_method=True)
+        self.GetStatistics = channel.unary_unary(
+                '/dicomserver.v1.MetadataService/GetStatistics',
+                request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.GetStatisticsRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.GetStatisticsResponse.FromString,
+                _registered_method=True)
+        self.ReplaceObject = channel.unary_unary(
+                '/dicomserver.v1.MetadataService/ReplaceObject',
+                request_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReplaceObjectRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReplaceObjectResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServiceServicer:
@@ -153,6 +168,32 @@ class MetadataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReferencedObjects(self, request, context):
+        """Which of these object keys an index row points to: how storage's
+        sweep tells orphaned objects from stored ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatistics(self, request, context):
+        """Counts from the index for the console's statistics: what the tenants
+        hold, what arrived per day and per modality, and the recent ingest rate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplaceObject(self, request, context):
+        """Points an instance at a converted object in one transaction, if it
+        still points at expected_object_key: its location, header and pixel
+        layout follow the new object, the original transfer syntax and size
+        are kept, and an InstanceConverted event is written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +241,21 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.RecordAudit,
                     request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditRequest.FromString,
                     response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditResponse.SerializeToString,
+            ),
+            'ReferencedObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReferencedObjects,
+                    request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReferencedObjectsRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReferencedObjectsResponse.SerializeToString,
+            ),
+            'GetStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatistics,
+                    request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.GetStatisticsRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.GetStatisticsResponse.SerializeToString,
+            ),
+            'ReplaceObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceObject,
+                    request_deserializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReplaceObjectRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_metadata__service__pb2.ReplaceObjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -447,6 +503,87 @@ class MetadataService:
             '/dicomserver.v1.MetadataService/RecordAudit',
             dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditRequest.SerializeToString,
             dicomserver_dot_v1_dot_metadata__service__pb2.RecordAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReferencedObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.MetadataService/ReferencedObjects',
+            dicomserver_dot_v1_dot_metadata__service__pb2.ReferencedObjectsRequest.SerializeToString,
+            dicomserver_dot_v1_dot_metadata__service__pb2.ReferencedObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.MetadataService/GetStatistics',
+            dicomserver_dot_v1_dot_metadata__service__pb2.GetStatisticsRequest.SerializeToString,
+            dicomserver_dot_v1_dot_metadata__service__pb2.GetStatisticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.MetadataService/ReplaceObject',
+            dicomserver_dot_v1_dot_metadata__service__pb2.ReplaceObjectRequest.SerializeToString,
+            dicomserver_dot_v1_dot_metadata__service__pb2.ReplaceObjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,20 @@ class MetadataServiceStub:
     """Appends audit records to the outbox (each becomes an Event with its
     tenant), so that they reach the bus like every other event.
     """
+    ReferencedObjects: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.ReferencedObjectsRequest, _metadata_service_pb2.ReferencedObjectsResponse]
+    """Which of these object keys an index row points to: how storage's
+    sweep tells orphaned objects from stored ones.
+    """
+    GetStatistics: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.GetStatisticsRequest, _metadata_service_pb2.GetStatisticsResponse]
+    """Counts from the index for the console's statistics: what the tenants
+    hold, what arrived per day and per modality, and the recent ingest rate.
+    """
+    ReplaceObject: _grpc.UnaryUnaryMultiCallable[_metadata_service_pb2.ReplaceObjectRequest, _metadata_service_pb2.ReplaceObjectResponse]
+    """Points an instance at a converted object in one transaction, if it
+    still points at expected_object_key: its location, header and pixel
+    layout follow the new object, the original transfer syntax and size
+    are kept, and an InstanceConverted event is written.
+    """
 
 @_typing.type_check_only
 class MetadataServiceAsyncStub(MetadataServiceStub):
@@ -87,6 +101,20 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     RecordAudit: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.RecordAuditRequest, _metadata_service_pb2.RecordAuditResponse]  # type: ignore[assignment]
     """Appends audit records to the outbox (each becomes an Event with its
     tenant), so that they reach the bus like every other event.
+    """
+    ReferencedObjects: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.ReferencedObjectsRequest, _metadata_service_pb2.ReferencedObjectsResponse]  # type: ignore[assignment]
+    """Which of these object keys an index row points to: how storage's
+    sweep tells orphaned objects from stored ones.
+    """
+    GetStatistics: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.GetStatisticsRequest, _metadata_service_pb2.GetStatisticsResponse]  # type: ignore[assignment]
+    """Counts from the index for the console's statistics: what the tenants
+    hold, what arrived per day and per modality, and the recent ingest rate.
+    """
+    ReplaceObject: _aio.UnaryUnaryMultiCallable[_metadata_service_pb2.ReplaceObjectRequest, _metadata_service_pb2.ReplaceObjectResponse]  # type: ignore[assignment]
+    """Points an instance at a converted object in one transaction, if it
+    still points at expected_object_key: its location, header and pixel
+    layout follow the new object, the original transfer syntax and size
+    are kept, and an InstanceConverted event is written.
     """
 
 class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -168,6 +196,38 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metadata_service_pb2.RecordAuditResponse, _abc.Awaitable[_metadata_service_pb2.RecordAuditResponse]]:
         """Appends audit records to the outbox (each becomes an Event with its
         tenant), so that they reach the bus like every other event.
+        """
+
+    @_abc_1.abstractmethod
+    def ReferencedObjects(
+        self,
+        request: _metadata_service_pb2.ReferencedObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_service_pb2.ReferencedObjectsResponse, _abc.Awaitable[_metadata_service_pb2.ReferencedObjectsResponse]]:
+        """Which of these object keys an index row points to: how storage's
+        sweep tells orphaned objects from stored ones.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatistics(
+        self,
+        request: _metadata_service_pb2.GetStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_service_pb2.GetStatisticsResponse, _abc.Awaitable[_metadata_service_pb2.GetStatisticsResponse]]:
+        """Counts from the index for the console's statistics: what the tenants
+        hold, what arrived per day and per modality, and the recent ingest rate.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplaceObject(
+        self,
+        request: _metadata_service_pb2.ReplaceObjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_service_pb2.ReplaceObjectResponse, _abc.Awaitable[_metadata_service_pb2.ReplaceObjectResponse]]:
+        """Points an instance at a converted object in one transaction, if it
+        still points at expected_object_key: its location, header and pixel
+        layout follow the new object, the original transfer syntax and size
+        are kept, and an InstanceConverted event is written.
         """
 
 def add_MetadataServiceServicer_to_server(servicer: MetadataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,31 +27,61 @@ from common.gen.dicomserver.v1 import dicom_pb2 as dicomserver_dot_v1_dot_dicom_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dicomserver/v1/storage_service.proto\x12\x0e\x64icomserver.v1\x1a\x1a\x64icomserver/v1/dicom.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n\tPutHeader\x12(\n\x03ref\x18\x01 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x15\n\rexpected_size\x18\x02 \x01(\x03\"R\n\nPutRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.PutHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"?\n\x0bPutResponse\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"@\n\nGetRequest\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"0\n\x0bGetResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"!\n\x0bStatRequest\x12\x12\n\nobject_key\x18\x01 \x01(\t\"^\n\x0cStatResponse\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12,\n\x08modified\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\rDeleteRequest\x12\x12\n\nobject_key\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xa0\x02\n\x0eStorageService\x12@\n\x03Put\x12\x1a.dicomserver.v1.PutRequest\x1a\x1b.dicomserver.v1.PutResponse(\x01\x12@\n\x03Get\x12\x1a.dicomserver.v1.GetRequest\x1a\x1b.dicomserver.v1.GetResponse0\x01\x12\x41\n\x04Stat\x12\x1b.dicomserver.v1.StatRequest\x1a\x1c.dicomserver.v1.StatResponse\x12G\n\x06\x44\x65lete\x12\x1d.dicomserver.v1.DeleteRequest\x1a\x1e.dicomserver.v1.DeleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$dicomserver/v1/storage_service.proto\x12\x0e\x64icomserver.v1\x1a\x1a\x64icomserver/v1/dicom.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"Z\n\x11GrantWriteRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12(\n\x03ref\x18\x02 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x0c\n\x04size\x18\x03 \x01(\x03\"S\n\x12GrantWriteResponse\x12*\n\x06grants\x18\x01 \x03(\x0b\x32\x1a.dicomserver.v1.WriteGrant\x12\x11\n\tneeds_ref\x18\x02 \x01(\x08\"\x9a\x01\n\nWriteGrant\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12+\n\x07\x65xpires\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\tfile_path\x18\x03 \x01(\tH\x00\x12.\n\x06upload\x18\x04 \x01(\x0b\x32\x1c.dicomserver.v1.UploadTargetH\x00\x42\x08\n\x06target\"h\n\x0cUploadTarget\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x11\n\tpart_urls\x18\x03 \x03(\t\x12\x11\n\tpart_size\x18\x04 \x01(\x03\x12\x11\n\tupload_id\x18\x05 \x01(\t\"\xa3\x01\n\x12\x43ommitWriteRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12(\n\x03ref\x18\x02 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\r\n\x05\x63rc32\x18\x04 \x01(\r\x12\r\n\x05\x65tags\x18\x05 \x03(\t\x12\x12\n\nobject_key\x18\x06 \x01(\t\x12\x11\n\tupload_id\x18\x07 \x01(\t\"7\n\x13\x43ommitWriteResponse\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"I\n\x13\x43ommitWritesRequest\x12\x32\n\x06writes\x18\x01 \x03(\x0b\x32\".dicomserver.v1.CommitWriteRequest\"\x86\x01\n\x0c\x43ommitResult\x12\x36\n\tcommitted\x18\x01 \x01(\x0b\x32#.dicomserver.v1.CommitWriteResponse\x12.\n\x07\x66\x61ilure\x18\x02 \x01(\x0e\x32\x1d.dicomserver.v1.CommitFailure\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\x14\x43ommitWritesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.dicomserver.v1.CommitResult\"\'\n\x10GrantReadRequest\x12\x13\n\x0bobject_keys\x18\x01 \x03(\t\">\n\x11GrantReadResponse\x12)\n\x06grants\x18\x01 \x03(\x0b\x32\x19.dicomserver.v1.ReadGrant\"|\n\tReadGrant\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12+\n\x07\x65xpires\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\tfile_path\x18\x03 \x01(\tH\x00\x12\r\n\x03url\x18\x04 \x01(\tH\x00\x42\n\n\x08location\"\'\n\x0cSweepRequest\x12\x17\n\x0fmin_age_seconds\x18\x01 \x01(\x03\"Z\n\rSweepResponse\x12\x17\n\x0fobjects_scanned\x18\x01 \x01(\x03\x12\x17\n\x0forphans_removed\x18\x02 \x01(\x03\x12\x17\n\x0fstaging_removed\x18\x03 \x01(\x03\"L\n\tPutHeader\x12(\n\x03ref\x18\x01 \x01(\x0b\x32\x1b.dicomserver.v1.InstanceRef\x12\x15\n\rexpected_size\x18\x02 \x01(\x03\"R\n\nPutRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.dicomserver.v1.PutHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"?\n\x0bPutResponse\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"@\n\nGetRequest\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\"0\n\x0bGetResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x03\"!\n\x0bStatRequest\x12\x12\n\nobject_key\x18\x01 \x01(\t\"^\n\x0cStatResponse\x12\x12\n\nobject_key\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12,\n\x08modified\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"#\n\rDeleteRequest\x12\x12\n\nobject_key\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\x89\x01\n\rCommitFailure\x12\x1e\n\x1a\x43OMMIT_FAILURE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OMMIT_FAILURE_NOT_FOUND\x10\x01\x12\x1a\n\x16\x43OMMIT_FAILURE_INVALID\x10\x02\x12\x1e\n\x1a\x43OMMIT_FAILURE_UNAVAILABLE\x10\x03\x32\xc0\x05\n\x0eStorageService\x12@\n\x03Put\x12\x1a.dicomserver.v1.PutRequest\x1a\x1b.dicomserver.v1.PutResponse(\x01\x12@\n\x03Get\x12\x1a.dicomserver.v1.GetRequest\x1a\x1b.dicomserver.v1.GetResponse0\x01\x12\x41\n\x04Stat\x12\x1b.dicomserver.v1.StatRequest\x1a\x1c.dicomserver.v1.StatResponse\x12G\n\x06\x44\x65lete\x12\x1d.dicomserver.v1.DeleteRequest\x1a\x1e.dicomserver.v1.DeleteResponse\x12S\n\nGrantWrite\x12!.dicomserver.v1.GrantWriteRequest\x1a\".dicomserver.v1.GrantWriteResponse\x12V\n\x0b\x43ommitWrite\x12\".dicomserver.v1.CommitWriteRequest\x1a#.dicomserver.v1.CommitWriteResponse\x12Y\n\x0c\x43ommitWrites\x12#.dicomserver.v1.CommitWritesRequest\x1a$.dicomserver.v1.CommitWritesResponse\x12P\n\tGrantRead\x12 .dicomserver.v1.GrantReadRequest\x1a!.dicomserver.v1.GrantReadResponse\x12\x44\n\x05Sweep\x12\x1c.dicomserver.v1.SweepRequest\x1a\x1d.dicomserver.v1.SweepResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dicomserver.v1.storage_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PUTHEADER']._serialized_start=117
-  _globals['_PUTHEADER']._serialized_end=193
-  _globals['_PUTREQUEST']._serialized_start=195
-  _globals['_PUTREQUEST']._serialized_end=277
-  _globals['_PUTRESPONSE']._serialized_start=279
-  _globals['_PUTRESPONSE']._serialized_end=342
-  _globals['_GETREQUEST']._serialized_start=344
-  _globals['_GETREQUEST']._serialized_end=408
-  _globals['_GETRESPONSE']._serialized_start=410
-  _globals['_GETRESPONSE']._serialized_end=458
-  _globals['_STATREQUEST']._serialized_start=460
-  _globals['_STATREQUEST']._serialized_end=493
-  _globals['_STATRESPONSE']._serialized_start=495
-  _globals['_STATRESPONSE']._serialized_end=589
-  _globals['_DELETEREQUEST']._serialized_start=591
-  _globals['_DELETEREQUEST']._serialized_end=626
-  _globals['_DELETERESPONSE']._serialized_start=628
-  _globals['_DELETERESPONSE']._serialized_end=661
-  _globals['_STORAGESERVICE']._serialized_start=664
-  _globals['_STORAGESERVICE']._serialized_end=952
+  _globals['_COMMITFAILURE']._serialized_start=1974
+  _globals['_COMMITFAILURE']._serialized_end=2111
+  _globals['_GRANTWRITEREQUEST']._serialized_start=117
+  _globals['_GRANTWRITEREQUEST']._serialized_end=207
+  _globals['_GRANTWRITERESPONSE']._serialized_start=209
+  _globals['_GRANTWRITERESPONSE']._serialized_end=292
+  _globals['_WRITEGRANT']._serialized_start=295
+  _globals['_WRITEGRANT']._serialized_end=449
+  _globals['_UPLOADTARGET']._serialized_start=451
+  _globals['_UPLOADTARGET']._serialized_end=555
+  _globals['_COMMITWRITEREQUEST']._serialized_start=558
+  _globals['_COMMITWRITEREQUEST']._serialized_end=721
+  _globals['_COMMITWRITERESPONSE']._serialized_start=723
+  _globals['_COMMITWRITERESPONSE']._serialized_end=778
+  _globals['_COMMITWRITESREQUEST']._serialized_start=780
+  _globals['_COMMITWRITESREQUEST']._serialized_end=853
+  _globals['_COMMITRESULT']._serialized_start=856
+  _globals['_COMMITRESULT']._serialized_end=990
+  _globals['_COMMITWRITESRESPONSE']._serialized_start=992
+  _globals['_COMMITWRITESRESPONSE']._serialized_end=1061
+  _globals['_GRANTREADREQUEST']._serialized_start=1063
+  _globals['_GRANTREADREQUEST']._serialized_end=1102
+  _globals['_GRANTREADRESPONSE']._serialized_start=1104
+  _globals['_GRANTREADRESPONSE']._serialized_end=1166
+  _globals['_READGRANT']._serialized_start=1168
+  _globals['_READGRANT']._serialized_end=1292
+  _globals['_SWEEPREQUEST']._serialized_start=1294
+  _globals['_SWEEPREQUEST']._serialized_end=1333
+  _globals['_SWEEPRESPONSE']._serialized_start=1335
+  _globals['_SWEEPRESPONSE']._serialized_end=1425
+  _globals['_PUTHEADER']._serialized_start=1427
+  _globals['_PUTHEADER']._serialized_end=1503
+  _globals['_PUTREQUEST']._serialized_start=1505
+  _globals['_PUTREQUEST']._serialized_end=1587
+  _globals['_PUTRESPONSE']._serialized_start=1589
+  _globals['_PUTRESPONSE']._serialized_end=1652
+  _globals['_GETREQUEST']._serialized_start=1654
+  _globals['_GETREQUEST']._serialized_end=1718
+  _globals['_GETRESPONSE']._serialized_start=1720
+  _globals['_GETRESPONSE']._serialized_end=1768
+  _globals['_STATREQUEST']._serialized_start=1770
+  _globals['_STATREQUEST']._serialized_end=1803
+  _globals['_STATRESPONSE']._serialized_start=1805
+  _globals['_STATRESPONSE']._serialized_end=1899
+  _globals['_DELETEREQUEST']._serialized_start=1901
+  _globals['_DELETEREQUEST']._serialized_end=1936
+  _globals['_DELETERESPONSE']._serialized_start=1938
+  _globals['_DELETERESPONSE']._serialized_end=1971
+  _globals['_STORAGESERVICE']._serialized_start=2114
+  _globals['_STORAGESERVICE']._serialized_end=2818
 # @@protoc_insertion_point(module_scope)

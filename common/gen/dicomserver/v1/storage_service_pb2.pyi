@@ -4,10 +4,13 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from common.gen.dicomserver.v1 import dicom_pb2 as _dicom_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +21,427 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CommitFailure:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CommitFailureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommitFailure.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMMIT_FAILURE_UNSPECIFIED: _CommitFailure.ValueType  # 0
+    COMMIT_FAILURE_NOT_FOUND: _CommitFailure.ValueType  # 1
+    """Nothing is staged under the grant (never written, or swept)."""
+    COMMIT_FAILURE_INVALID: _CommitFailure.ValueType  # 2
+    """The staged bytes do not match the size or checksum, or the ref is invalid."""
+    COMMIT_FAILURE_UNAVAILABLE: _CommitFailure.ValueType  # 3
+    """The store could not make it durable."""
+
+class CommitFailure(_CommitFailure, metaclass=_CommitFailureEnumTypeWrapper):
+    """Why one write of a batch was not committed, as CommitWrite's status would say."""
+
+COMMIT_FAILURE_UNSPECIFIED: CommitFailure.ValueType  # 0
+COMMIT_FAILURE_NOT_FOUND: CommitFailure.ValueType  # 1
+"""Nothing is staged under the grant (never written, or swept)."""
+COMMIT_FAILURE_INVALID: CommitFailure.ValueType  # 2
+"""The staged bytes do not match the size or checksum, or the ref is invalid."""
+COMMIT_FAILURE_UNAVAILABLE: CommitFailure.ValueType  # 3
+"""The store could not make it durable."""
+Global___CommitFailure: _TypeAlias = CommitFailure  # noqa: Y015
+
+@_typing.final
+class GrantWriteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many writes to grant (staging files are handed out in batches)."""
+    size: _builtins.int
+    """Its size in bytes, with ref: larger objects go up in parts."""
+    @_builtins.property
+    def ref(self) -> _dicom_pb2.InstanceRef:
+        """The object to be written, when the backend needs its key up front
+        (bucket uploads go straight to their key); then count is 1.
+        """
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        ref: _dicom_pb2.InstanceRef | None = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "ref", b"ref", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantWriteRequest: _TypeAlias = GrantWriteRequest  # noqa: Y015
+
+@_typing.final
+class GrantWriteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    NEEDS_REF_FIELD_NUMBER: _builtins.int
+    needs_ref: _builtins.bool
+    """Set when this store grants a write only for a known ref and size
+    (bucket uploads): spool the object, then ask again with them.
+    """
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteGrant]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___WriteGrant] | None = ...,
+        needs_ref: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants", "needs_ref", b"needs_ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantWriteResponse: _TypeAlias = GrantWriteResponse  # noqa: Y015
+
+@_typing.final
+class WriteGrant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    FILE_PATH_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """Names the write in CommitWrite."""
+    file_path: _builtins.str
+    """Write the object into this file (created, empty), then close it."""
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp:
+        """Uncommitted writes are swept some time after this."""
+
+    @_builtins.property
+    def upload(self) -> Global___UploadTarget: ...
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+        file_path: _builtins.str = ...,
+        upload: Global___UploadTarget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "file_path", b"file_path", "target", b"target", "upload", b"upload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "file_path", b"file_path", "grant_id", b"grant_id", "target", b"target", "upload", b"upload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["file_path", "upload"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___WriteGrant: _TypeAlias = WriteGrant  # noqa: Y015
+
+@_typing.final
+class UploadTarget(_message.Message):
+    """A presigned upload to the object store: one PUT of the whole object to
+    url, or, with part_urls, each part_size slice (the last one shorter) to
+    its URL, in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    PART_URLS_FIELD_NUMBER: _builtins.int
+    PART_SIZE_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    object_key: _builtins.str
+    url: _builtins.str
+    part_size: _builtins.int
+    upload_id: _builtins.str
+    """Names the multipart upload, for CommitWrite."""
+    @_builtins.property
+    def part_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        object_key: _builtins.str = ...,
+        url: _builtins.str = ...,
+        part_urls: _abc.Iterable[_builtins.str] | None = ...,
+        part_size: _builtins.int = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_key", b"object_key", "part_size", b"part_size", "part_urls", b"part_urls", "upload_id", b"upload_id", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadTarget: _TypeAlias = UploadTarget  # noqa: Y015
+
+@_typing.final
+class CommitWriteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CRC32_FIELD_NUMBER: _builtins.int
+    ETAGS_FIELD_NUMBER: _builtins.int
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    size: _builtins.int
+    """What the writer wrote: the commit fails unless the stored bytes match."""
+    crc32: _builtins.int
+    """CRC-32 (zlib's) of the bytes, for staging files."""
+    object_key: _builtins.str
+    upload_id: _builtins.str
+    @_builtins.property
+    def ref(self) -> _dicom_pb2.InstanceRef:
+        """The instance written; a staging file's key is derived from it now."""
+
+    @_builtins.property
+    def etags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Bucket uploads: the ETag of each part (or of the one PUT), in order,
+        and the upload target's object key and upload id.
+        """
+
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        ref: _dicom_pb2.InstanceRef | None = ...,
+        size: _builtins.int = ...,
+        crc32: _builtins.int = ...,
+        etags: _abc.Iterable[_builtins.str] | None = ...,
+        object_key: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crc32", b"crc32", "etags", b"etags", "grant_id", b"grant_id", "object_key", b"object_key", "ref", b"ref", "size", b"size", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitWriteRequest: _TypeAlias = CommitWriteRequest  # noqa: Y015
+
+@_typing.final
+class CommitWriteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    object_key: _builtins.str
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        object_key: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_key", b"object_key", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitWriteResponse: _TypeAlias = CommitWriteResponse  # noqa: Y015
+
+@_typing.final
+class CommitWritesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def writes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitWriteRequest]: ...
+    def __init__(
+        self,
+        *,
+        writes: _abc.Iterable[Global___CommitWriteRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["writes", b"writes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitWritesRequest: _TypeAlias = CommitWritesRequest  # noqa: Y015
+
+@_typing.final
+class CommitResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    failure: Global___CommitFailure.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def committed(self) -> Global___CommitWriteResponse:
+        """Set when the write was committed."""
+
+    def __init__(
+        self,
+        *,
+        committed: Global___CommitWriteResponse | None = ...,
+        failure: Global___CommitFailure.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "failure", b"failure", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitResult: _TypeAlias = CommitResult  # noqa: Y015
+
+@_typing.final
+class CommitWritesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitResult]:
+        """One per write, in request order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CommitResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitWritesResponse: _TypeAlias = CommitWritesResponse  # noqa: Y015
+
+@_typing.final
+class GrantReadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        object_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_keys", b"object_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantReadRequest: _TypeAlias = GrantReadRequest  # noqa: Y015
+
+@_typing.final
+class GrantReadResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReadGrant]:
+        """One per requested key, in order."""
+
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___ReadGrant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantReadResponse: _TypeAlias = GrantReadResponse  # noqa: Y015
+
+@_typing.final
+class ReadGrant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_KEY_FIELD_NUMBER: _builtins.int
+    EXPIRES_FIELD_NUMBER: _builtins.int
+    FILE_PATH_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    object_key: _builtins.str
+    file_path: _builtins.str
+    """A file the caller opens and reads (ranges with seek)."""
+    url: _builtins.str
+    """A presigned GET; ranges with an HTTP Range header."""
+    @_builtins.property
+    def expires(self) -> _timestamp_pb2.Timestamp:
+        """Valid until then (presigned URLs expire; files do not move)."""
+
+    def __init__(
+        self,
+        *,
+        object_key: _builtins.str = ...,
+        expires: _timestamp_pb2.Timestamp | None = ...,
+        file_path: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "file_path", b"file_path", "location", b"location", "url", b"url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "file_path", b"file_path", "location", b"location", "object_key", b"object_key", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_location: _TypeAlias = _typing.Literal["file_path", "url"]  # noqa: Y015
+    _WhichOneofArgType_location: _TypeAlias = _typing.Literal["location", b"location"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_location) -> _WhichOneofReturnType_location | None: ...
+
+Global___ReadGrant: _TypeAlias = ReadGrant  # noqa: Y015
+
+@_typing.final
+class SweepRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    min_age_seconds: _builtins.int
+    """Only staging writes and unreferenced objects at least this old go
+    (0: the service's default, which leaves in-flight writes alone).
+    """
+    def __init__(
+        self,
+        *,
+        min_age_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_age_seconds", b"min_age_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepRequest: _TypeAlias = SweepRequest  # noqa: Y015
+
+@_typing.final
+class SweepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECTS_SCANNED_FIELD_NUMBER: _builtins.int
+    ORPHANS_REMOVED_FIELD_NUMBER: _builtins.int
+    STAGING_REMOVED_FIELD_NUMBER: _builtins.int
+    objects_scanned: _builtins.int
+    orphans_removed: _builtins.int
+    staging_removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        objects_scanned: _builtins.int = ...,
+        orphans_removed: _builtins.int = ...,
+        staging_removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["objects_scanned", b"objects_scanned", "orphans_removed", b"orphans_removed", "staging_removed", b"staging_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SweepResponse: _TypeAlias = SweepResponse  # noqa: Y015
 
 @_typing.final
 class PutHeader(_message.Message):

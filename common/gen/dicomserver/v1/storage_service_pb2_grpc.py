@@ -30,6 +30,11 @@ class StorageServiceStub:
     """Object bytes. Keys are derived by the service from the tenant and the
     instance UIDs plus a generation, so a new upload never touches the bytes an
     index row points to; a caller never chooses a path.
+
+    The edges move object bytes themselves, under grants: they write into a
+    staging file (or a presigned upload) that CommitWrite makes durable and
+    visible, and read at the location GrantRead names. Put and Get stream the
+    bytes through this service, for internal callers without direct access.
     """
 
     def __init__(self, channel):
@@ -58,12 +63,42 @@ class StorageServiceStub:
                 request_serializer=dicomserver_dot_v1_dot_storage__service__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.GrantWrite = channel.unary_unary(
+                '/dicomserver.v1.StorageService/GrantWrite',
+                request_serializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantWriteRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantWriteResponse.FromString,
+                _registered_method=True)
+        self.CommitWrite = channel.unary_unary(
+                '/dicomserver.v1.StorageService/CommitWrite',
+                request_serializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWriteRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWriteResponse.FromString,
+                _registered_method=True)
+        self.CommitWrites = channel.unary_unary(
+                '/dicomserver.v1.StorageService/CommitWrites',
+                request_serializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWritesRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWritesResponse.FromString,
+                _registered_method=True)
+        self.GrantRead = channel.unary_unary(
+                '/dicomserver.v1.StorageService/GrantRead',
+                request_serializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantReadRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantReadResponse.FromString,
+                _registered_method=True)
+        self.Sweep = channel.unary_unary(
+                '/dicomserver.v1.StorageService/Sweep',
+                request_serializer=dicomserver_dot_v1_dot_storage__service__pb2.SweepRequest.SerializeToString,
+                response_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.SweepResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
     """Object bytes. Keys are derived by the service from the tenant and the
     instance UIDs plus a generation, so a new upload never touches the bytes an
     index row points to; a caller never chooses a path.
+
+    The edges move object bytes themselves, under grants: they write into a
+    staging file (or a presigned upload) that CommitWrite makes durable and
+    visible, and read at the location GrantRead names. Put and Get stream the
+    bytes through this service, for internal callers without direct access.
     """
 
     def Put(self, request_iterator, context):
@@ -93,6 +128,47 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantWrite(self, request, context):
+        """Where the caller may write new objects. Nothing written there is
+        visible until committed; what is never committed is swept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitWrite(self, request, context):
+        """Makes one granted write durable and visible under its key, after
+        checking its size and checksum (filesystem: fsync and rename; bucket:
+        the upload is complete and matches).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitWrites(self, request, context):
+        """Several commits at once (concurrent stores of one edge): each checked
+        and made durable as CommitWrite would, their fsyncs issued together.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantRead(self, request, context):
+        """Where the caller may read stored objects itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sweep(self, request, context):
+        """Removes stale staging writes and objects no index row points to
+        (asking the metadata service), older than a minimum age. It also runs
+        periodically on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +192,31 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     request_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.DeleteRequest.FromString,
                     response_serializer=dicomserver_dot_v1_dot_storage__service__pb2.DeleteResponse.SerializeToString,
             ),
+            'GrantWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantWrite,
+                    request_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantWriteRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantWriteResponse.SerializeToString,
+            ),
+            'CommitWrite': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitWrite,
+                    request_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWriteRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWriteResponse.SerializeToString,
+            ),
+            'CommitWrites': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitWrites,
+                    request_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWritesRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_storage__service__pb2.CommitWritesResponse.SerializeToString,
+            ),
+            'GrantRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantRead,
+                    request_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantReadRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_storage__service__pb2.GrantReadResponse.SerializeToString,
+            ),
+            'Sweep': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sweep,
+                    request_deserializer=dicomserver_dot_v1_dot_storage__service__pb2.SweepRequest.FromString,
+                    response_serializer=dicomserver_dot_v1_dot_storage__service__pb2.SweepResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'dicomserver.v1.StorageService', rpc_method_handlers)
@@ -128,6 +229,11 @@ class StorageService:
     """Object bytes. Keys are derived by the service from the tenant and the
     instance UIDs plus a generation, so a new upload never touches the bytes an
     index row points to; a caller never chooses a path.
+
+    The edges move object bytes themselves, under grants: they write into a
+    staging file (or a presigned upload) that CommitWrite makes durable and
+    visible, and read at the location GrantRead names. Put and Get stream the
+    bytes through this service, for internal callers without direct access.
     """
 
     @staticmethod
@@ -228,6 +334,141 @@ class StorageService:
             '/dicomserver.v1.StorageService/Delete',
             dicomserver_dot_v1_dot_storage__service__pb2.DeleteRequest.SerializeToString,
             dicomserver_dot_v1_dot_storage__service__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.StorageService/GrantWrite',
+            dicomserver_dot_v1_dot_storage__service__pb2.GrantWriteRequest.SerializeToString,
+            dicomserver_dot_v1_dot_storage__service__pb2.GrantWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitWrite(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.StorageService/CommitWrite',
+            dicomserver_dot_v1_dot_storage__service__pb2.CommitWriteRequest.SerializeToString,
+            dicomserver_dot_v1_dot_storage__service__pb2.CommitWriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitWrites(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.StorageService/CommitWrites',
+            dicomserver_dot_v1_dot_storage__service__pb2.CommitWritesRequest.SerializeToString,
+            dicomserver_dot_v1_dot_storage__service__pb2.CommitWritesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.StorageService/GrantRead',
+            dicomserver_dot_v1_dot_storage__service__pb2.GrantReadRequest.SerializeToString,
+            dicomserver_dot_v1_dot_storage__service__pb2.GrantReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sweep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dicomserver.v1.StorageService/Sweep',
+            dicomserver_dot_v1_dot_storage__service__pb2.SweepRequest.SerializeToString,
+            dicomserver_dot_v1_dot_storage__service__pb2.SweepResponse.FromString,
             options,
             channel_credentials,
             insecure,

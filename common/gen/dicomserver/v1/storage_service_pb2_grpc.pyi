@@ -31,6 +31,11 @@ class StorageServiceStub:
     """Object bytes. Keys are derived by the service from the tenant and the
     instance UIDs plus a generation, so a new upload never touches the bytes an
     index row points to; a caller never chooses a path.
+
+    The edges move object bytes themselves, under grants: they write into a
+    staging file (or a presigned upload) that CommitWrite makes durable and
+    visible, and read at the location GrantRead names. Put and Get stream the
+    bytes through this service, for internal callers without direct access.
     """
 
     @_typing.overload
@@ -45,12 +50,37 @@ class StorageServiceStub:
     """Streams one object out, optionally a byte range of it."""
     Stat: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.StatRequest, _storage_service_pb2.StatResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteRequest, _storage_service_pb2.DeleteResponse]
+    GrantWrite: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.GrantWriteRequest, _storage_service_pb2.GrantWriteResponse]
+    """Where the caller may write new objects. Nothing written there is
+    visible until committed; what is never committed is swept.
+    """
+    CommitWrite: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.CommitWriteRequest, _storage_service_pb2.CommitWriteResponse]
+    """Makes one granted write durable and visible under its key, after
+    checking its size and checksum (filesystem: fsync and rename; bucket:
+    the upload is complete and matches).
+    """
+    CommitWrites: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.CommitWritesRequest, _storage_service_pb2.CommitWritesResponse]
+    """Several commits at once (concurrent stores of one edge): each checked
+    and made durable as CommitWrite would, their fsyncs issued together.
+    """
+    GrantRead: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.GrantReadRequest, _storage_service_pb2.GrantReadResponse]
+    """Where the caller may read stored objects itself."""
+    Sweep: _grpc.UnaryUnaryMultiCallable[_storage_service_pb2.SweepRequest, _storage_service_pb2.SweepResponse]
+    """Removes stale staging writes and objects no index row points to
+    (asking the metadata service), older than a minimum age. It also runs
+    periodically on its own.
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
     """Object bytes. Keys are derived by the service from the tenant and the
     instance UIDs plus a generation, so a new upload never touches the bytes an
     index row points to; a caller never chooses a path.
+
+    The edges move object bytes themselves, under grants: they write into a
+    staging file (or a presigned upload) that CommitWrite makes durable and
+    visible, and read at the location GrantRead names. Put and Get stream the
+    bytes through this service, for internal callers without direct access.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -62,11 +92,36 @@ class StorageServiceAsyncStub(StorageServiceStub):
     """Streams one object out, optionally a byte range of it."""
     Stat: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.StatRequest, _storage_service_pb2.StatResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.DeleteRequest, _storage_service_pb2.DeleteResponse]  # type: ignore[assignment]
+    GrantWrite: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.GrantWriteRequest, _storage_service_pb2.GrantWriteResponse]  # type: ignore[assignment]
+    """Where the caller may write new objects. Nothing written there is
+    visible until committed; what is never committed is swept.
+    """
+    CommitWrite: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.CommitWriteRequest, _storage_service_pb2.CommitWriteResponse]  # type: ignore[assignment]
+    """Makes one granted write durable and visible under its key, after
+    checking its size and checksum (filesystem: fsync and rename; bucket:
+    the upload is complete and matches).
+    """
+    CommitWrites: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.CommitWritesRequest, _storage_service_pb2.CommitWritesResponse]  # type: ignore[assignment]
+    """Several commits at once (concurrent stores of one edge): each checked
+    and made durable as CommitWrite would, their fsyncs issued together.
+    """
+    GrantRead: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.GrantReadRequest, _storage_service_pb2.GrantReadResponse]  # type: ignore[assignment]
+    """Where the caller may read stored objects itself."""
+    Sweep: _aio.UnaryUnaryMultiCallable[_storage_service_pb2.SweepRequest, _storage_service_pb2.SweepResponse]  # type: ignore[assignment]
+    """Removes stale staging writes and objects no index row points to
+    (asking the metadata service), older than a minimum age. It also runs
+    periodically on its own.
+    """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Object bytes. Keys are derived by the service from the tenant and the
     instance UIDs plus a generation, so a new upload never touches the bytes an
     index row points to; a caller never chooses a path.
+
+    The edges move object bytes themselves, under grants: they write into a
+    staging file (or a presigned upload) that CommitWrite makes durable and
+    visible, and read at the location GrantRead names. Put and Get stream the
+    bytes through this service, for internal callers without direct access.
     """
 
     @_abc_1.abstractmethod
@@ -100,5 +155,55 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_service_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_service_pb2.DeleteResponse, _abc.Awaitable[_storage_service_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GrantWrite(
+        self,
+        request: _storage_service_pb2.GrantWriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.GrantWriteResponse, _abc.Awaitable[_storage_service_pb2.GrantWriteResponse]]:
+        """Where the caller may write new objects. Nothing written there is
+        visible until committed; what is never committed is swept.
+        """
+
+    @_abc_1.abstractmethod
+    def CommitWrite(
+        self,
+        request: _storage_service_pb2.CommitWriteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.CommitWriteResponse, _abc.Awaitable[_storage_service_pb2.CommitWriteResponse]]:
+        """Makes one granted write durable and visible under its key, after
+        checking its size and checksum (filesystem: fsync and rename; bucket:
+        the upload is complete and matches).
+        """
+
+    @_abc_1.abstractmethod
+    def CommitWrites(
+        self,
+        request: _storage_service_pb2.CommitWritesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.CommitWritesResponse, _abc.Awaitable[_storage_service_pb2.CommitWritesResponse]]:
+        """Several commits at once (concurrent stores of one edge): each checked
+        and made durable as CommitWrite would, their fsyncs issued together.
+        """
+
+    @_abc_1.abstractmethod
+    def GrantRead(
+        self,
+        request: _storage_service_pb2.GrantReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.GrantReadResponse, _abc.Awaitable[_storage_service_pb2.GrantReadResponse]]:
+        """Where the caller may read stored objects itself."""
+
+    @_abc_1.abstractmethod
+    def Sweep(
+        self,
+        request: _storage_service_pb2.SweepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_service_pb2.SweepResponse, _abc.Awaitable[_storage_service_pb2.SweepResponse]]:
+        """Removes stale staging writes and objects no index row points to
+        (asking the metadata service), older than a minimum age. It also runs
+        periodically on its own.
+        """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
