@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
@@ -116,7 +116,7 @@ def _sanitize(out: Record) -> None:
         out.outcome = Record.OUTCOME_UNSPECIFIED
     if not out.HasField("time") or not (_MIN_SECONDS <= out.time.seconds <= _MAX_SECONDS
                                         and 0 <= out.time.nanos < 1_000_000_000):
-        out.time.FromDatetime(datetime.now(timezone.utc))
+        out.time.FromDatetime(datetime.now(UTC))
 
 
 def _enum(enum: Any, prefix: str, value: Any) -> Any:
@@ -138,7 +138,7 @@ def build(record: Record | None = None, **fields: Any) -> Record:
             continue
         if name == "time":
             if isinstance(value, datetime):
-                out.time.FromDatetime(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+                out.time.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
             else:
                 out.time.CopyFrom(value)
         elif name == "action":
@@ -180,6 +180,10 @@ class AuditLog:
         self._queue: deque[Record] = deque()
         self._inflight = 0
         self._oldest_at = 0.0  # monotonic time the oldest queued record arrived
+        # flush() callers waiting: while any is, whatever is queued is due now.
+        # (A time of 0.0 is no way to say "due now": the monotonic clock
+        # starts near zero when the machine boots.)
+        self._flushing = 0
         self._closing = False
         self._deadline = 0.0
         self._thread: threading.Thread | None = None
@@ -240,13 +244,16 @@ class AuditLog:
         up on); False when that took longer than `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            self._oldest_at = 0.0  # due now
+            self._flushing += 1
             self._cond.notify_all()
-            while self._queue or self._inflight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+            try:
+                while self._queue or self._inflight:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = 5.0) -> None:
@@ -293,7 +300,8 @@ class AuditLog:
         with self._counts:
             self.dropped += n
             total = self.dropped
-            warn = now - self._warned_at.get(reason, -1e9) >= 60
+            last = self._warned_at.get(reason)
+            warn = last is None or now - last >= 60
             if warn:
                 self._warned_at[reason] = now
         if warn:
@@ -307,7 +315,7 @@ class AuditLog:
                     if not self._queue or time.monotonic() >= self._deadline:
                         return None
                     break
-                if len(self._queue) >= self.batch_size:
+                if len(self._queue) >= self.batch_size or (self._queue and self._flushing):
                     break
                 if self._queue:
                     due = self._oldest_at + self.flush_interval - time.monotonic()

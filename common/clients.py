@@ -13,14 +13,42 @@ from common import observability, tls
 from common.errors import from_rpc_error
 from common.gen.dicomserver.v1 import (
     auth_service_pb2 as auth_pb,
+)
+from common.gen.dicomserver.v1 import (
     auth_service_pb2_grpc as auth_grpc,
+)
+from common.gen.dicomserver.v1 import (
     dicom_pb2,
     events_pb2,
+)
+from common.gen.dicomserver.v1 import (
+    eventbus_service_pb2 as eb_pb,
+)
+from common.gen.dicomserver.v1 import (
+    eventbus_service_pb2_grpc as eb_grpc,
+)
+from common.gen.dicomserver.v1 import (
     ingest_service_pb2 as ingest_pb,
+)
+from common.gen.dicomserver.v1 import (
     ingest_service_pb2_grpc as ingest_grpc,
+)
+from common.gen.dicomserver.v1 import (
     metadata_service_pb2 as md_pb,
+)
+from common.gen.dicomserver.v1 import (
     metadata_service_pb2_grpc as md_grpc,
+)
+from common.gen.dicomserver.v1 import (
+    routing_service_pb2 as routing_pb,
+)
+from common.gen.dicomserver.v1 import (
+    routing_service_pb2_grpc as routing_grpc,
+)
+from common.gen.dicomserver.v1 import (
     storage_service_pb2 as st_pb,
+)
+from common.gen.dicomserver.v1 import (
     storage_service_pb2_grpc as st_grpc,
 )
 from common.grpc_server import CHANNEL_OPTIONS
@@ -92,6 +120,27 @@ class StorageClient:
     def delete(self, object_key: str) -> bool:
         return self._stub.Delete(st_pb.DeleteRequest(object_key=object_key)).deleted
 
+    @_translate
+    def grant_write(self, count: int = 1, ref: dicom_pb2.InstanceRef | None = None,
+                    size: int = 0) -> st_pb.GrantWriteResponse:
+        return self._stub.GrantWrite(st_pb.GrantWriteRequest(count=count, ref=ref, size=size))
+
+    @_translate
+    def commit_write(self, request: st_pb.CommitWriteRequest) -> st_pb.CommitWriteResponse:
+        return self._stub.CommitWrite(request)
+
+    @_translate
+    def commit_writes(self, requests: Iterable[st_pb.CommitWriteRequest]) -> list[st_pb.CommitResult]:
+        return list(self._stub.CommitWrites(st_pb.CommitWritesRequest(writes=list(requests))).results)
+
+    @_translate
+    def grant_read(self, object_keys: Iterable[str]) -> list[st_pb.ReadGrant]:
+        return list(self._stub.GrantRead(st_pb.GrantReadRequest(object_keys=list(object_keys))).grants)
+
+    @_translate
+    def sweep(self, min_age_seconds: int = 0, timeout: float = 600.0) -> st_pb.SweepResponse:
+        return self._stub.Sweep(st_pb.SweepRequest(min_age_seconds=min_age_seconds), timeout=timeout)
+
 
 class MetadataClient:
     def __init__(self, ch: grpc.Channel) -> None:
@@ -140,6 +189,28 @@ class MetadataClient:
         self._stub.RecordAudit(md_pb.RecordAuditRequest(records=list(records)), timeout=timeout)
 
     @_translate
+    def referenced_objects(self, object_keys: Iterable[str]) -> list[str]:
+        """The keys among `object_keys` that an index row points to."""
+        req = md_pb.ReferencedObjectsRequest(object_keys=list(object_keys))
+        return list(self._stub.ReferencedObjects(req).object_keys)
+
+    @_translate
+    def read_outbox_latest(self, timeout: float = 10.0) -> int:
+        """The newest outbox sequence."""
+        req = md_pb.ReadOutboxRequest(after_sequence=2**62, limit=1)
+        return int(self._stub.ReadOutbox(req, timeout=timeout).latest_sequence)
+
+    @_translate
+    def statistics(self, tenants: Iterable[str], days: int = 0, timeout: float = 30.0) -> md_pb.GetStatisticsResponse:
+        return self._stub.GetStatistics(md_pb.GetStatisticsRequest(tenants=list(tenants), days=days), timeout=timeout)
+
+    @_translate
+    def replace_object(self, record: md_pb.InstanceRecord, expected_object_key: str) -> md_pb.ReplaceObjectResponse:
+        """Points the record's instance at its (converted) object if it still points at `expected_object_key`."""
+        return self._stub.ReplaceObject(md_pb.ReplaceObjectRequest(record=record,
+                                                                   expected_object_key=expected_object_key))
+
+    @_translate
     def read_change_feed(self, tenant: str, after: int = 0, limit: int = 100) -> md_pb.ReadChangeFeedResponse:
         return self._stub.ReadChangeFeed(md_pb.ReadChangeFeedRequest(tenant=tenant, after_sequence=after, limit=limit))
 
@@ -186,15 +257,78 @@ class IngestClient:
     def __init__(self, ch: grpc.Channel) -> None:
         self._stub = ingest_grpc.IngestServiceStub(ch)
 
-    @_translate
     def store(self, options: ingest_pb.StoreOptions, instances: Iterable[bytes]) -> list[ingest_pb.InstanceOutcome]:
         """Stores Part 10 objects; one outcome per object, in order."""
+        return self.store_chunked(options, ([data] for data in instances))
+
+    @_translate
+    def store_chunked(
+        self, options: ingest_pb.StoreOptions, instances: Iterable[Iterable[bytes]]
+    ) -> list[ingest_pb.InstanceOutcome]:
+        """Stores Part 10 objects, each given as its pieces (read as they are
+        sent, so a large file is never held whole); one outcome per object."""
 
         def requests() -> Iterator[ingest_pb.StoreInstancesRequest]:
             yield ingest_pb.StoreInstancesRequest(options=options)
-            for data in instances:
-                for i in range(0, len(data), CHUNK):
-                    yield ingest_pb.StoreInstancesRequest(chunk=data[i : i + CHUNK])
+            for pieces in instances:
+                for data in pieces:
+                    for i in range(0, len(data), CHUNK):
+                        yield ingest_pb.StoreInstancesRequest(chunk=data[i : i + CHUNK])
                 yield ingest_pb.StoreInstancesRequest(end_of_instance=True)
 
         return list(self._stub.StoreInstances(requests()).outcomes)
+
+    @_translate
+    def list_peers(self, tenant: str, timeout: float = 10.0) -> list[ingest_pb.PeerInfo]:
+        return list(self._stub.ListPeers(ingest_pb.ListPeersRequest(tenant=tenant), timeout=timeout).peers)
+
+    def send_to_peer(self, request: ingest_pb.SendToPeerRequest) -> Iterator[ingest_pb.SendToPeerResponse]:
+        """Progress messages until one with done; errors surface on iteration."""
+        try:
+            yield from self._stub.SendToPeer(request)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+
+class EventBusClient:
+    def __init__(self, ch: grpc.Channel) -> None:
+        self._stub = eb_grpc.EventBusServiceStub(ch)
+
+    @_translate
+    def status(self, timeout: float = 10.0) -> eb_pb.GetStatusResponse:
+        return self._stub.GetStatus(eb_pb.GetStatusRequest(), timeout=timeout)
+
+    @_translate
+    def audit_statistics(self, tenants: Iterable[str], days: int = 0, top: int = 0,
+                         timeout: float = 30.0) -> eb_pb.GetAuditStatisticsResponse:
+        req = eb_pb.GetAuditStatisticsRequest(tenants=list(tenants), days=days, top=top)
+        return self._stub.GetAuditStatistics(req, timeout=timeout)
+
+
+class RoutingClient:
+    """The event bus's RoutingService: manual sends and routing dead letters."""
+
+    def __init__(self, ch: grpc.Channel, timeout: float = 10.0) -> None:
+        self._stub = routing_grpc.RoutingServiceStub(ch)
+        self._timeout = timeout
+
+    @_translate
+    def list_destinations(self, tenant: str) -> list[routing_pb.RoutingDestination]:
+        req = routing_pb.ListDestinationsRequest(tenant=tenant)
+        return list(self._stub.ListDestinations(req, timeout=self._timeout).destinations)
+
+    @_translate
+    def send(self, request: routing_pb.SendRequest) -> routing_pb.SendProgress:
+        return self._stub.Send(request, timeout=self._timeout).send
+
+    @_translate
+    def get_send(self, tenant: str, send_id: int) -> routing_pb.SendProgress:
+        return self._stub.GetSend(routing_pb.GetSendRequest(tenant=tenant, id=send_id), timeout=self._timeout).send
+
+    @_translate
+    def list_dead_letters(self, request: routing_pb.ListDeadLettersRequest) -> routing_pb.ListDeadLettersResponse:
+        return self._stub.ListDeadLetters(request, timeout=self._timeout)
+
+    @_translate
+    def replay_dead_letters(self, request: routing_pb.ReplayDeadLettersRequest) -> int:
+        return int(self._stub.ReplayDeadLetters(request, timeout=self._timeout).replayed)

@@ -116,7 +116,7 @@ def init_ca(directory: Path, days: int = CA_DAYS, cn: str = "dicomserver develop
     _prepare_dir(directory)
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -178,7 +178,7 @@ def _issue(directory: Path, name: str, cn: str, usages: list[x509.ObjectIdentifi
     _refuse_existing([cert_path, key_path], force)
     ca_cert, ca_key = _load_ca(directory)
     key = _new_key()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()

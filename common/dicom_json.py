@@ -65,7 +65,7 @@ def _person_name(value: PersonName) -> dict[str, str] | None:
     groups = value.components
     if not groups:
         return None
-    return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), groups))
+    return dict(zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False))
 
 
 def _element(elem: DataElement) -> dict[str, Any]:

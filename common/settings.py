@@ -24,6 +24,9 @@ class CommonSettings(BaseSettings):
     metadata_addr: str = "127.0.0.1:50052"
     auth_addr: str = "127.0.0.1:50053"
     ingest_addr: str = "127.0.0.1:50054"
+    # The event bus answers here: status and audit statistics (EventBusService,
+    # the console asks) and routing (RoutingService: manual sends, dead letters).
+    eventbus_addr: str = "127.0.0.1:50055"
     # Where this service's own gRPC server binds, when that differs from the
     # address others call it on (0.0.0.0:PORT in a container).
     grpc_listen: str = ""

@@ -82,11 +82,11 @@ def _grpc_files(settings: CommonSettings) -> tuple[bytes, bytes, bytes] | None:
     if all(f is None for f in files):
         return None
     names = ("DICOMSERVER_GRPC_TLS_CERT_FILE", "DICOMSERVER_GRPC_TLS_KEY_FILE", "DICOMSERVER_GRPC_TLS_CA_FILE")
-    missing = [name for name, f in zip(names, files) if f is None]
+    missing = [name for name, f in zip(names, files, strict=False) if f is None]
     if missing:
         raise TLSConfigError(f"gRPC mutual TLS needs all three of {', '.join(names)}; missing {', '.join(missing)}")
     out = []
-    for name, f in zip(names, files):
+    for name, f in zip(names, files, strict=False):
         assert f is not None
         try:
             out.append(Path(f).read_bytes())

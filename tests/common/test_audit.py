@@ -12,8 +12,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -21,13 +22,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
+from support import ROOT, Archive, free_port, stop_process
 
 from common import audit, errors
 from common.audit import AuditLog
 from common.clients import MetadataClient, channel
-from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb, \
-    metadata_service_pb2_grpc as md_grpc
-from support import ROOT, Archive, free_port, stop_process
+from common.gen.dicomserver.v1 import events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 
 Audit = events_pb2.AuditRecord
 
@@ -176,6 +178,29 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(metadata_process: Metadat
         log.close(5)
 
 
+def test_flush_sends_at_once_on_a_freshly_booted_machine(running_metadata: MetadataProcess, prefix: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monotonic clock counts from boot: one second after boot, with an
+    hour's flush interval, flush() still sends what is queued at once (it
+    once meant "due" as time 0.0 and waited until the uptime passed the
+    interval). The clock is shifted, as booting cannot be caused here."""
+    real = time.monotonic
+    offset = real() - 1.0
+    monkeypatch.setattr(audit, "time", SimpleNamespace(monotonic=lambda: real() - offset))
+    log = AuditLog(MetadataClient(channel(running_metadata.addr)), batch_size=200, flush_interval=3600)
+    try:
+        for n in range(3):
+            log.record(numbered(n, prefix))
+        assert log.flush(30), "flush() waited for the flush interval"
+        assert running_metadata.audit_request_ids(prefix) == ["r0", "r1", "r2"]
+        # Later records wait for the interval again: flush() changed nothing for good.
+        log.record(numbered(3, prefix))
+        time.sleep(0.5)
+        assert log.pending == 1
+    finally:
+        log.close(5)
+
+
 def test_close_delivers_what_is_queued_then_drops_later_records(running_metadata: MetadataProcess,
                                                                  prefix: str) -> None:
     log = AuditLog(MetadataClient(channel(running_metadata.addr)), flush_interval=3600)
@@ -210,7 +235,7 @@ def test_record_never_raises_and_fixes_what_it_can(running_metadata: MetadataPro
         log.record(tenant="Not/A/Tenant", study_instance_uid="1." * 200, operation="GET /studies/\x00\n",
                    detail="refused", request_id=prefix + "hostile", action="read", outcome="denied", status=400)
         log.record(Audit(tenant="t", request_id=prefix + "named", action=Audit.ACTION_WRITE), outcome="failure",
-                   time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+                   time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
         assert log.flush(30)
         hostile, named = running_metadata.audit_events(prefix)
         assert hostile.tenant == "" and hostile.audit.tenant == ""
@@ -222,8 +247,8 @@ def test_record_never_raises_and_fixes_what_it_can(running_metadata: MetadataPro
         assert hostile.audit.time.seconds > 0
         assert (named.tenant, named.audit.action, named.audit.outcome) == ("t", Audit.ACTION_WRITE,
                                                                          Audit.OUTCOME_FAILURE)
-        assert named.audit.time.ToDatetime(tzinfo=timezone.utc) == datetime(2026, 1, 2, 3, 4, 5,
-                                                                            tzinfo=timezone.utc)
+        assert named.audit.time.ToDatetime(tzinfo=UTC) == datetime(2026, 1, 2, 3, 4, 5,
+                                                                            tzinfo=UTC)
     finally:
         log.close(5)
 
@@ -280,7 +305,7 @@ def test_through_the_archive_to_the_audit_table(archive: Archive) -> None:
     """AuditLog → the archive's metadata service → its event bus → the
     audit consumer's table, every field as recorded."""
     request_id = uuid.uuid4().hex
-    when = datetime(2026, 11, 26, 12, 0, 1, 250000, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 26, 12, 0, 1, 250000, tzinfo=UTC)
     log = AuditLog(MetadataClient(channel(archive.grpc_addrs["metadata"])), edge="dicomweb")
     log.record(tenant="default", subject="alice", source_address="198.51.100.4:55001",
                action=Audit.ACTION_DELETE, operation="DELETE /studies/{study}/series/{series}",
