@@ -24,6 +24,28 @@ class SizeMismatch(ValueError):
     pass
 
 
+class ChecksumMismatch(ValueError):
+    pass
+
+
+class UnknownGrant(LookupError):
+    """A commit names a write that is not (or no longer) staged."""
+
+
+# A grant names its staging write: random, so one writer never meets another's.
+_GRANT = re.compile(r"[0-9a-f]{32}")
+
+
+def new_grant_id() -> str:
+    return secrets.token_hex(16)
+
+
+def check_grant(grant_id: str) -> str:
+    if _GRANT.fullmatch(grant_id) is None:
+        raise UnknownGrant("malformed grant id")
+    return grant_id
+
+
 @dataclass(frozen=True)
 class Stored:
     key: str
@@ -35,6 +57,47 @@ class Stored:
 class ObjectInfo:
     size: int
     modified_ns: int
+
+
+@dataclass(frozen=True)
+class WriteTarget:
+    """Where a granted write goes: a staging file, or a presigned upload."""
+
+    grant_id: str
+    expires: float  # epoch seconds
+    file_path: str = ""
+    object_key: str = ""
+    url: str = ""
+    part_urls: tuple[str, ...] = ()
+    part_size: int = 0
+
+
+@dataclass(frozen=True)
+class CommitRequest:
+    """What a writer says it wrote under a grant."""
+
+    grant_id: str
+    ref: dicom_pb2.InstanceRef
+    size: int
+    crc32: int = 0
+    etags: tuple[str, ...] = ()
+    object_key: str = ""
+    upload_id: str = ""
+
+
+@dataclass(frozen=True)
+class ReadTarget:
+    key: str
+    expires: float  # epoch seconds
+    file_path: str = ""
+    url: str = ""
+
+
+@dataclass
+class SweepReport:
+    scanned: int = 0
+    orphans_removed: int = 0
+    staging_removed: int = 0
 
 
 def derive_key(ref: dicom_pb2.InstanceRef) -> str:

@@ -1,7 +1,6 @@
 """StorageService on a real folder."""
 
 import pytest
-
 from storage_cases import *  # noqa: F403  (the shared cases and fixtures)
 
 

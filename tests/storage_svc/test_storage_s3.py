@@ -1,7 +1,6 @@
 """StorageService on a real S3-compatible store (SeaweedFS)."""
 
 import pytest
-
 from storage_cases import *  # noqa: F403  (the shared cases and fixtures)
 
 
