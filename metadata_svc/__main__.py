@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from common.gen.dicomserver.v1 import metadata_service_pb2, metadata_service_pb2_grpc
 from common.grpc_server import configure_logging, serve_forever, stop_on_signals
@@ -20,7 +20,7 @@ log = logging.getLogger("metadata_svc")
 def prune_audit(index: MetadataIndex, settings: MetadataSettings, stop: threading.Event) -> None:
     """Deletes audit records older than the retention, now and every interval."""
     while True:
-        cutoff = datetime.now(timezone.utc) - timedelta(hours=settings.audit_outbox_retention_hours)
+        cutoff = datetime.now(UTC) - timedelta(hours=settings.audit_outbox_retention_hours)
         try:
             pruned = index.prune_audit(cutoff)
             if pruned:

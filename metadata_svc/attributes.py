@@ -54,7 +54,7 @@ def _a(tag: str, level: Level, column: InstrumentedAttribute[Any], match: Instru
     return Attr(tag, level, column, match if match is not None else column, numeric)
 
 
-P, S, SE, I = Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE
+P, S, SE, I = Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE  # noqa: E741 (level names of the table below)
 ATTRS: dict[str, Attr] = {
     a.tag: a
     for a in (
@@ -156,7 +156,7 @@ _INT_VRS = {"IS", "US", "UL", "SS", "SL", "SV", "UV"}
 
 def _person_name(value: str) -> dict[str, str]:
     groups = value.split("=")
-    return {k: g for k, g in zip(("Alphabetic", "Ideographic", "Phonetic"), groups) if g}
+    return {k: g for k, g in zip(("Alphabetic", "Ideographic", "Phonetic"), groups, strict=False) if g}
 
 
 def _to_int(value: str) -> int | None:

@@ -1,16 +1,23 @@
-"""Engine and sessions. One engine per process, one session per call, so
-the gRPC thread pool never shares a connection between threads."""
+"""Engine, connections and sessions. One engine per process, one
+connection or session per call, so the gRPC thread pool never shares a
+connection between threads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from metadata_svc import migrate
+
+T = TypeVar("T")
+# Bound parameters per IN list, well under SQLite's and PostgreSQL's limits.
+CHUNK = 500
 
 # Execution option asking SQLite for BEGIN IMMEDIATE: a write transaction
 # takes the write lock up front instead of failing with SQLITE_BUSY when a
@@ -51,7 +58,8 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._read = sessionmaker(engine, expire_on_commit=False)
-        self._write = sessionmaker(engine.execution_options(**{_IMMEDIATE: True}), expire_on_commit=False)
+        self._write_engine = engine.execution_options(**{_IMMEDIATE: True})
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 10) -> Database:
@@ -65,5 +73,23 @@ class Database:
     def writer(self) -> Session:
         return self._write()
 
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection in a read transaction (Core statements, no ORM)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction (BEGIN IMMEDIATE on SQLite),
+        committed when the block ends without an exception."""
+        with self._write_engine.connect() as conn, conn.begin():
+            yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    """`items` in slices of at most CHUNK, for IN lists."""
+    return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]

@@ -88,7 +88,7 @@ class QueryEngine:
 
         stmt, extra_tags = self._filtered(level, req)
         stmt = stmt.order_by(*_ORDER[level]).limit(limit + 1).offset(req.offset)
-        rows = [dict(zip(_levels_down_from(level), row)) for row in session.execute(stmt).all()]
+        rows = [dict(zip(_levels_down_from(level), row, strict=False)) for row in session.execute(stmt).all()]
         truncated = len(rows) > limit
         rows = rows[:limit]
 

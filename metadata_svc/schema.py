@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
@@ -101,7 +111,11 @@ class Series(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (UniqueConstraint("tenant", "sop_instance_uid", name="uq_instances_uid"),)
+    __table_args__ = (
+        UniqueConstraint("tenant", "sop_instance_uid", name="uq_instances_uid"),
+        # ReferencedObjects: storage's sweep asks which keys rows point to.
+        Index("ix_instances_object_key", "object_key"),
+    )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(TENANT)
@@ -124,6 +138,16 @@ class Instance(Base):
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Deferred: queries load it only when include fields need it.
     dicom_json: Mapped[bytes] = deferred(mapped_column(LargeBinary))
+    # A serialized dicom_pb2.PixelLayout, NULL when the record had none (and
+    # for every object indexed before 0006). Read only where a location is returned.
+    pixel_layout: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
+    # The series' revision this row was written with (0 before 0006): a
+    # metadata refresh re-reads only headers newer than what it precomputed.
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The compression policy: set when the stored object was replaced by a
+    # (lossless) conversion after it was received; "" and 0 otherwise.
+    original_transfer_syntax_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
+    original_size: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class SeriesMetadata(Base):
@@ -137,6 +161,10 @@ class SeriesMetadata(Base):
                                            autoincrement=False)
     revision: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # The SOP Instance UIDs of the payload's headers, in its order, one per
+    # line: what lets a refresh keep the headers that did not change. NULL
+    # in rows written before 0006 (their next refresh reads every header).
+    members: Mapped[str | None] = mapped_column(Text(), nullable=True)
 
 
 # Kinds of outbox rows: index changes (the change feed) and audit records

@@ -11,10 +11,13 @@ import grpc
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from common import dicom_json
-from common.gen.dicomserver.v1 import metadata_service_pb2 as pb, metadata_service_pb2_grpc as pb_grpc
+from common.gen.dicomserver.v1 import metadata_service_pb2 as pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as pb_grpc
 from common.validation import InvalidValue
 from metadata_svc.cache import Cache
-from metadata_svc.index import MetadataIndex, NotFoundError
+from metadata_svc.errors import NotFoundError
+from metadata_svc.index import MetadataIndex
+from metadata_svc.statistics import statistics
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -146,3 +149,20 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
         # Also for events whose change was committed while Redis missed it.
         self._invalidate(request.tenant, [request.study_instance_uid])
         return pb.RefreshMetadataResponse(series_refreshed=refreshed)
+
+    @_mapped_errors
+    def ReferencedObjects(
+        self, request: pb.ReferencedObjectsRequest, context: grpc.ServicerContext
+    ) -> pb.ReferencedObjectsResponse:
+        return pb.ReferencedObjectsResponse(object_keys=self.index.referenced_objects(request.object_keys))
+
+    @_mapped_errors
+    def GetStatistics(self, request: pb.GetStatisticsRequest, context: grpc.ServicerContext) -> pb.GetStatisticsResponse:
+        return statistics(self.index.db, request)
+
+    def ReplaceObject(self, request: pb.ReplaceObjectRequest, context: grpc.ServicerContext) -> pb.ReplaceObjectResponse:
+        response = self.index.replace_object(request)
+        if response.replaced:
+            ref = request.record.location.ref
+            self._invalidate(ref.tenant, [ref.study_instance_uid])
+        return response

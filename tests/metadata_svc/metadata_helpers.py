@@ -3,6 +3,7 @@ test files or small headers with chosen values."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.ingest import build_record
+from common.ingest import read_record
 
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -49,7 +50,14 @@ def make_ds(
 
 
 def record(ds: Dataset, tenant: str, key: str | None = None, size: int = 100) -> md_pb.InstanceRecord:
-    rec = build_record(ds, tenant, size, 1)
+    """The record the ingest pipeline makes of `ds` (as Part 10 bytes)."""
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    rec = read_record(buf.getvalue(), len(buf.getvalue()), tenant)
+    rec.location.size = size
     rec.location.object_key = key or f"{tenant}/{ds.SOPInstanceUID}/0000000000000000.dcm"
     return rec
 

@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from backends import Redis
-from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb2 as md_pb
 from metadata_helpers import make_ds, record
+
+from common.gen.dicomserver.v1 import dicom_pb2, events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from metadata_svc.cache import Cache
 from metadata_svc.index import MetadataIndex
 from metadata_svc.service import MetadataService

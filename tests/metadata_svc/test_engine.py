@@ -10,11 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import text
-
-from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
 from backends import new_database
 from metadata_helpers import make_ds, record, uids
+from sqlalchemy import text
+
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from metadata_svc.attributes import encode
 from metadata_svc.db import Database, make_engine
 from metadata_svc.filters import wildcard_pattern

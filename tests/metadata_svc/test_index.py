@@ -8,9 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-
-from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
 from metadata_helpers import make_ds, record, sample_record, uids
+
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 
 CT, MR, RT = "CT_small.dcm", "MR_small.dcm", "rtplan.dcm"
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -255,10 +256,13 @@ def test_invalid_lookups(grpc_stub: Any, call: Any) -> None:
 
 def test_event_payload_matches_record(grpc_stub: Any, tenant: str) -> None:
     rec = sample_record(MR, tenant)
+    rec.source.calling_ae_title = "MR_SCANNER"
     index(grpc_stub, rec)
     (event,) = feed(grpc_stub, tenant).events
     assert event.instance_stored.location == rec.location
     assert not event.instance_stored.replaced
+    # Where it came from travels with the event (routing rules match on it).
+    assert event.instance_stored.source.calling_ae_title == "MR_SCANNER"
 
 
 
@@ -266,7 +270,7 @@ def test_locate_by_sop_uids_across_studies(grpc_stub: Any, tenant: str) -> None:
     index(grpc_stub, record(make_ds("7.1", "7.1.1", "7.1.1.1"), tenant), record(make_ds("7.2", "7.2.1", "7.2.1.1"), tenant))
     req = md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["7.1.1.1", "7.2.1.1", "7.9.9.9"])
     locs = grpc_stub.LocateInstances(req).locations
-    assert sorted((l.ref.study_instance_uid, l.ref.sop_instance_uid) for l in locs) == [
+    assert sorted((loc.ref.study_instance_uid, loc.ref.sop_instance_uid) for loc in locs) == [
         ("7.1", "7.1.1.1"), ("7.2", "7.2.1.1")
     ]
     other = md_pb.LocateInstancesRequest(tenant=tenant + "x", sop_instance_uids=["7.1.1.1"])
@@ -274,3 +278,59 @@ def test_locate_by_sop_uids_across_studies(grpc_stub: Any, tenant: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["../x"]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _layout() -> dicom_pb2.PixelLayout:
+    return dicom_pb2.PixelLayout(value_offset=1234, value_length=5002, encapsulated=True, bits_allocated=16,
+                                 fragment_offsets=[1250, 3250], fragment_lengths=[2000, 2986],
+                                 frame_first_fragment=[0, 1])
+
+
+def test_pixel_layout_round_trip(grpc_stub: Any, tenant: str) -> None:
+    with_layout = record(make_ds("14.1", "14.1.1", "14.1.1.1"), tenant, key="with")
+    with_layout.location.pixel_layout.CopyFrom(_layout())
+    without = record(make_ds("14.1", "14.1.1", "14.1.1.2", instance_number="2"), tenant, key="without")
+    index(grpc_stub, with_layout, without)
+    expected = [with_layout.location, without.location]
+    for req in (md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="14.1"),
+                md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="14.1", series_instance_uid="14.1.1"),
+                md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["14.1.1.1", "14.1.1.2"])):
+        assert list(grpc_stub.LocateInstances(req).locations) == expected
+    (one,) = grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(
+        tenant=tenant, study_instance_uid="14.1", series_instance_uid="14.1.1", sop_instance_uid="14.1.1.1")).locations
+    assert one.pixel_layout == _layout()
+    assert not expected[1].HasField("pixel_layout")
+    assert [e.instance_stored.location for e in feed(grpc_stub, tenant).events] == expected
+    # A replacement without a layout drops the old one.
+    again = record(make_ds("14.1", "14.1.1", "14.1.1.1"), tenant, key="with-again")
+    index(grpc_stub, again)
+    (loc,) = grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["14.1.1.1"])
+                                       ).locations
+    assert not loc.HasField("pixel_layout")
+    again.location.pixel_layout.CopyFrom(_layout())
+    index(grpc_stub, again)
+    removed = grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="14.1")).removed
+    assert list(removed) == [again.location, without.location]
+    assert [e.instance_deleted.location for e in feed(grpc_stub, tenant).events[-2:]] == list(removed)
+
+
+def referenced(stub: Any, *keys: str) -> list[str]:
+    return list(stub.ReferencedObjects(md_pb.ReferencedObjectsRequest(object_keys=keys)).object_keys)
+
+
+def test_referenced_objects(grpc_stub: Any, tenant: str) -> None:
+    a, b, c = (f"{tenant}/objects/{n}.dcm" for n in "abc")
+    index(grpc_stub, record(make_ds("15.1", "15.1.1", "15.1.1.1"), tenant, key=a),
+          record(make_ds("15.1", "15.1.1", "15.1.1.2"), tenant, key=b))
+    assert referenced(grpc_stub, f"{tenant}/objects/gone.dcm", b, a, b, "") == [b, a]
+    assert referenced(grpc_stub) == []
+    # A replacement frees the old key; a deletion frees its key.
+    index(grpc_stub, record(make_ds("15.1", "15.1.1", "15.1.1.1"), tenant, key=c))
+    grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="15.1",
+                                                           sop_instance_uid="15.1.1.2"))
+    assert referenced(grpc_stub, a, b, c) == [c]
+    # The sweep's batches: up to 1000 keys of up to 300 characters.
+    many = [f"{tenant}/{n}/".ljust(300, "x") for n in range(999)]
+    assert referenced(grpc_stub, c, *many) == [c]
+    for keys in ([c, *many, "one too many"], ["x" * 301]):
+        assert code_of(lambda keys=keys: referenced(grpc_stub, *keys)) == grpc.StatusCode.INVALID_ARGUMENT

@@ -6,24 +6,25 @@ table."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from backends import new_database
+from metadata_helpers import make_ds, record
 from sqlalchemy import Engine, inspect, text
 
-from backends import new_database
-from common.gen.dicomserver.v1 import dicom_pb2, events_pb2, metadata_service_pb2 as md_pb
-from metadata_helpers import make_ds, record
+from common.gen.dicomserver.v1 import dicom_pb2, events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from metadata_svc import migrate
 from metadata_svc.db import Database, make_engine
 from metadata_svc.index import MetadataIndex
 from metadata_svc.schema import Base
 
-HEAD = "0005"
+HEAD = "0007"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,7 +51,7 @@ def _differences(engine: Engine) -> list[Any]:
 
 def _insert_first_release_rows(engine: Engine) -> None:
     """A study as revision 0001 stored it, written with that schema's columns."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     header = json.dumps({"00080018": {"vr": "UI", "Value": ["1.2.3.1"]}}).encode()
     with engine.begin() as conn:
         conn.execute(text(
@@ -138,7 +139,7 @@ def _insert_outbox_row(engine: Engine, sequence_uid: str) -> None:
                                   sop_instance_uid=sequence_uid), object_key="k")))
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO events (tenant, study_instance_uid, created, payload)"
-                          " VALUES ('m', '1.2', :now, :p)"), {"now": datetime.now(timezone.utc),
+                          " VALUES ('m', '1.2', :now, :p)"), {"now": datetime.now(UTC),
                                                              "p": event.SerializeToString()})
 
 
@@ -178,7 +179,7 @@ def _insert_tenant_outbox_row(engine: Engine, tenant: str, sop: str) -> None:
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO events (tenant, kind, study_instance_uid, created, payload)"
                           " VALUES (:t, 'instance', '1.2', :now, :p)"),
-                     {"t": tenant, "now": datetime.now(timezone.utc), "p": event.SerializeToString()})
+                     {"t": tenant, "now": datetime.now(UTC), "p": event.SerializeToString()})
 
 
 def test_feed_positions_per_tenant_from_0003(engine: Engine) -> None:
@@ -201,3 +202,45 @@ def test_feed_positions_per_tenant_from_0003(engine: Engine) -> None:
     assert "feed_sequence" not in {c["name"] for c in inspect(engine).get_columns("events")}
     migrate.upgrade(engine)
     assert [e.sequence for e in index.read_change_feed("a", 0, 10)[0]] == [1, 2]
+
+
+def test_upgrade_from_0005_with_rows(engine: Engine) -> None:
+    """0006 on an index with rows: their locations have no pixel layout,
+    their keys are referenced, a payload precomputed before is served until
+    the series changes, and the next refresh reads that series whole."""
+    migrate.upgrade(engine, "0005")
+    _insert_first_release_rows(engine)
+    with engine.begin() as conn:
+        series_pk = conn.execute(text("SELECT id FROM series")).scalar_one()
+        old_header = conn.execute(text("SELECT dicom_json FROM instances")).scalar_one()
+        conn.execute(text("INSERT INTO series_metadata (series_pk, revision, payload) VALUES (:s, 0, :p)"),
+                     {"s": series_pk, "p": md_pb.GetMetadataResponse(instances=[old_header]).SerializeToString()})
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == HEAD
+    assert _differences(engine) == []
+    index = MetadataIndex(Database(engine))
+    (loc,) = index.locate("m", "1.2")
+    assert loc.object_key == "k1" and not loc.HasField("pixel_layout")
+    assert index.referenced_objects(["k2", "k1"]) == ["k1"]
+    assert index.get_metadata("m", "1.2") == [old_header]
+
+    new = record(make_ds("1.2", "1.2.3", "1.2.3.2", patient_id="P1", name="Old^Row", instance_number="2"), "m",
+                 key="k2")
+    new.location.pixel_layout.value_offset = 1024
+    index.index([new], 0)
+    assert index.refresh_metadata("m", "1.2") == 1
+    assert [json.loads(h)["00080018"]["Value"] for h in index.get_metadata("m", "1.2")] == [["1.2.3.1"], ["1.2.3.2"]]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sop_instance_uid, revision FROM instances ORDER BY id")).all() == [
+            ("1.2.3.1", 0), ("1.2.3.2", 1)]
+        assert conn.execute(text("SELECT members FROM series_metadata")).scalar_one() == "1 1.2.3.1\n2 1.2.3.2"
+    assert [loc.pixel_layout.value_offset for loc in index.locate("m", "1.2")] == [0, 1024]
+    assert index.referenced_objects(["k2", "k1"]) == ["k2", "k1"]
+
+    migrate.downgrade(engine, "0005")
+    columns = {c["name"] for c in inspect(engine).get_columns("instances")}
+    assert not {"pixel_layout", "revision"} & columns
+    assert "members" not in {c["name"] for c in inspect(engine).get_columns("series_metadata")}
+    migrate.upgrade(engine)
+    assert _differences(engine) == []
+    assert len(MetadataIndex(Database(engine)).locate("m", "1.2")) == 2

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import grpc
+from metadata_helpers import make_ds, record
 from sqlalchemy import select, update
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from metadata_helpers import make_ds, record
+from metadata_svc import headers
 from metadata_svc.index import MetadataIndex
-from metadata_svc.schema import SeriesMetadata
+from metadata_svc.schema import Series, SeriesMetadata
 
 
 def index(stub: Any, *recs: md_pb.InstanceRecord) -> None:
@@ -91,9 +93,8 @@ def test_an_older_revision_never_overwrites_a_newer_one(
              if b"7.1.1.2" in payload and b"7.1.1.1" in payload]
     revision = stored[pk][0]
     # A late writer holding an older snapshot loses.
-    from metadata_svc.index import _upsert_series_metadata
-    with md_index.db.writer() as s, s.begin():
-        _upsert_series_metadata(s, [{"series_pk": pk, "revision": revision - 1, "payload": b"old"}])
+    with md_index.db.write() as conn:
+        headers.upsert(conn, [{"series_pk": pk, "revision": revision - 1, "payload": b"old", "members": ""}])
     assert _stored(md_index)[pk] == stored[pk]
 
 
@@ -102,3 +103,69 @@ def test_refresh_of_what_is_gone_is_a_no_op(grpc_stub: Any, tenant: str) -> None
     grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="8.1"))
     assert refresh(grpc_stub, tenant, "8.1") == 0
     assert refresh(grpc_stub, tenant, "8.1", "8.1.1") == 0
+
+
+def _instance(tenant: str, sop: str, number: str, series: str = "9.1.1", model: str = "ScannerX") -> Any:
+    return record(make_ds("9.1", series, sop, instance_number=number, model=model,
+                          series_number=series.rsplit(".", 1)[1]), tenant)
+
+
+def _headers(stub: Any, tenant: str, series: str) -> list[bytes]:
+    return list(stub.GetMetadata(md_pb.GetMetadataRequest(tenant=tenant, study_instance_uid="9.1",
+                                                          series_instance_uid=series)).instances)
+
+
+def test_refresh_after_each_change_serves_what_the_index_holds(
+    grpc_stub: Any, md_index: MetadataIndex, tenant: str
+) -> None:
+    """Whatever changed since the stored form (appended, replaced in place,
+    inserted before, renumbered, deleted, moved away, without a number),
+    a refresh stores exactly what reading the instances gives."""
+    steps: list[Any] = [
+        *(lambda n=n: index(grpc_stub, _instance(tenant, f"9.1.1.{n}", str(n))) for n in range(1, 6)),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.3", "3", model="ScannerY")),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.0", "0")),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.2", "9")),
+        lambda: grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(
+            tenant=tenant, study_instance_uid="9.1", series_instance_uid="9.1.1", sop_instance_uid="9.1.1.4")),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.5", "5", series="9.1.2")),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.6", "")),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.7", "10"), _instance(tenant, "9.1.1.8", "11")),
+        lambda: index(grpc_stub, _instance(tenant, "9.1.1.7", "10", model="ScannerZ")),
+    ]
+    for step in steps:
+        step()
+        for series in ("9.1.1", "9.1.2"):
+            try:
+                read = _headers(grpc_stub, tenant, series)  # not current: read from the instances
+            except grpc.RpcError:
+                continue
+            refresh(grpc_stub, tenant, "9.1", series)
+            assert refresh(grpc_stub, tenant, "9.1", series) == 0  # current: what is served now
+            assert _headers(grpc_stub, tenant, series) == read
+    assert [json.loads(h)["00080018"]["Value"][0] for h in _headers(grpc_stub, tenant, "9.1.1")] == [
+        "9.1.1.0", "9.1.1.1", "9.1.1.3", "9.1.1.2", "9.1.1.7", "9.1.1.8", "9.1.1.6"]
+
+
+def test_a_refresh_rereads_only_what_changed(grpc_stub: Any, md_index: MetadataIndex, tenant: str) -> None:
+    index(grpc_stub, *(record(make_ds("10.1", "10.1.1", f"10.1.1.{n}", instance_number=str(n)), tenant)
+                       for n in (1, 2)))
+    assert refresh(grpc_stub, tenant, "10.1") == 1
+    # A stored header that no longer matches its row shows whether it was read again.
+    marker = json.dumps({"00080018": {"vr": "UI", "Value": ["9.9.9"]}}).encode()
+    with md_index.db.write() as conn:
+        (pk, payload), = conn.execute(select(SeriesMetadata.series_pk, SeriesMetadata.payload)
+                                      .join(Series, Series.id == SeriesMetadata.series_pk)
+                                      .where(Series.tenant == tenant)).all()
+        stored = md_pb.GetMetadataResponse.FromString(payload)
+        stored.instances[0] = marker
+        conn.execute(update(SeriesMetadata).where(SeriesMetadata.series_pk == pk)
+                     .values(payload=stored.SerializeToString()))
+    index(grpc_stub, record(make_ds("10.1", "10.1.1", "10.1.1.3", instance_number="3"), tenant))
+    assert refresh(grpc_stub, tenant, "10.1") == 1
+    assert metadata(grpc_stub, tenant, "10.1") == ["9.9.9", "10.1.1.2", "10.1.1.3"]
+    # An instance left the series: everything is read again.
+    grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="10.1",
+                                                           series_instance_uid="10.1.1", sop_instance_uid="10.1.1.2"))
+    assert refresh(grpc_stub, tenant, "10.1") == 1
+    assert metadata(grpc_stub, tenant, "10.1") == ["10.1.1.1", "10.1.1.3"]

@@ -4,15 +4,16 @@ stays the newest index change; bad batches are refused whole."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import pytest
+from metadata_helpers import make_ds, record
 
 from common import audit
-from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb
-from metadata_helpers import make_ds, record
+from common.gen.dicomserver.v1 import events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 
 Audit = events_pb2.AuditRecord
 
@@ -24,7 +25,7 @@ def full_record(tenant: str, n: int = 1) -> Audit:
         outcome=Audit.OUTCOME_SUCCESS, status=204, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
         sop_instance_uid="1.2.3.4.5", detail="", request_id=f"req-{n}",
     )
-    rec.time.FromDatetime(datetime(2026, 11, 26, 3, 4, 5, 678000, tzinfo=timezone.utc))
+    rec.time.FromDatetime(datetime(2026, 11, 26, 3, 4, 5, 678000, tzinfo=UTC))
     return rec
 
 
@@ -132,14 +133,14 @@ def test_old_audit_records_are_pruned_index_changes_stay(grpc_stub: Any, md_inde
     grpc_stub.IndexInstances(md_pb.IndexInstancesRequest(records=[record(make_ds("6.1", "6.1.1", "6.1.1.1"), tenant)]))
     record_audit(grpc_stub, full_record(tenant, 3))
     old_ones = [e.sequence for e in outbox_after(grpc_stub, start)][:2]
-    long_ago = datetime.now(timezone.utc) - timedelta(days=30)
+    long_ago = datetime.now(UTC) - timedelta(days=30)
     with md_index.db.writer() as session, session.begin():
         session.execute(update(EventRow).where(EventRow.sequence.in_(old_ones)).values(created=long_ago))
         # The index change is as old: it stays all the same.
         session.execute(update(EventRow).where(EventRow.sequence > start, EventRow.kind == "instance")
                         .values(created=long_ago))
 
-    assert md_index.prune_audit(datetime.now(timezone.utc) - timedelta(days=7)) == 2
+    assert md_index.prune_audit(datetime.now(UTC) - timedelta(days=7)) == 2
     left = outbox_after(grpc_stub, start)
     assert [(e.WhichOneof("kind"), e.audit.request_id) for e in left] == [("instance_stored", ""), ("audit", "req-3")]
-    assert md_index.prune_audit(datetime.now(timezone.utc) - timedelta(days=7)) == 0
+    assert md_index.prune_audit(datetime.now(UTC) - timedelta(days=7)) == 0
