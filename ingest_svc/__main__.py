@@ -1,4 +1,5 @@
-"""python -m ingest_svc: the DIMSE SCP and the IngestService in one process.
+"""python -m ingest_svc: the DIMSE SCP, the IngestService and the
+DeidentifyService (de-identified copies through the same pipeline) in one process.
 
 With DICOMSERVER_DIMSE_WORKERS=N > 1 it also starts N-1 processes that run
 only the SCP (`python -m ingest_svc --dimse-worker`); all bind the DIMSE port
@@ -12,12 +13,21 @@ import signal
 import subprocess
 import sys
 
+import grpc
+
 from common.audit import AuditLog
+from common.blobs import BlobReader
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
-from common.gen.dicomserver.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
+from common.gen.dicomserver.v1 import (
+    deidentify_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+)
 from common.grpc_server import configure_logging, serve_forever, stop_on_signals, wait_for_signal
 from common.ingest import IngestPipeline
+from deidentify.service import DeidentifyService
+from ingest_svc.peer_send import PeerSender
 from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.service import IngestService
 from ingest_svc.settings import IngestSettings
@@ -85,10 +95,19 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    service = IngestService(pipeline, settings.spool_max_memory)
+    sender = PeerSender(settings, StorageClient(channel(settings.storage_addr)),
+                        MetadataClient(channel(settings.metadata_addr)))
+    service = IngestService(pipeline, settings.spool_max_memory, sender)
+    storage = StorageClient(channel(settings.storage_addr))
+    deidentify = DeidentifyService(pipeline, MetadataClient(channel(settings.metadata_addr)), BlobReader(storage))
+
+    def register(server: grpc.Server) -> None:
+        ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(service, server)
+        deidentify_service_pb2_grpc.add_DeidentifyServiceServicer_to_server(deidentify, server)
+
     serve_forever(
         settings,
-        lambda server: ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(service, server),
+        register,
         ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
         settings.ingest_addr,
         on_stop=stop,

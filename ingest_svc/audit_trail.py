@@ -14,9 +14,10 @@ from pynetdicom import evt
 
 from common.gen.dicomserver.v1 import events_pb2
 from ingest_svc.find import NOT_AUTHORIZED
+from ingest_svc.principals import source_of
 
 if TYPE_CHECKING:
-    from ingest_svc.scp import Principals
+    from ingest_svc.principals import Principals
 
 Record = events_pb2.AuditRecord
 PENDING = (0xFF00, 0xFF01)
@@ -24,11 +25,6 @@ PENDING = (0xFF00, 0xFF01)
 
 class AuditSink(Protocol):
     def record(self, record: events_pb2.AuditRecord) -> None: ...
-
-
-def _source(assoc: Any) -> str:
-    requestor = assoc.requestor
-    return f"{requestor.address}:{requestor.port}"
 
 
 def _study_of(event: evt.Event) -> str:
@@ -45,28 +41,36 @@ class DimseAudit:
         self._sink = sink
         self._principals = principals
 
-    def rejected(self, assoc: Any, calling_ae: str, reason: str) -> None:
+    def rejected(self, source: str, calling_ae: str, reason: str) -> None:
+        """A refused association; `source` is the peer's 'address:port'."""
         if self._sink is None:
             return
         self._sink.record(Record(
-            subject=f"ae:{calling_ae}"[:128], source_address=_source(assoc), edge="dimse",
+            subject=f"ae:{calling_ae}"[:128], source_address=source, edge="dimse",
             action=Record.ACTION_AUTHENTICATE, operation="A-ASSOCIATE", outcome=Record.OUTCOME_DENIED,
             detail=reason[:500],
         ))
 
-    def _emit(self, event: evt.Event, operation: str, action: int, status: int, sop: str = "", study: str = "") -> None:
+    def record(
+        self, assoc: Any, source: str, operation: str, action: int, status: int, sop: str = "", study: str = "",
+    ) -> None:
+        """One operation of an association (any object Principals knows)
+        with its final status."""
         if self._sink is None:
             return
-        principal = self._principals.principal(event.assoc)
+        principal = self._principals.principal(assoc)
         denied = status == NOT_AUTHORIZED or principal is None
         self._sink.record(Record(
             tenant=principal.tenants[0] if principal is not None and principal.tenants else "",
             subject=principal.subject if principal is not None else "",
-            source_address=_source(event.assoc), edge="dimse", action=action, operation=operation,
+            source_address=source, edge="dimse", action=action, operation=operation,
             outcome=Record.OUTCOME_DENIED if denied else
             Record.OUTCOME_SUCCESS if status in (0x0000, 0xB000, 0xB006, 0xB007) else Record.OUTCOME_FAILURE,
             status=status, study_instance_uid=study, sop_instance_uid=sop[:64],
         ))
+
+    def _emit(self, event: evt.Event, operation: str, action: int, status: int, sop: str = "", study: str = "") -> None:
+        self.record(event.assoc, source_of(event.assoc), operation, action, status, sop, study)
 
     def wrap(self, operation: str, action: int, handler: Callable[..., Any]) -> Callable[..., Any]:
         """The handler, recording its final status when it is done."""

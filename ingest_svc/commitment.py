@@ -19,12 +19,13 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from common import errors
 from common.clients import MetadataClient, StorageClient
-from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb, dicom_pb2
+from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
+from common.gen.dicomserver.v1 import dicom_pb2
 from common.validation import is_uid
 from ingest_svc.settings import IngestSettings
 
 if TYPE_CHECKING:
-    from ingest_svc.scp import Principals
+    from ingest_svc.principals import Principals
 
 log = logging.getLogger(__name__)
 

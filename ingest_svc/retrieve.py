@@ -1,88 +1,239 @@
-"""C-MOVE and C-GET (PS3.4 C.4.2, C.4.3): stored objects go out as they were
-stored. Each is streamed from storage_svc into a temp file which pynetdicom
-sends without decoding when the peer accepted its transfer syntax."""
+"""C-MOVE and C-GET (PS3.4 C.4.2, C.4.3): what to send and where, for both
+paths, and pynetdicom's handlers. Stored objects go out as they were stored,
+from where storage grants them (ARCHITECTURE.md, "Bytes take the shortest
+path"): each from its file in the objects folder, or, on a bucket, from a
+spool file downloaded from its presigned URL while the previous object is
+being sent; grants come in one GrantRead call per batch of objects. The lean
+path sends them itself (ingest_svc.query_retrieve, ingest_svc.store_scu);
+how pynetdicom is made to send files (TLS associations, or with
+DICOMSERVER_DIMSE_LEAN_QUERY_RETRIEVE=false) is ingest_svc.send_stored."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections import defaultdict
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import evt
-from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.sop_class import Verification
 
 from common import errors, matching
+from common.blobs import BlobReader
 from common.clients import MetadataClient, StorageClient
-from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb, dicom_pb2, metadata_service_pb2 as md_pb
-from common.validation import InvalidValue
-from ingest_svc.find import IDENTIFIER_MISMATCH, LEVELS, NOT_AUTHORIZED, OUT_OF_RESOURCES, BadIdentifier, levels_of
+from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.validation import InvalidValue, is_uid
+from ingest_svc import send_stored
+from ingest_svc.find import (
+    IDENTIFIER_MISMATCH,
+    LEVELS,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    BadIdentifier,
+    levels_of,
+)
+from ingest_svc.send_stored import StoredObject
 from ingest_svc.settings import IngestSettings, Peer
 
 if TYPE_CHECKING:
-    from ingest_svc.scp import Principals
+    from ingest_svc.principals import Principals
 
 log = logging.getLogger(__name__)
 
 PENDING, CANCEL = 0xFF00, 0xFE00
+# pynetdicom proposes at most 128 presentation contexts (PS3.8 7.1.1.13: IDs are odd, 1-255).
 MAX_CONTEXTS = 128
+# What an uncompressed object may be re-encoded to when the destination takes nothing else.
+FALLBACK_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+# Read grants asked for in one GrantRead call (storage_svc takes up to 10,000).
+GRANT_BATCH = 500
 _UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 
-class StoredInstance(Dataset):
-    """A stored object on its way out: the file pynetdicom sends as it is, and
-    the UIDs pynetdicom reports when its sub-operation fails."""
-
-    def __init__(self, location: dicom_pb2.InstanceLocation, path: Path | None) -> None:
-        super().__init__()
-        self.SOPClassUID = location.sop_class_uid
-        self.SOPInstanceUID = location.ref.sop_instance_uid
-        self.stored_path = path
-        self.stored_syntax = UID(location.transfer_syntax_uid)
-
-
-_send_c_store = Association.send_c_store
-
-
-def _send_stored(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-    """Association.send_c_store that sends a StoredInstance from its file, as
-    encoded; only when the peer took another uncompressed transfer syntax is
-    the object decoded so pynetdicom can re-encode it."""
-    if not isinstance(dataset, StoredInstance):
-        return _send_c_store(self, dataset, *args, **kwargs)
-    if dataset.stored_path is None:
-        raise ValueError("the stored object could not be read")
-    try:
-        return _send_c_store(self, dataset.stored_path, *args, **kwargs)
-    except ValueError:  # no presentation context for the stored transfer syntax
-        if dataset.stored_syntax.is_compressed:
-            raise
-        return _send_c_store(self, dcmread(dataset.stored_path), *args, **kwargs)
-
-
-Association.send_c_store = _send_stored  # type: ignore[method-assign]
-
-
 def contexts_for(locations: list[dicom_pb2.InstanceLocation]) -> list[PresentationContext]:
-    """Presentation contexts to propose to a C-MOVE destination: each stored
-    (SOP class, transfer syntax), uncompressed ones with the little endian
-    syntaxes as fallbacks."""
-    pairs = dict.fromkeys((loc.sop_class_uid, loc.transfer_syntax_uid) for loc in locations)
-    out: list[PresentationContext] = []
-    for sop_class, ts in list(pairs)[:MAX_CONTEXTS]:
-        syntaxes = [ts]
-        if not UID(ts).is_compressed:
-            syntaxes += [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s != ts]
-        out.append(build_context(sop_class, syntaxes))
+    """Presentation contexts to propose to a C-MOVE destination: one per
+    stored (SOP class, transfer syntax) with that syntax alone, so that a
+    destination that accepts it sends it back as stored whatever syntax it
+    prefers; then, while there is room, one per SOP class stored
+    uncompressed with the other uncompressed syntaxes, to fall back on
+    (those objects are re-encoded). Compressed objects are not decoded, so
+    they get no fallback."""
+    pairs = list(dict.fromkeys((loc.sop_class_uid, loc.transfer_syntax_uid) for loc in locations))
+    out = [build_context(sop_class, [ts]) for sop_class, ts in pairs[:MAX_CONTEXTS]]
+    stored: dict[str, set[str]] = defaultdict(set)
+    for sop_class, ts in pairs:
+        stored[sop_class].add(ts)
+    for sop_class, syntaxes in stored.items():
+        others = [ts for ts in FALLBACK_SYNTAXES if ts not in syntaxes]
+        if len(out) < MAX_CONTEXTS and others and not all(UID(ts).is_compressed for ts in syntaxes):
+            out.append(build_context(sop_class, others))
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(uid: str) -> UID:
+    return UID(uid)
+
+
+@dataclass(slots=True, eq=False)
+class Stored:
+    """A stored object on its way out: its UIDs (named as the DICOM keywords
+    pynetdicom's StoredObject has), its stored transfer syntax, the file to
+    send (None when storage could not give it) and, when not -1, that file
+    open. The lean path sends it as it is; pynetdicom's gets a StoredObject."""
+
+    SOPClassUID: str
+    SOPInstanceUID: str
+    stored_syntax: UID
+    path: str | None = None
+    fd: int = -1
+
+    def dataset(self) -> StoredObject:
+        """For pynetdicom, which takes pydicom Datasets only."""
+        return StoredObject(self.SOPClassUID, self.SOPInstanceUID, self.stored_syntax, self.path)
+
+
+class _Reader(BlobReader):
+    def file_path(self, key: str) -> str | None:
+        """The object's file when storage grants one (the objects folder), else None (a URL)."""
+        grant = self._grant(key)
+        return grant.file_path if grant.WhichOneof("location") == "file_path" else None
+
+
+class _Ready:
+    """One object ready to send, and what to release once it is sent."""
+
+    def __init__(self, obj: Stored, fd: int = -1, spool: str = "") -> None:
+        self.obj = obj
+        self._fd = fd
+        self._spool = spool
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._spool:
+            try:
+                os.unlink(self._spool)
+            except FileNotFoundError:
+                pass
+            self._spool = ""
+
+
+# An open file is sent through its /proc entry: a delete between the
+# C-STORE request and its last fragment cannot cut the message short.
+_FD_PATH = "/proc/self/fd/{}" if os.path.isdir("/proc/self/fd") else ""
+_WILLNEED = getattr(os, "POSIX_FADV_WILLNEED", None)
+
+
+class Outgoing:
+    """The objects of one retrieve, in order, each readied while the one
+    before it is being sent: a granted file is opened and the kernel asked
+    to read it in, a bucket object is downloaded to a spool file."""
+
+    def __init__(self, reader: _Reader, locations: list[dicom_pb2.InstanceLocation], spool_dir: str | None) -> None:
+        self._reader = reader
+        self._locations = locations
+        self._spool_dir = spool_dir
+        self._granted = 0  # locations[:_granted] have their grants asked for
+        self._pool: ThreadPoolExecutor | None = None
+
+    def objects(self) -> Generator[Stored, None, None]:
+        current: _Ready | None = None
+        ahead: Future[_Ready] | None = None
+        try:
+            for i, location in enumerate(self._locations):
+                if ahead is not None:
+                    current = ahead.result()
+                else:
+                    self._grant_through(i)
+                    current = self._ready(location)
+                ahead = self._ahead(i + 1)
+                yield current.obj
+                current.release()
+                current = None
+        finally:
+            if current is not None:
+                current.release()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+            if ahead is not None:
+                ahead.add_done_callback(_release)
+
+    def _grant_through(self, i: int) -> None:
+        """Asks for the grants of the batch holding locations[i], if not yet."""
+        if i < self._granted:
+            return
+        keys = [loc.object_key for loc in self._locations[self._granted : self._granted + GRANT_BATCH]]
+        self._granted += len(keys)
+        try:
+            self._reader.prepare(keys)
+        except errors.ServiceError as exc:  # each object asks again on its own
+            log.warning("storage granted no reads for a retrieve: %s", exc)
+
+    def _ahead(self, i: int) -> Future[_Ready] | None:
+        """Readies locations[i] while the one before it is sent: a granted
+        file is opened and the kernel asked to read it in, a bucket object
+        is downloaded in a thread."""
+        if i >= len(self._locations):
+            return None
+        location = self._locations[i]
+        self._grant_through(i)
+        try:
+            in_file = self._reader.file_path(location.object_key) is not None
+        except errors.ServiceError:
+            return None  # asked again, and reported, when its turn comes
+        if in_file:
+            ready: Future[_Ready] = Future()
+            ready.set_result(self._ready(location))
+            return ready
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="retrieve-download")
+        return self._pool.submit(self._ready, location)
+
+    def _ready(self, location: dicom_pb2.InstanceLocation) -> _Ready:
+        obj = Stored(location.sop_class_uid, location.ref.sop_instance_uid, _syntax(location.transfer_syntax_uid))
+        spool = ""
+        try:
+            path = self._reader.file_path(location.object_key)
+            if path is not None:
+                fd = os.open(path, os.O_RDONLY)
+                if _WILLNEED is not None:
+                    os.posix_fadvise(fd, 0, 0, _WILLNEED)
+                obj.path = _FD_PATH.format(fd) if _FD_PATH else path
+                obj.fd = fd
+                return _Ready(obj, fd=fd)
+            fd, spool = tempfile.mkstemp(suffix=".dcm", dir=self._spool_dir)
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self._reader.get(location.object_key):
+                    f.write(chunk)
+            obj.path = spool
+            return _Ready(obj, spool=spool)
+        except (errors.ServiceError, OSError) as exc:
+            # A failed sub-operation (ingest_svc.send_stored): the object is
+            # indexed, but storage does not have it or cannot give it now.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            log.warning("a stored object cannot be read for retrieve (%s): %s", type(exc).__name__, reason)
+            if spool:
+                _Ready(obj, spool=spool).release()
+            return _Ready(obj)
+
+
+def _release(ready: Future[_Ready]) -> None:
+    if not ready.cancelled() and ready.exception() is None:
+        ready.result().release()
 
 
 class Retriever:
@@ -90,7 +241,7 @@ class Retriever:
         self, settings: IngestSettings, storage: StorageClient, metadata: MetadataClient, principals: Principals
     ) -> None:
         self._settings = settings
-        self._storage = storage
+        self._reader = _Reader(storage)
         self._metadata = metadata
         self._principals = principals
 
@@ -139,9 +290,15 @@ class Retriever:
                 pairs = [(v, "") for v in values]
             else:
                 flt = matching.parse(0x0020000E, "\\".join(values))
+                studies = self._uids(identifier, "StudyInstanceUID")
+                if len(studies) == 1 and is_uid(studies[0]):
+                    return self._series_of_study(tenant, studies[0], values)
                 pairs = self._query_uids(tenant, dicom_pb2.QUERY_LEVEL_SERIES, flt)
         except InvalidValue as exc:
             raise BadIdentifier(IDENTIFIER_MISMATCH, str(exc)) from None
+        return self._locate_pairs(tenant, pairs)
+
+    def _locate_pairs(self, tenant: str, pairs: list[tuple[str, str]]) -> list[dicom_pb2.InstanceLocation]:
         out: list[dicom_pb2.InstanceLocation] = []
         for study, series in dict.fromkeys(pairs):
             try:
@@ -150,40 +307,49 @@ class Retriever:
                 continue
         return list({loc.ref.sop_instance_uid: loc for loc in out}.values())
 
+    def _series_of_study(self, tenant: str, study: str, series: list[str]) -> list[dicom_pb2.InstanceLocation]:
+        """Series the identifier names with their study, as the hierarchical
+        model has it: one LocateInstances call each. (A series query first,
+        ~10 ms, then the locate took 32-49 ms for a 50-instance series of the
+        bench index; 2.5 ms now, with metadata_svc's lookup by index.) One
+        that is not in that study is looked for as before, by a series query
+        and then in the study it is in."""
+        pairs = [(study, uid) for uid in dict.fromkeys(series)]
+        out: list[dicom_pb2.InstanceLocation] = []
+        elsewhere = []
+        for pair in pairs:
+            try:
+                out += self._metadata.locate(tenant, *pair)
+            except errors.NotFound:
+                elsewhere.append(pair[1])
+        if elsewhere:
+            flt = matching.parse(0x0020000E, "\\".join(elsewhere))
+            out += self._locate_pairs(tenant, self._query_uids(tenant, dicom_pb2.QUERY_LEVEL_SERIES, flt))
+        return list({loc.ref.sop_instance_uid: loc for loc in out}.values())
+
     # -- sending
 
-    def _fetch(self, location: dicom_pb2.InstanceLocation) -> Path | None:
-        fd, name = tempfile.mkstemp(suffix=".dcm", dir=self._settings.retrieve_spool_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in self._storage.get(location.object_key):
-                    f.write(chunk)
-            return Path(name)
-        except (errors.ServiceError, OSError) as exc:
-            log.warning("could not read a stored object for retrieve: %s", exc)
-            os.unlink(name)
-            return None
+    def outgoing(self, locations: list[dicom_pb2.InstanceLocation]) -> Generator[Stored, None, None]:
+        """The objects to send, each ready when its turn comes (Outgoing)."""
+        spool = str(self._settings.retrieve_spool_dir) if self._settings.retrieve_spool_dir else None
+        return Outgoing(self._reader, locations, spool).objects()
 
     def _sub_operations(
         self, event: evt.Event, locations: list[dicom_pb2.InstanceLocation]
     ) -> Iterator[tuple[int, Dataset | None]]:
-        previous: Path | None = None
+        objects = self.outgoing(locations)
         try:
-            for location in locations:
-                if previous is not None:
-                    previous.unlink(missing_ok=True)
-                    previous = None
+            for obj in objects:
                 if event.is_cancelled:
                     yield CANCEL, None
                     return
-                previous = self._fetch(location)
-                yield PENDING, StoredInstance(location, previous)
+                yield PENDING, obj.dataset()
         finally:
-            if previous is not None:
-                previous.unlink(missing_ok=True)
+            objects.close()  # releases files and spool files now, not when collected
 
-    def _request(self, event: evt.Event) -> tuple[int, list[dicom_pb2.InstanceLocation]]:
-        """(0, locations) or (failure status, [])."""
+    def request(self, event: Any) -> tuple[int, list[dicom_pb2.InstanceLocation]]:
+        """(0, locations) or (failure status, []) for a C-GET or C-MOVE
+        request: pynetdicom's Event or the lean path's request."""
         try:
             tenant = self._principals.tenant(event.assoc, auth_pb.ACTION_READ)
             if tenant is None:
@@ -205,7 +371,7 @@ class Retriever:
             return OUT_OF_RESOURCES, []
         return 0, locations
 
-    def _destination(self, event: evt.Event) -> Peer | None:
+    def destination(self, event: Any) -> Peer | None:
         """The C-MOVE destination, if it exists for the caller's tenant: one
         kept for other tenants is answered as unknown (no existence oracle)."""
         peer = self._settings.dimse_peers.get(str(event.move_destination).strip())
@@ -216,27 +382,30 @@ class Retriever:
         return peer if held & set(peer.tenants) else None
 
     def handle_move(self, event: evt.Event) -> Iterator[Any]:
-        peer = self._destination(event)
+        peer = self.destination(event)
         if peer is None:
             log.info("C-MOVE to an unknown destination refused")
             yield None, None  # pynetdicom answers 0xA801, destination unknown
             return
-        status, locations = self._request(event)
+        status, locations = self.request(event)
         if status:
-            # pynetdicom reports a failure only after the destination yield.
-            yield peer.host, peer.port
+            # pynetdicom reports a failure only once it has associated with
+            # the destination, which takes a presentation context to
+            # propose (without one it answered 0xC515 instead of `status`).
+            yield send_stored.destination(peer.host, peer.port, [build_context(Verification)])
             yield 1
             yield status, None
             return
-        yield peer.host, peer.port, {"contexts": contexts_for(locations) or None}
+        yield send_stored.destination(peer.host, peer.port, contexts_for(locations))
         yield len(locations)
         yield from self._sub_operations(event, locations)
 
     def handle_get(self, event: evt.Event) -> Iterator[Any]:
-        status, locations = self._request(event)
+        status, locations = self.request(event)
         if status:
             yield 1
             yield status, None
             return
+        send_stored.send_from_files(event.assoc)
         yield len(locations)
         yield from self._sub_operations(event, locations)

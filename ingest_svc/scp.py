@@ -1,7 +1,10 @@
-"""The DIMSE edge: a pynetdicom AE with thin handlers bound to their clients.
+"""The DIMSE edge: a pynetdicom AE with thin handlers bound to their clients,
+and beside it the lean acceptor (ingest_svc.lean_acceptor) for associations
+that only store, echo, query or retrieve (patient and study root).
 
-Association policy (calling/called AE title, tenant) is decided once, when the
-association is requested; each operation then checks the action it needs."""
+Association policy (calling/called AE title, tenant, the association limit)
+is decided once, when the association is requested (ingest_svc.principals);
+each operation then checks the action it needs."""
 
 from __future__ import annotations
 
@@ -11,10 +14,9 @@ import socketserver
 import ssl
 import threading
 import time
-import weakref
 from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from pydicom.uid import (
     AllTransferSyntaxes,
     DeflatedExplicitVRLittleEndian,
@@ -37,20 +39,20 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from common import errors, tls
+from common import tls
 from common.clients import AuthClient, MetadataClient, StorageClient
-from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.ingest import IngestPipeline
 from ingest_svc import commitment, find, retrieve, store
 from ingest_svc.audit_trail import AuditSink, DimseAudit, Record
+from ingest_svc.lean_acceptor import LeanAcceptor, LeanAssociation
+from ingest_svc.principals import Principals
+from ingest_svc.query_retrieve import QueryRetrieve
 from ingest_svc.settings import IngestSettings
 
 ASSOCIATIONS = Gauge("dicomserver_dimse_associations", "DIMSE associations open in this process")
+SERVED_BY = Counter(
+    "dicomserver_dimse_association_requests_total", "Association requests by the path that serves them", ["path"])
 log = logging.getLogger(__name__)
-
-# A-ASSOCIATE-RJ (result, source, reason), PS3.8 9.3.4.
-REJECT_CALLING_AE = (0x01, 0x01, 0x03)
-REJECT_CONGESTION = (0x02, 0x03, 0x01)
 
 QUERY_RETRIEVE = [
     PatientRootQueryRetrieveInformationModelFind,
@@ -61,69 +63,6 @@ QUERY_RETRIEVE = [
     StudyRootQueryRetrieveInformationModelGet,
 ]
 UNCOMPRESSED = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
-
-
-class Principals:
-    """Who each association is, asked of auth_svc once when it is requested."""
-
-    def __init__(self, auth: AuthClient, settings: IngestSettings) -> None:
-        self._auth = auth
-        self._settings = settings
-        self.audit: DimseAudit | None = None
-        self._lock = threading.Lock()
-        self._by_assoc: weakref.WeakKeyDictionary[Association, auth_pb.Principal] = weakref.WeakKeyDictionary()
-        self._decisions: weakref.WeakKeyDictionary[Association, dict[int, str | None]] = weakref.WeakKeyDictionary()
-
-    def on_requested(self, event: evt.Event) -> None:
-        """EVT_REQUESTED: rejects unknown calling AE titles before negotiation."""
-        assoc = event.assoc
-        rq = assoc.requestor.primitive
-        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
-        if self._settings.require_called_ae_title and called != self._settings.ae_title:
-            return  # pynetdicom rejects it (called AE title not recognised)
-        peer = auth_pb.DimsePeer(calling_ae_title=calling, called_ae_title=called, peer_address=assoc.requestor.address)
-        try:
-            principal = self._auth.authenticate(auth_pb.AuthenticateRequest(dimse_peer=peer))
-        except errors.Unauthenticated as exc:
-            log.warning("association from calling AE '%s' rejected: %s", calling, exc)
-            self._reject(assoc, REJECT_CALLING_AE, calling, str(exc))
-            return
-        except errors.ServiceError as exc:
-            log.warning("auth_svc unavailable, association rejected: %s", exc)
-            self._reject(assoc, REJECT_CONGESTION, calling, "the authorization service is unavailable")
-            return
-        if not principal.tenants:
-            self._reject(assoc, REJECT_CALLING_AE, calling, "the principal holds no tenant")
-            return
-        with self._lock:
-            self._by_assoc[assoc] = principal
-
-    def _reject(self, assoc: Association, rsd: tuple[int, int, int], calling: str, reason: str) -> None:
-        if self.audit is not None:
-            self.audit.rejected(assoc, calling, reason)
-        assoc.acse.send_reject(*rsd)
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        assoc.kill()
-
-    def principal(self, assoc: Association) -> auth_pb.Principal | None:
-        with self._lock:
-            return self._by_assoc.get(assoc)
-
-    def tenant(self, assoc: Association, action: int) -> str | None:
-        """The association's tenant if it may do `action` there, else None.
-        Raises errors.ServiceError when auth_svc cannot answer."""
-        with self._lock:
-            principal = self._by_assoc.get(assoc)
-            cached = self._decisions.setdefault(assoc, {}) if principal is not None else {}
-            if action in cached:
-                return cached[action]
-        if principal is None:
-            return None
-        tenant = principal.tenants[0]
-        allowed = self._auth.authorize(principal, action, tenant).allowed
-        with self._lock:
-            cached[action] = tenant if allowed else None
-        return tenant if allowed else None
 
 
 class _SharedContexts(list):  # type: ignore[type-arg]
@@ -184,14 +123,28 @@ class DimseServer(ThreadedAssociationServer):
     otherwise wait for a delayed ACK), gives it the network timeout (a peer
     that stops inside a PDU would otherwise hold its thread for ever), caps
     PDU lengths, and shares the port between processes when asked
-    (SO_REUSEPORT)."""
+    (SO_REUSEPORT).
+
+    With `lean` set, the associations it serves (ingest_svc.lean_acceptor)
+    are served by it on the connection's thread instead of by pynetdicom."""
 
     reuse_port = False
+    lean: LeanAcceptor | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before pynetdicom's __init__, which lists the active associations.
+        self._lean: set[LeanAssociation] = set()
+        self._lean_lock = threading.Lock()
         super().__init__(*args, **kwargs)
         self.contexts = _SharedContexts(self.contexts)
         self.RequestHandlerClass = _RequestHandler
+
+    @property
+    def active_associations(self) -> list[Any]:
+        """pynetdicom's acceptors and the lean acceptor's connections."""
+        with self._lean_lock:
+            lean = list(self._lean)
+        return super().active_associations + lean
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -216,6 +169,42 @@ class DimseServer(ThreadedAssociationServer):
             request = tls.server_handshake(self.ssl_context, request, self.ae.acse_timeout)
             if request is None:
                 return
+            # TLS associations stay on pynetdicom: the lean acceptor
+            # decides by peeking at the A-ASSOCIATE-RQ (MSG_PEEK), which a
+            # TLS socket cannot do, and pynetdicom must get a socket nobody
+            # has read from.
+            SERVED_BY.labels("pynetdicom").inc()
+            super().finish_request(request, client_address)
+            return
+        if self.lean is None:
+            SERVED_BY.labels("pynetdicom").inc()
+            super().finish_request(request, client_address)
+            return
+        # Counted from here, as pynetdicom counts an association whose
+        # request has not come yet.
+        assoc = LeanAssociation(self.lean, request, client_address)
+        with self._lean_lock:
+            self._lean.add(assoc)
+        try:
+            rq = assoc.peek_request(self.ae.acse_timeout)
+            if rq is None:  # nothing within the ACSE timeout: dropped, as pynetdicom drops it
+                log.debug("DIMSE peer %s sent no association request", assoc.source)
+                self.shutdown_request(request)
+                return
+            if rq is not False:
+                log.debug("association from %s: lean path", assoc.source)
+                SERVED_BY.labels("lean").inc()
+                try:
+                    assoc.run(rq)
+                finally:
+                    self.shutdown_request(request)
+                return
+        finally:
+            with self._lean_lock:
+                self._lean.discard(assoc)
+        log.debug("association from %s: pynetdicom path", assoc.source)
+        SERVED_BY.labels("pynetdicom").inc()
+        request.settimeout(self.ae.network_timeout)
         super().finish_request(request, client_address)
 
     def stop(self, grace: float) -> None:
@@ -266,12 +255,9 @@ def build_ae(settings: IngestSettings) -> AE:
 
 
 def handlers(
-    settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient, storage: StorageClient,
-    metadata: MetadataClient, ae: AE, audit: AuditSink | None = None,
+    settings: IngestSettings, pipeline: IngestPipeline, storage: StorageClient, metadata: MetadataClient, ae: AE,
+    principals: Principals, trail: DimseAudit, sender: retrieve.Retriever,
 ) -> list[Any]:
-    principals = Principals(auth, settings)
-    trail = principals.audit = DimseAudit(audit, principals)
-    sender = retrieve.Retriever(settings, storage, metadata, principals)
     reports = commitment.Commitments(settings, ae, storage, metadata, principals)
     read, write = Record.ACTION_READ, Record.ACTION_WRITE
     return [
@@ -290,13 +276,23 @@ def start_scp(
 ) -> DimseServer:
     """Starts the SCP in its own threads; returns the server to shut down."""
     ae = build_ae(settings)
+    principals = Principals(auth, settings)
+    trail = principals.audit = DimseAudit(audit, principals)
     server_class = type("Server", (DimseServer,), {"reuse_port": settings.dimse_workers > 1})
+    # One retriever for both paths: its read grants are shared.
+    sender = retrieve.Retriever(settings, storage, metadata, principals)
     server = ae.make_server(
         (settings.dimse_host, settings.dimse_port),
         ssl_context=tls_context(settings),
-        evt_handlers=handlers(settings, pipeline, auth, storage, metadata, ae, audit),
+        evt_handlers=handlers(settings, pipeline, storage, metadata, ae, principals, trail, sender),
         server_class=server_class,
     )
+    # The association limit counts both paths' associations.
+    principals.active = lambda: len(server.active_associations)
+    if settings.dimse_lean_storage:
+        query_retrieve = QueryRetrieve(settings, ae, metadata, principals, trail, sender) \
+            if settings.dimse_lean_query_retrieve else None
+        server.lean = LeanAcceptor(settings, ae, server.contexts, principals, trail, pipeline, query_retrieve)
     ae._servers.append(server)  # so that ae.shutdown() stops it too
     ASSOCIATIONS.set_function(lambda: len(server.active_associations))
     threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True).start()

@@ -24,6 +24,17 @@ class IngestSettings(CommonSettings):
     require_called_ae_title: bool = True
     # Accept private and unknown SOP classes as storage.
     accept_unknown_sop_classes: bool = True
+    # Associations that only store or echo (storescu, dcmsend, modalities)
+    # are served by the lean acceptor instead of pynetdicom (plain TCP only;
+    # TLS associations always go to pynetdicom).
+    dimse_lean_storage: bool = True
+    # With it, associations that query or retrieve (C-FIND, C-GET, C-MOVE of
+    # the patient and study root models, with storage and echo or not) too.
+    dimse_lean_query_retrieve: bool = True
+    # Seconds auth_svc's grants are reused: the principal of a peer (calling
+    # and called AE title, address) and what it may do; refusals are never
+    # reused. 0 asks for every association.
+    auth_cache_seconds: float = 2.0
     # Largest PDU we receive; large PDUs are much faster on fast links.
     max_pdu_size: int = 1024 * 1024
     # Simultaneous associations per DIMSE process; more are rejected
@@ -47,8 +58,9 @@ class IngestSettings(CommonSettings):
     find_page_size: int = 200
     # Instances per C-MOVE/C-GET request (a DIMSE limit is 65535).
     max_retrieve_instances: int = 65535
-    # Temp files of objects on their way out (C-MOVE, C-GET); empty: the
-    # system temp folder.
+    # Spool files of bucket objects on their way out (C-MOVE, C-GET with the
+    # S3 backend; files in the objects folder are sent from where they lie);
+    # empty: the system temp folder.
     retrieve_spool_dir: Path | None = None
     # DICOM TLS (PS3.15 B.1): set certificate and key to serve TLS on the
     # DIMSE port; with a CA file, clients must present a certificate it signed.

@@ -10,7 +10,6 @@ median of `runs` runs each."""
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess

@@ -1,0 +1,186 @@
+"""An in-process DIMSE server for the storage acceptor's tests and its
+bare benchmark: the real DimseServer and handlers, with auth_svc and the
+ingest pipeline replaced by small fakes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import errors
+from common.blobs import StagedObject
+from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
+from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
+from ingest_svc.scp import DimseServer, start_scp
+from ingest_svc.settings import IngestSettings
+
+
+@dataclass
+class FakeAuth:
+    """Every calling AE in `known` (or any, when None) is a principal of
+    tenant 'default' that may do everything; `down` makes auth_svc unavailable."""
+
+    known: set[str] | None = None
+    down: bool = False
+    calls: int = 0
+
+    def authenticate(self, request: auth_pb.AuthenticateRequest) -> auth_pb.Principal:
+        self.calls += 1
+        if self.down:
+            raise errors.Unavailable("auth_svc is down")
+        calling = request.dimse_peer.calling_ae_title
+        if self.known is not None and calling not in self.known:
+            raise errors.Unauthenticated(f"unknown calling AE title {calling}")
+        return auth_pb.Principal(subject=f"ae:{calling}", tenants=["default"])
+
+    def authorize(self, principal: auth_pb.Principal, action: int, tenant: str) -> auth_pb.AuthorizeResponse:
+        return auth_pb.AuthorizeResponse(allowed=True)
+
+
+@dataclass
+class Stored:
+    data: bytes
+    tenant: str
+    sop_class: str
+    sop_instance: str
+    calling_ae_title: str = ""
+
+
+@dataclass
+class FakePipeline:
+    """Stages into files of `folder`; store() keeps the bytes and answers success."""
+
+    folder: Path
+    stored: list[Stored] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stage(self) -> StagedObject:
+        fd, path = tempfile.mkstemp(suffix=".part", dir=self.folder)
+        return StagedObject(os.fdopen(fd, "w+b"), path, "", None)  # type: ignore[arg-type]
+
+    def store(self, staged: StagedObject, tenant: str, expected_study: str = "", policy: int = 0,
+              expected_sop_class: str = "", expected_sop_instance: str = "",
+              calling_ae_title: str = "") -> ingest_pb.InstanceOutcome:
+        try:
+            staged.file.flush()
+            staged.file.seek(0)
+            with self.lock:
+                self.stored.append(Stored(staged.file.read(), tenant, expected_sop_class, expected_sop_instance,
+                                          calling_ae_title))
+        finally:
+            staged.discard()
+        return ingest_pb.InstanceOutcome(status=ingest_pb.STORE_STATUS_STORED, dicom_status=0)
+
+
+class NullStaged:
+    """Counts what is written and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+
+    def discard(self) -> None:
+        pass
+
+
+@dataclass
+class NullPipeline:
+    """The bare receiver's pipeline: every object is thrown away and
+    answered success (what the receive path costs by itself)."""
+
+    stored: list[Stored] = field(default_factory=list)
+    objects: int = 0
+
+    def stage(self) -> NullStaged:
+        return NullStaged()
+
+    def store(self, staged: NullStaged, tenant: str, **_: Any) -> ingest_pb.InstanceOutcome:
+        self.objects += 1
+        return ingest_pb.InstanceOutcome(status=ingest_pb.STORE_STATUS_STORED, dicom_status=0)
+
+
+@dataclass
+class AuditSink:
+    records: list[Any] = field(default_factory=list)
+
+    def record(self, record: Any) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Scp:
+    server: DimseServer
+    port: int
+    settings: IngestSettings
+    auth: FakeAuth
+    pipeline: Any  # FakePipeline or NullPipeline
+    audit: AuditSink
+    stopped: bool = False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_scp(folder: Path, auth: FakeAuth | None = None, null: bool = False, **settings: Any) -> Iterator[Scp]:
+    """A DimseServer on a free port with the fakes (`null`: the NullPipeline);
+    DICOMSERVER_* settings by keyword."""
+    port = free_port()
+    values = {"dimse_port": port, "ae_title": "DICOMSERVER", **settings}
+    ingest_settings = IngestSettings(**values)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline = NullPipeline() if null else FakePipeline(folder)
+    scp = Scp(None, port, ingest_settings, auth or FakeAuth(), pipeline, AuditSink())  # type: ignore[arg-type]
+    scp.server = start_scp(ingest_settings, scp.pipeline, scp.auth, None, None, scp.audit)  # type: ignore[arg-type]
+    try:
+        yield scp
+    finally:
+        if not scp.stopped:
+            scp.server.stop(0.5)
+
+
+# -- raw PDUs ------------------------------------------------------------------
+
+
+def read_pdu(sock: socket.socket) -> bytes:
+    """One whole PDU (header included); b'' when the peer closed first."""
+    head = _read(sock, 6)
+    if len(head) < 6:
+        return b""
+    (length,) = struct.unpack(">I", head[2:6])
+    return head + _read(sock, length)
+
+
+def _read(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        try:
+            chunk = sock.recv(n - len(out))
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def p_data(context_id: int, header: int, data: bytes) -> bytes:
+    """A P-DATA-TF with one PDV."""
+    return struct.pack(">BxIIBB", 0x04, len(data) + 6, len(data) + 2, context_id, header) + data
+
+
+RELEASE_RQ = struct.pack(">BxI", 0x05, 4) + bytes(4)
+ABORT_RQ = struct.pack(">BxI", 0x07, 4) + bytes(4)
