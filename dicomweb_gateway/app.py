@@ -14,17 +14,48 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import BaseRoute, Mount, Route
 
 from common.audit import AuditLog
-from common.clients import AuthClient, MetadataClient, StorageClient, channel
+from common.blobs import BlobReader
+from common.clients import (
+    AuthClient,
+    EventBusClient,
+    IngestClient,
+    MetadataClient,
+    RoutingClient,
+    StorageClient,
+    channel,
+)
 from common.exposure import ExposedWithoutAuth, require_auth_unless_loopback
 from common.ingest import IngestPipeline
+from dicomweb_gateway import (
+    changefeed,
+    deidentify,
+    delete,
+    frames,
+    health,
+    openapi,
+    qido,
+    render,
+    routing,
+    stow,
+    wado,
+    wado_uri,
+)
 from dicomweb_gateway.audit_trail import AuditSink
 from dicomweb_gateway.auth import Authentication
-from dicomweb_gateway.limits import RequestLimits
-from dicomweb_gateway.observability import RequestObservability
-from dicomweb_gateway import changefeed, delete, frames, health, openapi, qido, render, stow, wado, wado_uri
+from dicomweb_gateway.console import ConsoleAuthentication, viewer_missing
+from dicomweb_gateway.console import is_form_path as console_is_form_path
+from dicomweb_gateway.console import is_open as console_is_open
+from dicomweb_gateway.console import is_page as console_is_page
+from dicomweb_gateway.console import routes as console_routes
+from dicomweb_gateway.console.context import Console
+from dicomweb_gateway.console.oidc import OpenIdClient
+from dicomweb_gateway.console.session import SessionCodec, SessionMiddleware
+from dicomweb_gateway.console.viewer import Viewer, ViewerApp
 from dicomweb_gateway.context import Gateway
 from dicomweb_gateway.errors import EXCEPTION_HANDLERS
+from dicomweb_gateway.limits import RequestLimits
 from dicomweb_gateway.objects import LayoutCache
+from dicomweb_gateway.observability import RequestObservability
 from dicomweb_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +69,7 @@ def routes() -> list[BaseRoute]:
     return [
         # STOW-RS
         Route("/studies", stow.store_instances, methods=["POST"]),
+        Route("/deidentify", deidentify.deidentify, methods=["POST"]),
         Route(_STUDY, stow.store_instances, methods=["POST"]),
         # QIDO-RS
         Route("/studies", qido.search_studies, methods=["GET"]),
@@ -71,10 +103,33 @@ def routes() -> list[BaseRoute]:
         # Change feed
         Route("/changefeed", changefeed.read, methods=["GET"]),
         Route("/changefeed/latest", changefeed.latest, methods=["GET"]),
+        # Routing: send to a destination, dead letters (the event bus's RoutingService)
+        Route("/routing/destinations", routing.list_destinations, methods=["GET"]),
+        Route("/routing/destinations/{name}" + _STUDY, routing.send, methods=["POST"]),
+        Route("/routing/destinations/{name}" + _SERIES, routing.send, methods=["POST"]),
+        Route("/routing/destinations/{name}" + _INSTANCE, routing.send, methods=["POST"]),
+        Route("/routing/sends/{id}", routing.get_send, methods=["GET"]),
+        Route("/routing/dead-letters", routing.list_dead_letters, methods=["GET"]),
+        Route("/routing/dead-letters/replay", routing.replay_dead_letters, methods=["POST"]),
         # WADO-URI and the API description
         Route("/wado", wado_uri.wado_uri, methods=["GET"]),
         Route("/openapi.json", openapi.openapi, methods=["GET"]),
     ]
+
+
+def _console(settings: GatewaySettings, storage: StorageClient, metadata: MetadataClient, auth: AuthClient,
+             owned: list[grpc.Channel]) -> Console:
+    owned.append(channel(settings.ingest_addr))
+    ingest = IngestClient(owned[-1])
+    owned.append(channel(settings.eventbus_addr))
+    eventbus = EventBusClient(owned[-1])
+    secret = settings.console_session_secret.get_secret_value() if settings.console_session_secret else None
+    viewer = Viewer(settings.viewer_dir, settings.public_url or settings.base_path)
+    console = Console(settings, storage, metadata, auth, ingest, eventbus,
+                      SessionCodec(secret, settings.console_session_hours * 3600), viewer,
+                      OpenIdClient.from_settings(settings))
+    console.viewer_app = ViewerApp(viewer, viewer_missing)
+    return console
 
 
 def create_app(
@@ -83,6 +138,7 @@ def create_app(
     metadata: MetadataClient | None = None,
     auth: AuthClient | None = None,
     audit: AuditSink | None = None,
+    routing_client: RoutingClient | None = None,
 ) -> Starlette:
     """Clients not passed in are built from the settings' addresses; the app
     then owns their channels and closes them on shutdown."""
@@ -98,6 +154,9 @@ def create_app(
         auth = AuthClient(owned[-1])
     if audit is None:
         audit = AuditLog.from_settings(settings, metadata, edge="dicomweb")
+    if routing_client is None:
+        owned.append(channel(settings.eventbus_addr))
+        routing_client = RoutingClient(owned[-1])
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -118,7 +177,8 @@ def create_app(
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
-    app_routes: list[BaseRoute] = probes + (
+    console = _console(settings, storage, metadata, auth, owned) if settings.console_enabled else None
+    app_routes: list[BaseRoute] = probes + (console_routes(console.viewer_app) if console else []) + (
         [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
     )
     middleware = [Middleware(RequestObservability)]
@@ -137,13 +197,27 @@ def create_app(
     middleware.append(Middleware(RequestLimits, max_query_string_bytes=settings.max_query_string_bytes,
                                  max_request_bytes=settings.max_request_bytes))
     open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
-    middleware.append(Middleware(Authentication, auth=auth, audit=audit, base_path=settings.base_path,
-                                 open_paths=open_paths, cache_seconds=settings.auth_cache_seconds))
+    if console is None:
+        middleware.append(Middleware(Authentication, auth=auth, audit=audit, base_path=settings.base_path,
+                                     open_paths=open_paths, cache_seconds=settings.auth_cache_seconds))
+    else:
+        # The console's session lends its credential to requests without one,
+        # then the same authentication decides; refused pages go to sign in.
+        middleware.append(Middleware(SessionMiddleware, codec=console.codec, is_page=console_is_page,
+                                     is_form_path=console_is_form_path))
+        middleware.append(Middleware(ConsoleAuthentication, auth=auth, audit=audit, base_path=settings.base_path,
+                                     open_paths=open_paths, cache_seconds=settings.auth_cache_seconds,
+                                     is_open=console_is_open,
+                                     page=console_is_page))
     app = Starlette(
         routes=app_routes,
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(storage))
+    reader = BlobReader(storage)
+    app.state.console = console
+    app.state.auth = auth  # the de-identification route checks the target tenant too
+    app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(reader),
+                                reader, routing_client)
     return app

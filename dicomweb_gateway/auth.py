@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common import errors
@@ -125,24 +127,27 @@ class Authentication:
 
     def __init__(
         self, app: ASGIApp, auth: AuthClient, audit: audit_trail.AuditSink, base_path: str,
-        open_paths: frozenset[str], cache_seconds: float = 0.0,
+        open_paths: frozenset[str], cache_seconds: float = 0.0, is_open: Callable[[str], bool] | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
         self.audit = audit
         self.base_path = base_path
         self.open_paths = open_paths
+        # More paths that pass without credentials (the console's static files).
+        self.is_open = is_open or (lambda _path: False)
         self.grants = Grants(cache_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in self.open_paths \
+                or self.is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         try:
             access = await self._grant(scope)
         except Refused as exc:
             audit_trail.refused(self.audit, scope, exc.status, exc.message)
-            await error_response(exc.status, exc.message, exc.headers)(scope, receive, send)
+            await self.refusal(scope, exc)(scope, receive, send)
             return
         scope["access"] = access
         status = 500
@@ -157,6 +162,10 @@ class Authentication:
             await self.app(scope, receive, send_status)
         finally:
             audit_trail.served(self.audit, scope, access, status)
+
+    def refusal(self, scope: Scope, exc: Refused) -> Response:
+        """The answer to a refused request (the console's pages redirect to sign in)."""
+        return error_response(exc.status, exc.message, exc.headers)
 
     async def _grant(self, scope: Scope) -> Access:
         action = _ACTIONS.get(scope["method"])

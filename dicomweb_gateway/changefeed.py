@@ -39,7 +39,8 @@ def entry(event: events_pb2.Event) -> dict[str, Any]:
         "StudyInstanceUid": ref.study_instance_uid,
         "SeriesInstanceUid": ref.series_instance_uid,
         "SopInstanceUid": ref.sop_instance_uid,
-        "Action": "Create" if kind == "instance_stored" else "Delete",
+        # A conversion by the compression policy changes the stored object, not the instance.
+        "Action": {"instance_stored": "Create", "instance_converted": "Update"}.get(kind or "", "Delete"),
         "Timestamp": MessageToDict(event)["time"],
     }
 

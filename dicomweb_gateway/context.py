@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from common.clients import MetadataClient, StorageClient
+from common.blobs import BlobReader
+from common.clients import MetadataClient, RoutingClient, StorageClient
 from common.ingest import IngestPipeline
 from common.validation import InvalidValue, check_uid
 from dicomweb_gateway.auth import Access
@@ -22,6 +24,10 @@ class Gateway:
     metadata: MetadataClient
     pipeline: IngestPipeline
     layouts: LayoutCache
+    # Object bytes are read here, where storage grants (files, presigned URLs).
+    reader: BlobReader
+    # The event bus's RoutingService (dicomweb_gateway/routing.py).
+    routing: RoutingClient | None = None
 
 
 def gateway(request: Request) -> Gateway:
@@ -51,6 +57,9 @@ def path_uid(request: Request, name: str, label: str) -> str:
         raise bad_request(str(exc)) from None
 
 
+ROOT_RELATIVE_BULKDATA = b'"BulkDataURI":"studies/'
+
+
 class Urls:
     """Absolute URLs of DICOMweb resources (RetrieveURL, Content-Location, BulkDataURI)."""
 
@@ -73,3 +82,12 @@ class Urls:
 
     def instance(self, study: str, series: str, sop: str) -> str:
         return f"{self.series(study, series)}/instances/{sop}"
+
+    def absolute_bulkdata_uris(self, blob: bytes) -> bytes:
+        """DICOM JSON (one object or a whole array) with absolute BulkDataURIs.
+        The index stores them relative to the DICOMweb root
+        ("studies/…/bulkdata/7FE00010"): one replace over the bytes, no parse."""
+        if ROOT_RELATIVE_BULKDATA in blob:
+            root = json.dumps(self.root + "/studies/")[1:-1].encode("utf-8")
+            blob = blob.replace(ROOT_RELATIVE_BULKDATA, b'"BulkDataURI":"' + root)
+        return blob

@@ -3,13 +3,17 @@ objects, frame by frame, read in place with ranged gets.
 
 Compressed frames go out as stored whenever the Accept header allows it;
 "application/octet-stream" without transfer-syntax=* means decoded native
-frames (Explicit VR Little Endian), as the standard's default says."""
+frames (Explicit VR Little Endian), as the standard's default says. A
+compressed syntax the stored one is not (image/jphc for HTJ2K, image/jpeg,
+image/jp2, image/jls, image/dicom-rle, or octet-stream with its
+transfer-syntax) is made frame by frame when its encoder is installed
+(dicomweb_gateway.transcode), each frame checked by decoding."""
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -18,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from common.clients import StorageClient
+from common.blobs import BlobReader
 from common.gen.dicomserver.v1 import dicom_pb2
 from dicomweb_gateway import objects, transcode
 from dicomweb_gateway.context import Gateway, Urls, gateway, path_uid, tenant_for
@@ -46,6 +50,15 @@ FRAME_MEDIA_TYPES: dict[str, str] = {
     "1.2.840.10008.1.2.5": "image/dicom-rle",
 }
 _ALIASES = {"image/x-dicom-rle": "image/dicom-rle", "image/x-jls": "image/jls"}
+# The syntax a frame media type asked for without a transfer-syntax
+# parameter is converted to (PS3.18 Table 8.7.3-2's defaults).
+_DEFAULT_TARGETS = {
+    "image/jpeg": "1.2.840.10008.1.2.4.50",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+}
 _MAX_FRAMES_IN_LIST = 10000
 _FRAME_LIST = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")
 
@@ -57,6 +70,14 @@ class FrameChoice:
     decode: bool
     part_type: str  # media type of each part, parameters excluded
     single_part: bool = False
+    # A compressed transfer syntax the decoded frames are encoded in; "" for none.
+    target: str = ""
+
+
+def _convertible(target: str, stored_ts: str, encapsulated: bool) -> bool:
+    """Whether frames can be made in `target` (a compressed syntax) here."""
+    return (target in transcode.TARGETS and target in FRAME_MEDIA_TYPES
+            and (not encapsulated or transcode.can_decode(stored_ts)))
 
 
 def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> FrameChoice:
@@ -84,12 +105,18 @@ def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> 
                 if encapsulated and not transcode.can_decode(stored_ts):
                     continue
                 return FrameChoice(encapsulated, OCTET, single)
+            if _convertible(wanted, stored_ts, encapsulated):
+                return FrameChoice(True, OCTET, single, wanted)
             continue
         if encapsulated and part == stored_type and wanted in ("", "*", stored_ts):
             return FrameChoice(False, part)
+        target = _DEFAULT_TARGETS.get(part, "") if wanted in ("", "*") else wanted
+        if FRAME_MEDIA_TYPES.get(target) == part and _convertible(target, stored_ts, encapsulated):
+            return FrameChoice(True, part, target=target)
     raise not_acceptable(
         f"frames of this instance are available as {MULTIPART_RELATED}; type=\"{OCTET}\" (native, "
         f"or transfer-syntax=* as stored)" + (f" and as {stored_type}" if encapsulated else "")
+        + f", or converted to one of {', '.join(sorted(t for t in transcode.TARGETS if t in FRAME_MEDIA_TYPES))}"
     )
 
 
@@ -123,25 +150,30 @@ def locate_one(gw: Gateway, request: Request) -> dicom_pb2.InstanceLocation:
 
 def load(gw: Gateway, request: Request) -> tuple[dicom_pb2.InstanceLocation, objects.Layout]:
     loc = locate_one(gw, request)
-    try:
-        return loc, gw.layouts.get(loc)
-    except objects.UnreadableObject as exc:
-        raise ApiError(500, f"the stored object cannot be read: {exc}") from None
+    return loc, _layout(gw, loc)
 
 
 def frame_payload(
-    storage: StorageClient, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int, decode: bool
+    reader: BlobReader, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int, decode: bool,
+    target: str = "",
 ) -> tuple[bytes, str]:
-    """One frame's bytes and the transfer syntax they are in."""
+    """One frame's bytes and the transfer syntax they are in: as stored,
+    decoded to native, or (`target`) converted to that syntax."""
+    if target:
+        stored = None if layout.whole_object else objects.frame_bytes(reader, loc, layout, number)
+        arr = transcode.decode_frame(layout, stored, number)
+        return transcode.encode_frame(layout, arr, target), target
     if layout.whole_object or (decode and layout.encapsulated):
-        stored = None if layout.whole_object else objects.frame_bytes(storage, loc, layout, number)
+        stored = None if layout.whole_object else objects.frame_bytes(reader, loc, layout, number)
         arr = transcode.decode_frame(layout, stored, number)
         return transcode.native_bytes(arr), NATIVE
-    data = objects.frame_bytes(storage, loc, layout, number)
+    data = objects.frame_bytes(reader, loc, layout, number)
     return data, (loc.transfer_syntax_uid if layout.encapsulated else NATIVE)
 
 
-def multipart(parts: Iterator[tuple[bytes, dict[str, str]]], part_type: str) -> StreamingResponse:
+def multipart(parts: Iterator[tuple[bytes, dict[str, str]]], part_type: str, whole: bool = False) -> Response:
+    """A multipart/related answer; `whole` builds it at once (one frame: no
+    round trips to a worker thread for each piece of the body)."""
     boundary = secrets.token_hex(16)
 
     def body() -> Iterator[bytes]:
@@ -150,19 +182,22 @@ def multipart(parts: Iterator[tuple[bytes, dict[str, str]]], part_type: str) -> 
             yield f"--{boundary}\r\n{head}\r\n".encode("ascii") + data + b"\r\n"
         yield f"--{boundary}--\r\n".encode("ascii")
 
-    return StreamingResponse(body(), media_type=f'{MULTIPART_RELATED}; type="{part_type}"; boundary={boundary}')
+    media_type = f'{MULTIPART_RELATED}; type="{part_type}"; boundary={boundary}'
+    if whole:
+        return Response(b"".join(body()), media_type=media_type)
+    return StreamingResponse(body(), media_type=media_type)
 
 
 def _frames_response(
-    gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, numbers: Sequence[int]
+    request: Request, loc: dicom_pb2.InstanceLocation, numbers: Sequence[int], choice: FrameChoice,
+    payload: Callable[[int], tuple[bytes, str]],
 ) -> Response:
-    choice = negotiate_frames(request.headers.get("accept"), loc.transfer_syntax_uid, layout.encapsulated)
     instance_url = Urls.for_request(request).instance(
         loc.ref.study_instance_uid, loc.ref.series_instance_uid, loc.ref.sop_instance_uid
     )
     # The first frame is read before answering, so a failure is a proper status.
     try:
-        first = frame_payload(gw.storage, loc, layout, numbers[0], choice.decode)
+        first = payload(numbers[0])
     except transcode.CannotTranscode as exc:
         raise not_acceptable(str(exc)) from None
     if choice.single_part and len(numbers) == 1:
@@ -170,21 +205,61 @@ def _frames_response(
 
     def parts() -> Iterator[tuple[bytes, dict[str, str]]]:
         for i, n in enumerate(numbers):
-            data, ts = first if i == 0 else frame_payload(gw.storage, loc, layout, n, choice.decode)
+            data, ts = first if i == 0 else payload(n)
             yield data, {
                 "Content-Type": f"{choice.part_type}; transfer-syntax={ts}",
                 "Content-Location": f"{instance_url}/frames/{n}",
             }
 
-    return multipart(parts(), choice.part_type)
+    return multipart(parts(), choice.part_type, whole=len(numbers) == 1)
+
+
+def _recorded_frames(gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation,
+                     numbers: Sequence[int], choice: FrameChoice) -> Response:
+    """Frames as stored, where the index says they lie: one ranged read each."""
+    ts = loc.transfer_syntax_uid if loc.pixel_layout.encapsulated else NATIVE
+
+    def payload(n: int) -> tuple[bytes, str]:
+        try:
+            return objects.recorded_frame(gw.reader, loc, n), ts
+        except objects.UnreadableObject as exc:
+            raise ApiError(500, f"the stored object cannot be read: {exc}") from None
+
+    return _frames_response(request, loc, numbers, choice, payload)
+
+
+def _layout_frames(gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation,
+                   layout: objects.Layout, numbers: Sequence[int]) -> Response:
+    choice = negotiate_frames(request.headers.get("accept"), loc.transfer_syntax_uid, layout.encapsulated)
+    return _frames_response(request, loc, numbers, choice,
+                            lambda n: frame_payload(gw.reader, loc, layout, n, choice.decode, choice.target))
+
+
+def _layout(gw: Gateway, loc: dicom_pb2.InstanceLocation) -> objects.Layout:
+    try:
+        return gw.layouts.get(loc)
+    except objects.UnreadableObject as exc:
+        raise ApiError(500, f"the stored object cannot be read: {exc}") from None
+
+
+def _frames(gw: Gateway, request: Request, raw: str) -> Response:
+    """The whole request in one worker thread: locate, then the frames."""
+    loc = locate_one(gw, request)
+    if objects.has_recorded_layout(loc):
+        numbers = parse_frame_list(raw, loc.number_of_frames)
+        choice = negotiate_frames(request.headers.get("accept"), loc.transfer_syntax_uid,
+                                  loc.pixel_layout.encapsulated)
+        if not choice.decode:
+            return _recorded_frames(gw, request, loc, numbers, choice)
+    layout = _layout(gw, loc)
+    numbers = parse_frame_list(raw, layout.frames)
+    return _layout_frames(gw, request, loc, layout, numbers)
 
 
 async def retrieve_frames(request: Request) -> Response:
-    gw = gateway(request)
-    check_frame_list(request.path_params["frames"])
-    loc, layout = await run_in_threadpool(load, gw, request)
-    numbers = parse_frame_list(request.path_params["frames"], layout.frames)
-    return await run_in_threadpool(_frames_response, gw, request, loc, layout, numbers)
+    raw = request.path_params["frames"]
+    check_frame_list(raw)
+    return await run_in_threadpool(_frames, gateway(request), request, raw)
 
 
 # ---- bulk data -----------------------------------------------------------
@@ -247,17 +322,17 @@ def _bulk_response(gw: Gateway, request: Request, path: list[int | str]) -> Resp
         if layout.encapsulated:
             # One part per frame, compressed as stored.
             ts = loc.transfer_syntax_uid
-            frames = (objects.frame_bytes(gw.storage, loc, layout, n) for n in range(1, layout.frames + 1))
+            frames = (objects.frame_bytes(gw.reader, loc, layout, n) for n in range(1, layout.frames + 1))
             return multipart(
                 ((f, {"Content-Type": f"{OCTET}; transfer-syntax={ts}"}) for f in frames), OCTET
             )
         if layout.big_endian:
             data = objects.little_endian(
-                objects.fetch(gw.storage, loc.object_key, layout.value_offset, layout.value_length), layout
+                objects.fetch(gw.reader, loc.object_key, layout.value_offset, layout.value_length), layout
             )
             chunks: Iterator[bytes] = iter([data])
         else:
-            chunks = gw.storage.get(loc.object_key, layout.value_offset, layout.value_length)
+            chunks = gw.reader.get(loc.object_key, layout.value_offset, layout.value_length)
         if single:
             return StreamingResponse(chunks, media_type=f"{OCTET}; transfer-syntax={NATIVE}")
         return _streamed_single_part(chunks, url)

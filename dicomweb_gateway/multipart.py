@@ -2,7 +2,8 @@
 
 It is push-based and does no I/O of its own: feed() it body chunks as they
 arrive and it returns the parts completed so far. Part bodies go straight into
-SpooledTemporaryFiles, so a multi-GB upload never sits in memory; the parser
+the files the caller's factory makes (STOW-RS: staged objects in the blob
+store), else SpooledTemporaryFiles, so a multi-GB upload never sits in memory; the parser
 itself keeps at most one delimiter length (plus one part's header block) of
 unconsumed bytes.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -60,6 +61,11 @@ class Part:
         if not self._closed:
             self._closed = True
             self.file.close()
+
+    def detach(self) -> IO[bytes]:
+        """Hands the body's file to the caller, who then closes it."""
+        self._closed = True
+        return self.file
 
     def __enter__(self) -> Part:
         return self
@@ -127,11 +133,15 @@ class Limits:
 
 
 class MultipartParser:
-    def __init__(self, boundary: bytes, spool_max_memory: int, limits: Limits = Limits()) -> None:
+    def __init__(self, boundary: bytes, spool_max_memory: int, limits: Limits = Limits(), *,
+                 new_file: Callable[[], IO[bytes]] | None = None) -> None:
+        """Part bodies go into files from `new_file`, else into spools that
+        stay in memory up to `spool_max_memory` bytes."""
         # Every delimiter but the first is preceded by CRLF; pretending the
         # body starts with CRLF makes the first one look like the rest.
         self._delimiter = b"\r\n--" + boundary
         self._spool_max_memory = spool_max_memory
+        self._new_file = new_file
         self._limits = limits
         self._buf = bytearray(b"\r\n")
         self._state = _State.PREAMBLE
@@ -252,7 +262,7 @@ class MultipartParser:
                 f"part {self._parts_seen + 1} is itself '{ctype[:60]}'; nested multipart is not supported"
             )
         del buf[: end + skip]
-        self._part = Part(headers, spool(self._spool_max_memory))
+        self._part = Part(headers, self._new_file() if self._new_file else spool(self._spool_max_memory))
         self._state = _State.BODY
         return True
 
@@ -287,12 +297,13 @@ class MultipartParser:
 
 
 async def iter_parts(
-    chunks: AsyncIterable[bytes], boundary: bytes, spool_max_memory: int, limits: Limits = Limits()
+    chunks: AsyncIterable[bytes], boundary: bytes, spool_max_memory: int, limits: Limits = Limits(), *,
+    new_file: Callable[[], IO[bytes]] | None = None,
 ) -> AsyncIterator[Part]:
     """Yields each part as soon as its closing delimiter has streamed in.
 
     The consumer owns each yielded part and must close it."""
-    parser = MultipartParser(boundary, spool_max_memory, limits)
+    parser = MultipartParser(boundary, spool_max_memory, limits, new_file=new_file)
     pending: list[Part] = []
     try:
         async for chunk in chunks:

@@ -1,6 +1,9 @@
-"""Stored objects read in place: the header through ranged gets, and where each
-frame's bytes lie, so frames and bulk data are served without reading (or
-decoding) the whole object.
+"""Stored objects read in place, where storage grants (common.blobs.BlobReader):
+a frame through the pixel layout the index recorded at ingest, with one
+ranged read; otherwise (objects indexed before layouts were recorded, or
+frames to decode) the header through ranged reads, and where each frame's
+bytes lie, so frames and bulk data are served without reading (or decoding)
+the whole object.
 
 Layouts are cached by object key: a stored object never changes under its key
 (storage gives every put a fresh key)."""
@@ -16,9 +19,9 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from common.clients import StorageClient
+from common.blobs import BlobReader
 from common.gen.dicomserver.v1 import dicom_pb2
 
 _PIXEL_DATA = 0x7FE00010
@@ -35,8 +38,8 @@ class UnreadableObject(ValueError):
 class RangedReader(io.RawIOBase):
     """A seekable read-only file over one stored object, read by ranged gets."""
 
-    def __init__(self, storage: StorageClient, key: str, size: int) -> None:
-        self._storage, self._key, self._size = storage, key, size
+    def __init__(self, reader: BlobReader, key: str, size: int) -> None:
+        self._reader, self._key, self._size = reader, key, size
         self._pos = 0
         self.name = "<stored object>"  # pydicom records a file name
 
@@ -58,21 +61,21 @@ class RangedReader(io.RawIOBase):
         n = min(len(buffer), self._size - self._pos)
         if n <= 0:
             return 0
-        data = fetch(self._storage, self._key, self._pos, n)
+        data = fetch(self._reader, self._key, self._pos, n)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
 
 
-def fetch(storage: StorageClient, key: str, offset: int, length: int) -> bytes:
+def fetch(reader: BlobReader, key: str, offset: int, length: int) -> bytes:
     """`length` bytes of an object from `offset` (fewer at its end)."""
     if length <= 0:
         return b""
-    return b"".join(storage.get(key, offset, length))
+    return reader.read(key, offset, length)
 
 
-def open_reader(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> io.BufferedReader:
-    return io.BufferedReader(RangedReader(storage, loc.object_key, loc.size), buffer_size=_BLOCK)
+def open_reader(reader: BlobReader, loc: dicom_pb2.InstanceLocation) -> io.BufferedReader:
+    return io.BufferedReader(RangedReader(reader, loc.object_key, loc.size), buffer_size=_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,10 @@ def _items(data: bytes, base: int) -> list[Fragment]:
     return out
 
 
-def read_layout(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> Layout:
+def read_layout(reader: BlobReader, loc: dicom_pb2.InstanceLocation) -> Layout:
     if loc.transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
-        return _whole_object_layout(storage, loc)
-    f = open_reader(storage, loc)
+        return _whole_object_layout(reader, loc)
+    f = open_reader(reader, loc)
     try:
         header = dcmread(f, stop_before_pixels=True)
     except Exception as exc:
@@ -155,7 +158,7 @@ def read_layout(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> Layo
     ts = UID(loc.transfer_syntax_uid)
     frames = int(header.get("NumberOfFrames", 1) or 1)
     layout = Layout(header, ts, frames)
-    head = fetch(storage, loc.object_key, header_end, 12)
+    head = fetch(reader, loc.object_key, header_end, 12)
     little = ts.is_little_endian if ts.is_transfer_syntax else True
     implicit = ts.is_implicit_VR if ts.is_transfer_syntax else False
     elem = _element_header(head, little, implicit)
@@ -168,15 +171,15 @@ def read_layout(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> Layo
         layout.value_offset, layout.value_length = value_offset, length
         return layout
     layout.encapsulated = True
-    layout.frame_fragments = _frame_fragments(storage, loc, header, value_offset, frames)
+    layout.frame_fragments = _frame_fragments(reader, loc, header, value_offset, frames)
     return layout
 
 
 def _frame_fragments(
-    storage: StorageClient, loc: dicom_pb2.InstanceLocation, header: Dataset, value_offset: int, frames: int
+    reader: BlobReader, loc: dicom_pb2.InstanceLocation, header: Dataset, value_offset: int, frames: int
 ) -> list[list[Fragment]]:
     key = loc.object_key
-    bot_head = fetch(storage, key, value_offset, 8)
+    bot_head = fetch(reader, key, value_offset, 8)
     tag = struct.unpack("<2H", bot_head[:4])
     if len(bot_head) < 8 or (tag[0] << 16 | tag[1]) != _ITEM:
         raise UnreadableObject("encapsulated pixel data has no basic offset table item")
@@ -187,17 +190,17 @@ def _frame_fragments(
     if eot is not None and eot_lengths is not None:
         offsets = struct.unpack(f"<{len(eot) // 8}Q", eot)
         lengths = struct.unpack(f"<{len(eot_lengths) // 8}Q", eot_lengths)
-        return [[Fragment(first + o + 8, int(n))] for o, n in zip(offsets, lengths)]
+        return [[Fragment(first + o + 8, int(n))] for o, n in zip(offsets, lengths, strict=False)]
     if frames == 1:
         # Every fragment belongs to the one frame: read them all at once.
-        return [_items(fetch(storage, key, first, loc.size - first), first)]
+        return [_items(fetch(reader, key, first, loc.size - first), first)]
     if bot_len:
-        offsets = list(struct.unpack(f"<{bot_len // 4}L", fetch(storage, key, value_offset + 8, bot_len)))
+        offsets = list(struct.unpack(f"<{bot_len // 4}L", fetch(reader, key, value_offset + 8, bot_len)))
         if len(offsets) == frames:
             out: list[list[Fragment]] = []
             for i, start in enumerate(offsets):
                 end = offsets[i + 1] if i + 1 < frames else loc.size - first
-                chunk = fetch(storage, key, first + start, end - start)
+                chunk = fetch(reader, key, first + start, end - start)
                 out.append(_items(chunk, first + start))
             return out
     # No usable offset table: walk the item headers; one fragment per frame
@@ -205,7 +208,7 @@ def _frame_fragments(
     fragments: list[Fragment] = []
     pos = first
     while pos + 8 <= loc.size:
-        item = fetch(storage, key, pos, 8)
+        item = fetch(reader, key, pos, 8)
         t = struct.unpack("<2H", item[:4])
         if (t[0] << 16 | t[1]) != _ITEM:
             break
@@ -219,8 +222,8 @@ def _frame_fragments(
     return [[frag] for frag in fragments]
 
 
-def _whole_object_layout(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> Layout:
-    data = b"".join(storage.get(loc.object_key))
+def _whole_object_layout(reader: BlobReader, loc: dicom_pb2.InstanceLocation) -> Layout:
+    data = reader.read(loc.object_key)
     try:
         ds = dcmread(io.BytesIO(data), defer_size=None)
     except (Exception, zlib.error) as exc:
@@ -231,8 +234,8 @@ def _whole_object_layout(storage: StorageClient, loc: dicom_pb2.InstanceLocation
 
 
 class LayoutCache:
-    def __init__(self, storage: StorageClient, size: int = 512) -> None:
-        self._storage = storage
+    def __init__(self, reader: BlobReader, size: int = 512) -> None:
+        self._reader = reader
         self._size = size
         self._items: OrderedDict[str, Layout] = OrderedDict()
         self._lock = threading.Lock()
@@ -243,7 +246,7 @@ class LayoutCache:
             if hit is not None:
                 self._items.move_to_end(loc.object_key)
                 return hit
-        layout = read_layout(self._storage, loc)
+        layout = read_layout(self._reader, loc)
         if layout.whole_object:
             return layout  # holds the whole object: not worth keeping
         with self._lock:
@@ -253,7 +256,7 @@ class LayoutCache:
         return layout
 
 
-def frame_bytes(storage: StorageClient, loc: dicom_pb2.InstanceLocation, layout: Layout, number: int) -> bytes:
+def frame_bytes(reader: BlobReader, loc: dicom_pb2.InstanceLocation, layout: Layout, number: int) -> bytes:
     """Frame `number` (1-based) as stored: native bytes in little endian, or the
     concatenated fragments of a compressed frame."""
     if layout.whole_object:
@@ -261,14 +264,14 @@ def frame_bytes(storage: StorageClient, loc: dicom_pb2.InstanceLocation, layout:
     if layout.encapsulated:
         frags = layout.frame_fragments[number - 1]
         if len(frags) == 1:
-            return fetch(storage, loc.object_key, frags[0].offset, frags[0].length)
+            return fetch(reader, loc.object_key, frags[0].offset, frags[0].length)
         start, end = frags[0].offset, frags[-1].offset + frags[-1].length
-        blob = fetch(storage, loc.object_key, start, end - start)
+        blob = fetch(reader, loc.object_key, start, end - start)
         return b"".join(blob[f.offset - start : f.offset - start + f.length] for f in frags)
     bits = layout.native_frame_bits()
     if bits % 8 == 0:
         size = bits // 8
-        data = fetch(storage, loc.object_key, layout.value_offset + (number - 1) * size, size)
+        data = fetch(reader, loc.object_key, layout.value_offset + (number - 1) * size, size)
         if len(data) < size:
             raise UnreadableObject("pixel data is shorter than its frames")
         return little_endian(data, layout)
@@ -277,7 +280,7 @@ def frame_bytes(storage: StorageClient, loc: dicom_pb2.InstanceLocation, layout:
 
     first_bit = (number - 1) * bits
     start = first_bit // 8
-    raw = fetch(storage, loc.object_key, layout.value_offset + start, (first_bit + bits + 7) // 8 - start)
+    raw = fetch(reader, loc.object_key, layout.value_offset + start, (first_bit + bits + 7) // 8 - start)
     unpacked = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")
     skip = first_bit - start * 8
     return bytes(np.packbits(unpacked[skip : skip + bits], bitorder="little").tobytes())
@@ -286,9 +289,53 @@ def frame_bytes(storage: StorageClient, loc: dicom_pb2.InstanceLocation, layout:
 def little_endian(data: bytes, layout: Layout) -> bytes:
     if not layout.big_endian:
         return data
-    width = int(layout.header.BitsAllocated) // 8
+    return _swapped(data, int(layout.header.BitsAllocated))
+
+
+def _swapped(data: bytes, bits_allocated: int) -> bytes:
+    width = bits_allocated // 8
     if width <= 1:
         return data
     import numpy as np
 
     return np.frombuffer(data, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+
+
+def has_recorded_layout(loc: dicom_pb2.InstanceLocation) -> bool:
+    """Whether the index recorded where this object's frames lie."""
+    pl = loc.pixel_layout
+    return loc.HasField("pixel_layout") and (bool(pl.frame_first_fragment) if pl.encapsulated else pl.frame_bits > 0)
+
+
+def recorded_frame(reader: BlobReader, loc: dicom_pb2.InstanceLocation, number: int) -> bytes:
+    """Frame `number` (1-based) as stored, by the layout recorded at ingest:
+    one ranged read. Native frames come in little endian."""
+    pl, key = loc.pixel_layout, loc.object_key
+    if pl.encapsulated:
+        first = pl.frame_first_fragment
+        a = first[number - 1]
+        b = first[number] if number < len(first) else len(pl.fragment_offsets)
+        start = pl.fragment_offsets[a]
+        end = pl.fragment_offsets[b - 1] + pl.fragment_lengths[b - 1]
+        blob = reader.read(key, start, end - start)
+        if len(blob) < end - start:
+            raise UnreadableObject("pixel data is shorter than its frames")
+        if b - a == 1:
+            return blob
+        return b"".join(blob[o - start : o - start + n]
+                        for o, n in zip(pl.fragment_offsets[a:b], pl.fragment_lengths[a:b], strict=False))
+    bits = pl.frame_bits
+    if bits % 8 == 0:
+        size = bits // 8
+        data = reader.read(key, pl.value_offset + (number - 1) * size, size)
+        if len(data) < size:
+            raise UnreadableObject("pixel data is shorter than its frames")
+        return _swapped(data, pl.bits_allocated) if pl.big_endian else data
+    import numpy as np
+
+    first_bit = (number - 1) * bits
+    start = first_bit // 8
+    raw = reader.read(key, pl.value_offset + start, (first_bit + bits + 7) // 8 - start)
+    unpacked = np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")
+    skip = first_bit - start * 8
+    return bytes(np.packbits(unpacked[skip : skip + bits], bitorder="little").tobytes())

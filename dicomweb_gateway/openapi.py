@@ -14,19 +14,27 @@ from dicomweb_gateway.context import gateway
 
 _SUMMARIES = {
     "store_instances": "STOW-RS: store instances (multipart/related; type=\"application/dicom\" or application/dicom)",
+    "deidentify": "De-identified copy of studies (PS3.15 Annex E) into a target tenant, or as a zip (Accept: application/zip)",
     "search_studies": "QIDO-RS: search for studies",
     "search_series": "QIDO-RS: search for series",
     "search_instances": "QIDO-RS: search for instances",
-    "retrieve": "WADO-RS: retrieve instances (multipart/related; type=\"application/dicom\"), transcoded on request",
+    "retrieve": "WADO-RS: retrieve instances (multipart/related; type=\"application/dicom\"), transcoded on request; "
+                "or, with Accept: application/zip or ?accept=application/zip, a zip of the stored objects in folders "
+                "Patient name (ID)/Study date description/Series number modality description/instance number.dcm",
     "retrieve_metadata": "WADO-RS: metadata as DICOM JSON (gzip when accepted)",
     "retrieve_frames": "WADO-RS: frames (as stored, or decoded to native)",
     "retrieve_bulkdata": "WADO-RS: bulk data named by a BulkDataURI",
-    "rendered_instance": "WADO-RS: rendered frame(s) as image/jpeg or image/png",
+    "rendered_instance": "WADO-RS: rendered frame(s) as image/jpeg, image/png or image/gif (animated for several)",
     "thumbnail_instance": "WADO-RS: thumbnail of an instance or frame",
     "rendered_many": "WADO-RS: rendered images of a study or series (multipart)",
     "thumbnail_many": "WADO-RS: thumbnail of a study or series",
     "delete_resource": "Delete a study, series or instance (index first, then storage)",
     "wado_uri": "WADO-URI: requestType=WADO with studyUID, seriesUID, objectUID",
+    "list_destinations": "Routing: the tenant's destinations and their queues",
+    "send": "Routing: send a study, series or instance to a destination (202 and the send's progress)",
+    "get_send": "Routing: a send's progress",
+    "list_dead_letters": "Routing: deliveries given up (admin scope)",
+    "replay_dead_letters": "Routing: queue dead letters again (admin scope)",
     "openapi": "This document",
 }
 _QIDO_PARAMS = [
@@ -34,6 +42,10 @@ _QIDO_PARAMS = [
     ("limit", "maximum number of results"),
     ("offset", "results to skip"),
     ("fuzzymatching", "true for fuzzy person name matching"),
+]
+_RETRIEVE_PARAMS = [
+    ("accept", "media type(s) as in the Accept header, which it overrides (PS3.18 8.3.3.1), for links that cannot "
+               "set headers: accept=application/zip downloads a zip"),
 ]
 _RENDER_PARAMS = [
     ("window", "center,width[,linear|linear_exact|sigmoid]"),
@@ -48,7 +60,7 @@ def _parameters(path: str, endpoint: str) -> list[dict[str, Any]]:
         for name in re.findall(r"{(\w+)(?::\w+)?}", path)
     ]
     extra = _QIDO_PARAMS if endpoint.startswith("search_") else _RENDER_PARAMS if (
-        "rendered" in endpoint or "thumbnail" in endpoint) else []
+        "rendered" in endpoint or "thumbnail" in endpoint) else _RETRIEVE_PARAMS if endpoint == "retrieve" else []
     params += [{"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
                for n, d in extra]
     return params

@@ -12,9 +12,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from common import matching
-from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
-from dicomweb_gateway.context import gateway, path_uid, tenant_for
+from dicomweb_gateway.context import Urls, gateway, path_uid, tenant_for
 from dicomweb_gateway.errors import bad_request
 from dicomweb_gateway.responses import json_array_response, require_json, warn_agent
 from dicomweb_gateway.settings import GatewaySettings
@@ -164,7 +165,8 @@ async def _search(request: Request, level: int) -> Response:
         warnings.append(f'299 {warn_agent(request)}: "{TRUNCATED_WARNING}"')
     headers = {"Warning": ", ".join(warnings)} if warnings else {}
     gzip_min = settings.gzip_min_bytes
-    return json_array_response(result.matches, headers=headers, request=request, gzip_min_bytes=gzip_min)
+    matches = [Urls.for_request(request).absolute_bulkdata_uris(b",".join(result.matches))] if result.matches else []
+    return json_array_response(matches, headers=headers, request=request, gzip_min_bytes=gzip_min)
 
 
 async def search_studies(request: Request) -> Response:

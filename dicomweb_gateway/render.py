@@ -1,5 +1,9 @@
 """Rendered resources (PS3.18 10.4.1.1.3, 10.4.1.1.6 thumbnails): frames as
-JPEG or PNG for display, with windowing, viewport scaling and quality.
+JPEG, PNG or GIF for display, with windowing, viewport scaling and quality.
+A multi-frame instance renders as all its frames: an animated GIF (the
+default for multi-frame images, PS3.18 Table 8.7.4-1), or one part per
+frame when multipart/related is asked for; an explicit single-image type
+(JPEG, PNG) gets its first frame. Thumbnails are one image.
 
 The pipeline follows PS3.4 N.2 for grey images: modality LUT, VOI LUT (the
 window the request names, else the object's first, else the full range),
@@ -30,7 +34,10 @@ from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_f
 from dicomweb_gateway.frames import load, parse_frame_list
 from dicomweb_gateway.media import MULTIPART_RELATED, parse_accept
 
-JPEG, PNG = "image/jpeg", "image/png"
+JPEG, PNG, GIF = "image/jpeg", "image/png", "image/gif"
+SINGLE_IMAGE_TYPES = (JPEG, PNG, GIF)
+# Frames of one animated answer, at most (a long cine would be a video).
+MAX_ANIMATED_FRAMES = 2000
 THUMBNAIL_SIZE = 128
 MAX_VIEWPORT = 8192
 
@@ -41,16 +48,27 @@ class RenderOptions:
     window: tuple[float, float, str] | None = None  # center, width, function
     viewport: tuple[int, int] | None = None
     quality: int = 90
+    # multipart/related of single images was asked for.
+    multipart: bool = False
+    # A multi-frame answer may be an animated GIF (the Accept allows it
+    # without naming a single-image type first).
+    animate: bool = False
 
 
-def choose_media_type(accept: str | None) -> str:
-    ranges = parse_accept(accept)
-    for r in ranges:
-        if r.matches(JPEG):
-            return JPEG
-        if r.matches(PNG):
-            return PNG
-    raise not_acceptable(f"rendered images are available as {JPEG} or {PNG}")
+def choose_media_type(accept: str | None) -> tuple[str, bool, bool]:
+    """(media type, multipart, animate) for the Accept header."""
+    for r in parse_accept(accept):
+        if r.essence == MULTIPART_RELATED:
+            part = r.params.get("type", JPEG).strip().lower()
+            if part in SINGLE_IMAGE_TYPES:
+                return part, True, False
+            continue
+        for media_type in SINGLE_IMAGE_TYPES:
+            if r.matches(media_type):
+                # "*/*" or "image/*": JPEG for one frame, an animated GIF for several.
+                return media_type, False, r.matches(GIF)
+    raise not_acceptable(f"rendered images are available as {JPEG}, {PNG} or {GIF} (animated for several "
+                         f"frames), or as {MULTIPART_RELATED} of those")
 
 
 def _number(name: str, raw: str) -> float:
@@ -98,8 +116,11 @@ def options_from_query(params: Mapping[str, str], accept: str | None, thumbnail:
     unknown = [k for k in params if k not in _RENDER_PARAMS]
     if unknown:
         raise bad_request(f"unknown query parameter '{unknown[0][:64]}'")
+    media_type, multipart, animate = choose_media_type(accept)
     return RenderOptions(
-        media_type=choose_media_type(accept),
+        media_type=media_type,
+        multipart=multipart,
+        animate=animate and not thumbnail,
         window=parse_window(params["window"]) if "window" in params else None,
         viewport=parse_viewport(params["viewport"]) if "viewport" in params
         else (THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None,
@@ -171,25 +192,49 @@ def encode(image: Image.Image, options: RenderOptions) -> bytes:
     out = io.BytesIO()
     if options.media_type == PNG:
         image.save(out, format="PNG")
+    elif options.media_type == GIF:
+        image.save(out, format="GIF")
     else:
         image.save(out, format="JPEG", quality=options.quality)
     return out.getvalue()
 
 
-def render_frame(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int,
-                 options: RenderOptions) -> bytes:
+def animated_gif(images: list[Image.Image], frame_ms: int) -> bytes:
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return out.getvalue()
+
+
+def _frame_time_ms(header: Dataset) -> int:
+    """Frame Time (0018,1063) in ms, for the animation; 100 ms without one."""
+    try:
+        value = float(header.get("FrameTime", 0) or 0)
+    except (TypeError, ValueError):
+        value = 0.0
+    return max(20, min(int(round(value)), 10000)) if value > 0 else 100
+
+
+def frame_image(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int,
+                options: RenderOptions) -> Image.Image:
     if layout.frames == 0:
         raise not_found("the instance has no pixel data to render")
-    stored = None if layout.whole_object else objects.frame_bytes(gw.storage, loc, layout, number)
     try:
+        stored = None if layout.whole_object else objects.frame_bytes(gw.reader, loc, layout, number)
         arr = transcode.decode_frame(layout, stored, number)
         if arr.ndim == 3 and int(layout.header.get("SamplesPerPixel", 1) or 1) == 1:
             arr = arr[0]
-        return encode(to_image(arr, layout.header, options), options)
+        return to_image(arr, layout.header, options)
+    except objects.UnreadableObject as exc:
+        raise ApiError(500, f"the stored object cannot be read: {exc}") from None
     except transcode.CannotTranscode as exc:
         raise ApiError(422, f"the instance cannot be rendered: {exc}") from None
     except (ValueError, KeyError, AttributeError, TypeError) as exc:
         raise ApiError(422, f"the instance cannot be rendered ({type(exc).__name__})") from None
+
+
+def render_frame(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int,
+                 options: RenderOptions) -> bytes:
+    return encode(frame_image(gw, loc, layout, number, options), options)
 
 
 def _multipart_images(images: Iterator[bytes], media_type: str) -> StreamingResponse:
@@ -210,13 +255,21 @@ def _options(request: Request, thumbnail: bool) -> RenderOptions:
     return options_from_query(dict(request.query_params), request.headers.get("accept"), thumbnail)
 
 
-def _instance(gw: Gateway, request: Request, options: RenderOptions) -> Response:
+def _instance(gw: Gateway, request: Request, options: RenderOptions, thumbnail: bool = False) -> Response:
     loc, layout = load(gw, request)
     raw = request.path_params.get("frames")
-    numbers = parse_frame_list(raw, layout.frames) if raw is not None else [1]
     if layout.frames == 0:
         raise not_found("the instance has no pixel data to render")
-    if len(numbers) == 1:
+    if raw is not None:
+        numbers = parse_frame_list(raw, layout.frames)
+    elif thumbnail or not (options.animate or options.multipart):
+        numbers = [1]  # one image: the first frame represents the instance
+    else:
+        numbers = list(range(1, min(layout.frames, MAX_ANIMATED_FRAMES) + 1))
+    if len(numbers) > 1 and options.animate and not options.multipart:
+        images = [frame_image(gw, loc, layout, n, options) for n in numbers[:MAX_ANIMATED_FRAMES]]
+        return Response(animated_gif(images, _frame_time_ms(layout.header)), media_type=GIF)
+    if len(numbers) == 1 and not options.multipart:
         return Response(render_frame(gw, loc, layout, numbers[0], options), media_type=options.media_type)
     first = render_frame(gw, loc, layout, numbers[0], options)
     rest = (render_frame(gw, loc, layout, n, options) for n in numbers[1:])
@@ -228,7 +281,7 @@ async def rendered_instance(request: Request) -> Response:
 
 
 async def thumbnail_instance(request: Request) -> Response:
-    return await run_in_threadpool(_instance, gateway(request), request, _options(request, True))
+    return await run_in_threadpool(_instance, gateway(request), request, _options(request, True), True)
 
 
 def _images_in(gw: Gateway, request: Request) -> list[dicom_pb2.InstanceLocation]:

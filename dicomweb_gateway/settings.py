@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.settings import CommonSettings
@@ -73,6 +73,27 @@ class GatewaySettings(CommonSettings):
     auth_cache_seconds: float = 2.0
     http_max_header_bytes: int = 64 * 1024
     http_max_concurrency: int = 1000
+    # The web console at / and the OHIF viewer at /viewer (dicomweb_gateway/console).
+    console_enabled: bool = True
+    # Encrypts the console's session cookies; set it (the same on every
+    # gateway replica) for sessions that outlive a restart. Unset: a random
+    # secret per process.
+    console_session_secret: SecretStr | None = None
+    # Hours a console session lasts (an OpenID Connect session also ends with its token).
+    console_session_hours: float = 8.0
+    # The OHIF viewer's built dist/ (scripts/fetch_viewer puts it in viewer/dist).
+    viewer_dir: Path = Path(__file__).resolve().parent.parent / "viewer" / "dist"
+    # OpenID Connect sign-in for the console, offered when the JWKS URL and
+    # the issuer are set (the same variables auth_svc checks tokens with).
+    jwks_url: str = ""
+    jwt_issuer: str = ""
+    oidc_client_id: str = "dicomserver-console"
+    # Only for a confidential client; PKCE protects the code either way.
+    oidc_client_secret: SecretStr | None = None
+    oidc_scopes: str = "openid"
+    # Sent as the `resource` parameter (RFC 8707) when set: the API the
+    # access token is for, e.g. the audience auth_svc checks.
+    oidc_resource: str = ""
 
     @field_validator("base_path")
     @classmethod

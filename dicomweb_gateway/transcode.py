@@ -1,35 +1,28 @@
-"""Transfer syntax changes with the installed codecs (pydicom's pixel
-handlers: pylibjpeg-libjpeg, -openjpeg, -rle, pyjpegls).
+"""Transfer syntax changes, with the codecs dicomcore.codecs finds
+installed: lossless (RLE, JPEG-LS, JPEG 2000, HTJ2K), lossy for browsers
+(JPEG Baseline 8-bit, JPEG 2000, HTJ2K, each within its quality bound,
+dicomcore.codecs.QUALITY) and native (Explicit VR Little and Big Endian,
+Implicit VR, Deflated). Every conversion is decoded again before it is sent.
 
 Only asked-for changes come here: the stored bytes are served untouched
 whenever the client accepts them."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import get_decoder, pixel_array
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
-)
+from pydicom.pixels import pixel_array
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicomcore import codecs
 from dicomweb_gateway.objects import Layout
 
-NATIVE_TARGETS = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
-# Lossless encoders only: a lossy re-encode is never done silently.
-COMPRESSED_TARGETS = {RLELossless, JPEGLSLossless, JPEG2000Lossless}
-TARGETS = NATIVE_TARGETS | COMPRESSED_TARGETS
+# What objects can be converted to here (encoders installed).
+TARGETS = codecs.encodable()
+LOSSY_TARGETS = TARGETS & codecs.LOSSY
 
 
 class CannotTranscode(ValueError):
@@ -37,15 +30,7 @@ class CannotTranscode(ValueError):
 
 
 def can_decode(ts: str) -> bool:
-    uid = UID(ts)
-    if not uid.is_transfer_syntax:
-        return False
-    if not uid.is_compressed:
-        return True
-    try:
-        return bool(get_decoder(uid).is_available)
-    except NotImplementedError:
-        return False
+    return codecs.can_decode(ts)
 
 
 def can_transcode(source: str, target: str) -> bool:
@@ -53,42 +38,22 @@ def can_transcode(source: str, target: str) -> bool:
 
 
 def transcode(data: bytes, target: str) -> bytes:
-    """The Part 10 object re-encoded in `target`. Raises CannotTranscode."""
+    """The Part 10 object re-encoded in `target`, checked by decoding it.
+    Raises CannotTranscode."""
     try:
-        ds = dcmread(io.BytesIO(data))
-    except Exception as exc:
-        raise CannotTranscode(f"the stored object cannot be read ({type(exc).__name__})") from None
-    source = ds.file_meta.TransferSyntaxUID
-    if source == target:
-        return data
-    try:
-        if not source.is_little_endian:
-            ds = _as_little_endian(ds)
-        elif "PixelData" in ds and source.is_compressed:
-            ds.decompress(generate_instance_uid=False)
-        if UID(target).is_compressed and "PixelData" in ds:
-            ds.compress(target, generate_instance_uid=False)
-        else:
-            ds.file_meta.TransferSyntaxUID = UID(target)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True, implicit_vr=target == ImplicitVRLittleEndian, little_endian=True)
-    except Exception as exc:
-        raise CannotTranscode(f"cannot re-encode in {target} ({type(exc).__name__}: {str(exc)[:120]})") from None
-    return out.getvalue()
-
-
-def _as_little_endian(ds: Dataset) -> Dataset:
-    """A copy of a big endian dataset with decoded values (pydicom will not
-    change endianness in place) and its pixel words swapped."""
-    out = Dataset()
-    out.file_meta = ds.file_meta
-    for elem in ds:
-        out.add(elem)
-    bits = int(ds.get("BitsAllocated", 8))
-    if "PixelData" in out and out["PixelData"].VR == "OW" and bits in (16, 32):
-        arr = np.frombuffer(ds.PixelData, dtype=f">u{bits // 8}")
-        out.PixelData = arr.astype(f"<u{bits // 8}").tobytes()
+        out, _checked = codecs.convert(data, target)
+    except codecs.CodecError as exc:
+        raise CannotTranscode(str(exc)) from None
     return out
+
+
+def encode_frame(layout: Layout, arr: np.ndarray, target: str) -> bytes:
+    """A decoded frame of the object `layout` describes, encoded in `target`
+    and checked by decoding. Raises CannotTranscode."""
+    try:
+        return codecs.encode_frame(layout.header, arr, target)
+    except codecs.CodecError as exc:
+        raise CannotTranscode(str(exc)) from None
 
 
 def _frame_base(layout: Layout, ts: str) -> Dataset:

@@ -1,16 +1,20 @@
 """WADO-RS (PS3.18 10.4): instances of a study, series or single instance as
 multipart/related; type="application/dicom", and their metadata as DICOM JSON.
 
-Object bytes are streamed from storage_svc chunk by chunk into the response;
-no object is ever read whole."""
+Object bytes are read where storage grants (the object's file, or a
+presigned URL) in large blocks, the next while the current one is sent;
+an object larger than a block is never read whole."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import secrets
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from common import dicom_json, errors
-from common.clients import MetadataClient, StorageClient
+from common.blobs import BlobReader
+from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import dicom_pb2
 from dicomweb_gateway import transcode
 from dicomweb_gateway.context import Urls, gateway, path_uid, tenant_for
@@ -50,27 +55,54 @@ def negotiate(accept: str | None, stored: set[str]) -> str:
             return "*"
         if all(transcode.can_transcode(ts, wanted) for ts in stored):
             return wanted
-    syntaxes = ", ".join(sorted(stored)[:5])
+    # The targets are many (docs/compression-and-deidentification.md lists
+    # them): naming every one made an unreadably long error.
+    syntaxes = ", ".join(sorted(stored)[:3]) + (", ..." if len(stored) > 3 else "")
     raise not_acceptable(
         f'instances are available as {MULTIPART_RELATED}; type="{DICOM}" in their stored transfer syntax '
-        f"({syntaxes}) or by transcoding to one of {', '.join(sorted(transcode.TARGETS))}"
+        f"({syntaxes}) or by transcoding to one of the {len(transcode.TARGETS)} syntaxes whose encoders are installed"
     )
 
 
 # ---- streaming -----------------------------------------------------------
 
+# Objects are read in blocks of this size (most in one read); the next block
+# is read while the current one is being sent.
+READ_BLOCK = 4 * 1024 * 1024
+JOIN_BELOW = 1024 * 1024  # a part head is joined to a block this small (one write)
 
-def _open(storage: StorageClient, loc: dicom_pb2.InstanceLocation) -> Iterator[bytes] | None:
-    """The object's chunks with the first one fetched already, so a missing
+
+def _needs(loc: dicom_pb2.InstanceLocation, target: str) -> bool:
+    return target != "*" and loc.transfer_syntax_uid != target
+
+
+def instance_blocks(reader: BlobReader, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes]:
+    """The object's bytes in blocks, transcoded to `target` if need be.
+    Raises common.errors.NotFound on the first block if the object is gone."""
+    if _needs(loc, target):
+        yield transcode.transcode(reader.read(loc.object_key), target)
+        return
+    offset = 0
+    while True:
+        block = reader.read(loc.object_key, offset, READ_BLOCK)
+        if block:
+            yield block
+        if len(block) < READ_BLOCK:
+            return
+        offset += len(block)
+
+
+def open_instance(reader: BlobReader, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes] | None:
+    """The object's blocks with the first one read already, so a missing
     object shows up here rather than mid-response; None if it is gone."""
-    chunks = storage.get(loc.object_key)
+    blocks = instance_blocks(reader, loc, target)
     try:
-        first = next(chunks, b"")
+        first = next(blocks, b"")
     except errors.NotFound:
-        # Deleted between locate and get: it is simply no longer part of the answer.
+        # Deleted between locate and read: it is simply no longer part of the answer.
         log.warning("indexed object is missing from storage; skipping it")
         return None
-    return itertools.chain([first], chunks)
+    return itertools.chain([first], blocks)
 
 
 def _part_head(boundary: bytes, loc: dicom_pb2.InstanceLocation, urls: Urls, first: bool, ts: str) -> bytes:
@@ -83,55 +115,94 @@ def _part_head(boundary: bytes, loc: dicom_pb2.InstanceLocation, urls: Urls, fir
     return prefix + b"--" + boundary + b"\r\n" + "\r\n".join(lines).encode("ascii") + b"\r\n\r\n"
 
 
-def _transcoded(storage: StorageClient, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes] | None:
-    opened = _open(storage, loc)
-    if opened is None:
-        return None
-    return iter([transcode.transcode(b"".join(opened), target)])
+# Objects in a bucket: the first block of the next few is fetched while the
+# current one is sent (each presigned GET waits on the store's latency).
+READ_AHEAD = 8
+_READ_AHEAD_POOL = ThreadPoolExecutor(16, thread_name_prefix="wado-read-ahead")
 
 
-def _needs(loc: dicom_pb2.InstanceLocation, target: str) -> bool:
-    return target != "*" and loc.transfer_syntax_uid != target
+def _opened(
+    reader: BlobReader, locations: Sequence[dicom_pb2.InstanceLocation], start: int, opened: Iterator[bytes],
+    target: str,
+) -> Iterator[tuple[dicom_pb2.InstanceLocation, Iterator[bytes] | None]]:
+    """Each location from `start` with its blocks (None: gone from storage).
+    Storage has one backend: if the first object is in a bucket, all are,
+    and READ_AHEAD of them are opened in the pool ahead of their turn."""
+    rest = locations[start + 1 :]
+    remote = reader.remote(locations[start].object_key)
+    ahead: deque[Future[Iterator[bytes] | None]] = deque()
+    queued = 0
+
+    def fill() -> None:
+        nonlocal queued
+        while remote and queued < len(rest) and len(ahead) < READ_AHEAD:
+            ahead.append(_READ_AHEAD_POOL.submit(open_instance, reader, rest[queued], target))
+            queued += 1
+
+    try:
+        fill()
+        yield locations[start], opened
+        for loc in rest:
+            blocks = ahead.popleft().result() if remote else open_instance(reader, loc, target)
+            fill()
+            yield loc, blocks
+    finally:
+        for pending in ahead:
+            pending.cancel()
 
 
-def open_instance(
-    storage: StorageClient, loc: dicom_pb2.InstanceLocation, target: str
-) -> Iterator[bytes] | None:
-    return _transcoded(storage, loc, target) if _needs(loc, target) else _open(storage, loc)
+def _pieces(
+    reader: BlobReader, locations: Sequence[dicom_pb2.InstanceLocation], start: int, opened: Iterator[bytes],
+    boundary: bytes, urls: Urls, target: str,
+) -> Iterator[bytes]:
+    """The response body as large pieces. Blocking reads: the caller steps it
+    in a worker thread."""
+    first = True
+    # An error opening an object aborts the response: the client sees no closing delimiter.
+    for loc, blocks in _opened(reader, locations, start, opened, target):
+        if blocks is None:
+            continue
+        head = _part_head(boundary, loc, urls, first, target if _needs(loc, target) else loc.transfer_syntax_uid)
+        first = False
+        for block in blocks:
+            if head:
+                if len(block) < JOIN_BELOW:
+                    block = head + block
+                else:
+                    yield head
+                head = b""
+            yield block
+        if head:
+            yield head
+    yield b"\r\n--" + boundary + b"--\r\n"
+
+
+async def prefetched(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Steps a blocking iterator in worker threads, one piece ahead: the next
+    piece is read while the current one is being sent."""
+    done = object()
+    pending = asyncio.ensure_future(run_in_threadpool(next, pieces, done))
+    try:
+        while True:
+            piece = await pending
+            if piece is done:
+                return
+            pending = asyncio.ensure_future(run_in_threadpool(next, pieces, done))
+            yield piece  # type: ignore[misc]
+    finally:
+        if not pending.done():
+            pending.cancel()
 
 
 def _first_available(
-    storage: StorageClient, locations: Sequence[dicom_pb2.InstanceLocation], target: str
+    reader: BlobReader, locations: Sequence[dicom_pb2.InstanceLocation], target: str
 ) -> tuple[int, Iterator[bytes]]:
+    reader.prepare([loc.object_key for loc in locations])  # one grant call for the whole answer
     for i, loc in enumerate(locations):
-        opened = open_instance(storage, loc, target)
+        opened = open_instance(reader, loc, target)
         if opened is not None:
             return i, opened
     raise errors.NotFound("the requested instances are not in storage")
-
-
-def multipart_body(
-    storage: StorageClient,
-    locations: Sequence[dicom_pb2.InstanceLocation],
-    start: int,
-    opened: Iterator[bytes],
-    boundary: bytes,
-    urls: Urls,
-    target: str = "*",
-) -> Iterator[bytes]:
-    """The response body. Runs in a worker thread (Starlette iterates sync
-    generators in the threadpool), so blocking gRPC reads are fine here."""
-    first = True
-    for i in range(start, len(locations)):
-        loc = locations[i]
-        # An error here aborts the response: the client sees no closing delimiter.
-        chunks = opened if i == start else open_instance(storage, loc, target)
-        if chunks is None:
-            continue
-        yield _part_head(boundary, loc, urls, first, target if _needs(loc, target) else loc.transfer_syntax_uid)
-        first = False
-        yield from chunks
-    yield b"\r\n--" + boundary + b"--\r\n"
 
 
 async def _retrieve(request: Request, study: str, series: str = "", sop: str = "") -> Response:
@@ -139,19 +210,29 @@ async def _retrieve(request: Request, study: str, series: str = "", sop: str = "
     locations = await run_in_threadpool(gw.metadata.locate, tenant_for(request), study, series, sop)
     if not locations:
         raise not_found("no such " + ("instance" if sop else "series" if series else "study"))
-    target = negotiate(request.headers.get("accept"), {loc.transfer_syntax_uid for loc in locations})
+    from dicomweb_gateway import zip_download  # builds on this module's readers
+
+    accept = zip_download.accept_value(request)
+    stored = {loc.transfer_syntax_uid for loc in locations}
+    zip_target = zip_download.zip_target(accept, stored)
+    if zip_target is not None:
+        return await zip_download.respond(request, locations, zip_target, study, series, sop)
+    target = negotiate(accept, stored)
     try:
-        start, opened = await run_in_threadpool(_first_available, gw.storage, locations, target)
+        start, opened = await run_in_threadpool(_first_available, gw.reader, locations, target)
     except transcode.CannotTranscode as exc:
         raise not_acceptable(f"transcoding to {target} failed: {exc}") from None
     boundary = secrets.token_hex(16)
     urls = Urls.for_request(request)
-    body = multipart_body(gw.storage, locations, start, opened, boundary.encode("ascii"), urls, target)
+    pieces = _pieces(gw.reader, locations, start, opened, boundary.encode("ascii"), urls, target)
     media_type = f'{MULTIPART_RELATED}; type="{DICOM}"; boundary={boundary}'
-    return StreamingResponse(body, media_type=media_type)
+    return StreamingResponse(prefetched(pieces), media_type=media_type)
 
 
 # ---- metadata ------------------------------------------------------------
+
+
+_INSTANCE_RELATIVE = b'"BulkDataURI":"bulkdata/'
 
 
 def _absolutize(attrs: dict[str, Any], base: str) -> None:
@@ -165,10 +246,9 @@ def _absolutize(attrs: dict[str, Any], base: str) -> None:
                     _absolutize(item, base)
 
 
-def rewrite_bulkdata_uris(blob: bytes, urls: Urls) -> bytes:
-    """Makes the stored relative BulkDataURIs ("bulkdata/7FE00010") absolute."""
-    if b'"BulkDataURI"' not in blob:
-        return blob  # the common case for non-image objects: no parse at all
+def _instance_relative(blob: bytes, urls: Urls) -> bytes:
+    """BulkDataURIs of an instance indexed before they were stored relative
+    to the root ("bulkdata/7FE00010"): rewritten through the JSON."""
     obj = json.loads(blob)
     ids = [dicom_json.first_value(obj, tag) for tag in (_STUDY_UID, _SERIES_UID, _SOP_UID)]
     if not all(isinstance(v, str) for v in ids):
@@ -177,10 +257,21 @@ def rewrite_bulkdata_uris(blob: bytes, urls: Urls) -> bytes:
     return dicom_json.dumps(obj)
 
 
+def rewrite_bulkdata_uris(blob: bytes, urls: Urls) -> bytes:
+    """One instance's header with absolute BulkDataURIs, whichever way they were stored."""
+    blob = urls.absolute_bulkdata_uris(blob)
+    return _instance_relative(blob, urls) if _INSTANCE_RELATIVE in blob else blob
+
+
 def _load_metadata(
     metadata: MetadataClient, urls: Urls, tenant: str, study: str, series: str, sop: str
 ) -> list[bytes]:
-    return [rewrite_bulkdata_uris(b, urls) for b in metadata.get_metadata(tenant, study, series, sop)]
+    headers = metadata.get_metadata(tenant, study, series, sop)
+    if not headers:
+        return []
+    if any(_INSTANCE_RELATIVE in h for h in headers):  # indexed before root-relative URIs
+        return [rewrite_bulkdata_uris(h, urls) for h in headers]
+    return [urls.absolute_bulkdata_uris(b",".join(headers))]
 
 
 async def _metadata(request: Request, study: str, series: str = "", sop: str = "") -> Response:

@@ -16,7 +16,14 @@ from dicomweb_gateway import objects, transcode
 from dicomweb_gateway.context import Gateway, gateway, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
 from dicomweb_gateway.media import DICOM
-from dicomweb_gateway.render import JPEG, PNG, RenderOptions, parse_quality, parse_window, render_frame
+from dicomweb_gateway.render import (
+    JPEG,
+    PNG,
+    RenderOptions,
+    parse_quality,
+    parse_window,
+    render_frame,
+)
 from dicomweb_gateway.wado import open_instance
 
 _KNOWN = {
@@ -99,7 +106,7 @@ def _handle(gw: Gateway, request: Request) -> Response:
         if target != "*" and not transcode.can_transcode(loc.transfer_syntax_uid, target):
             raise not_acceptable(f"the object cannot be sent in transfer syntax {target[:64]}")
         try:
-            chunks = open_instance(gw.storage, loc, target)
+            chunks = open_instance(gw.reader, loc, target)
         except transcode.CannotTranscode as exc:
             raise not_acceptable(str(exc)) from None
         if chunks is None:

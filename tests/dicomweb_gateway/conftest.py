@@ -16,7 +16,11 @@ from auth_svc.service import AuthService
 from auth_svc.settings import AuthSettings
 from common.gen.dicomserver.v1 import (
     auth_service_pb2_grpc as auth_grpc,
+)
+from common.gen.dicomserver.v1 import (
     metadata_service_pb2_grpc as md_grpc,
+)
+from common.gen.dicomserver.v1 import (
     storage_service_pb2_grpc as st_grpc,
 )
 from common.grpc_server import build_server

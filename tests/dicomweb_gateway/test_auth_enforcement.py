@@ -22,8 +22,8 @@ from auth_svc.policy import Policy
 from auth_svc.service import AuthService
 from auth_svc.settings import AuthSettings
 from common.clients import AuthClient, channel
-from common.gen.dicomserver.v1 import auth_service_pb2, auth_service_pb2_grpc, events_pb2
 from common.exposure import ExposedWithoutAuth
+from common.gen.dicomserver.v1 import auth_service_pb2, auth_service_pb2_grpc, events_pb2
 from common.grpc_server import build_server
 from dicomweb_gateway.app import create_app
 

@@ -6,7 +6,8 @@ import pytest
 from gateway_support import Backend, make_instance
 from starlette.testclient import TestClient
 
-from common.gen.dicomserver.v1 import dicom_pb2, metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from dicomweb_gateway.errors import ApiError
 from dicomweb_gateway.qido import build_query
 

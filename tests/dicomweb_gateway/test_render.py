@@ -88,8 +88,61 @@ def test_thumbnails_and_multi_frame_rendered(client: TestClient) -> None:
     r = client.get(f"{base}/series/{series}/rendered", headers={"Accept": "image/png"})
     assert len(multipart_parts(r.content, r.headers["content-type"])) == 3
     url, _ = store_file(client, "SC_rgb_rle_2frame.dcm")
-    r = client.get(f"{url}/frames/1,2/rendered")
+    r = client.get(f"{url}/frames/1,2/rendered", headers={"Accept": 'multipart/related; type="image/jpeg"'})
     assert [h["content-type"] for h, _ in multipart_parts(r.content, r.headers["content-type"])] == ["image/jpeg"] * 2
+
+
+def three_frames() -> bytes:
+    """A 16x16 three-frame CT whose frames are dark, mid-grey and bright."""
+    ds, _ = make_instance()
+    ds.Rows = ds.Columns = 16
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack([np.full((16, 16), v, np.uint16) for v in (100, 2000, 3900)]).tobytes()
+    ds.WindowCenter, ds.WindowWidth = 2000, 4000
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.FrameTime = 40
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def grey_levels(content: bytes) -> list[int]:
+    """The grey level of each frame of a (possibly animated) image."""
+    img = image_of(content)
+    levels = []
+    for k in range(getattr(img, "n_frames", 1)):
+        img.seek(k)
+        levels.append(int(np.asarray(img.convert("L")).mean()))
+    return levels
+
+
+def test_a_multi_frame_instance_renders_as_all_its_frames(client: TestClient) -> None:
+    url = store_bytes(client, three_frames())
+    # The default for a multi-frame image: an animated GIF of every frame, in order.
+    for accept in (None, "*/*", "image/gif", "image/*"):
+        r = client.get(f"{url}/rendered", headers={"Accept": accept} if accept else {})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/gif", accept
+        levels = grey_levels(r.content)
+        assert len(levels) == 3 and levels[0] < 40 < levels[1] < 200 < levels[2], (accept, levels)
+        assert image_of(r.content).info["duration"] == 40
+    # One part per frame when multipart is asked for.
+    r = client.get(f"{url}/rendered", headers={"Accept": 'multipart/related; type="image/png"'})
+    parts = multipart_parts(r.content, r.headers["content-type"])
+    assert [h["content-type"] for h, _ in parts] == ["image/png"] * 3
+    assert [grey_levels(body)[0] for _, body in parts] == grey_levels(client.get(f"{url}/rendered").content)
+    # A single-image type names one image: the first frame.
+    r = client.get(f"{url}/rendered", headers={"Accept": "image/png"})
+    assert r.headers["content-type"] == "image/png" and grey_levels(r.content)[0] < 40
+    # A frame asked for by number is that frame, rendered or as a thumbnail.
+    for path in ("frames/2/rendered", "frames/2/thumbnail"):
+        r = client.get(f"{url}/{path}", headers={"Accept": "image/png"})
+        assert 40 < grey_levels(r.content)[0] < 200, path
+    r = client.get(f"{url}/frames/3,1/rendered")
+    levels = grey_levels(r.content)
+    assert r.headers["content-type"] == "image/gif" and levels[0] > 200 > 40 > levels[1]
+    # The instance's thumbnail is one image.
+    r = client.get(f"{url}/thumbnail")
+    assert r.headers["content-type"] == "image/jpeg" and grey_levels(r.content)[0] < 40
 
 
 @pytest.mark.parametrize(
@@ -106,7 +159,9 @@ def test_rendered_bad_parameters(client: TestClient, query: str, status: int) ->
 
 def test_rendered_errors(client: TestClient) -> None:
     url = store_bytes(client, grey_instance()[1])
-    assert client.get(f"{url}/rendered", headers={"Accept": "image/gif"}).status_code == 406
+    assert client.get(f"{url}/rendered", headers={"Accept": "image/webp"}).status_code == 406
+    r = client.get(f"{url}/rendered", headers={"Accept": "image/gif"})  # GIF serves single frames too
+    assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
     nopix, _ = store_file(client, "rtplan.dcm")
     assert client.get(f"{nopix}/rendered").status_code == 404
     assert client.get(f"/dicomweb/studies/{generate_uid()}/thumbnail").status_code == 404

@@ -67,7 +67,7 @@ def test_mixed_outcomes_are_202_with_reasons(client: TestClient, backend: Backen
     assert [f["00081197"]["Value"] for f in failed] == [[0xC000], [0xC000]]
     assert "00081155" not in failed[0]  # unknown: the part never parsed
     warning = r.headers["warning"]
-    assert warning.startswith('299 testserver: "part 2: not a readable DICOM')
+    assert warning.startswith('299 testserver: "part 2: not a DICOM Part 10 object')
     assert "part 3: part Content-Type 'text/plain' is not application/dicom" in warning
 
 
