@@ -11,6 +11,7 @@ import time
 import grpc
 from sqlalchemy.exc import OperationalError
 
+from common import errors
 from eventbus.handlers import Handler
 from eventbus.transports import Delivery, Transport
 
@@ -23,12 +24,14 @@ def is_transient(exc: Exception) -> bool:
     """An outage, not a bad event: the batch waits instead of dead-lettering."""
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return exc.code() in _TRANSIENT_CODES
-    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError))
+    # common.clients' translation of UNAVAILABLE and DEADLINE_EXCEEDED.
+    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError, errors.Unavailable))
 
 
 class ConsumerLoop:
     def __init__(self, name: str, transport: Transport, handler: Handler, batch: int = 100,
-                 max_attempts: int = 3, backoff: float = 0.2, poll_interval: float = 0.2) -> None:
+                 max_attempts: int = 3, backoff: float = 0.2, poll_interval: float = 0.2,
+                 linger: float = 0.0) -> None:
         self.name = name
         self.transport = transport
         self.handler = handler
@@ -36,13 +39,28 @@ class ConsumerLoop:
         self.max_attempts = max(1, max_attempts)
         self.backoff = backoff
         self.poll_interval = poll_interval
+        # After a batch smaller than `batch`, wait this long before the next
+        # poll, so that busy times make fewer, larger batches (one refresh of
+        # a series being ingested per batch, one audit transaction per batch).
+        self.linger = linger
         self.handled = 0
         self.dead_lettered = 0
 
     def run_once(self) -> int:
         """Handles one batch and commits it; returns the events handled."""
         deliveries = self.transport.poll(self.batch, self.poll_interval)
-        for delivery in self._coalesced(deliveries):
+        todo = self._coalesced(deliveries)
+        many = getattr(self.handler, "handle_many", None)
+        if many is not None and todo:
+            try:
+                many([d.event for d in todo if d.event is not None])
+                todo = [d for d in todo if d.event is None]  # undecodable: dead-lettered below
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.warning("%s: a batch failed (%s); handling its events one by one", self.name,
+                            type(exc).__name__)
+        for delivery in todo:
             self._handle(delivery)
         self.transport.commit()
         self.handled += len(deliveries)
@@ -81,8 +99,11 @@ class ConsumerLoop:
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
-                if self.run_once() == 0 and not getattr(self.transport, "blocks_in_poll", False):
+                handled = self.run_once()
+                if handled == 0 and not getattr(self.transport, "blocks_in_poll", False):
                     stop.wait(self.poll_interval)
+                elif 0 < handled < self.batch and self.linger > 0:
+                    stop.wait(self.linger)
             except Exception as exc:  # transport down: back off and retry the batch
                 log.warning("%s: %s; retrying", self.name, type(exc).__name__)
                 self.transport.rewind()

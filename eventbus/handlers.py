@@ -11,12 +11,13 @@ from collections.abc import Callable, Hashable
 
 import grpc
 
-from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb, \
-    metadata_service_pb2_grpc as md_grpc
+from common.gen.dicomserver.v1 import events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.store import Store
 
 Handler = Callable[[events_pb2.Event], None]
-INSTANCE_KINDS = ("instance_stored", "instance_deleted")
+INSTANCE_KINDS = ("instance_stored", "instance_deleted", "instance_converted")
 
 
 def wants_audit(handler: Handler) -> bool:
@@ -59,4 +60,7 @@ def audit_sink(store: Store) -> Handler:
         store.audit(event)
 
     handle.wants_audit = True  # type: ignore[attr-defined]
+    # A batch in one transaction; the consumer falls back to one by one
+    # to single out an event that fails.
+    handle.handle_many = store.audit_many  # type: ignore[attr-defined]
     return handle

@@ -10,7 +10,8 @@ import threading
 import grpc
 from prometheus_client import Gauge
 
-from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb, metadata_service_pb2_grpc as md_grpc
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.store import Store
 
 log = logging.getLogger(__name__)

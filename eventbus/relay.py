@@ -19,8 +19,9 @@ import grpc
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb, \
-    metadata_service_pb2_grpc as md_grpc
+from common.gen.dicomserver.v1 import events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.handlers import INSTANCE_KINDS
 from eventbus.store import Store
 

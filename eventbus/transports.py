@@ -13,8 +13,9 @@ from typing import Protocol
 import grpc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb, \
-    metadata_service_pb2_grpc as md_grpc
+from common.gen.dicomserver.v1 import events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.store import Store
 
 log = logging.getLogger(__name__)

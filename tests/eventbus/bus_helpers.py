@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metadata_svc"))
 from metadata_helpers import make_ds, record  # noqa: E402
 from support import stop_process  # noqa: E402
@@ -49,6 +50,8 @@ class Bus:
     def __init__(self, data_dir: Path, metadata_addr: str, **env: str) -> None:
         self.data_dir = data_dir
         self.env = {**os.environ, "DICOMSERVER_DATA_DIR": str(data_dir), "DICOMSERVER_METADATA_ADDR": metadata_addr,
+                    # Its RoutingService on a free port: several buses may run at once.
+                    "DICOMSERVER_EVENTBUS_ADDR": "127.0.0.1:0",
                     "DICOMSERVER_LOG_LEVEL": "WARNING", **{f"DICOMSERVER_{k.upper()}": v for k, v in env.items()}}
         self.proc: subprocess.Popen[bytes] | None = None
         self.db = create_engine(f"sqlite:///{data_dir / 'eventbus.sqlite3'}")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from backends import Kafka, Postgres, Redis, new_database, shared
-from common.gen.dicomserver.v1 import metadata_service_pb2, metadata_service_pb2_grpc as md_grpc
+
+from common.gen.dicomserver.v1 import metadata_service_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from common.grpc_server import build_server
 from metadata_svc.db import Database
 from metadata_svc.index import MetadataIndex

@@ -6,15 +6,16 @@ an older release gains the new columns on start."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text
-
 from backends import Kafka
 from bus_helpers import Bus, index_study, metadata_sops, wait_until
+from sqlalchemy import create_engine, inspect, select, text
+from test_kafka_bus import read_topic
+
 from common.clients import channel
 from common.gen.dicomserver.v1 import events_pb2
 from eventbus.consumer import ConsumerLoop
@@ -22,13 +23,12 @@ from eventbus.handlers import audit_sink, metadata_precompute
 from eventbus.store import AuditEntry, DeadLetter, Store
 from eventbus.transports import EmbeddedLog
 from metadata_svc.schema import SeriesMetadata
-from test_kafka_bus import read_topic
 
 Audit = events_pb2.AuditRecord
 FIELDS = ("sequence", "tenant", "kind", "subject", "source_address", "edge", "action", "operation", "outcome",
           "status", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "detail", "request_id",
           "event_time")
-WHEN = datetime(2026, 11, 26, 3, 4, 5, 678000, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 26, 3, 4, 5, 678000, tzinfo=UTC)
 
 
 def audit_record(tenant: str, n: int) -> Audit:
@@ -59,7 +59,7 @@ def audit_rows(engine: Any, kind: str = "audit") -> list[tuple[Any, ...]]:
         rows = conn.execute(select(*(getattr(AuditEntry, f) for f in FIELDS))
                             .where(AuditEntry.kind == kind).order_by(AuditEntry.sequence)).all()
     # SQLite hands back naive datetimes: compare in UTC without tzinfo.
-    return [(*r[:-1], r[-1].astimezone(timezone.utc).replace(tzinfo=None) if r[-1].tzinfo else r[-1]) for r in rows]
+    return [(*r[:-1], r[-1].astimezone(UTC).replace(tzinfo=None) if r[-1].tzinfo else r[-1]) for r in rows]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -154,7 +154,7 @@ def test_kafka_audit_records_have_their_own_topic(kafka: Kafka, metadata_pg: Any
         assert audit_rows(bus.db) == [
             expected_row(seq, rec, action, outcome) for seq, rec, (action, outcome)
             in zip(audit_seqs, records, [("read", "success"), ("authenticate", "denied"), ("read", "success"),
-                                         ("read", "success")])]
+                                         ("read", "success")], strict=False)]
         def precomputed() -> int:
             with metadata_pg.index.db.reader() as session:
                 return len(session.scalars(select(SeriesMetadata)).all())

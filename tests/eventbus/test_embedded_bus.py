@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
+from bus_helpers import index_study, metadata_sops
 from sqlalchemy import select
 
-from bus_helpers import index_study, metadata_sops
 from common.clients import channel
 from common.gen.dicomserver.v1 import events_pb2
 from eventbus.consumer import ConsumerLoop

@@ -5,6 +5,7 @@ ingest, and poison messages moved to the dead-letter topic."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -13,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient
-
 from backends import Kafka
 from bus_helpers import Bus, index_study, metadata_sops, wait_until
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
 from common.gen.dicomserver.v1 import events_pb2
 
 PARTITIONS = 3
@@ -87,6 +88,46 @@ def test_relay_keys_and_orders_events_per_study(kafka: Kafka, metadata_pg: Any, 
         assert bus.stop() == 0, bus.log()
 
 
+def _committed(bus: Bus, kafka: Kafka | None, topic: str) -> int:
+    """How many events the audit consumer has committed (all applied)."""
+    if kafka is None:
+        return bus.scalar("SELECT count(*) FROM audit_log WHERE sequence <= "
+                          "coalesce((SELECT sequence FROM offsets WHERE name = 'consumer:audit'), 0)")
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"{topic}.audit"})
+    try:
+        parts = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in parts)  # a fresh topic: offsets count its messages
+    finally:
+        consumer.close()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def kill_mid_batch(bus: Bus, kafka: Kafka | None, topic: str, total: int) -> int:
+    """SIGKILLs the bus while it has applied events it has not committed;
+    returns how many. The bus is frozen (SIGSTOP) to look: a batch is
+    applied in a few milliseconds, so killing on sight alone sometimes
+    landed just after a commit, and the test then showed nothing."""
+    assert bus.proc is not None
+    for _ in range(2000):
+        wait_until("the first audit entries", lambda: bus.scalar("SELECT count(*) FROM audit_log") >= 40,
+                   every=0.002)
+        bus.proc.send_signal(signal.SIGSTOP)
+        wait_until("the bus stopped", lambda: _state(bus.proc.pid) == "T", every=0.001)  # SIGSTOP lands later
+        applied = bus.scalar("SELECT count(*) FROM audit_log")
+        uncommitted = applied - _committed(bus, kafka, topic)
+        if uncommitted > 0:
+            bus.kill()
+            return uncommitted
+        assert applied < total, "every event was applied and committed before a batch could be caught"
+        bus.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.001)
+    raise AssertionError("never caught the bus between applying a batch and committing it")
+
+
 @pytest.mark.parametrize("transport", ["embedded", "kafka"])
 def test_consumer_killed_mid_batch_loses_nothing_and_applies_once(
     transport: str, request: pytest.FixtureRequest, metadata_pg: Any, tmp_path: Path
@@ -97,10 +138,9 @@ def test_consumer_killed_mid_batch_loses_nothing_and_applies_once(
     index_study(metadata_pg.index, "m", "8.1", 3, total // 3)
     bus = bus_for(tmp_path, metadata_pg, kafka, topic, consumers="audit", consumer_batch="100")
     bus.start()
-    wait_until("the first audit entries", lambda: bus.scalar("SELECT count(*) FROM audit_log") >= 40, every=0.005)
-    bus.kill()
+    uncommitted = kill_mid_batch(bus, kafka, topic, total)
     applied = bus.scalar("SELECT count(*) FROM audit_log")
-    assert 0 < applied < total
+    assert 0 < uncommitted <= applied < total
     bus.start()
     try:
         wait_until("every event audited", lambda: bus.scalar("SELECT count(*) FROM audit_log") == total)
@@ -114,7 +154,7 @@ def test_consumer_killed_mid_batch_loses_nothing_and_applies_once(
                                                         for n in range(1, 101))
     # Those applied but not committed before the kill were delivered again,
     # and had no second effect.
-    assert sum(d for _, _, d in audit) > total
+    assert sum(d for _, _, d in audit) >= total + uncommitted
 
 
 def test_kafka_down_for_30_s_during_ingest(kafka: Kafka, metadata_pg: Any, tmp_path: Path) -> None:

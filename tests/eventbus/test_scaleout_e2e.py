@@ -18,16 +18,18 @@ import grpc
 import httpx
 import pydicom
 import pytest
+from backends import Kafka, Postgres, Redis, new_database
+from bus_helpers import wait_until
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import create_engine, text
-
-from backends import Kafka, Postgres, Redis, new_database
-from bus_helpers import wait_until
-from common.gen.dicomserver.v1 import events_pb2, metadata_service_pb2 as md_pb, metadata_service_pb2_grpc as md_grpc
 from support import Archive
 from test_kafka_bus import read_topic
+
+from common.gen.dicomserver.v1 import events_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def test_ingest_to_kafka_to_metadata_and_change_feed(scaled: tuple[Archive, dict
     study_a, series_a, study_b, series_b = uid(), uid(), uid(), uid()
     sops_a = [uid() for _ in range(3)]
     # STOW-RS: one study, three instances sent out of order.
-    for n, sop in zip((3, 1, 2), sops_a):
+    for n, sop in zip((3, 1, 2), sops_a, strict=False):
         new_ct(tmp_path / "a.dcm", study_a, series_a, sop, n)
         stow(archive, tmp_path / "a.dcm")
     # C-STORE: another study, two instances.
