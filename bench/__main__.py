@@ -22,9 +22,16 @@ import time
 from pathlib import Path
 
 from bench import corpus
-from bench.servers import ScaleoutBackends, Server, StoreSCP, ensure_orthanc, start_orthanc, start_ours
-from bench.workloads import Plan, Bench
 from bench.report import table
+from bench.servers import (
+    ScaleoutBackends,
+    Server,
+    StoreSCP,
+    ensure_orthanc,
+    start_orthanc,
+    start_ours,
+)
+from bench.workloads import Bench, Plan
 
 FULL_PLAN = Plan(reps=3, latency_samples=15, index_chunks=4, store_reps=2)
 QUICK_PLAN = Plan(reps=1, latency_samples=3, index_chunks=1, store_reps=1)
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     size = corpus.QUICK if args.quick else corpus.FULL
     sides = [args.only] if args.only else ["ours", "orthanc"]
     started = time.monotonic()
-    when = datetime.datetime.now(datetime.timezone.utc)
+    when = datetime.datetime.now(datetime.UTC)
 
     root, manifest = corpus.ensure(args.cache_dir, size, log)
     if "orthanc" in sides:

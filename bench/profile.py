@@ -7,12 +7,18 @@ cached full corpus, and prints each service's CPU seconds and its hottest
 functions (share of that service's samples, self and inclusive).
 
 WORKLOAD: cstore (CT corpus, 1 association), cstore-small (index corpus,
-4 associations), stow (CT corpus, sequential), wado (CT series, repeated)."""
+4 associations), stow (CT corpus, sequential), wado (CT series, repeated),
+cget and cmove (every CT series with getscu, with movescu to storescp),
+cfind (study-level findscu by StudyDate range and by PatientID, 40 of
+each). With --data DIR the server runs on a data folder a run of
+`python -m bench.dimse_qr --data DIR` filled (its `ours`), and nothing is
+stored first."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import shutil
 import signal
 import subprocess
@@ -23,9 +29,9 @@ from pathlib import Path
 
 from bench import clients, corpus
 from bench.clients import DicomWeb
-from bench.servers import TICK, TreeSampler, start_ours
+from bench.servers import HOST, TICK, StoreSCP, TreeSampler, start_ours
 
-SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway"]
+SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway", "eventbus"]
 
 
 def service_pids(root_pid: int) -> dict[str, int]:
@@ -48,7 +54,7 @@ def summarize(raw: Path, top: int) -> list[str]:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():  # a line cut short when py-spy stopped
             continue
         n = int(count)
         frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
@@ -73,7 +79,8 @@ def summarize(raw: Path, top: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[1])
-    parser.add_argument("workload", choices=["cstore", "cstore-small", "stow", "wado"])
+    parser.add_argument("workload", choices=["cstore", "cstore-small", "stow", "wado", "cget", "cmove", "cfind"])
+    parser.add_argument("--data", type=Path, help="a data folder of bench.dimse_qr (its corpora already stored)")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dicomserver-bench")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--out", type=Path, help="keep the raw profiles here")
@@ -83,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dicomserver-profile-"))
     out = args.out or work / "profiles"
     out.mkdir(parents=True, exist_ok=True)
-    srv = start_ours(work / "ours", {})
+    dest = StoreSCP(work / "storescp") if args.workload == "cmove" else None
+    env = {"DICOMSERVER_DIMSE_PEERS": json.dumps({dest.aet: {"host": HOST, "port": dest.port}})} if dest else {}
+    srv = start_ours(args.data / "ours" if args.data else work / "ours", env)
     spies = {}
     try:
         ct = [str(root / f["path"]) for st in manifest["ct"]["studies"] for se in st["series"] for f in se["files"]]
-        if args.workload == "wado":  # the data first, unprofiled
+        series = [(st["uid"], se["uid"]) for st in manifest["ct"]["studies"] for se in st["series"]]
+        if args.workload in ("wado", "cget", "cmove", "cfind") and args.data is None:  # the data first, unprofiled
             clients.cstore(srv, [ct])
         pids = service_pids(srv.proc.pid)
         cpu0 = {svc: TreeSampler._stat(pid)[1] for svc, pid in pids.items()}
@@ -112,6 +122,21 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(0, len(data), 10):
                 web.stow(data[k : k + 10])
             what = f"{len(ct)} CT instances, STOW-RS batches of 10"
+        elif args.workload == "cget":
+            n = sum(clients.cget_series(srv, st, se)[1] for st, se in series)
+            what = f"C-GET of every CT series, {n / 1e6:.0f} MB"
+        elif args.workload == "cmove":
+            assert dest is not None
+            n = 0
+            for st, se in series:
+                clients.cmove_series(srv, dest.aet, st, se)
+                n += dest.take()[1]
+            what = f"C-MOVE of every CT series to storescp, {n / 1e6:.0f} MB"
+        elif args.workload == "cfind":
+            for i in range(40):
+                clients.cfind_studies(srv, {"StudyDate": f"{2000 + i % 25}0101-{2000 + i % 25}0630"})
+                clients.cfind_studies(srv, {"PatientID": f"PID{(i * 37 + 11) % 2000:05d}"})
+            what = "80 study-level C-FINDs"
         else:
             web = DicomWeb(srv.dicomweb)
             n = 0
@@ -127,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         for spy in spies.values():
             spy.wait(60)
         srv.stop()
+        if dest is not None:
+            dest.stop()
     print(f"{what}: {elapsed:.1f} s wall")
     for svc in sorted(cpu, key=cpu.get, reverse=True):
         print(f"  {svc}: {cpu[svc]:.1f} CPU s")

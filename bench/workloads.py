@@ -216,7 +216,7 @@ class Bench:
         self.ct_data = None
         # Every stored copy must be complete on every server that took it.
         per_study = len(self.ct[0]["series"]) * len(self.ct[0]["series"][0]["files"])
-        by_key = dict(zip(["cstore1", f"cstore{PARALLEL}", "stow1", f"stow{PARALLEL}"], self.figures[-4:]))
+        by_key = dict(zip(["cstore1", f"cstore{PARALLEL}", "stow1", f"stow{PARALLEL}"], self.figures[-4:], strict=False))
         for v, key in record:
             fig = by_key[key]
             for side in self.sides:
@@ -332,10 +332,10 @@ class Bench:
         cases: list[tuple[str, Callable[[int], tuple[str, dict[str, str], int]]]] = [
             ("studies, PatientID exact", lambda i: (
                 "/studies", {"PatientID": pick(i)["patient_id"]},
-                count(lambda s, p=pick(i)["patient_id"]: s["patient_id"] == p))),
+                count(lambda s, p=pick(i)["patient_id"]: s["patient_id"] == p))),  # noqa: B008 (bound per query)
             ("studies, PatientName wildcard (non-ASCII)", lambda i: (
                 "/studies", {"PatientName": FAMILY[i % len(FAMILY)][:3] + "*"},
-                count(lambda s, f=FAMILY[i % len(FAMILY)][:3]: s["patient_name"].startswith(f)))),
+                count(lambda s, f=FAMILY[i % len(FAMILY)][:3]: s["patient_name"].startswith(f)))),  # noqa: B008 (bound per query)
             ("studies, StudyDate range (6 months)", lambda i: (
                 "/studies", {"StudyDate": f"{2000 + i % 25}0101-{2000 + i % 25}0630"},
                 count(lambda s, y=f"{2000 + i % 25}": f"{y}0101" <= s["date"] <= f"{y}0630"))),
