@@ -16,7 +16,14 @@ import argparse
 import sys
 from datetime import datetime
 
-from auth_svc.keystore import KEY_SCOPES, KeyInfo, KeyStore, check_key_id, check_scopes, check_subject
+from auth_svc.keystore import (
+    KEY_SCOPES,
+    KeyInfo,
+    KeyStore,
+    check_key_id,
+    check_scopes,
+    check_subject,
+)
 from auth_svc.settings import InvalidSettings, load_settings
 from common.validation import InvalidValue, check_tenant
 

@@ -8,8 +8,17 @@ from typing import TypeVar
 import grpc
 
 from auth_svc.keystore import StoreUnavailable
-from auth_svc.policy import BadRequest, Forbidden, NoKeyStore, NotAuthenticated, NotFound, Policy, Refused
-from common.gen.dicomserver.v1 import auth_service_pb2 as pb, auth_service_pb2_grpc as pb_grpc
+from auth_svc.policy import (
+    BadRequest,
+    Forbidden,
+    NoKeyStore,
+    NotAuthenticated,
+    NotFound,
+    Policy,
+    Refused,
+)
+from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from common.gen.dicomserver.v1 import auth_service_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 

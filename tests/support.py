@@ -18,8 +18,8 @@ from typing import Any
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,16 @@ def dcmtk_env() -> dict[str, str]:
 
 def corpus_paths() -> list[Path]:
     return [Path(get_testdata_file(name, download=False)) for name in CORPUS_FILES]
+
+
+def bench_ct() -> Path:
+    """The CT folder of `python -m bench`'s full corpus (8 series of 50
+    512x512 16-bit slices), generated into the bench's cache on first use
+    (about 40 s on a fresh machine, then cached)."""
+    from bench.corpus import FULL, ensure
+
+    root, _ = ensure(Path.home() / ".cache" / "dicomserver-bench", FULL, log=lambda *_: None)
+    return root / "ct"
 
 
 def split_part10(data: bytes) -> tuple[bytes, bytes]:

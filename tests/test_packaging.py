@@ -7,11 +7,10 @@ import ast
 import importlib.metadata
 import re
 import sys
-from pathlib import Path
 
 from support import ROOT
 
-SERVICE_PACKAGES = ["common", "storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway",
+SERVICE_PACKAGES = ["common", "dicomcore", "deidentify", "storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway",
                     "eventbus", "launcher"]
 
 

@@ -63,7 +63,7 @@ def auth_process(data_dir: Path, **settings: str) -> Iterator[AuthClient]:
             except Unavailable:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     stop_process(proc)
-                    raise RuntimeError(f"auth_svc did not start: {proc.stdout.read() if proc.stdout else ''}")
+                    raise RuntimeError(f"auth_svc did not start: {proc.stdout.read() if proc.stdout else ''}") from None
                 time.sleep(0.1)
         yield client
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auth_helpers import serving, service_env
+from auth_helpers import service_env, serving
 from pydantic import ValidationError
 from support import ROOT
 

@@ -11,7 +11,8 @@ from auth_svc.service import AuthService
 from auth_svc.settings import ApiKey, AuthSettings
 from common.clients import AuthClient
 from common.errors import Unauthenticated
-from common.gen.dicomserver.v1 import auth_service_pb2 as pb, auth_service_pb2_grpc as pb_grpc
+from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from common.gen.dicomserver.v1 import auth_service_pb2_grpc as pb_grpc
 
 KEY = "s3cret-key"
 SETTINGS = AuthSettings(

@@ -5,9 +5,7 @@ objects that come back equal the ones sent."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 import uuid
@@ -17,7 +15,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from support import Archive, corpus_paths, dcmtk_env, free_port
 
 DCMTK_ENV = dcmtk_env()
@@ -270,7 +267,7 @@ def test_movescu_to_an_unknown_destination_fails(dimse: Dimse) -> None:
 def test_getscu_stores_back_on_the_same_association(dimse: Dimse, tmp_path: Path, option: str, syntax_name: str) -> None:
     ds0 = next(ds for ds in dimse.datasets.values() if ds.file_meta.TransferSyntaxUID.name == syntax_name)
     proc = run(["getscu", "-v", option, "-S", "-aec", dimse.archive.ae_title, "-od", str(tmp_path),
-                "-k", "QueryRetrieveLevel=SERIES", f"-k", f"SeriesInstanceUID={ds0.SeriesInstanceUID}",
+                "-k", "QueryRetrieveLevel=SERIES", "-k", f"SeriesInstanceUID={ds0.SeriesInstanceUID}",
                 "127.0.0.1", str(dimse.archive.dimse_port)])
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log

@@ -23,9 +23,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
+from support import Archive, free_port, split_part10
 
 from common.clients import MetadataClient, StorageClient, channel
-from support import Archive, free_port, split_part10
 
 SCU = "TESTSCU"
 COMMIT_SCU = "COMMITSCU"
@@ -148,19 +148,23 @@ def test_missing_sop_instance_uid_cannot_be_understood(archive2: Archive, tmp_pa
     assert stored_files(archive2) == before
 
 
-def test_values_the_index_cannot_read_give_a_warning_and_the_object_is_kept(archive2: Archive, tmp_path: Path) -> None:
+def test_values_pydicom_calls_invalid_are_kept_as_sent(archive2: Archive, tmp_path: Path) -> None:
     path, ds = ct(tmp_path)
-    # InstanceNumber (IS) "1" -> "X": the object is stored as sent, the index lacks the value.
+    # InstanceNumber (IS) "1" -> "X": the object is stored as sent, and its
+    # metadata keeps the value as it stands (a string: it is not a number).
     ds2 = pydicom.dcmread(path)
     ds2.InstanceNumber = "7"
     ds2.save_as(path, enforce_file_format=True)
     raw = path.read_bytes().replace(b"\x20\x00\x13\x00IS\x02\x007 ", b"\x20\x00\x13\x00IS\x02\x00X ")
     assert b"IS\x02\x00X " in raw
     path.write_bytes(raw)
-    assert store(archive2, path) == 0xB006
+    assert store(archive2, path) == 0x0000
     (loc,) = located(archive2, ds.SOPInstanceUID)
     stored = StorageClient(channel(archive2.grpc_addrs["storage"])).get_bytes(loc.object_key)
     assert split_part10(stored)[1] == split_part10(raw)[1]
+    (header,) = MetadataClient(channel(archive2.grpc_addrs["metadata"])).get_metadata(
+        "default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert json.loads(header)["00200013"] == {"vr": "IS", "Value": ["X"]}
 
 
 def test_c_cancel_stops_a_find(archive2: Archive, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The README's gRPC example, run as a user would run it."""
+"""The gRPC example of docs/api.md, run as a user would run it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import sys
 
 import pydicom
 from pydicom.data import get_testdata_file
-
 from support import ROOT, Archive
 
 

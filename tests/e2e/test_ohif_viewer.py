@@ -166,12 +166,20 @@ def test_ohif_lists_opens_and_renders(viewer: tuple[str, Archive, dict[str, str]
             page.screenshot(path=str(ARTIFACTS / "ohif-study-list.png"))
 
             for name in ["CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm"]:
+                # Each study its own list and listener: a listener left from the
+                # study before would count that study's late message as this one's.
                 first_image: list[str] = []
-                page.on("console", lambda m: first_image.append(m.text) if "studyToFirstImage" in m.text else None)
+
+                def on_console(m: Any, seen: list[str] = first_image) -> None:
+                    if "studyToFirstImage" in m.text:
+                        seen.append(m.text)
+
+                page.on("console", on_console)
                 page.goto(f"{origin}/viewer?StudyInstanceUIDs={studies[name]}")
                 deadline = time.monotonic() + 90
                 while not first_image and time.monotonic() < deadline:
                     page.wait_for_timeout(250)
+                page.remove_listener("console", on_console)
                 assert first_image, f"{name}: the viewer never reported its first image\n" + "\n".join(problems)
                 skip = page.get_by_text("Skip all")
                 if skip.count():

@@ -4,7 +4,6 @@ dcmtk for DIMSE, httpx for DICOMweb."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -14,9 +13,13 @@ from pathlib import Path
 import httpx
 import pydicom
 from pydicom.data import get_testdata_file
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RTPlanStorage
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RTPlanStorage,
+)
 from pynetdicom import AE
-
 from support import Archive, corpus_paths, dcmtk_env, split_part10
 
 DCMTK_ENV = dcmtk_env()
@@ -176,7 +179,7 @@ def test_stow_then_qido_and_wado_return_the_same_bytes(archive: Archive, tmp_pat
     assert "00081198" not in result or not result["00081198"].get("Value")
 
     assert {ds.StudyInstanceUID for ds in datasets} <= study_uids(archive)
-    for data, ds in zip(files, datasets):
+    for data, ds in zip(files, datasets, strict=False):
         _, body = retrieve_instance(archive, ds)
         assert body == data
 

@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import ROOT, free_port
 
 from auth_svc.settings import AuthSettings
 from common.settings import CommonSettings
@@ -29,7 +30,6 @@ from eventbus.settings import EventbusSettings
 from ingest_svc.settings import IngestSettings
 from metadata_svc.settings import MetadataSettings
 from storage_svc.settings import StorageSettings
-from support import ROOT, free_port
 
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.32.0"
@@ -105,12 +105,38 @@ def test_workloads_are_locked_down(rendered: tuple[str, list[dict[str, Any]]]) -
 
 def test_every_variable_is_a_setting_of_its_service(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
-    for doc, container in workloads(docs):
+    for _doc, container in workloads(docs):
         module = container["command"][2]
         fields = set(SETTINGS[module].model_fields)
         for name in container_env(docs, container):
             assert name.startswith("DICOMSERVER_"), name
             assert name.removeprefix("DICOMSERVER_").lower() in fields, f"{module} has no setting {name}"
+
+
+def test_the_edges_reach_the_objects_storage_grants(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """The edges write and read object bytes themselves, and routing in the
+    event bus reads them: on the filesystem backend they mount the very
+    volume storage keeps its objects folder on, at the same path (grants
+    name absolute paths); on S3 they need none."""
+    overlay, docs = rendered
+    pods = {doc["metadata"]["name"]: (doc, c) for doc, c in workloads(docs) if doc["kind"] == "Deployment"}
+    storage_doc, storage = pods["storage"]
+    env = container_env(docs, storage)
+    if env.get("DICOMSERVER_STORAGE_BACKEND", "filesystem") == "s3":
+        return
+    folder = env["DICOMSERVER_STORAGE_DIR"]
+
+    def volume_at(doc: dict[str, Any], container: dict[str, Any]) -> dict[str, Any]:
+        (mount,) = [m for m in container.get("volumeMounts", []) if m["mountPath"] == folder]
+        (volume,) = [v for v in doc["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+        return volume
+
+    claim = volume_at(storage_doc, storage).get("persistentVolumeClaim")
+    assert claim, f"{overlay}: storage keeps its objects on a volume no other pod can share"
+    for edge in ("gateway", "ingest", "eventbus"):
+        assert volume_at(*pods[edge]).get("persistentVolumeClaim") == claim, f"{overlay}: {edge}"
+    (pvc,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == claim["claimName"]]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
 
 
 def test_authentication_is_on_where_listeners_face_the_network(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -192,7 +218,7 @@ def test_ports_and_probes_are_what_the_service_serves(name: str, tmp_path: Path)
             else:
                 get = probe["httpGet"]
                 port = ports[named[get["port"]]]
-                assert _wait(lambda: _listening(port)), f"{name}: nothing on {get['port']}"
+                assert _wait(lambda port=port: _listening(port)), f"{name}: nothing on {get['port']}"
                 status = httpx.get(f"http://127.0.0.1:{port}{get['path']}").status_code
                 # Readiness may say "not yet" (dependencies down), but the path exists.
                 assert status == 200 or (probe_name == "readinessProbe" and status == 503), (get["path"], status)

@@ -13,9 +13,15 @@ from common import dicom_json, matching
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.validation import InvalidValue
 from dicomweb_gateway.errors import ApiError
-from dicomweb_gateway.multipart import LimitExceeded, Limits, MultipartParser, NestedMultipart, check_boundary
-from dicomweb_gateway.qido import QueryLimits, build_query
 from dicomweb_gateway.media import RepeatedParameter, parse_media_type
+from dicomweb_gateway.multipart import (
+    LimitExceeded,
+    Limits,
+    MultipartParser,
+    NestedMultipart,
+    check_boundary,
+)
+from dicomweb_gateway.qido import QueryLimits, build_query
 
 STUDY = dicom_pb2.QUERY_LEVEL_STUDY
 LIMITS = QueryLimits(max_limit=100, max_params=4, max_includefields=3, max_value_length=16, max_wildcards=3)

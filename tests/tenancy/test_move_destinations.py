@@ -4,7 +4,6 @@ destination receives nothing; the owning tenant's moves arrive."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 from collections.abc import Iterator
@@ -15,7 +14,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
-
 from support import Archive, free_port
 
 OWNER, OTHER = "OWNERAE", "OTHERAE"

@@ -52,7 +52,6 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-
 from support import Archive, free_port, split_part10
 
 SECRET = "tenant-matrix-hs256-secret-0123456789abcdef"
@@ -391,8 +390,10 @@ def own_frames(r: httpx.Response, own: Obj) -> None:
 
 
 def own_image(r: httpx.Response, own: Obj) -> None:
+    """A rendered image: JPEG, or an animated GIF of every frame for a multi-frame instance."""
     assert r.status_code == 200, r.text
-    assert "image/jpeg" in r.headers["content-type"] and r.content
+    ctype = r.headers["content-type"]
+    assert ("image/jpeg" in ctype or "image/gif" in ctype) and r.content
 
 
 def own_wado_uri(r: httpx.Response, own: Obj) -> None:
