@@ -22,6 +22,8 @@ RUN pip install --no-cache-dir --no-index /wheels/* \
  && useradd --uid 10001 --gid dicom --no-create-home --shell /usr/sbin/nologin dicom
 WORKDIR /app
 COPY common ./common
+COPY dicomcore ./dicomcore
+COPY deidentify ./deidentify
 COPY storage_svc ./storage_svc
 COPY metadata_svc ./metadata_svc
 COPY auth_svc ./auth_svc

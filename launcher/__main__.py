@@ -31,6 +31,9 @@ GRPC_ADDR_SETTING = {
     "auth_svc": "auth_addr",
     "ingest_svc": "ingest_addr",
 }
+# The event bus serves status and audit statistics (EventBusService) on the
+# port after those four.
+EVENTBUS_ADDR_SETTING = "eventbus_addr"
 HOST = "127.0.0.1"
 
 
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         DICOMSERVER_DIMSE_PORT=str(args.dimse_port),
         DICOMSERVER_AE_TITLE=args.ae_title,
     )
-    for i, (svc, setting) in enumerate(GRPC_ADDR_SETTING.items()):
+    for i, setting in enumerate([*GRPC_ADDR_SETTING.values(), EVENTBUS_ADDR_SETTING]):
         port = args.grpc_base_port + i if args.grpc_base_port else free_port()
         env[f"DICOMSERVER_{setting.upper()}"] = f"{HOST}:{port}"
 
@@ -200,20 +203,23 @@ def main(argv: list[str] | None = None) -> int:
         for name in SERVICES:
             if name != "eventbus":
                 sup.start(name)
-        for name, setting in GRPC_ADDR_SETTING.items():
+        for setting in GRPC_ADDR_SETTING.values():
             wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline, grpc_credentials)
         sup.start("eventbus")
+        wait_grpc(env[f"DICOMSERVER_{EVENTBUS_ADDR_SETTING.upper()}"], deadline, grpc_credentials)
         wait_dimse(args.dimse_port, args.ae_title, deadline, dimse_probe)
         wait_tcp(args.http_port, deadline)
     except TimeoutError as exc:
         print(f"startup failed: {exc}", file=sys.stderr)
         sup.stop_all()
         return 1
+    print(f"console   {scheme}://{HOST}:{args.http_port}/", flush=True)
     print(f"DICOMweb  {scheme}://{HOST}:{args.http_port}{base.base_path}", flush=True)
     print(f"DIMSE     {args.ae_title}@{HOST}:{args.dimse_port}{' (TLS)' if dimse_probe else ''}", flush=True)
     print(f"data      {data_dir}", flush=True)
     for svc, setting in GRPC_ADDR_SETTING.items():
         print(f"grpc      {svc.removesuffix('_svc'):<9} {env[f'DICOMSERVER_{setting.upper()}']}", flush=True)
+    print(f"grpc      {'eventbus':<9} {env[f'DICOMSERVER_{EVENTBUS_ADDR_SETTING.upper()}']}", flush=True)
     print("ready; Ctrl-C stops", flush=True)
     code = 0
     while not sup.stopping.wait(0.5):
