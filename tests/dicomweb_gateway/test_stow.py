@@ -6,8 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from gateway_support import Backend, make_instance, make_settings, multipart_body
+from pydicom import Dataset
 from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
+from test_frames import multipart_parts
 
 from dicomweb_gateway.app import create_app
 
@@ -180,14 +182,46 @@ def test_reject_policy_refuses_duplicates(backend: Backend) -> None:
     assert stored_objects(backend) == [data]  # the refused copy was reclaimed
 
 
-def test_keep_first_reports_the_kept_instance(backend: Backend) -> None:
+def _twins() -> tuple[Dataset, bytes, bytes]:
+    """Two different objects under one SOP Instance UID (the second renamed)."""
+    first, a = make_instance(name="First^Copy")
+    _, b = make_instance(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, name="Second^Copy")
+    assert a != b
+    return first, a, b
+
+
+def _served(client: TestClient, ds: Dataset) -> bytes:
+    r = client.get(f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                   f"/instances/{ds.SOPInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert r.status_code == 200, r.text
+    ((_, body),) = multipart_parts(r.content, r.headers["content-type"])
+    return body
+
+
+def test_keep_first_keeps_the_first_bytes_and_reclaims_the_second(backend: Backend) -> None:
     app = create_app(make_settings(backend, duplicate_policy="keep_first"))
-    _, data = make_instance()
+    ds, first, second = _twins()
     with TestClient(app) as client:
-        post(client, data, ctype="application/dicom")
-        r = post(client, data, ctype="application/dicom")
-    assert r.status_code == 200
-    assert "existing instance was kept" in r.headers["warning"]
+        assert post(client, first, ctype="application/dicom").status_code == 200
+        r = post(client, second, ctype="application/dicom")
+        assert r.status_code == 200
+        assert "existing instance was kept" in r.headers["warning"]
+        assert _served(client, ds) == first
+    assert stored_objects(backend) == [first]  # the second copy was reclaimed, not left behind
+
+
+def test_overwrite_serves_the_new_bytes_and_removes_the_old(backend: Backend) -> None:
+    app = create_app(make_settings(backend, duplicate_policy="overwrite"))
+    ds, first, second = _twins()
+    with TestClient(app) as client:
+        assert post(client, first, ctype="application/dicom").status_code == 200
+        r = post(client, second, ctype="application/dicom")
+        assert r.status_code == 200
+        assert "existing instance was replaced" in r.headers["warning"]
+        assert _served(client, ds) == second
+        study = client.get(f"/dicomweb/studies?StudyInstanceUID={ds.StudyInstanceUID}").json()
+        assert [row["00100010"]["Value"][0]["Alphabetic"] for row in study] == ["Second^Copy"]
+    assert stored_objects(backend) == [second]  # the old object is gone
 
 
 def test_request_larger_than_the_limit_is_413(backend: Backend) -> None:
