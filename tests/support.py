@@ -105,6 +105,12 @@ class Archive:
     def dicomweb(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/dicomweb"
 
+    def stored_files(self) -> list[str]:
+        """Every file in the objects folder, staged and temporary parts too:
+        what "stores nothing" must leave unchanged."""
+        objects = self.data_dir / "objects"
+        return sorted(str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file())
+
     def start(self, timeout: float = 90) -> None:
         self.proc = subprocess.Popen(
             [

@@ -186,6 +186,7 @@ def test_stow_then_qido_and_wado_return_the_same_bytes(archive: Archive, tmp_pat
 
 def test_stow_of_a_non_dicom_part_fails_and_stores_nothing(archive: Archive) -> None:
     before = study_uids(archive)
+    files_before = archive.stored_files()
     boundary = uuid.uuid4().hex
     r = httpx.post(
         f"{archive.dicomweb}/studies",
@@ -196,6 +197,7 @@ def test_stow_of_a_non_dicom_part_fails_and_stores_nothing(archive: Archive) -> 
     failed = r.json()["00081198"]["Value"]
     assert failed[0]["00081197"]["Value"] == [0xC000]
     assert study_uids(archive) == before
+    assert archive.stored_files() == files_before  # no object, no staged part left behind
 
 
 def test_qido_rejects_malformed_values(archive: Archive) -> None:

@@ -330,9 +330,7 @@ def snapshot(server: Archive, headers: dict[str, str] | None = None) -> tuple[in
     """What is stored: instances the index lists, files the storage folder holds."""
     r = httpx.get(f"{server.dicomweb}/instances", params={"limit": "1000"}, headers=headers or {}, timeout=30)
     assert r.status_code == 200, r.text
-    objects = server.data_dir / "objects"
-    files = sorted(str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file())
-    return len(r.json()), files
+    return len(r.json()), server.stored_files()
 
 
 # Slow peers, opened as soon as the limited archive runs, so that their wait
