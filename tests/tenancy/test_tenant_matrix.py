@@ -34,10 +34,13 @@ from typing import Any
 
 import httpx
 import jwt
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, RLELossless, generate_uid
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -99,6 +102,16 @@ class Obj:
     def pixels(self) -> bytes:
         return bytes(pydicom.dcmread(io.BytesIO(self.data)).PixelData)
 
+    @property
+    def frames(self) -> list[bytes]:
+        """The frames as stored: native bytes, or each frame's encapsulated bytes."""
+        ds = pydicom.dcmread(io.BytesIO(self.data))
+        count = int(ds.get("NumberOfFrames") or 1)
+        if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            size = len(ds.PixelData) // count
+            return [ds.PixelData[i * size:(i + 1) * size] for i in range(count)]
+        return list(generate_frames(ds.PixelData, number_of_frames=count))
+
     def subst(self, label: str = "") -> dict[str, str]:
         """The asked values and the placeholders they are normalized to."""
         return {self.study: f"<STUDY{label}>", self.series: f"<SERIES{label}>", self.sop: f"<SOP{label}>",
@@ -106,9 +119,11 @@ class Obj:
 
 
 def make(kind: str, owner: str, uids: tuple[str, str, str] | None = None, patient_id: str = "",
-         flip_pixels: bool = False) -> Obj:
+         bright: str = "") -> Obj:
     """A copy of a pydicom test file with new UIDs (or the given ones), owned
-    by "A" (OWNA) or "B" (SECRETB, PIDB-)."""
+    by "A" (OWNA) or "B" (SECRETB, PIDB-). `bright` ("left" or "right")
+    replaces the image by one half white, one half black: a signature a
+    rendered image still shows, so a control can tell whose image it is."""
     ds = pydicom.dcmread(get_testdata_file(SOURCES[kind], download=False))
     study, series, sop = uids or (generate_uid(), generate_uid(), generate_uid())
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
@@ -116,8 +131,20 @@ def make(kind: str, owner: str, uids: tuple[str, str, str] | None = None, patien
     tag = sop[-8:]
     ds.PatientID = patient_id or (f"PIDB-{tag}" if owner == "B" else f"PIDA-{tag}")
     ds.PatientName = f"SECRETB^{tag}" if owner == "B" else f"OWNA^{tag}"
-    if flip_pixels:  # native pixels only: the same image shape, other values
-        ds.PixelData = bytes(b ^ 0x5A for b in ds.PixelData)
+    if bright:
+        arr = ds.pixel_array.copy()
+        half = arr.shape[-2] // 2 if arr.ndim == 4 else arr.shape[-1] // 2  # columns (RGB: axis -2)
+        lit, dark = (slice(None, half), slice(half, None)) if bright == "left" else (slice(half, None), slice(None, half))
+        cols = (Ellipsis, lit, slice(None)) if arr.ndim == 4 else (Ellipsis, lit)
+        dark_cols = (Ellipsis, dark, slice(None)) if arr.ndim == 4 else (Ellipsis, dark)
+        arr[cols], arr[dark_cols] = arr.max(), arr.min()
+        if arr.ndim == 4:
+            for i in range(arr.shape[0]):  # frames told apart by their dark value
+                arr[i][:, dark] = arr.min() + i
+        if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+            ds.compress(ds.file_meta.TransferSyntaxUID, arr, generate_instance_uid=False)
+        else:
+            ds.PixelData = arr.tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return Obj(kind, study, series, sop, str(ds.PatientID), buf.getvalue())
@@ -274,10 +301,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     shared_pid = f"PIDS-{shared_uids[2][-8:]}"
     w = World(
         archive=archive, dest=dest, http=http,
-        a={"ct": make("ct", "A"), "mf": make("mf", "A"),
-           "shared": make("ct", "A", shared_uids, shared_pid)},
-        b={"ct": make("ct", "B"), "mf": make("mf", "B"),
-           "shared": make("ct", "B", shared_uids, shared_pid, flip_pixels=True)},
+        a={"ct": make("ct", "A", bright="left"), "mf": make("mf", "A", bright="left"),
+           "shared": make("ct", "A", shared_uids, shared_pid, bright="left")},
+        b={"ct": make("ct", "B", bright="right"), "mf": make("mf", "B", bright="right"),
+           "shared": make("ct", "B", shared_uids, shared_pid, bright="right")},
         ghost={"ct": make("ct", "B"), "mf": make("mf", "B")},
         principals=principals,
         b_principal=Principal({"Authorization": f"Bearer {token([TENANT_B])}"}),
@@ -383,17 +410,30 @@ def own_metadata(r: httpx.Response, own: Obj) -> None:
     assert uids_in(r, "00080018") == [own.sop]
 
 
-def own_frames(r: httpx.Response, own: Obj) -> None:
+def own_frame(r: httpx.Response, own: Obj) -> None:
+    assert r.status_code == 200, r.text
+    assert multipart_parts(r) == own.frames[:1]
+
+
+def own_pixel_data(r: httpx.Response, own: Obj) -> None:
+    """Native pixel data whole; encapsulated pixel data frame by frame."""
     assert r.status_code == 200, r.text
     parts = multipart_parts(r)
-    assert parts and all(parts)
+    assert parts == own.frames if own.kind == "mf" else parts == [own.pixels]
 
 
 def own_image(r: httpx.Response, own: Obj) -> None:
-    """A rendered image: JPEG, or an animated GIF of every frame for a multi-frame instance."""
+    """A rendered image: JPEG, or an animated GIF of every frame for a
+    multi-frame instance; A's, by its bright left half (B's is bright right)."""
     assert r.status_code == 200, r.text
     ctype = r.headers["content-type"]
-    assert ("image/jpeg" in ctype or "image/gif" in ctype) and r.content
+    images = multipart_parts(r) if ctype.startswith("multipart/related") else [r.content]
+    assert images and ("image/jpeg" in ctype or "image/gif" in ctype), ctype
+    for data in images:
+        image = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
+        half = image.shape[1] // 2
+        left, right = image[:, :half - 1].mean(), image[:, half + 1:].mean()
+        assert left > 200 and right < 55, f"not A's image: left half {left:.0f}, right half {right:.0f}"
 
 
 def own_wado_uri(r: httpx.Response, own: Obj) -> None:
@@ -431,8 +471,8 @@ ROUTES = {
     "metadata-study": Route("/studies/{study}/metadata", own_metadata),
     "metadata-series": Route("/studies/{study}/series/{series}/metadata", own_metadata),
     "metadata-instance": Route(_I + "/metadata", own_metadata),
-    "frames-1": Route(_I + "/frames/1", own_frames, OCTET_ACCEPT),
-    "bulkdata-pixeldata": Route(_I + "/bulkdata/7FE00010", own_frames, OCTET_ACCEPT),
+    "frames-1": Route(_I + "/frames/1", own_frame, OCTET_ACCEPT),
+    "bulkdata-pixeldata": Route(_I + "/bulkdata/7FE00010", own_pixel_data, OCTET_ACCEPT),
     "rendered-instance": Route(_I + "/rendered", own_image),
     "rendered-frame-1": Route(_I + "/frames/1/rendered", own_image),
     "thumbnail-instance": Route(_I + "/thumbnail", own_image),
@@ -501,7 +541,7 @@ def test_http_same_uids_in_both_tenants(world: World, principal: str, route: str
     elif route in ("frames-1", "bulkdata-pixeldata"):
         assert multipart_parts(r) == [mine.pixels] != [theirs.pixels]
     else:
-        # The same picture as A's other CT (the same pixels), not B's (flipped pixels).
+        # The same picture as A's other CT (the same pixels), not B's (the mirror image).
         same = world.request(who, "GET", path_of(spec, world.a["ct"], world.a["ct"]), headers)
         r_b = world.request(world.b_principal, "GET", path_of(spec, theirs, theirs), headers)
         assert r.content == same.content != r_b.content
