@@ -142,6 +142,22 @@ def test_records_wait_out_a_stopped_metadata_service(metadata_process: MetadataP
         log.close(5)
 
 
+def wait_until_waiting(log: AuditLog, timeout: float = 30) -> None:
+    """Until the sender thread sleeps in _next_batch (waiting for records or
+    for the interval): synchronisation on the thread's stack, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(log._thread.ident) if log._thread else None  # noqa: SLF001
+        names = []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        if names[:2] == ["wait", "_next_batch"]:
+            return
+        time.sleep(0.005)
+    raise AssertionError("the audit sender never went back to waiting")
+
+
 def test_records_after_a_quiet_spell_go_out_without_a_flush(running_metadata: MetadataProcess, prefix: str) -> None:
     """The sender sleeps while the queue is empty; a new record must wake it
     (it once slept until the next full batch or shutdown)."""
@@ -153,7 +169,7 @@ def test_records_after_a_quiet_spell_go_out_without_a_flush(running_metadata: Me
             while log.pending and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert log.pending == 0, f"record {n} was not sent"
-            time.sleep(0.3)  # the sender is idle again
+            wait_until_waiting(log)  # the sender sleeps again before the next record
         assert [r for r in running_metadata.audit_request_ids() if r.startswith(prefix)] == \
             [f"{prefix}r{n}" for n in range(3)]
     finally:
@@ -195,7 +211,7 @@ def test_flush_sends_at_once_on_a_freshly_booted_machine(running_metadata: Metad
         assert running_metadata.audit_request_ids(prefix) == ["r0", "r1", "r2"]
         # Later records wait for the interval again: flush() changed nothing for good.
         log.record(numbered(3, prefix))
-        time.sleep(0.5)
+        wait_until_waiting(log)  # back to sleep, for the interval, with the record queued
         assert log.pending == 1
     finally:
         log.close(5)
