@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,11 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
+from backends import new_database, shared
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from seaweed import ACCESS_KEY as SEAWEED_ACCESS_KEY
+from seaweed import SECRET_KEY as SEAWEED_SECRET_KEY
+from seaweed import SeaweedS3
 from support import ROOT, free_port
 
 from auth_svc.settings import AuthSettings
@@ -149,14 +154,48 @@ def test_authentication_is_on_where_listeners_face_the_network(rendered: tuple[s
     assert env.get("DICOMSERVER_GRPC_LISTEN", "").startswith("0.0.0.0")
 
 
+@pytest.fixture(scope="module")
+def prod_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The servers the prod overlay names (its example.org hosts and its
+    secrets), as real local ones: PostgreSQL, Redis, Kafka and an S3 store."""
+    with shared("postgres") as pg, shared("redis") as redis, shared("kafka") as kafka:
+        s3 = SeaweedS3(tmp_path_factory.mktemp("prod-s3"))
+        s3.start()
+        try:
+            settings = {
+                "DICOMSERVER_DATABASE_URL": new_database(pg, "k8s_metadata"),
+                "DICOMSERVER_AUTH_DATABASE_URL": new_database(pg, "k8s_auth"),
+                "DICOMSERVER_EVENTBUS_DATABASE_URL": new_database(pg, "k8s_eventbus"),
+                "DICOMSERVER_REDIS_URL": redis.url,
+                "DICOMSERVER_KAFKA_BOOTSTRAP": kafka.bootstrap,
+                "DICOMSERVER_KAFKA_REPLICATION": "1",  # one broker here
+                "DICOMSERVER_S3_ENDPOINT_URL": s3.endpoint,
+                "DICOMSERVER_S3_ACCESS_KEY_ID": SEAWEED_ACCESS_KEY,
+                "DICOMSERVER_S3_SECRET_ACCESS_KEY": SEAWEED_SECRET_KEY,
+            }
+            # As deployed: the migration Job runs before metadata starts.
+            (job,) = [d for d in render("prod") if d["kind"] == "Job"]
+            (container,) = job["spec"]["template"]["spec"]["containers"]
+            subprocess.run([sys.executable, *container["command"][1:]], cwd=ROOT, check=True, timeout=300,
+                           env={**os.environ, "DICOMSERVER_DATABASE_URL": settings["DICOMSERVER_DATABASE_URL"]})
+            yield settings
+        finally:
+            s3.stop()
+
+
 def _port_map(container: dict[str, Any]) -> dict[int, int]:
     return {p["containerPort"]: free_port() for p in container["ports"]}
 
 
-def _local_env(env: dict[str, str | None], ports: dict[int, int], data_dir: Path) -> dict[str, str]:
-    """The manifest's variables on this machine: loopback, free ports, a temp folder."""
+def _local_env(env: dict[str, str | None], ports: dict[int, int], data_dir: Path,
+               backends: dict[str, str] | None = None) -> dict[str, str]:
+    """The manifest's variables on this machine: loopback, free ports, a temp
+    folder, and `backends` for the servers and secrets it names."""
     out = {}
     for name, value in env.items():
+        if backends and name in backends:
+            out[name] = backends[name]
+            continue
         if value is None:
             continue
         value = value.replace("0.0.0.0", "127.0.0.1")
@@ -193,17 +232,142 @@ def _listening(port: int) -> bool:
         return False
 
 
-DEPLOYMENTS = [d["metadata"]["name"] for d in render("dev") if d["kind"] == "Deployment"]
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions In/NotIn/Exists) on labels."""
+    if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, op = labels.get(e["key"]), e["operator"]
+        if (op == "In" and value not in e["values"]) or (op == "NotIn" and value in e["values"]) \
+                or (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+            return False
+    return True
 
 
-@pytest.mark.parametrize("name", DEPLOYMENTS)
-def test_ports_and_probes_are_what_the_service_serves(name: str, tmp_path: Path) -> None:
-    docs = render("dev")
+def _pods(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, str], dict[int, str]]]:
+    """Deployment name -> (its pods' labels, {container port: port name})."""
+    out = {}
+    for d in docs:
+        if d["kind"] == "Deployment":
+            template = d["spec"]["template"]
+            (c,) = template["spec"]["containers"]
+            out[d["metadata"]["name"]] = (template["metadata"]["labels"],
+                                          {p["containerPort"]: p["name"] for p in c.get("ports", [])})
+    return out
+
+
+def test_services_select_one_deployment_and_target_its_ports(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    pods = _pods(docs)
+    for d in docs:
+        if d["kind"] == "Deployment":
+            assert _selects(d["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]), d["metadata"]["name"]
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        name = svc["metadata"]["name"]
+        chosen = [dep for dep, (labels, _) in pods.items() if _selects({"matchLabels": svc["spec"]["selector"]}, labels)]
+        assert len(chosen) == 1, f"Service {name} selects {chosen}"
+        ports = pods[chosen[0]][1]
+        for p in svc["spec"]["ports"]:
+            target = p.get("targetPort", p["port"])
+            assert target in (ports.values() if isinstance(target, str) else ports), \
+                f"Service {name} targets {target!r}; {chosen[0]} has {ports}"
+
+
+def _service_target(docs: list[dict[str, Any]], host: str, port: int) -> tuple[str, int] | None:
+    """(deployment, container port) behind a Service address, or None."""
+    pods = _pods(docs)
+    for svc in (d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == host):
+        (dep,) = [n for n, (labels, _) in pods.items() if _selects({"matchLabels": svc["spec"]["selector"]}, labels)]
+        for p in svc["spec"]["ports"]:
+            if p["port"] == port:
+                target = p.get("targetPort", port)
+                named = {v: k for k, v in pods[dep][1].items()}
+                return dep, named[target] if isinstance(target, str) else target
+    return None
+
+
+def _allowed(docs: list[dict[str, Any]], source: dict[str, str] | None, target: str, port: int) -> bool:
+    """Whether some NetworkPolicy lets pods labelled `source` (None: another
+    namespace's monitoring) reach `port` on `target`'s pods."""
+    labels, names = _pods(docs)[target]
+    for np_ in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        if not _selects(np_["spec"]["podSelector"], labels):
+            continue
+        for rule in np_["spec"].get("ingress", []):
+            ports = [p["port"] for p in rule.get("ports", [])]
+            if ports and port not in ports and names.get(port) not in ports:
+                continue
+            peers = rule.get("from")
+            if peers is None:
+                return True
+            for peer in peers:
+                if "namespaceSelector" in peer:
+                    if source is None:
+                        return True
+                elif source is not None and _selects(peer.get("podSelector", {}), source):
+                    return True
+    return False
+
+
+def _callees(package: str) -> set[str]:
+    """The services a package's code calls: the *_addr settings it reads,
+    other than its own."""
+    own = {"storage_svc": "storage", "metadata_svc": "metadata", "auth_svc": "auth", "ingest_svc": "ingest",
+           "eventbus": "eventbus"}.get(package)
+    read = {m.group(1) for f in (ROOT / package).rglob("*.py")
+            for m in re.finditer(r"\.(storage|metadata|auth|ingest|eventbus)_addr\b", f.read_text())}
+    return read - {own}
+
+
+def test_network_policies_open_every_listener_to_its_callers_only(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Each service's address in another's settings is reachable through the
+    policies; metrics ports from monitoring; nothing a policy names is a
+    port no container listens on."""
+    _, docs = rendered
+    pods = _pods(docs)
+    for np_ in (d for d in docs if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"]):
+        selected = [ports for labels, ports in pods.values() if _selects(np_["spec"]["podSelector"], labels)]
+        assert selected, f"policy {np_['metadata']['name']} selects no pods"
+        for rule in np_["spec"].get("ingress", []):
+            for p in rule.get("ports", []):
+                assert any(p["port"] in ports or p["port"] in ports.values() for ports in selected), \
+                    f"policy {np_['metadata']['name']} opens {p['port']}, where nothing listens"
+    calls = 0
+    for doc, container in workloads(docs):
+        if doc["kind"] != "Deployment":
+            continue
+        source = doc["spec"]["template"]["metadata"]["labels"]
+        env = container_env(docs, container)
+        for callee in _callees(container["command"][2]):
+            value = env.get(f"DICOMSERVER_{callee.upper()}_ADDR") or ""
+            m = re.fullmatch(r"([a-z][a-z0-9-]*):(\d+)", value)
+            assert m, f"{doc['metadata']['name']} calls {callee}, but its address is {value!r}"
+            target = _service_target(docs, m.group(1), int(m.group(2)))
+            assert target, f"{doc['metadata']['name']}: no Service behind {value}"
+            calls += 1
+            assert _allowed(docs, source, *target), f"{doc['metadata']['name']} cannot reach {value}"
+    assert calls >= 8, "the services' addresses were not found in their settings"
+    for dep, (_, ports) in pods.items():
+        metrics = [p for p, n in ports.items() if n == "metrics"]
+        assert metrics and _allowed(docs, None, dep, metrics[0]), f"{dep}: metrics closed to monitoring"
+        for port in ports:
+            assert any(_allowed(docs, other[0], dep, port) for other in pods.values()) or ports[port] == "metrics" \
+                or _allowed(docs, None, dep, port), f"{dep}: nothing may reach port {port}"
+
+
+DEPLOYMENTS = [(o, d["metadata"]["name"]) for o in OVERLAYS for d in render(o) if d["kind"] == "Deployment"]
+
+
+@pytest.mark.parametrize(("overlay", "name"), DEPLOYMENTS)
+def test_ports_and_probes_are_what_the_service_serves(overlay: str, name: str, tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    docs = render(overlay)
+    backends = request.getfixturevalue("prod_backends") if overlay == "prod" else None
     (doc,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
     (container,) = doc["spec"]["template"]["spec"]["containers"]
     ports = _port_map(container)
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
-    env = {**os.environ, **_local_env(container_env(docs, container), ports, tmp_path)}
+    env = {**os.environ, **_local_env(container_env(docs, container), ports, tmp_path, backends)}
     proc = subprocess.Popen([sys.executable, "-m", container["command"][2]], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
