@@ -56,6 +56,7 @@ from dicomweb_gateway.errors import EXCEPTION_HANDLERS
 from dicomweb_gateway.limits import RequestLimits
 from dicomweb_gateway.objects import LayoutCache
 from dicomweb_gateway.observability import RequestObservability
+from dicomweb_gateway.ranges import NoRanges
 from dicomweb_gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ def create_app(
         )
     middleware.append(Middleware(RequestLimits, max_query_string_bytes=settings.max_query_string_bytes,
                                  max_request_bytes=settings.max_request_bytes))
+    middleware.append(Middleware(NoRanges, base_path=settings.base_path))
     open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
     if console is None:
         middleware.append(Middleware(Authentication, auth=auth, audit=audit, base_path=settings.base_path,
