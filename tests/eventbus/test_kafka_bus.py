@@ -188,8 +188,11 @@ def test_kafka_down_for_30_s_during_ingest(kafka: Kafka, metadata_pg: Any, tmp_p
         relayed_during = bus.scalar("SELECT count(*) FROM audit_log")
         kafka.start()
         # Ingest goes on while the relay catches up.
-        wait_until("Kafka taking events again", lambda: bus.scalar("SELECT count(*) FROM audit_log") > relayed_during,
-                   timeout=120)
+        try:
+            wait_until("Kafka taking events again",
+                       lambda: bus.scalar("SELECT count(*) FROM audit_log") > relayed_during, timeout=120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the bus said:\n{bus.log()[-4000:]}") from None
         stop.set()
         writer.join()
         assert outage_acks > 50  # ingest kept acknowledging; the outbox grew
