@@ -87,6 +87,8 @@ def build(routes: list[BaseRoute], base_path: str) -> dict[str, Any]:
             if name == "store_instances":
                 responses["202"] = {"description": "Some instances failed (FailedSOPSequence)"}
                 responses["409"] = {"description": "Every instance failed"}
+                responses["503"] = {"description": "Storage is not available; nothing was stored"}
+                responses["507"] = {"description": "Storage is full; nothing was stored"}
             if name == "delete_resource":
                 responses = {k: v for k, v in responses.items() if k in ("400", "404")}
                 responses["204"] = {"description": "Deleted"}

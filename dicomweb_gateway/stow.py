@@ -8,6 +8,7 @@ are written once, and nothing holds the whole request in memory."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -116,8 +117,17 @@ def _limits(settings: GatewaySettings) -> Limits:
 
 
 def _unavailable(exc: Exception) -> ApiError:
+    """Storage could not take a part: 507 when its disk is full (nothing of
+    the request was stored; the client may retry once space returns), 503
+    when it is away."""
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        log.warning("STOW-RS: storage is full: %s", exc.strerror)
+        return ApiError(507, "storage is full: the object could not be written")
     log.warning("STOW-RS: no staged object for a part: %s", exc)
     return ApiError(503, "storage is not available")
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 async def _single(chunks: AsyncIterator[bytes], store: _Store, gw: Gateway, max_bytes: int) -> None:
@@ -129,7 +139,10 @@ async def _single(chunks: AsyncIterator[bytes], store: _Store, gw: Gateway, max_
         async for chunk in chunks:
             if part.size + len(chunk) > max_bytes:
                 raise ApiError(413, f"the object is larger than {max_bytes} bytes")
-            part.file.write(chunk)
+            try:
+                part.file.write(chunk)
+            except OSError as exc:  # the staged part is discarded as the block ends
+                raise _unavailable(exc) from None
             part.size += len(chunk)
         if part.size == 0:
             raise bad_request("the request body is empty")
@@ -152,7 +165,8 @@ async def _multipart(chunks: AsyncIterator[bytes], media: MediaType, store: _Sto
     except (errors.ServiceError, OSError) as exc:  # storage granted no staged object, or the disk is full
         if not await store.any_stored():
             raise _unavailable(exc) from None
-        store.refuse("the rest of the body could not be stored: storage is not available", OUT_OF_RESOURCES)
+        why = "full" if isinstance(exc, OSError) and exc.errno in _FULL else "not available"
+        store.refuse(f"the rest of the body could not be stored: storage is {why}", OUT_OF_RESOURCES)
     except MultipartError as exc:
         if not await store.any_stored():
             # Nothing to report but this: answer it, with the earlier parts' count.
