@@ -5,10 +5,12 @@ acknowledged and leaves a consistent archive; a service that dies takes the
 launcher down with a message naming it (the launcher does not restart
 services: a supervisor such as systemd or Kubernetes does, see
 docs/deployment.md); and a stop during an open C-STORE finishes or refuses
-that object, never half-stores it."""
+that object, never half-stores it; and a write cut by a SIGKILL leaves a
+staged part that is never served and is swept."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -256,5 +259,47 @@ def test_a_stop_during_an_open_c_store_finishes_or_refuses_that_object(tmp_path:
             assert big_sop not in listed
         assert not [f for f in again.stored_files() if f.startswith((".staging", ".tmp"))]
         assert len([f for f in again.stored_files() if f.endswith(".dcm")]) == len(listed)
+    finally:
+        assert again.stop() == 0
+
+
+def test_a_part_left_by_a_sigkill_mid_write_is_never_served_and_is_swept(tmp_path: Path) -> None:
+    archive = Archive(tmp_path)
+    archive.start()
+    assert archive.proc is not None
+    (gateway,) = [k for k in children(archive.proc.pid)
+                  if "dicomweb_gateway" in Path(f"/proc/{k}/cmdline").read_bytes().decode()]
+    sop, data = big_ct(small_ct()[0].StudyInstanceUID, 8)
+    half = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield data[: len(data) // 2]
+        half.set()
+        time.sleep(30)  # the rest never comes: the gateway dies first
+        yield data[len(data) // 2 :]
+
+    def post() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(f"{archive.dicomweb}/studies", content=body(), timeout=60,
+                       headers={"Content-Type": "application/dicom"})
+
+    sender = threading.Thread(target=post, daemon=True)
+    sender.start()
+    staging = tmp_path / "objects" / ".staging"
+    wait_for("half the object staged",
+             lambda: half.is_set() and staging.exists() and any(p.stat().st_size > 0 for p in staging.iterdir()))
+    os.kill(gateway, signal.SIGKILL)
+    assert archive.proc.wait(60) == 1
+    archive.stop()
+    left = [f for f in archive.stored_files() if f.startswith(".staging")]
+    assert left, "the killed write left no staged part: nothing was tested"
+
+    again = Archive(tmp_path)
+    again.start()
+    try:
+        assert sop not in instances(again)
+        assert httpx.get(f"{again.dicomweb}/instances", params={"SOPInstanceUID": sop}).json() == []
+        sweep(again)
+        assert again.stored_files() == []
     finally:
         assert again.stop() == 0
