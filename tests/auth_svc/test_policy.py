@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from auth_svc.policy import Policy
+from auth_svc.policy import NotAuthenticated, Policy
 from auth_svc.service import AuthService
 from auth_svc.settings import ApiKey, AuthSettings
 from common.clients import AuthClient
@@ -69,6 +69,8 @@ def test_fails_closed(client: AuthClient, request_: pb.AuthenticateRequest) -> N
 def test_ae_title_maps_to_tenant(client: AuthClient) -> None:
     p = client.authenticate(pb.AuthenticateRequest(dimse_peer=pb.DimsePeer(calling_ae_title="MODALITY")))
     assert list(p.tenants) == ["b"]
+    # Who it is (the audit trail's subject) and what it may do, exactly.
+    assert (p.subject, sorted(p.scopes)) == ("ae:MODALITY", ["read", "write"])
     assert client.authorize(p, pb.ACTION_WRITE, "b").allowed
     assert not client.authorize(p, pb.ACTION_DELETE, "b").allowed
 
@@ -76,3 +78,18 @@ def test_ae_title_maps_to_tenant(client: AuthClient) -> None:
 def test_auth_off_gives_anonymous_default_tenant() -> None:
     p = Policy(AuthSettings(auth_enabled=False)).authenticate(pb.AuthenticateRequest())
     assert (p.subject, list(p.tenants)) == ("anonymous", ["default"])
+
+
+def test_auth_off_still_holds_the_ae_allowlist() -> None:
+    policy = Policy(AuthSettings(auth_enabled=False, ae_allowlist=["MODALITY"], ae_tenants={"MODALITY": "b"}))
+    p = policy.authenticate(pb.AuthenticateRequest(dimse_peer=pb.DimsePeer(calling_ae_title="MODALITY")))
+    assert (p.subject, list(p.tenants), list(p.scopes)) == ("ae:MODALITY", ["b"], ["read", "write", "delete", "admin"])
+    with pytest.raises(NotAuthenticated, match="calling AE title is not allowed"):
+        policy.authenticate(pb.AuthenticateRequest(dimse_peer=pb.DimsePeer(calling_ae_title="STRANGER")))
+
+
+@pytest.mark.parametrize("action", [pb.ACTION_UNSPECIFIED, 99])
+def test_an_unknown_action_is_never_allowed(action: int) -> None:
+    everything = pb.Principal(subject="root", tenants=["a"], scopes=["read", "write", "delete", "admin"])
+    answer = Policy.authorize(pb.AuthorizeRequest(principal=everything, action=action, tenant="a"))  # type: ignore[arg-type]
+    assert (answer.allowed, answer.reason) == (False, "unknown action")

@@ -26,7 +26,15 @@ def _register(server: grpc.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Probe", handlers),))
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def test_request_id_follows_the_call_and_calls_are_counted() -> None:
+    # Counted from here: the registry is the process's, and may hold earlier runs.
+    ok_before = _sample("dicomserver_grpc_requests_total", service="test.Probe", method="RequestId", code="OK")
+    fail_before = _sample("dicomserver_grpc_requests_total", service="test.Probe", method="Fail", code="NOT_FOUND")
+    timed_before = _sample("dicomserver_grpc_request_seconds_count", service="test.Probe", method="RequestId")
     server, _, port = build_server(_register, ["test.Probe"], "127.0.0.1:0")
     try:
         ch = channel(f"127.0.0.1:{port}")
@@ -41,13 +49,11 @@ def test_request_id_follows_the_call_and_calls_are_counted() -> None:
             ch.unary_unary("/test.Probe/Fail")(b"")
         except grpc.RpcError as err:
             assert err.code() == grpc.StatusCode.NOT_FOUND
-        labels = {"service": "test.Probe", "method": "RequestId", "code": "OK"}
-        assert REGISTRY.get_sample_value("dicomserver_grpc_requests_total", labels) == 2
-        labels = {"service": "test.Probe", "method": "Fail", "code": "NOT_FOUND"}
-        assert REGISTRY.get_sample_value("dicomserver_grpc_requests_total", labels) == 1
-        count = REGISTRY.get_sample_value(
-            "dicomserver_grpc_request_seconds_count", {"service": "test.Probe", "method": "RequestId"}
-        )
-        assert count == 2
+        ok = _sample("dicomserver_grpc_requests_total", service="test.Probe", method="RequestId", code="OK")
+        assert ok - ok_before == 2
+        failed = _sample("dicomserver_grpc_requests_total", service="test.Probe", method="Fail", code="NOT_FOUND")
+        assert failed - fail_before == 1
+        timed = _sample("dicomserver_grpc_request_seconds_count", service="test.Probe", method="RequestId")
+        assert timed - timed_before == 2
     finally:
         server.stop(None)

@@ -8,8 +8,11 @@ import pytest
 
 from dicomweb_gateway.multipart import (
     MAX_HEADER_BYTES,
+    LimitExceeded,
+    Limits,
     MultipartError,
     MultipartParser,
+    NestedMultipart,
     Part,
     check_boundary,
     iter_parts,
@@ -224,3 +227,67 @@ def test_memory_stays_bounded_for_a_large_body() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * 1024 * 1024
+
+
+# ---- found by python -m bench.mutation: behaviour only the HTTP tests covered -----
+
+
+def test_a_header_name_with_a_space_is_malformed() -> None:
+    data = body([({"Bad Name": "x"}, b"data")])
+    with pytest.raises(MultipartError, match="malformed part header line 'Bad Name: x'"):
+        parse(data, 7)
+
+
+@pytest.mark.parametrize("ctype", ["multipart/related; boundary=inner", " Multipart/Mixed; boundary=x"])
+def test_a_nested_multipart_part_is_refused_with_415(ctype: str) -> None:
+    data = body([({"Content-Type": "application/dicom"}, b"one"), ({"Content-Type": ctype}, b"two")])
+    with pytest.raises(NestedMultipart) as refused:
+        parse(data, 5)
+    assert refused.value.status == 415
+    assert str(refused.value).startswith(f"part 2 is itself '{ctype.strip()}'")
+
+
+def test_a_boundary_of_70_characters_is_taken_and_71_refused() -> None:
+    assert check_boundary("b" * 70) == b"b" * 70
+    with pytest.raises(MultipartError, match="1-70 characters"):
+        check_boundary("b" * 71)
+
+
+def test_headers_of_exactly_the_limit_are_taken() -> None:
+    headers = {"X-Fill": "v"}
+    block = len(b"X-Fill: v")  # the header lines, without the blank line that ends them
+    data = body([(headers, b"data")])
+    for limit, ok in ((block, True), (block - 1, False)):
+        parser = MultipartParser(BOUNDARY, 64, Limits(max_header_bytes=limit))
+        if ok:
+            (part,) = parser.feed(data)
+            with part:
+                assert part.file.read() == b"data"
+        else:
+            with pytest.raises(MultipartError, match="headers exceed"):
+                parser.feed(data)
+
+
+def test_parts_complete_before_an_error_are_handed_out_first() -> None:
+    good = body([({}, b"one")])[: -len(b"--")]  # the first part and the start of a second delimiter
+    data = good + b"X\r\n\r\ntwo"  # ... which is not followed by CRLF
+    parser = MultipartParser(BOUNDARY, 64)
+    (part,) = parser.feed(data)
+    with part:
+        assert part.file.read() == b"one"
+    with pytest.raises(MultipartError, match="not followed by CRLF"):
+        parser.feed(b"")
+
+
+def test_iter_parts_applies_its_limits() -> None:
+    data = body([({}, b"one"), ({}, b"two")])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    async def run() -> None:
+        async for part in iter_parts(chunks(), BOUNDARY, 1024, Limits(max_parts=1)):
+            part.close()
+
+    with pytest.raises(LimitExceeded, match="more than 1 parts"):
+        asyncio.run(run())
