@@ -80,3 +80,35 @@ def test_bad_uids(uid: str) -> None:
 def test_bad_tenants(tenant: str) -> None:
     with pytest.raises(InvalidValue):
         check_tenant(tenant)
+
+
+# ---- limits at their exact edges (found by python -m bench.mutation) ---------
+
+ACQUISITION_DT = 0x0008002A
+
+
+def test_a_value_of_exactly_the_length_limit_is_taken() -> None:
+    assert parse(MODALITY, "C" * 1024).equal == "C" * 1024
+    with pytest.raises(InvalidValue, match="longer than 1024"):
+        parse(MODALITY, "C" * 1025)
+
+
+def test_exactly_the_wildcard_limit_is_taken_and_both_kinds_count() -> None:
+    assert parse(PATIENT_NAME, "a*" * 32 + "?" * 32).wildcard == "a*" * 32 + "?" * 32
+    with pytest.raises(InvalidValue, match="more than 64 wildcard"):
+        parse(PATIENT_NAME, "a*" * 32 + "?" * 33)
+
+
+def test_a_uid_list_of_exactly_the_limit_is_taken() -> None:
+    uids = [f"1.2.{n}" for n in range(1000)]
+    long = 100_000  # past the default length limit
+    assert list(parse(STUDY_UID, "\\".join(uids), max_length=long).uid_list.values) == uids
+    with pytest.raises(InvalidValue, match="a UID or a list of UIDs"):
+        parse(STUDY_UID, "\\".join([*uids, "1.2.1000"]), max_length=long)
+
+
+def test_a_date_time_with_a_negative_utc_offset_is_one_value_not_a_range() -> None:
+    f = parse(ACQUISITION_DT, "20240102101112-0500")
+    assert f.WhichOneof("constraint") == "equal" and f.equal == "20240102101112-0500"
+    r = parse(ACQUISITION_DT, "20240101-20240102")
+    assert (r.range.lower, r.range.upper) == ("20240101", "20240102")
