@@ -190,7 +190,7 @@ def test_kafka_down_for_30_s_during_ingest(kafka: Kafka, metadata_pg: Any, tmp_p
         # Ingest goes on while the relay catches up.
         try:
             wait_until("Kafka taking events again",
-                       lambda: bus.scalar("SELECT count(*) FROM audit_log") > relayed_during, timeout=120)
+                       lambda: bus.scalar("SELECT count(*) FROM audit_log") > relayed_during, timeout=240)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the bus said:\n{bus.log()[-4000:]}") from None
         stop.set()
@@ -198,7 +198,7 @@ def test_kafka_down_for_30_s_during_ingest(kafka: Kafka, metadata_pg: Any, tmp_p
         assert outage_acks > 50  # ingest kept acknowledging; the outbox grew
         assert relayed_during < len(acknowledged)
         wait_until("every acknowledged instance through Kafka and the consumers",
-                   lambda: bus.scalar("SELECT count(*) FROM audit_log") >= len(acknowledged), timeout=120)
+                   lambda: bus.scalar("SELECT count(*) FROM audit_log") >= len(acknowledged), timeout=240)
     finally:
         stop.set()
         if kafka.proc is None:
