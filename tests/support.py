@@ -20,6 +20,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +177,15 @@ def small_ct(study: str = "", **attrs: Any) -> tuple[Dataset, bytes]:
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return ds, buf.getvalue()
+
+
+def c_store_ct(archive: Archive, data: bytes, calling: str = "TESTSCU") -> int:
+    """One CT object (Part 10 bytes) C-STOREd on an association of its own; the status."""
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status)
+    finally:
+        assoc.release()

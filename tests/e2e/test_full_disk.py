@@ -16,12 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
-from support import Archive, small_ct, split_part10
+from support import Archive, c_store_ct, small_ct, split_part10
 
 DISK_MB = 24
 WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -57,14 +53,7 @@ def stow(archive: Archive, data: bytes) -> httpx.Response:
 
 
 def c_store(archive: Archive, data: bytes) -> int:
-    ae = AE(ae_title="FULLDISK")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(dcmread(DicomBytesIO(data))).Status)
-    finally:
-        assoc.release()
+    return c_store_ct(archive, data, "FULLDISK")
 
 
 def test_a_full_disk_refuses_what_does_not_fit_and_recovers(disk: Path, tmp_path: Path) -> None:

@@ -12,13 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from backends import Postgres, new_database, shared
-from pydicom import dcmread
-from pydicom.filebase import DicomBytesIO
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import create_engine, text
-from support import Archive, small_ct
+from support import Archive, c_store_ct, small_ct
 
 from common.clients import StorageClient, channel
 
@@ -51,14 +46,7 @@ def listed(archive: Archive) -> set[str]:
 
 
 def c_store(archive: Archive, data: bytes) -> int:
-    ae = AE(ae_title="IDXFAIL")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(dcmread(DicomBytesIO(data))).Status)
-    finally:
-        assoc.release()
+    return c_store_ct(archive, data, "IDXFAIL")
 
 
 def test_an_index_that_fails_after_storage_leaves_nothing(postgres: Postgres, tmp_path) -> None:  # type: ignore[no-untyped-def]
