@@ -154,8 +154,8 @@ class MetadataClient:
         return list(resp.results)
 
     @_translate
-    def query(self, request: md_pb.QueryRequest) -> md_pb.QueryResponse:
-        return self._stub.Query(request)
+    def query(self, request: md_pb.QueryRequest, timeout: float | None = None) -> md_pb.QueryResponse:
+        return self._stub.Query(request, timeout=timeout)
 
     @_translate
     def get_metadata(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[bytes]:
@@ -193,6 +193,17 @@ class MetadataClient:
         """The keys among `object_keys` that an index row points to."""
         req = md_pb.ReferencedObjectsRequest(object_keys=list(object_keys))
         return list(self._stub.ReferencedObjects(req).object_keys)
+
+    @_translate
+    def read_outbox(self, after: int, limit: int, timeout: float = 30.0) -> md_pb.ReadOutboxResponse:
+        """Outbox events after sequence `after`, oldest first, at most `limit`."""
+        return self._stub.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=after, limit=limit), timeout=timeout)
+
+    @_translate
+    def refresh_metadata(self, tenant: str, study: str, series: str = "", timeout: float = 30.0) -> int:
+        """Recomputes the stored /metadata of a series (or every series of a study); returns how many."""
+        req = md_pb.RefreshMetadataRequest(tenant=tenant, study_instance_uid=study, series_instance_uid=series)
+        return int(self._stub.RefreshMetadata(req, timeout=timeout).series_refreshed)
 
     @_translate
     def read_outbox_latest(self, timeout: float = 10.0) -> int:

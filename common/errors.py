@@ -33,6 +33,10 @@ class Unavailable(ServiceError):
     """The service could not be reached or is out of resources."""
 
 
+class Aborted(ServiceError):
+    """A concurrent update got there first; the same call may succeed when retried."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -44,6 +48,7 @@ _BY_CODE: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 

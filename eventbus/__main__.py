@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from common import tls
 from common.clients import MetadataClient, StorageClient, channel
+from common.errors import ServiceError
 from common.gen.dicomserver.v1 import (
     eventbus_service_pb2,
     eventbus_service_pb2_grpc,
@@ -61,8 +62,8 @@ def _start_routing(routing: Routing, md_channel: grpc.Channel, stop: threading.E
             check_routing_rules(md_channel, routing.rules)
             routing.matcher.since = routing.queue.start_sequence(latest_sequence(md_channel))
             return True
-        except grpc.RpcError as exc:  # the metadata service not there yet
-            log.warning("routing rules not checked yet (%s); retrying", exc.code())  # type: ignore[attr-defined]
+        except ServiceError as exc:  # the metadata service not there yet
+            log.warning("routing rules not checked yet (%s); retrying", type(exc).__name__)
             stop.wait(2.0)
     return False
 

@@ -24,8 +24,8 @@ def is_transient(exc: Exception) -> bool:
     """An outage, not a bad event: the batch waits instead of dead-lettering."""
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         return exc.code() in _TRANSIENT_CODES
-    # common.clients' translation of UNAVAILABLE and DEADLINE_EXCEEDED.
-    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError, errors.Unavailable))
+    # common.clients' translation of UNAVAILABLE, DEADLINE_EXCEEDED and ABORTED.
+    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError, errors.Unavailable, errors.Aborted))
 
 
 class ConsumerLoop:

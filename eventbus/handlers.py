@@ -11,9 +11,8 @@ from collections.abc import Callable, Hashable
 
 import grpc
 
+from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import events_pb2
-from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.store import Store
 
 Handler = Callable[[events_pb2.Event], None]
@@ -27,16 +26,14 @@ def wants_audit(handler: Handler) -> bool:
 def metadata_precompute(channel: grpc.Channel) -> Handler:
     """Recomputes /metadata of the event's series from the index (so a
     replayed or reordered event can only refresh to the current state)."""
-    stub = md_grpc.MetadataServiceStub(channel)
+    metadata = MetadataClient(channel)
 
     def handle(event: events_pb2.Event) -> None:
         kind = event.WhichOneof("kind")
         if kind not in INSTANCE_KINDS:  # audit records change no metadata
             return
         ref = getattr(event, kind).location.ref
-        stub.RefreshMetadata(md_pb.RefreshMetadataRequest(
-            tenant=event.tenant, study_instance_uid=ref.study_instance_uid,
-            series_instance_uid=ref.series_instance_uid), timeout=30)
+        metadata.refresh_metadata(event.tenant, ref.study_instance_uid, ref.series_instance_uid)
 
     def series_of(event: events_pb2.Event) -> Hashable:
         kind = event.WhichOneof("kind")

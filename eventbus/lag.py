@@ -10,8 +10,8 @@ import threading
 import grpc
 from prometheus_client import Gauge
 
-from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
+from common.clients import MetadataClient
+from common.errors import ServiceError
 from eventbus.store import Store
 
 log = logging.getLogger(__name__)
@@ -21,12 +21,12 @@ OUTBOX_LAG = Gauge("dicomserver_outbox_lag_events", "Outbox events a reader has 
 
 def watch(channel: grpc.Channel, store: Store, readers: list[str], interval: float, stop: threading.Event) -> None:
     """Updates the gauge every `interval` seconds until `stop`; `readers` are store offset names."""
-    stub = md_grpc.MetadataServiceStub(channel)
+    metadata = MetadataClient(channel)
     while not stop.wait(interval):
         try:
-            latest = stub.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=2**62, limit=1), timeout=10).latest_sequence
-        except grpc.RpcError as err:
-            log.debug("outbox lag not measured: %s", err.code())
+            latest = metadata.read_outbox_latest()
+        except ServiceError as err:
+            log.debug("outbox lag not measured: %s", type(err).__name__)
             continue
         for reader in readers:
             OUTBOX_LAG.labels(reader).set(max(0, latest - store.offset(reader)))

@@ -19,9 +19,8 @@ import grpc
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import events_pb2
-from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.handlers import INSTANCE_KINDS
 from eventbus.store import Store
 
@@ -64,7 +63,7 @@ class Relay:
     def __init__(self, channel: grpc.Channel, store: Store, bootstrap: str, topic: str, batch: int = 500,
                  poll_interval: float = 0.2, send_timeout: float = 10.0,
                  audit_topic: str = "dicomserver.audit") -> None:
-        self._stub = md_grpc.MetadataServiceStub(channel)
+        self._metadata = MetadataClient(channel)
         self._store = store
         self.topic = topic
         self.audit_topic = audit_topic
@@ -84,8 +83,7 @@ class Relay:
 
     def run_once(self) -> int:
         """Publishes one page of the outbox; returns how many events went out."""
-        resp = self._stub.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=self.position, limit=self.batch),
-                                     timeout=30)
+        resp = self._metadata.read_outbox(self.position, self.batch)
         if not resp.events:
             return 0
         errors: list[str] = []

@@ -13,9 +13,8 @@ from typing import Protocol
 import grpc
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import events_pb2
-from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class EmbeddedLog:
 
     def __init__(self, name: str, channel: grpc.Channel, store: Store) -> None:
         self.name = name
-        self._stub = md_grpc.MetadataServiceStub(channel)
+        self._metadata = MetadataClient(channel)
         self._store = store
         self._offset = store.offset(self._key)
         self._pending = self._offset
@@ -52,8 +51,7 @@ class EmbeddedLog:
         return f"consumer:{self.name}"
 
     def poll(self, max_events: int, timeout: float) -> list[Delivery]:
-        resp = self._stub.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=self._pending, limit=max_events),
-                                     timeout=30)
+        resp = self._metadata.read_outbox(self._pending, max_events)
         if resp.events:
             self._pending = resp.events[-1].sequence
         return [Delivery(ev, ev.SerializeToString()) for ev in resp.events]

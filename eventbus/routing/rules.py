@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 
+from common.clients import MetadataClient
+from common.errors import InvalidArgument
 from common.gen.dicomserver.v1 import dicom_pb2, events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from eventbus.routing.config import MODALITY, SOP_INSTANCE_UID, Rule
 from eventbus.routing.queue import DeliveryQueue, Quiet, Target
 
@@ -47,7 +48,7 @@ class RuleMatcher:
                  notify: Callable[[Iterable[str]], None]) -> None:
         self.rules = list(rules)
         self.queue = queue
-        self._stub = md_grpc.MetadataServiceStub(channel)
+        self._metadata = MetadataClient(channel)
         self._notify = notify
         # Events up to this outbox sequence were written before routing first
         # ran and are not routed (see start_sequence).
@@ -98,7 +99,7 @@ class RuleMatcher:
                 filters=[*filters, md_pb.Filter(tag=SOP_INSTANCE_UID, uid_list=md_pb.ValueList(values=chunk))],
                 include_fields=[MODALITY] if rule.modalities else [], limit=len(chunk))
             while True:
-                page = self._stub.Query(request, timeout=30)
+                page = self._metadata.query(request, timeout=30)
                 for raw in page.matches:
                     attrs = json.loads(raw)
                     if rule.modalities and _first(attrs, MODALITY) not in rule.modalities:
@@ -111,24 +112,21 @@ class RuleMatcher:
 
 
 def latest_sequence(channel: grpc.Channel) -> int:
-    """The newest outbox sequence. Raises grpc.RpcError."""
-    stub = md_grpc.MetadataServiceStub(channel)
-    return int(stub.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=2**62, limit=1), timeout=10).latest_sequence)
+    """The newest outbox sequence. Raises common.errors.ServiceError."""
+    return MetadataClient(channel).read_outbox_latest()
 
 
 def check_rules(channel: grpc.Channel, rules: Sequence[Rule]) -> None:
     """Asks the index once per rule with conditions on it, so that a rule
     that filters on an attribute the index cannot filter on stops the start
-    (InvalidArgument) instead of failing every event. Raises grpc.RpcError."""
-    stub = md_grpc.MetadataServiceStub(channel)
+    (InvalidArgument) instead of failing every event. Raises common.errors.ServiceError."""
+    metadata = MetadataClient(channel)
     for rule in rules:
         if not rule.needs_index:
             continue
         try:
-            stub.Query(md_pb.QueryRequest(
+            metadata.query(md_pb.QueryRequest(
                 tenant=rule.tenant, level=dicom_pb2.QUERY_LEVEL_INSTANCE,
                 filters=[*rule.filters, md_pb.Filter(tag=SOP_INSTANCE_UID, equal="1.2")], limit=1), timeout=10)
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
-                raise ValueError(f"routing rule {rule.name}: {err.details()}") from None  # type: ignore[attr-defined]
-            raise
+        except InvalidArgument as err:
+            raise ValueError(f"routing rule {rule.name}: {err}") from None
