@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,9 +14,7 @@ from urllib.parse import quote
 import httpx
 
 from bench.servers import CLIENT_AET, HOST, Server
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import dcmtk_env  # noqa: E402  (the tests' dcmtk environment)
+from testbed.processes import dcmtk_env
 
 BOUNDARY = "benchBOUNDARY7f3a9c"
 DCMTK_ENV = dcmtk_env()

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.metadata_index [--studies 5000] [--per-study 20] [--ingest-sample 3000]
         [--batch 64] [--series-size 500] [--no-queries]
 
-Starts a durable PostgreSQL 15 (fsync on, as deployed) with tests/backends.py
+Starts a durable PostgreSQL 15 (fsync on, as deployed) with testbed/servers.py
 and, on SQLite and on PostgreSQL, measures in this process (CPU is
 time.process_time, so SQLite's own work counts and the PostgreSQL server's
 does not):
@@ -28,24 +28,19 @@ import argparse
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "metadata_svc")]
-
-from backends import Postgres  # noqa: E402
-from metadata_helpers import make_ds, record  # noqa: E402
-
-from common.gen.dicomserver.v1 import dicom_pb2  # noqa: E402
-from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb  # noqa: E402
-from metadata_svc.db import Database  # noqa: E402
-from metadata_svc.index import MetadataIndex  # noqa: E402
-from metadata_svc.service import MetadataService  # noqa: E402
+from common.gen.dicomserver.v1 import dicom_pb2
+from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from metadata_svc.db import Database
+from metadata_svc.index import MetadataIndex
+from metadata_svc.service import MetadataService
+from testbed.records import make_ds, record
+from testbed.servers import Postgres
 
 LAST = ["SMITH", "JONES", "MULLER", "GARCIA", "ROSSI", "NGUYEN", "KOWALSKI", "DUPONT", "SILVA", "TANAKA"]
 OUTBOX_PAGE = 100  # what an embedded-log consumer asks for (eventbus ConsumerLoop.batch)

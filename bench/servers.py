@@ -19,8 +19,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support import dcmtk_env, stop_process  # noqa: E402  (the tests' process helpers)
+from testbed.processes import dcmtk_env, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"

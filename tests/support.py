@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +20,8 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
+from testbed.processes import free_port, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # One object per transfer syntax family, each with its own SOP Instance UID.
@@ -36,16 +36,6 @@ CORPUS_FILES = [
     "693_J2KI.dcm",  # JPEG 2000
     "test-SR.dcm",  # Structured report
 ]
-
-
-def dcmtk_env() -> dict[str, str]:
-    """The environment to run dcmtk's tools in: TCP_NODELAY=1 (without it
-    every C-STORE waits ~40 ms for a delayed ACK) and a PATH without this
-    virtualenv, whose pynetdicom console scripts have dcmtk's names
-    (findscu, movescu, storescp, ...) but other options."""
-    venv_bin = os.path.abspath(os.path.dirname(sys.executable))
-    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and os.path.abspath(p) != venv_bin]
-    return {**os.environ, "TCP_NODELAY": "1", "PATH": os.pathsep.join(path)}
 
 
 def corpus_paths() -> list[Path]:
@@ -68,24 +58,6 @@ def split_part10(data: bytes) -> tuple[bytes, bytes]:
     read_preamble(f, False)
     _read_file_meta_info(f)
     return data[: f.tell()], data[f.tell() :]
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 60) -> int:
-    """SIGTERM, then SIGKILL if it has not ended within `timeout`; its exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

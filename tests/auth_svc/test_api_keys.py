@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 from auth_helpers import serving
-from backends import new_database, shared
 from sqlalchemy import text
-from support import free_port
 
 from auth_svc.keystore import KeyStore, make_engine
 from auth_svc.settings import ApiKey, AuthSettings, DimseRule
 from common.clients import AuthClient
 from common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from testbed.processes import free_port
+from testbed.servers import new_database, shared
 
 ADMIN_A, ADMIN_B, READER_A = "admin-of-tenant-a", "admin-of-tenant-b", "reader-of-tenant-a"
 LIMITED_ADMIN = "admin-who-may-only-read"

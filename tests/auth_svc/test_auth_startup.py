@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from auth_helpers import auth_process, service_env
-from support import ROOT, free_port
+from support import ROOT
 
 from auth_svc.settings import AuthSettings, exposure_problem
+from testbed.processes import free_port
 
 
 def run_auth_svc(data_dir: Path, **settings: str) -> subprocess.CompletedProcess[str]:

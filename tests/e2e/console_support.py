@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image
-from support import ROOT, dcmtk_env, free_port
+from support import ROOT
+
+from testbed.processes import dcmtk_env, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

@@ -22,7 +22,9 @@ from console_support import (
     image_area_stats,
     wait_for_first_image,
 )
-from support import ROOT, Archive, corpus_paths, free_port, stop_process
+from support import ROOT, Archive, corpus_paths
+
+from testbed.processes import free_port, stop_process
 
 OIDC = ROOT / "tests" / "oidc"
 CT = corpus_paths()[0]

@@ -24,9 +24,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from support import ROOT, free_port, split_part10, stop_process
+from support import ROOT, split_part10
 
 from common.clients import MetadataClient, StorageClient, channel
+from testbed.processes import free_port, stop_process
 
 OBJECTS = 1000
 ASSOCIATIONS = 4

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from support import Archive, corpus_paths, dcmtk_env, free_port
+from support import Archive, corpus_paths
+
+from testbed.processes import dcmtk_env, free_port
 
 DCMTK_ENV = dcmtk_env()
 PEER = "STORESCP"

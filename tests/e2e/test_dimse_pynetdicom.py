@@ -23,9 +23,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
-from support import Archive, free_port, split_part10
+from support import Archive, split_part10
 
 from common.clients import MetadataClient, StorageClient, channel
+from testbed.processes import free_port
 
 SCU = "TESTSCU"
 COMMIT_SCU = "COMMITSCU"

@@ -13,14 +13,15 @@ from collections.abc import Callable, Iterator
 import boto3
 import httpx
 import pytest
-from backends import new_database, shared
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from support import Archive, small_ct, split_part10
+
+from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from testbed.servers import new_database, shared
 
 ROUNDS = 6
 WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'

@@ -20,7 +20,9 @@ from pydicom.uid import (
     RTPlanStorage,
 )
 from pynetdicom import AE
-from support import Archive, corpus_paths, dcmtk_env, split_part10
+from support import Archive, corpus_paths, split_part10
+
+from testbed.processes import dcmtk_env
 
 DCMTK_ENV = dcmtk_env()
 

@@ -13,9 +13,10 @@ import httpx
 import numpy as np
 import pytest
 from pydicom import dcmread
-from support import Archive, bench_ct, dcmtk_env
+from support import Archive, bench_ct
 
 from dicomcore import codecs
+from testbed.processes import dcmtk_env
 
 
 def _parts(r: httpx.Response) -> list[bytes]:

@@ -17,8 +17,8 @@ from sqlalchemy import create_engine, text
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metadata_svc"))
-from metadata_helpers import make_ds, record  # noqa: E402
-from support import stop_process  # noqa: E402
+from testbed.processes import stop_process  # noqa: E402
+from testbed.records import make_ds, record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

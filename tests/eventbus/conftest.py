@@ -1,5 +1,5 @@
 """Fixtures for the event bus: the session's Kafka, PostgreSQL and Redis
-servers (tests/backends.py), and an in-process MetadataService on a fresh
+servers (testbed/servers.py), and an in-process MetadataService on a fresh
 database that the eventbus code and processes call over gRPC."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from backends import Kafka, Postgres, Redis, new_database, shared
 
 from common.gen.dicomserver.v1 import metadata_service_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
@@ -18,6 +17,7 @@ from common.grpc_server import build_server
 from metadata_svc.db import Database
 from metadata_svc.index import MetadataIndex
 from metadata_svc.service import MetadataService
+from testbed.servers import Kafka, Postgres, Redis, new_database, shared
 
 
 @pytest.fixture(scope="session")

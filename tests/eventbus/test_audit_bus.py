@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import Kafka
 from bus_helpers import Bus, index_study, metadata_sops, wait_until
 from sqlalchemy import create_engine, inspect, select, text
 from test_kafka_bus import read_topic
@@ -23,6 +22,7 @@ from eventbus.handlers import audit_sink, metadata_precompute
 from eventbus.store import AuditEntry, DeadLetter, Store
 from eventbus.transports import EmbeddedLog
 from metadata_svc.schema import SeriesMetadata
+from testbed.servers import Kafka
 
 Audit = events_pb2.AuditRecord
 FIELDS = ("sequence", "tenant", "kind", "subject", "source_address", "edge", "action", "operation", "outcome",

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from backends import Postgres, new_database
 from sqlalchemy import select
 
 from common.gen.dicomserver.v1 import events_pb2
 from eventbus.store import AUDIT_CHUNK, AuditEntry, Store
+from testbed.servers import Postgres, new_database
 
 Record = events_pb2.AuditRecord
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import Kafka
 from bus_helpers import Bus, index_study, metadata_sops, wait_until
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from common.gen.dicomserver.v1 import events_pb2
+from testbed.servers import Kafka
 
 PARTITIONS = 3
 

@@ -11,12 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from backends import Kafka
 from confluent_kafka import Consumer, TopicPartition
 from routing_support import StoreScp, c_store, dataset_bytes, make_objects, routing_env, wait_for
 from support import Archive
 
 from common.clients import RoutingClient, channel
+from testbed.servers import Kafka
 
 DOWN_FOR = 30.0
 

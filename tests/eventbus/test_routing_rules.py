@@ -16,9 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from backends import new_database
 from bus_helpers import record
-from metadata_helpers import make_ds
 from pydantic import ValidationError
 
 from common import errors
@@ -36,6 +34,8 @@ from eventbus.routing.rules import RuleMatcher, check_rules
 from eventbus.routing.service import RoutingService
 from eventbus.settings import EventbusSettings
 from eventbus.store import Store
+from testbed.records import make_ds
+from testbed.servers import new_database
 
 MetadataServer = Any  # tests/eventbus/conftest.py
 CT = "1.2.840.10008.5.1.4.1.1.2"

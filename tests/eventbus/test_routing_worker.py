@@ -22,8 +22,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
-from support import free_port, split_part10
+from support import split_part10
 
 from common.blobs import Blobs
 from common.clients import MetadataClient, StorageClient, channel
@@ -44,6 +43,8 @@ from storage_svc.backend import open_store
 from storage_svc.filesystem import FilesystemStore
 from storage_svc.service import StorageService
 from storage_svc.settings import StorageSettings
+from testbed.processes import free_port
+from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 FILES = ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "rtplan.dcm", "ExplVR_BigEnd.dcm"]
 

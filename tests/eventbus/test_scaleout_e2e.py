@@ -18,7 +18,6 @@ import grpc
 import httpx
 import pydicom
 import pytest
-from backends import Kafka, Postgres, Redis, new_database
 from bus_helpers import wait_until
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
@@ -30,6 +29,7 @@ from test_kafka_bus import read_topic
 from common.gen.dicomserver.v1 import events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
+from testbed.servers import Kafka, Postgres, Redis, new_database
 
 
 @pytest.fixture(scope="module")

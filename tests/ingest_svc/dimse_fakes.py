@@ -1,6 +1,6 @@
-"""An in-process DIMSE server for the storage acceptor's tests and its
-bare benchmark: the real DimseServer and handlers, with auth_svc and the
-ingest pipeline replaced by small fakes."""
+"""An in-process DIMSE server for the storage acceptor's tests: the real
+DimseServer and handlers, with auth_svc and the ingest pipeline replaced
+by small fakes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
 from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.settings import IngestSettings
+from testbed.processes import free_port
 
 
 @dataclass
@@ -80,35 +81,6 @@ class FakePipeline:
         return ingest_pb.InstanceOutcome(status=ingest_pb.STORE_STATUS_STORED, dicom_status=0)
 
 
-class NullStaged:
-    """Counts what is written and keeps nothing."""
-
-    def __init__(self) -> None:
-        self.size = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.size += len(data)
-
-    def discard(self) -> None:
-        pass
-
-
-@dataclass
-class NullPipeline:
-    """The bare receiver's pipeline: every object is thrown away and
-    answered success (what the receive path costs by itself)."""
-
-    stored: list[Stored] = field(default_factory=list)
-    objects: int = 0
-
-    def stage(self) -> NullStaged:
-        return NullStaged()
-
-    def store(self, staged: NullStaged, tenant: str, **_: Any) -> ingest_pb.InstanceOutcome:
-        self.objects += 1
-        return ingest_pb.InstanceOutcome(status=ingest_pb.STORE_STATUS_STORED, dicom_status=0)
-
-
 @dataclass
 class AuditSink:
     records: list[Any] = field(default_factory=list)
@@ -123,27 +95,20 @@ class Scp:
     port: int
     settings: IngestSettings
     auth: FakeAuth
-    pipeline: Any  # FakePipeline or NullPipeline
+    pipeline: FakePipeline
     audit: AuditSink
     stopped: bool = False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
-def running_scp(folder: Path, auth: FakeAuth | None = None, null: bool = False, **settings: Any) -> Iterator[Scp]:
-    """A DimseServer on a free port with the fakes (`null`: the NullPipeline);
+def running_scp(folder: Path, auth: FakeAuth | None = None, **settings: Any) -> Iterator[Scp]:
+    """A DimseServer on a free port with the fakes;
     DICOMSERVER_* settings by keyword."""
     port = free_port()
     values = {"dimse_port": port, "ae_title": "DICOMSERVER", **settings}
     ingest_settings = IngestSettings(**values)
     folder.mkdir(parents=True, exist_ok=True)
-    pipeline = NullPipeline() if null else FakePipeline(folder)
-    scp = Scp(None, port, ingest_settings, auth or FakeAuth(), pipeline, AuditSink())  # type: ignore[arg-type]
+    scp = Scp(None, port, ingest_settings, auth or FakeAuth(), FakePipeline(folder), AuditSink())  # type: ignore[arg-type]
     scp.server = start_scp(ingest_settings, scp.pipeline, scp.auth, None, None, scp.audit)  # type: ignore[arg-type]
     try:
         yield scp

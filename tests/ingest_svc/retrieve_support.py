@@ -24,7 +24,9 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
-from support import Archive, dcmtk_env, split_part10
+from support import Archive, split_part10
+
+from testbed.processes import dcmtk_env
 
 DCMTK_ENV = dcmtk_env()
 SCU = "RETRIEVESCU"

@@ -28,8 +28,10 @@ from retrieve_support import (
     series_query,
     store_all,
 )
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
-from support import Archive, dcmtk_env, free_port, split_part10
+from support import Archive, split_part10
+
+from testbed.processes import dcmtk_env, free_port
+from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 
 @dataclass

@@ -37,10 +37,11 @@ from retrieve_support import (
     store_all,
     stored_file,
 )
-from support import Archive, free_port
+from support import Archive
 
 from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
 from common.gen.dicomserver.v1 import ingest_service_pb2_grpc as ingest_grpc
+from testbed.processes import free_port
 
 LIMIT = 16
 # storescp profile of a destination that prefers Implicit VR Little Endian but also takes Explicit.

@@ -44,8 +44,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
-from support import corpus_paths, dcmtk_env, split_part10
+from support import corpus_paths, split_part10
 from test_command_set import store_rq
+
+from testbed.processes import dcmtk_env
 
 CT, MR = CTImageStorage, MRImageStorage
 PRIVATE = "1.3.6.1.4.1.99999.1.2.3"  # a private SOP class: storage when unknown SOP classes are accepted

@@ -21,12 +21,8 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from backends import new_database, shared
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from seaweed import ACCESS_KEY as SEAWEED_ACCESS_KEY
-from seaweed import SECRET_KEY as SEAWEED_SECRET_KEY
-from seaweed import SeaweedS3
-from support import ROOT, free_port
+from support import ROOT
 
 from auth_svc.settings import AuthSettings
 from common.settings import CommonSettings
@@ -35,6 +31,11 @@ from eventbus.settings import EventbusSettings
 from ingest_svc.settings import IngestSettings
 from metadata_svc.settings import MetadataSettings
 from storage_svc.settings import StorageSettings
+from testbed.processes import free_port
+from testbed.seaweed import ACCESS_KEY as SEAWEED_ACCESS_KEY
+from testbed.seaweed import SECRET_KEY as SEAWEED_SECRET_KEY
+from testbed.seaweed import SeaweedS3
+from testbed.servers import new_database, shared
 
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.32.0"

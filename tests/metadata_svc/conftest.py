@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 import pytest
-from backends import Postgres, new_database, shared
 
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from metadata_svc.db import Database
 from metadata_svc.index import MetadataIndex
 from metadata_svc.service import MetadataService
+from testbed.servers import Postgres, new_database, shared
 
 _tenants = itertools.count()
 

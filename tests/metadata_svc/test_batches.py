@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
-from metadata_helpers import make_ds, record
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from testbed.records import make_ds, record
 
 LEVELS = (dicom_pb2.QUERY_LEVEL_PATIENT, dicom_pb2.QUERY_LEVEL_STUDY, dicom_pb2.QUERY_LEVEL_SERIES,
           dicom_pb2.QUERY_LEVEL_INSTANCE)

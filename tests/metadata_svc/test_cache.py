@@ -11,14 +11,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from backends import Redis
-from metadata_helpers import make_ds, record
 
 from common.gen.dicomserver.v1 import dicom_pb2, events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from metadata_svc.cache import Cache
 from metadata_svc.index import MetadataIndex
 from metadata_svc.service import MetadataService
+from testbed.records import make_ds, record
+from testbed.servers import Redis
 
 
 class Ctx:

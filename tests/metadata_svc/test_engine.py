@@ -10,8 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from backends import new_database
-from metadata_helpers import make_ds, record, uids
 from sqlalchemy import text
 
 from common.gen.dicomserver.v1 import dicom_pb2
@@ -22,6 +20,8 @@ from metadata_svc.filters import wildcard_pattern
 from metadata_svc.index import MetadataIndex
 from metadata_svc.service import MetadataService
 from metadata_svc.settings import MetadataSettings
+from testbed.records import make_ds, record, uids
+from testbed.servers import new_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

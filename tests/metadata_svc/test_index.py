@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-from metadata_helpers import make_ds, record, sample_record, uids
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from testbed.records import make_ds, record, sample_record, uids
 
 CT, MR, RT = "CT_small.dcm", "MR_small.dcm", "rtplan.dcm"
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"

@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from backends import new_database
-from metadata_helpers import make_ds, record
 from sqlalchemy import Engine, inspect, text
 
 from common.gen.dicomserver.v1 import dicom_pb2, events_pb2
@@ -23,6 +21,8 @@ from metadata_svc import migrate
 from metadata_svc.db import Database, make_engine
 from metadata_svc.index import MetadataIndex
 from metadata_svc.schema import Base
+from testbed.records import make_ds, record
+from testbed.servers import new_database
 
 HEAD = "0007"
 

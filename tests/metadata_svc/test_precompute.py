@@ -8,13 +8,13 @@ import json
 from typing import Any
 
 import grpc
-from metadata_helpers import make_ds, record
 from sqlalchemy import select, update
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from metadata_svc import headers
 from metadata_svc.index import MetadataIndex
 from metadata_svc.schema import Series, SeriesMetadata
+from testbed.records import make_ds, record
 
 
 def index(stub: Any, *recs: md_pb.InstanceRecord) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from metadata_helpers import make_ds, record, uids
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.matching import parse
+from testbed.records import make_ds, record, uids
 
 T = "qry"
 A, B, C, D, E = "1.9.1", "1.9.2", "1.9.3", "1.9.4", "1.9.5"

@@ -9,11 +9,11 @@ from typing import Any
 
 import grpc
 import pytest
-from metadata_helpers import make_ds, record
 
 from common import audit
 from common.gen.dicomserver.v1 import events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from testbed.records import make_ds, record
 
 Audit = events_pb2.AuditRecord
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
-from metadata_helpers import make_ds, record
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from testbed.records import make_ds, record
 
 
 def _store(grpc_stub: Any, tenant: str) -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 import urllib3
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 from common.blobs import Blobs
 from common.clients import StorageClient
@@ -28,6 +27,7 @@ from storage_svc.filesystem import FilesystemStore
 from storage_svc.service import StorageService
 from storage_svc.settings import StorageSettings
 from storage_svc.sweeper import sweep
+from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 
 REF = dicom_pb2.InstanceRef(
     tenant="default", study_instance_uid="1.2.3", series_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.4.5"

@@ -55,7 +55,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from support import Archive, free_port, split_part10
+from support import Archive, split_part10
+
+from testbed.processes import free_port
 
 SECRET = "tenant-matrix-hs256-secret-0123456789abcdef"
 TENANT_A, TENANT_B, TENANT_NOWHERE = "tenant-a", "tenant-b", "tenant-zz"

@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support import free_port, stop_process
+from testbed.processes import free_port, stop_process
 
 ACCESS_KEY = "dicomserver-test"
 SECRET_KEY = "dicomserver-test-secret"

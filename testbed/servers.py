@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,25 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support import free_port, stop_process
+from testbed.processes import free_port, stop_process, wait_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 KAFKA_VERSION = "4.1.1"
 KAFKA_HOME = Path(os.environ.get("DICOMSERVER_KAFKA_HOME")
                   or Path.home() / ".cache" / "dicomserver" / "kafka" / f"{KAFKA_VERSION}-1")
-
-
-def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{what}: nothing listens on 127.0.0.1:{port}")
 
 
 def _owned_tempdir(prefix: str, user: str | None) -> Path:
@@ -115,7 +101,7 @@ class Redis:
              "--logfile", str(self.dir / "redis.log")],
             check=True, capture_output=True,
         )
-        _wait_port(self.port, 20, what="redis-server")
+        wait_port(self.port, 20, what="redis-server")
 
     def stop(self) -> None:
         """Stops the server (the data goes with it: it keeps none on disk)."""
@@ -209,7 +195,7 @@ class Kafka:
             self._java("kafka.Kafka", str(self.dir / "server.properties")),
             stdout=open(self.dir / "stdout.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
-        _wait_port(self.port, timeout, self.proc, "kafka")
+        wait_port(self.port, timeout, self.proc, "kafka")
 
     def stop(self) -> None:
         if self.proc is None:

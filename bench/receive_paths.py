@@ -1,7 +1,7 @@
-"""C-STORE throughput and CPU of the two receive paths (not a test: run it by hand).
+"""C-STORE throughput and CPU of the two receive paths.
 
-    .venv/bin/python tests/ingest_svc/lean_storage_perf.py archive [--runs 3] [--profile DIR]
-    .venv/bin/python tests/ingest_svc/lean_storage_perf.py bare [--runs 3] [--profile DIR]
+    .venv/bin/python -m bench.receive_paths archive [--runs 3] [--profile DIR]
+    .venv/bin/python -m bench.receive_paths bare [--runs 3] [--profile DIR]
 
 archive: the launched archive (bench.servers.start_ours, a fresh data folder
 per measurement) receives the bench CT corpus (400 objects of 0.5 MB) from
@@ -11,7 +11,7 @@ storescu (TCP_NODELAY=1, bench.clients.cstore) over 1 association and over 4
 ingest_svc and of the whole archive.
 
 bare: the same sends to an in-process DimseServer whose pipeline throws every
-object away (dimse_fakes.NullPipeline): what each receive path costs by
+object away (NullPipeline below): what each receive path costs by
 itself, in CPU milliseconds per object (this process's CPU; storescu runs
 apart).
 
@@ -44,17 +44,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
-
-from dimse_fakes import running_scp  # noqa: E402
-
-from bench import clients  # noqa: E402
-from bench.profile import service_pids, summarize  # noqa: E402
-from bench.servers import TICK, Server, TreeSampler, start_ours  # noqa: E402
+from bench import clients
+from bench.profile import service_pids, summarize
+from bench.servers import TICK, Server, TreeSampler, start_ours
+from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
+from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
+from ingest_svc.scp import start_scp
+from ingest_svc.settings import IngestSettings
+from testbed.processes import free_port
 
 CORPUS = Path.home() / ".cache" / "dicomserver-bench" / "v1-ct4x2x50-ix2000" / "ct"
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
@@ -115,8 +118,68 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class NullStaged:
+    """Counts what is written and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.size += len(data)
+
+    def discard(self) -> None:
+        pass
+
+
+@dataclass
+class NullPipeline:
+    """Every object is thrown away and answered success: what the receive path costs by itself."""
+
+    objects: int = 0
+
+    def stage(self) -> NullStaged:
+        return NullStaged()
+
+    def store(self, staged: NullStaged, tenant: str, **_: Any) -> ingest_pb.InstanceOutcome:
+        self.objects += 1
+        return ingest_pb.InstanceOutcome(status=ingest_pb.STORE_STATUS_STORED, dicom_status=0)
+
+
+class AllowAll:
+    """Every calling AE is a principal of tenant 'default' that may do everything."""
+
+    def authenticate(self, request: auth_pb.AuthenticateRequest) -> auth_pb.Principal:
+        return auth_pb.Principal(subject=f"ae:{request.dimse_peer.calling_ae_title}", tenants=["default"])
+
+    def authorize(self, principal: auth_pb.Principal, action: int, tenant: str) -> auth_pb.AuthorizeResponse:
+        return auth_pb.AuthorizeResponse(allowed=True)
+
+
+class Discard:
+    def record(self, record: Any) -> None:
+        pass
+
+
+@dataclass
+class BareScp:
+    port: int
+    pipeline: NullPipeline
+
+
+@contextmanager
+def bare_scp(lean: bool) -> Iterator[BareScp]:
+    """The real DimseServer on a free port, with NullPipeline and AllowAll."""
+    scp = BareScp(free_port(), NullPipeline())
+    settings = IngestSettings(dimse_port=scp.port, ae_title="DICOMSERVER", dimse_lean_storage=lean)
+    server = start_scp(settings, scp.pipeline, AllowAll(), None, None, Discard())  # type: ignore[arg-type]
+    try:
+        yield scp
+    finally:
+        server.stop(0.5)
+
+
 def bare_run(files: list[str], path: str, associations: int, work: Path, spy: Path | None) -> dict[str, float]:
-    with running_scp(work, null=True, dimse_lean_storage=path == "lean") as scp:
+    with bare_scp(path == "lean") as scp:
         srv = Server("bare", work, dimse_port=scp.port, aet="DICOMSERVER")
         spying = Spy(os.getpid(), spy) if spy else None
         load = os.getloadavg()[0]
