@@ -21,20 +21,18 @@ from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.grouping import GroupCall
 from common.validation import is_uid
 from dicomcore import Header, Rejected, read_header
-from dicomcore.status import CANNOT_UNDERSTAND, DATASET_MISMATCH
+from dicomcore.status import (
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    DUPLICATE_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+)
 
 log = logging.getLogger(__name__)
 
-# DICOM status codes (PS3.4 Annex B, PS3.18 Table 10.5.3-2).
-SUCCESS = 0x0000
-PROCESSING_FAILURE = 0x0110
-DUPLICATE_INSTANCE = 0x0111
-OUT_OF_RESOURCES = 0xA700
-
-__all__ = [
-    "CANNOT_UNDERSTAND", "DATASET_MISMATCH", "DUPLICATE_INSTANCE", "OUT_OF_RESOURCES", "PROCESSING_FAILURE",
-    "SUCCESS", "GroupIndexer", "IngestPipeline", "Rejected", "build_record",
-]
+__all__ = ["GroupIndexer", "IngestPipeline", "Rejected", "build_record"]
 
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 

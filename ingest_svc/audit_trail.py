@@ -13,14 +13,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pynetdicom import evt
 
 from common.gen.dicomserver.v1 import events_pb2
-from ingest_svc.find import NOT_AUTHORIZED
+from dicomcore.status import (
+    CANNOT_UNDERSTAND,
+    MOVE_DESTINATION_UNKNOWN,
+    NOT_AUTHORIZED,
+    PENDINGS,
+    STORE_WARNINGS,
+    SUCCESS,
+)
 from ingest_svc.principals import source_of
 
 if TYPE_CHECKING:
     from ingest_svc.principals import Principals
 
 Record = events_pb2.AuditRecord
-PENDING = (0xFF00, 0xFF01)
 
 
 class AuditSink(Protocol):
@@ -65,7 +71,7 @@ class DimseAudit:
             subject=principal.subject if principal is not None else "",
             source_address=source, edge="dimse", action=action, operation=operation,
             outcome=Record.OUTCOME_DENIED if denied else
-            Record.OUTCOME_SUCCESS if status in (0x0000, 0xB000, 0xB006, 0xB007) else Record.OUTCOME_FAILURE,
+            Record.OUTCOME_SUCCESS if status in (SUCCESS, *STORE_WARNINGS) else Record.OUTCOME_FAILURE,
             status=status, study_instance_uid=study, sop_instance_uid=sop[:64],
         ))
 
@@ -82,9 +88,9 @@ class DimseAudit:
                 try:
                     for item in handler(event, *args):
                         if item == (None, None):  # C-MOVE to an unknown destination
-                            status = 0xA801
+                            status = MOVE_DESTINATION_UNKNOWN
                         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int) \
-                                and item[0] not in PENDING and (item[1] is None):
+                                and item[0] not in PENDINGS and (item[1] is None):
                             status = item[0]
                         yield item
                 finally:
@@ -97,7 +103,7 @@ class DimseAudit:
             result = handler(event, *args)
             status = result[0] if isinstance(result, tuple) else result
             sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-            self._emit(event, operation, action, int(status) if isinstance(status, int) else 0xC000, sop=sop)
+            self._emit(event, operation, action, int(status) if isinstance(status, int) else CANNOT_UNDERSTAND, sop=sop)
             return result
 
         return plain

@@ -22,6 +22,18 @@ from common.clients import MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.validation import is_uid
+from dicomcore.status import (
+    CLASS_INSTANCE_CONFLICT,
+    CLASS_NOT_SUPPORTED,
+    INVALID_ARGUMENT,
+    INVALID_INSTANCE,
+    NO_SUCH_ACTION,
+    NO_SUCH_INSTANCE,
+    NOT_AUTHORIZED,
+    PROCESSING_FAILURE,
+    RESOURCE_LIMITATION,
+    SUCCESS,
+)
 from ingest_svc.settings import IngestSettings
 
 if TYPE_CHECKING:
@@ -33,10 +45,6 @@ log = logging.getLogger(__name__)
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_STORAGE_COMMITMENT = 1
 ALL_SUCCEEDED, SOME_FAILED = 1, 2
-# N-ACTION statuses (PS3.7 C.4.3.1.4).
-SUCCESS, PROCESSING_FAILURE, NO_SUCH_INSTANCE, INVALID_ARGUMENT = 0x0000, 0x0110, 0x0112, 0x0115
-INVALID_INSTANCE, CLASS_NOT_SUPPORTED, CLASS_INSTANCE_CONFLICT = 0x0117, 0x0122, 0x0119
-NO_SUCH_ACTION, NOT_AUTHORIZED, RESOURCE_LIMITATION = 0x0123, 0x0124, 0x0213
 LOCATE_BATCH = 500
 MAX_REFERENCES = 65535
 

@@ -29,14 +29,21 @@ from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
+from dicomcore.status import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    DATASET_MISMATCH,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+)
 
 if TYPE_CHECKING:
     from ingest_svc.principals import Principals
 
 log = logging.getLogger(__name__)
 
-PENDING, CANCEL, SUCCESS = 0xFF00, 0xFE00, 0x0000
-NOT_AUTHORIZED, OUT_OF_RESOURCES, IDENTIFIER_MISMATCH, UNABLE_TO_PROCESS = 0x0124, 0xA700, 0xA900, 0xC000
 UTF8 = "ISO_IR 192"
 
 LEVELS = {
@@ -90,7 +97,7 @@ def build_query(identifier: Dataset, tenant: str, sop_class: str) -> Query:
     """The Query for a C-FIND identifier. Raises BadIdentifier."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
     if level not in LEVELS or level not in levels_of(sop_class):
-        raise BadIdentifier(IDENTIFIER_MISMATCH, f"Query/Retrieve Level '{level[:16]}' is not valid for this model")
+        raise BadIdentifier(DATASET_MISMATCH, f"Query/Retrieve Level '{level[:16]}' is not valid for this model")
     query = Query(level, md_pb.QueryRequest(tenant=tenant, level=LEVELS[level]))
     for elem in identifier:
         tag = int(elem.tag)
@@ -105,7 +112,7 @@ def build_query(identifier: Dataset, tenant: str, sop_class: str) -> Query:
         try:
             flt = matching.parse(tag, "" if raw == "*" else raw)
         except InvalidValue as exc:
-            raise BadIdentifier(UNABLE_TO_PROCESS, str(exc)) from None
+            raise BadIdentifier(CANNOT_UNDERSTAND, str(exc)) from None
         query.request.filters.append(flt)
     return query
 
@@ -306,7 +313,7 @@ def pages(
             return
         except Exception as exc:  # an identifier pydicom cannot decode
             log.info("C-FIND identifier cannot be decoded: %s", type(exc).__name__)
-            yield UNABLE_TO_PROCESS, None, ()
+            yield CANNOT_UNDERSTAND, None, ()
             return
         query.request.limit = page_size
         while True:
@@ -315,7 +322,7 @@ def pages(
             except errors.InvalidArgument as exc:
                 log.info("C-FIND refused: the index cannot answer the query")
                 log.debug("C-FIND refused: %s", exc)  # may quote the query's values
-                yield UNABLE_TO_PROCESS, None, ()
+                yield CANNOT_UNDERSTAND, None, ()
                 return
             if page.matches:
                 yield PENDING, query, page.matches

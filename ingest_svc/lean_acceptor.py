@@ -52,7 +52,8 @@ from pynetdicom.sop_class import Verification, uid_to_service_class
 
 from common.blobs import StagedObject
 from common.gen.dicomserver.v1 import events_pb2
-from common.ingest import OUT_OF_RESOURCES, IngestPipeline
+from common.ingest import IngestPipeline
+from dicomcore.status import OUT_OF_RESOURCES, STORE_HANDLER_FAILED
 from ingest_svc import command_set, store
 from ingest_svc.principals import Principals
 from ingest_svc.query_retrieve import QUERY_RETRIEVE, QueryRetrieve
@@ -457,7 +458,7 @@ class LeanAssociation(Connection):
             head = store.file_meta(command.sop_class, command.sop_instance or "", transfer_syntax)
         except ValueError as exc:
             log.warning("C-STORE: no file meta information for the request: %s", exc)
-            state.status = store.HANDLER_FAILED
+            state.status = STORE_HANDLER_FAILED
             return state
         state.staged = store.begin(self.acceptor.pipeline, head)
         if state.staged is None:
@@ -477,7 +478,7 @@ class LeanAssociation(Connection):
             except Exception:
                 log.exception("C-STORE of %s failed", sop_instance)
                 staged.discard()
-                status = store.HANDLER_FAILED
+                status = STORE_HANDLER_FAILED
         self.acceptor.audit.record(self, self.source, "C-STORE", _WRITE, status, sop=sop_instance)
         self.send_message(message.context_id, command_set.response(
             command_set.C_STORE_RSP, command.message_id, status, command.sop_class, command.sop_instance))

@@ -16,14 +16,13 @@ from common import errors
 from common.clients import MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import ingest_service_pb2 as pb
 from common.validation import InvalidValue, check_tenant, check_uid
+from dicomcore.status import STORE_WARNINGS, SUCCESS
 from ingest_svc import send_stored
 from ingest_svc.retrieve import Outgoing, _Reader, contexts_for
 from ingest_svc.settings import IngestSettings, Peer
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-WARNINGS = (0xB000, 0xB006, 0xB007)
 
 
 class PeerSender:
@@ -88,7 +87,7 @@ class PeerSender:
                     code, reason = -1, f"{type(exc).__name__}: {exc}"[:200]
                 if code == SUCCESS:
                     progress.completed += 1
-                elif code in WARNINGS:
+                elif code in STORE_WARNINGS:
                     progress.warning += 1
                 else:
                     progress.failed += 1

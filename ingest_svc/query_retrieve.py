@@ -50,6 +50,20 @@ from pynetdicom.status import (
 
 from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import events_pb2
+from dicomcore.status import (
+    CANCEL,
+    FIND_FAILED,
+    FIND_UNENCODABLE,
+    GET_FAILED,
+    GET_TOO_MANY,
+    MOVE_DESTINATION_UNKNOWN,
+    MOVE_FAILED,
+    MOVE_TOO_MANY,
+    PENDING,
+    SUB_OPERATIONS_FAILED,
+    SUCCESS,
+    WARNING,
+)
 from ingest_svc import command_set, find, store_scu
 from ingest_svc.command_set import C_FIND_RQ, C_FIND_RSP, C_GET_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
 from ingest_svc.principals import Principals
@@ -73,12 +87,6 @@ QUERY_RETRIEVE: dict[UID, int] = {
     PatientRootQueryRetrieveInformationModelMove: C_MOVE_RQ,
     StudyRootQueryRetrieveInformationModelMove: C_MOVE_RQ,
 }
-PENDING, CANCEL, SUCCESS, WARNING = 0xFF00, 0xFE00, 0x0000, 0xB000
-MOVE_DESTINATION_UNKNOWN, SUB_OPERATIONS_FAILED = 0xA801, 0xA702
-# What pynetdicom answers when a handler raises, and when more than 65535 would be sent.
-FIND_FAILED, GET_FAILED, MOVE_FAILED = 0xC311, 0xC411, 0xC511
-GET_TOO_MANY, MOVE_TOO_MANY = 0xC416, 0xC516
-FIND_UNENCODABLE = 0xC312
 MAX_SUB_OPERATIONS = 65535
 _READ = events_pb2.AuditRecord.ACTION_READ
 # Connection-level ends of an operation: they propagate to the association.

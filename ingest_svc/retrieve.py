@@ -35,15 +35,9 @@ from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue, is_uid
+from dicomcore.status import CANCEL, DATASET_MISMATCH, NOT_AUTHORIZED, OUT_OF_RESOURCES, PENDING
 from ingest_svc import send_stored
-from ingest_svc.find import (
-    IDENTIFIER_MISMATCH,
-    LEVELS,
-    NOT_AUTHORIZED,
-    OUT_OF_RESOURCES,
-    BadIdentifier,
-    levels_of,
-)
+from ingest_svc.find import LEVELS, BadIdentifier, levels_of
 from ingest_svc.send_stored import StoredObject
 from ingest_svc.settings import IngestSettings, Peer
 
@@ -52,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PENDING, CANCEL = 0xFF00, 0xFE00
 # pynetdicom proposes at most 128 presentation contexts (PS3.8 7.1.1.13: IDs are odd, 1-255).
 MAX_CONTEXTS = 128
 # What an uncompressed object may be re-encoded to when the destination takes nothing else.
@@ -273,11 +266,11 @@ class Retriever:
         """The instances an identifier asks for. Raises BadIdentifier."""
         level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
         if level not in LEVELS or level not in levels_of(sop_class):
-            raise BadIdentifier(IDENTIFIER_MISMATCH, f"Query/Retrieve Level '{level[:16]}' is not valid for this model")
+            raise BadIdentifier(DATASET_MISMATCH, f"Query/Retrieve Level '{level[:16]}' is not valid for this model")
         keyword = _UNIQUE_KEY[level]
         values = self._uids(identifier, keyword)
         if not values:
-            raise BadIdentifier(IDENTIFIER_MISMATCH, f"{keyword} is required to retrieve at the {level} level")
+            raise BadIdentifier(DATASET_MISMATCH, f"{keyword} is required to retrieve at the {level} level")
         try:
             if level == "IMAGE":
                 return self._metadata.locate_each(tenant, [matching.parse(0x00080018, v).equal or v for v in values])
@@ -295,7 +288,7 @@ class Retriever:
                     return self._series_of_study(tenant, studies[0], values)
                 pairs = self._query_uids(tenant, dicom_pb2.QUERY_LEVEL_SERIES, flt)
         except InvalidValue as exc:
-            raise BadIdentifier(IDENTIFIER_MISMATCH, str(exc)) from None
+            raise BadIdentifier(DATASET_MISMATCH, str(exc)) from None
         return self._locate_pairs(tenant, pairs)
 
     def _locate_pairs(self, tenant: str, pairs: list[tuple[str, str]]) -> list[dicom_pb2.InstanceLocation]:
@@ -357,7 +350,7 @@ class Retriever:
             try:
                 identifier = event.identifier
             except Exception:
-                return IDENTIFIER_MISMATCH, []
+                return DATASET_MISMATCH, []
             locations = self.locate(identifier, tenant, str(event.request.AffectedSOPClassUID))
         except BadIdentifier as exc:
             log.info("retrieve refused with 0x%04X", exc.status)

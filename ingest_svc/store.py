@@ -18,16 +18,14 @@ from common import errors
 from common.blobs import StagedObject
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
-from common.ingest import OUT_OF_RESOURCES, IngestPipeline
-from ingest_svc.find import NOT_AUTHORIZED
+from common.ingest import IngestPipeline
+from dicomcore.status import NOT_AUTHORIZED, OUT_OF_RESOURCES
 
 if TYPE_CHECKING:
     from ingest_svc.principals import Principals
 
 log = logging.getLogger(__name__)
 
-# What pynetdicom answers when its C-STORE handler raises.
-HANDLER_FAILED = 0xC211
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 

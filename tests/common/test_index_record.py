@@ -14,7 +14,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from common.ingest import CANNOT_UNDERSTAND, Rejected, read_record
+from common.ingest import Rejected, read_record
+from dicomcore.status import CANNOT_UNDERSTAND
 
 VALUES = {
     "PatientID": "PID-7", "PatientName": "Doe^Jane", "PatientBirthDate": "19700101", "PatientSex": "F",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
-from common.ingest import CANNOT_UNDERSTAND, DATASET_MISMATCH
+from dicomcore.status import CANNOT_UNDERSTAND, DATASET_MISMATCH
 from dicomweb_gateway import stow_result
 from dicomweb_gateway.context import Urls
 

@@ -22,8 +22,9 @@ from security_support import budget, make_instance, multipart, raw_part10
 from common import dicom_json, matching
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.ingest import CANNOT_UNDERSTAND, Rejected, read_record
+from common.ingest import Rejected, read_record
 from common.validation import InvalidValue, is_uid
+from dicomcore.status import CANNOT_UNDERSTAND
 from dicomweb_gateway.errors import ApiError
 from dicomweb_gateway.multipart import (
     LimitExceeded,
