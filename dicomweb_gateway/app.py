@@ -114,7 +114,7 @@ def routes() -> list[BaseRoute]:
         Route("/routing/dead-letters/replay", routing.replay_dead_letters, methods=["POST"]),
         # WADO-URI and the API description
         Route("/wado", wado_uri.wado_uri, methods=["GET"]),
-        Route("/openapi.json", openapi.openapi, methods=["GET"]),
+        Route("/openapi.json", openapi.endpoint(routes), methods=["GET"]),
     ]
 
 

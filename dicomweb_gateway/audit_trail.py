@@ -6,13 +6,10 @@ string (QIDO parameters can carry patient names)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from common import observability
 from common.gen.dicomserver.v1 import events_pb2
-
-if TYPE_CHECKING:
-    from dicomweb_gateway.auth import Access
 
 Record = events_pb2.AuditRecord
 
@@ -51,12 +48,12 @@ def refused(sink: AuditSink, scope: dict[str, Any], status: int, reason: str) ->
     ))
 
 
-def served(sink: AuditSink, scope: dict[str, Any], access: Access, status: int) -> None:
-    """A request a handler answered, whatever the status."""
+def served(sink: AuditSink, scope: dict[str, Any], tenant: str, subject: str, status: int) -> None:
+    """A request a handler answered, whatever the status, for `subject` in `tenant`."""
     route = getattr(scope.get("route"), "path", None)
     params = scope.get("path_params") or {}
     sink.record(Record(
-        tenant=access.tenant, subject=access.principal.subject, source_address=_source(scope), edge="dicomweb",
+        tenant=tenant, subject=subject, source_address=_source(scope), edge="dicomweb",
         action=_ACTIONS.get(scope["method"], Record.ACTION_UNSPECIFIED),
         operation=f"{scope['method']} {route or 'unmatched'}",
         outcome=Record.OUTCOME_SUCCESS if status < 400 else Record.OUTCOME_FAILURE,

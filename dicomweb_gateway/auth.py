@@ -161,7 +161,7 @@ class Authentication:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            audit_trail.served(self.audit, scope, access, status)
+            audit_trail.served(self.audit, scope, access.tenant, access.principal.subject, status)
 
     def refusal(self, scope: Scope, exc: Refused) -> Response:
         """The answer to a refused request (the console's pages redirect to sign in)."""

@@ -15,7 +15,7 @@ from common.clients import StorageClient
 from common.gen.dicomserver.v1 import dicom_pb2
 from dicomweb_gateway.context import gateway, tenant_for
 from dicomweb_gateway.errors import not_found
-from dicomweb_gateway.wado import path_ids
+from dicomweb_gateway.reading import path_ids
 
 log = logging.getLogger(__name__)
 audit = logging.getLogger("dicomweb_gateway.audit")

@@ -25,9 +25,10 @@ from starlette.responses import Response, StreamingResponse
 from common.blobs import BlobReader
 from common.gen.dicomserver.v1 import dicom_pb2
 from dicomweb_gateway import objects, transcode
-from dicomweb_gateway.context import Gateway, Urls, gateway, path_uid, tenant_for
-from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
+from dicomweb_gateway.context import Gateway, Urls, gateway
+from dicomweb_gateway.errors import ApiError, not_acceptable, not_found
 from dicomweb_gateway.media import MULTIPART_RELATED, parse_accept
+from dicomweb_gateway.reading import check_frame_list, layout_of, load, locate_one, parse_frame_list
 
 OCTET = "application/octet-stream"
 NATIVE = str(ExplicitVRLittleEndian)
@@ -59,8 +60,6 @@ _DEFAULT_TARGETS = {
     "image/jphc": "1.2.840.10008.1.2.4.201",
     "image/dicom-rle": "1.2.840.10008.1.2.5",
 }
-_MAX_FRAMES_IN_LIST = 10000
-_FRAME_LIST = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")
 
 
 @dataclass(frozen=True)
@@ -118,39 +117,6 @@ def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> 
         f"or transfer-syntax=* as stored)" + (f" and as {stored_type}" if encapsulated else "")
         + f", or converted to one of {', '.join(sorted(t for t in transcode.TARGETS if t in FRAME_MEDIA_TYPES))}"
     )
-
-
-def check_frame_list(raw: str) -> None:
-    if not _FRAME_LIST.fullmatch(raw):
-        raise bad_request("frame list must be comma-separated frame numbers, e.g. 1,3,5")
-
-
-def parse_frame_list(raw: str, frames: int) -> list[int]:
-    check_frame_list(raw)
-    numbers = [int(n) for n in raw.split(",")]
-    if len(numbers) > _MAX_FRAMES_IN_LIST:
-        raise bad_request(f"at most {_MAX_FRAMES_IN_LIST} frames per request")
-    if frames == 0:
-        raise not_found("the instance has no pixel data")
-    bad = [n for n in numbers if not 1 <= n <= frames]
-    if bad:
-        raise not_found(f"frame {bad[0]} does not exist; the instance has {frames} frame(s)")
-    return numbers
-
-
-def locate_one(gw: Gateway, request: Request) -> dicom_pb2.InstanceLocation:
-    study = path_uid(request, "study", "Study Instance UID")
-    series = path_uid(request, "series", "Series Instance UID")
-    sop = path_uid(request, "sop", "SOP Instance UID")
-    locations = gw.metadata.locate(tenant_for(request), study, series, sop)
-    if not locations:
-        raise not_found("no such instance")
-    return locations[0]
-
-
-def load(gw: Gateway, request: Request) -> tuple[dicom_pb2.InstanceLocation, objects.Layout]:
-    loc = locate_one(gw, request)
-    return loc, _layout(gw, loc)
 
 
 def frame_payload(
@@ -235,13 +201,6 @@ def _layout_frames(gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocatio
                             lambda n: frame_payload(gw.reader, loc, layout, n, choice.decode, choice.target))
 
 
-def _layout(gw: Gateway, loc: dicom_pb2.InstanceLocation) -> objects.Layout:
-    try:
-        return gw.layouts.get(loc)
-    except objects.UnreadableObject as exc:
-        raise ApiError(500, f"the stored object cannot be read: {exc}") from None
-
-
 def _frames(gw: Gateway, request: Request, raw: str) -> Response:
     """The whole request in one worker thread: locate, then the frames."""
     loc = locate_one(gw, request)
@@ -251,7 +210,7 @@ def _frames(gw: Gateway, request: Request, raw: str) -> Response:
                                   loc.pixel_layout.encapsulated)
         if not choice.decode:
             return _recorded_frames(gw, request, loc, numbers, choice)
-    layout = _layout(gw, loc)
+    layout = layout_of(gw, loc)
     numbers = parse_frame_list(raw, layout.frames)
     return _layout_frames(gw, request, loc, layout, numbers)
 

@@ -4,6 +4,7 @@ cannot drift from what is served: GET {base}/openapi.json."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -106,7 +107,11 @@ def build(routes: list[BaseRoute], base_path: str) -> dict[str, Any]:
     }
 
 
-async def openapi(request: Request) -> Response:
-    from dicomweb_gateway.app import routes  # the table this document describes
+def endpoint(table: Callable[[], list[BaseRoute]]) -> Callable[[Request], Awaitable[Response]]:
+    """The GET endpoint of the document of `table`, the app's route table
+    (handed over by the app, so this module needs nothing of it)."""
 
-    return JSONResponse(build(routes(), gateway(request).settings.base_path))
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(build(table(), gateway(request).settings.base_path))
+
+    return openapi

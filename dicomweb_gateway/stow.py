@@ -21,7 +21,7 @@ from starlette.responses import Response
 from common import errors
 from common.blobs import StagedObject
 from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
-from common.ingest import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
+from dicomcore.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from dicomweb_gateway import stow_result
 from dicomweb_gateway.context import Gateway, Urls, gateway, path_uid, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, unsupported_media_type

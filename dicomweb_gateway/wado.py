@@ -7,13 +7,11 @@ an object larger than a block is never read whole."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,10 +24,17 @@ from common import dicom_json, errors
 from common.blobs import BlobReader
 from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import dicom_pb2
-from dicomweb_gateway import transcode
-from dicomweb_gateway.context import Urls, gateway, path_uid, tenant_for
+from dicomweb_gateway import transcode, zip_download
+from dicomweb_gateway.context import Urls, gateway, tenant_for
 from dicomweb_gateway.errors import not_acceptable, not_found
 from dicomweb_gateway.media import DICOM, MULTIPART_RELATED, parse_accept
+from dicomweb_gateway.reading import (
+    JOIN_BELOW,
+    needs_transcode,
+    open_instance,
+    path_ids,
+    prefetched,
+)
 from dicomweb_gateway.responses import json_array_response, require_json
 
 log = logging.getLogger(__name__)
@@ -65,44 +70,6 @@ def negotiate(accept: str | None, stored: set[str]) -> str:
 
 
 # ---- streaming -----------------------------------------------------------
-
-# Objects are read in blocks of this size (most in one read); the next block
-# is read while the current one is being sent.
-READ_BLOCK = 4 * 1024 * 1024
-JOIN_BELOW = 1024 * 1024  # a part head is joined to a block this small (one write)
-
-
-def _needs(loc: dicom_pb2.InstanceLocation, target: str) -> bool:
-    return target != "*" and loc.transfer_syntax_uid != target
-
-
-def instance_blocks(reader: BlobReader, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes]:
-    """The object's bytes in blocks, transcoded to `target` if need be.
-    Raises common.errors.NotFound on the first block if the object is gone."""
-    if _needs(loc, target):
-        yield transcode.transcode(reader.read(loc.object_key), target)
-        return
-    offset = 0
-    while True:
-        block = reader.read(loc.object_key, offset, READ_BLOCK)
-        if block:
-            yield block
-        if len(block) < READ_BLOCK:
-            return
-        offset += len(block)
-
-
-def open_instance(reader: BlobReader, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes] | None:
-    """The object's blocks with the first one read already, so a missing
-    object shows up here rather than mid-response; None if it is gone."""
-    blocks = instance_blocks(reader, loc, target)
-    try:
-        first = next(blocks, b"")
-    except errors.NotFound:
-        # Deleted between locate and read: it is simply no longer part of the answer.
-        log.warning("indexed object is missing from storage; skipping it")
-        return None
-    return itertools.chain([first], blocks)
 
 
 def _part_head(boundary: bytes, loc: dicom_pb2.InstanceLocation, urls: Urls, first: bool, ts: str) -> bytes:
@@ -162,7 +129,7 @@ def _pieces(
     for loc, blocks in _opened(reader, locations, start, opened, target):
         if blocks is None:
             continue
-        head = _part_head(boundary, loc, urls, first, target if _needs(loc, target) else loc.transfer_syntax_uid)
+        head = _part_head(boundary, loc, urls, first, target if needs_transcode(loc, target) else loc.transfer_syntax_uid)
         first = False
         for block in blocks:
             if head:
@@ -175,23 +142,6 @@ def _pieces(
         if head:
             yield head
     yield b"\r\n--" + boundary + b"--\r\n"
-
-
-async def prefetched(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Steps a blocking iterator in worker threads, one piece ahead: the next
-    piece is read while the current one is being sent."""
-    done = object()
-    pending = asyncio.ensure_future(run_in_threadpool(next, pieces, done))
-    try:
-        while True:
-            piece = await pending
-            if piece is done:
-                return
-            pending = asyncio.ensure_future(run_in_threadpool(next, pieces, done))
-            yield piece  # type: ignore[misc]
-    finally:
-        if not pending.done():
-            pending.cancel()
 
 
 def _first_available(
@@ -210,8 +160,6 @@ async def _retrieve(request: Request, study: str, series: str = "", sop: str = "
     locations = await run_in_threadpool(gw.metadata.locate, tenant_for(request), study, series, sop)
     if not locations:
         raise not_found("no such " + ("instance" if sop else "series" if series else "study"))
-    from dicomweb_gateway import zip_download  # builds on this module's readers
-
     accept = zip_download.accept_value(request)
     stored = {loc.transfer_syntax_uid for loc in locations}
     zip_target = zip_download.zip_target(accept, stored)
@@ -285,14 +233,6 @@ async def _metadata(request: Request, study: str, series: str = "", sop: str = "
 
 
 # ---- routes --------------------------------------------------------------
-
-
-def path_ids(request: Request) -> tuple[str, str, str]:
-    p = request.path_params
-    study = path_uid(request, "study", "Study Instance UID")
-    series = path_uid(request, "series", "Series Instance UID") if "series" in p else ""
-    sop = path_uid(request, "sop", "SOP Instance UID") if "sop" in p else ""
-    return study, series, sop
 
 
 async def retrieve(request: Request) -> Response:

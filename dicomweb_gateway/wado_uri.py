@@ -15,8 +15,7 @@ from common.validation import InvalidValue, check_uid
 from dicomweb_gateway import objects, transcode
 from dicomweb_gateway.context import Gateway, gateway, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request, not_acceptable, not_found
-from dicomweb_gateway.media import DICOM
-from dicomweb_gateway.render import (
+from dicomweb_gateway.imaging import (
     JPEG,
     PNG,
     RenderOptions,
@@ -24,7 +23,8 @@ from dicomweb_gateway.render import (
     parse_window,
     render_frame,
 )
-from dicomweb_gateway.wado import open_instance
+from dicomweb_gateway.media import DICOM
+from dicomweb_gateway.reading import open_instance
 
 _KNOWN = {
     "requestType", "studyUID", "seriesUID", "objectUID", "contentType", "transferSyntax", "frameNumber",

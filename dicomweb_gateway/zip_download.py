@@ -37,7 +37,7 @@ from common.blobs import BlobReader
 from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from dicomweb_gateway import transcode, wado, zip_layout
+from dicomweb_gateway import reading, transcode, zip_layout
 from dicomweb_gateway.context import gateway, tenant_for
 from dicomweb_gateway.errors import not_acceptable
 from dicomweb_gateway.media import MULTIPART_RELATED, parse_accept
@@ -115,7 +115,7 @@ def plan(
 
 def _member(reader: BlobReader, loc: dicom_pb2.InstanceLocation, target: str) -> Iterator[bytes]:
     try:
-        yield from wado.instance_blocks(reader, loc, target)
+        yield from reading.instance_blocks(reader, loc, target)
     except errors.NotFound:
         # The zip (and its Content-Length) already counts this member: the
         # response is cut short, so the client sees a failed download.
@@ -134,7 +134,7 @@ def build(reader: BlobReader, members: Iterable[tuple[str, dicom_pb2.InstanceLoc
 
 
 def coalesce(
-    chunks: Iterable[bytes], at_least: int = SEND_AT_LEAST, join_below: int = wado.JOIN_BELOW
+    chunks: Iterable[bytes], at_least: int = SEND_AT_LEAST, join_below: int = reading.JOIN_BELOW
 ) -> Iterator[bytes]:
     """Joins small chunks into pieces of at least `at_least` bytes. A large
     chunk is sent with what was gathered before it when it is smaller than
@@ -178,4 +178,4 @@ async def respond(
     headers = {"Content-Disposition": f'attachment; filename="{_filename(study, series, sop)}"'}
     if zs.sized:
         headers["Content-Length"] = str(len(zs))
-    return StreamingResponse(wado.prefetched(coalesce(zs)), media_type=ZIP, headers=headers)
+    return StreamingResponse(reading.prefetched(coalesce(zs)), media_type=ZIP, headers=headers)

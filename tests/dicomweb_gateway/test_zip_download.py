@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from common.gen.dicomserver.v1 import dicom_pb2
-from dicomweb_gateway import wado, zip_download
+from dicomweb_gateway import reading, zip_download
 from dicomweb_gateway.errors import ApiError
 
 GIB = 1024**3
-ZEROS = bytes(wado.READ_BLOCK)
+ZEROS = bytes(reading.READ_BLOCK)
 
 
 class ZeroReader:
@@ -64,7 +64,7 @@ def test_zip64_past_4_gib_at_constant_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert written == announced > 4 * GIB
     # Some blocks of READ_BLOCK (4 MiB) at a time, not the 4 GiB member.
-    assert peak < 4 * wado.READ_BLOCK, f"peak {peak / 1e6:.1f} MB while zipping {written / 1e9:.1f} GB"
+    assert peak < 4 * reading.READ_BLOCK, f"peak {peak / 1e6:.1f} MB while zipping {written / 1e9:.1f} GB"
     with zipfile.ZipFile(out) as zf:
         infos = zf.infolist()
         assert [i.filename for i in infos] == [name for name, _ in members]
