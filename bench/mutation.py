@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "dicomserver-mutation"
 MUTMUT = Path(sys.executable).with_name("mutmut")
 PACKAGES = ["auth_svc", "bench", "common", "dicomcore", "dicomweb_gateway", "deidentify", "eventbus", "ingest_svc",
-            "metadata_svc", "storage_svc", "launcher", "importer", "tests", "pytest.ini"]
+            "metadata_svc", "storage_svc", "launcher", "importer", "testbed", "tests", "pytest.ini"]
 
 # target -> (modules mutated, tests run against them)
 TARGETS: dict[str, tuple[list[str], list[str]]] = {

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway", "eventbus")
 LIBRARIES = ("common", "dicomcore", "deidentify")
 GENERATED = "common.gen.dicomserver.v1"
-# Module names only the tests provide (helpers reached through tests/ on sys.path).
+# The tests package, and its helpers by their bare names (as once reached through sys.path).
 TEST_MODULES = {"tests"} | {p.stem for p in (ROOT / "tests").rglob("*.py")}
 # Our generated modules, by file name (grpc_health's own *_pb2 are not ours).
 GENERATED_MODULES = {p.stem for p in (ROOT / "common" / "gen" / "dicomserver" / "v1").glob("*_pb2*.py")}

@@ -8,7 +8,7 @@ import importlib.metadata
 import re
 import sys
 
-from support import ROOT
+from tests.support import ROOT
 
 SERVICE_PACKAGES = ["common", "dicomcore", "deidentify", "storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway",
                     "eventbus", "launcher"]

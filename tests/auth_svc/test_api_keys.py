@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from auth_helpers import serving
 from sqlalchemy import text
 
 from auth_svc.keystore import KeyStore, make_engine
@@ -20,6 +19,7 @@ from common.errors import InvalidArgument, NotFound, PermissionDenied, Unauthent
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
 from testbed.processes import free_port
 from testbed.servers import new_database, shared
+from tests.auth_svc.auth_support import serving
 
 ADMIN_A, ADMIN_B, READER_A = "admin-of-tenant-a", "admin-of-tenant-b", "reader-of-tenant-a"
 LIMITED_ADMIN = "admin-who-may-only-read"

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from auth_helpers import auth_process, service_env
-from support import ROOT
 
 from auth_svc.settings import AuthSettings, exposure_problem
 from testbed.processes import free_port
+from tests.auth_svc.auth_support import auth_process, service_env
+from tests.support import ROOT
 
 
 def run_auth_svc(data_dir: Path, **settings: str) -> subprocess.CompletedProcess[str]:

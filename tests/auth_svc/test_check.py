@@ -11,12 +11,12 @@ from typing import Any
 
 import jwt
 import pytest
-from auth_helpers import serving
 
 from auth_svc.settings import ApiKey, AuthSettings
 from common.clients import AuthClient
 from common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from tests.auth_svc.auth_support import serving
 
 SECRET = "development-secret-of-32-bytes!!"
 READER_KEY, MULTI_KEY = "reader-key-for-tenant-a", "key-of-tenants-a-and-b"

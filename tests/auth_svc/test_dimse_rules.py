@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auth_helpers import service_env, serving
 from pydantic import ValidationError
-from support import ROOT
 
 from auth_svc.settings import AuthSettings, DimseRule
 from common.clients import AuthClient
 from common.errors import PermissionDenied, Unauthenticated
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from tests.auth_svc.auth_support import service_env, serving
+from tests.support import ROOT
 
 RULES = [
     {"calling_ae_title": "CT1", "networks": ["10.1.0.0/16"], "tenant": "radiology", "scopes": ["read", "write"]},

@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from auth_helpers import auth_process, service_env
-from support import ROOT
 
 from auth_svc import keys
 from common.errors import Unauthenticated
 from common.gen.dicomserver.v1 import auth_service_pb2 as pb
+from tests.auth_svc.auth_support import auth_process, service_env
+from tests.support import ROOT
 
 
 def keys_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

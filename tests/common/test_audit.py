@@ -22,7 +22,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
-from support import ROOT, Archive
 
 from common import audit, errors
 from common.audit import AuditLog
@@ -31,6 +30,7 @@ from common.gen.dicomserver.v1 import events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from testbed.processes import free_port, stop_process
+from tests.support import ROOT, Archive
 
 Audit = events_pb2.AuditRecord
 

@@ -13,10 +13,18 @@ import struct
 from typing import Any
 
 import pytest
-from dicomcore_files import INT_KEYWORDS, KEYWORDS, element, item, part10, reference, sequence
 
 import dicomcore
 from common import dicom_json as reference_json
+from tests.dicomcore.dicomcore_support import (
+    INT_KEYWORDS,
+    KEYWORDS,
+    element,
+    item,
+    part10,
+    reference,
+    sequence,
+)
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

@@ -9,7 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from dicomcore_files import (
+
+import dicomcore
+from common import dicom_json as reference_json
+from tests.dicomcore.dicomcore_support import (
     INT_KEYWORDS,
     KEYWORDS,
     pydicom_data_files,
@@ -17,9 +20,6 @@ from dicomcore_files import (
     pynetdicom_files,
     reference,
 )
-
-import dicomcore
-from common import dicom_json as reference_json
 
 _UID_0123 = (
     "a Referenced SOP Instance UID inside it has a '0123' component, which pydicom's strict reading "

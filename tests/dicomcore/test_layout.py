@@ -13,13 +13,13 @@ import struct
 from pathlib import Path
 
 import pytest
-from dicomcore_files import pydicom_files, pynetdicom_files, read_pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 import dicomcore
 from dicomcore.header import FIRST_READ
+from tests.dicomcore.dicomcore_support import pydicom_files, pynetdicom_files, read_pydicom
 
 FILES = {**pydicom_files(), **pynetdicom_files()}
 

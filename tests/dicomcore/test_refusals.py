@@ -13,7 +13,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-from dicomcore_files import pydicom_files, pynetdicom_files, reference
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
@@ -22,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 import dicomcore
 from common import dicom_json as reference_json
 from dicomcore import CANNOT_UNDERSTAND, DATASET_MISMATCH
+from tests.dicomcore.dicomcore_support import pydicom_files, pynetdicom_files, reference
 
 FILES = {**pydicom_files(), **pynetdicom_files()}
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_support import Backend, RecordingMetadata, make_settings
 from starlette.testclient import TestClient
 
 from auth_svc.policy import Policy
@@ -29,6 +28,7 @@ from metadata_svc.db import Database
 from metadata_svc.index import MetadataIndex
 from storage_svc.filesystem import FilesystemStore
 from storage_svc.service import StorageService
+from tests.dicomweb_gateway.gateway_support import Backend, RecordingMetadata, make_settings
 
 
 @pytest.fixture

@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from starlette.testclient import TestClient
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
+from dicomweb_gateway.media import parse_media_type
+from dicomweb_gateway.multipart import MultipartParser
 from dicomweb_gateway.settings import GatewaySettings
 from metadata_svc.index import MetadataIndex
 from metadata_svc.service import MetadataService
@@ -90,3 +94,28 @@ def multipart_body(parts: list[tuple[str | None, bytes]], boundary: str) -> byte
         head = f"--{boundary}\r\n" + (f"Content-Type: {ctype}\r\n" if ctype else "") + "\r\n"
         out += head.encode() + data + b"\r\n"
     return out + f"--{boundary}--\r\n".encode()
+
+
+def multipart_parts(content: bytes, content_type: str, part_type: str | None = None) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related answer (headers, bytes); `part_type`: the type= it must name."""
+    media = parse_media_type(content_type)
+    assert media.essence == "multipart/related"
+    if part_type is not None:
+        assert media.params["type"] == part_type
+    parser = MultipartParser(media.params["boundary"].encode(), 1 << 24)
+    parts = parser.feed(content)
+    parser.close()
+    return [(p.headers, p.file.read()) for p in parts]
+
+
+def path_of(name: str) -> Path:
+    found = get_testdata_file(name, download=False)
+    assert found is not None, name
+    return Path(found)
+
+
+def store_file(client: TestClient, name: str) -> tuple[str, bytes]:
+    data = path_of(name).read_bytes()
+    r = client.post("/dicomweb/studies", content=data, headers={"Content-Type": "application/dicom"})
+    assert r.status_code in (200, 202), r.text  # 202: stored with a warning (coerced values)
+    return r.json()["00081199"]["Value"][0]["00081190"]["Value"][0], data

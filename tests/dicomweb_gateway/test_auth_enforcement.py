@@ -15,7 +15,6 @@ from typing import Any
 
 import jwt
 import pytest
-from gateway_support import Backend, make_instance, make_settings, multipart_body
 from starlette.testclient import TestClient
 
 from auth_svc.policy import Policy
@@ -26,6 +25,12 @@ from common.exposure import ExposedWithoutAuth
 from common.gen.dicomserver.v1 import auth_service_pb2, auth_service_pb2_grpc, events_pb2
 from common.grpc_server import build_server
 from dicomweb_gateway.app import create_app
+from tests.dicomweb_gateway.gateway_support import (
+    Backend,
+    make_instance,
+    make_settings,
+    multipart_body,
+)
 
 SECRET = "a-development-secret-of-at-least-32-bytes!"
 READER_KEY = "dsk_readerkey001_" + "r" * 43

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from gateway_support import make_instance
 from starlette.testclient import TestClient
+
+from tests.dicomweb_gateway.gateway_support import make_instance
 
 
 def test_feed_lists_creates_and_deletes_in_order(client: TestClient) -> None:

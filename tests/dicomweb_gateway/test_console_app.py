@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway_support import Backend, make_instance, make_settings
 from starlette.testclient import TestClient
 
 from dicomweb_gateway.app import create_app
+from tests.dicomweb_gateway.gateway_support import Backend, make_instance, make_settings
 
 
 def test_missing_viewer_says_how_to_fetch_it(backend: Backend, tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gzip
 import re
 
-from gateway_support import Backend, make_instance, make_settings
 from pydicom.uid import generate_uid
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from dicomweb_gateway.app import create_app, routes
+from tests.dicomweb_gateway.gateway_support import Backend, make_instance, make_settings
 
 
 def store(client: TestClient, data: bytes) -> None:

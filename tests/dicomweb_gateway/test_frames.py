@@ -5,20 +5,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_support import make_instance
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 from pydicom.encaps import generate_frames
 from pydicom.pixels import pixel_array
 from starlette.testclient import TestClient
-from test_wado import parts_of as dicom_parts_of
 
-from dicomweb_gateway.media import parse_media_type
-from dicomweb_gateway.multipart import MultipartParser
+from tests.dicomweb_gateway.gateway_support import make_instance, multipart_parts, store_file
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -35,28 +30,6 @@ OBJECTS = {
     "JPEG2000.dcm": (1, True),
     "MR_small_jpeg_ls_lossless.dcm": (1, True),
 }
-
-
-def multipart_parts(content: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
-    media = parse_media_type(content_type)
-    assert media.essence == "multipart/related"
-    parser = MultipartParser(media.params["boundary"].encode(), 1 << 24)
-    parts = parser.feed(content)
-    parser.close()
-    return [(p.headers, p.file.read()) for p in parts]
-
-
-def path_of(name: str) -> Path:
-    found = get_testdata_file(name, download=False)
-    assert found is not None, name
-    return Path(found)
-
-
-def store_file(client: TestClient, name: str) -> tuple[str, bytes]:
-    data = path_of(name).read_bytes()
-    r = client.post("/dicomweb/studies", content=data, headers={"Content-Type": "application/dicom"})
-    assert r.status_code in (200, 202), r.text  # 202: stored with a warning (coerced values)
-    return r.json()["00081199"]["Value"][0]["00081190"]["Value"][0], data
 
 
 def expected_stored_frames(data: bytes) -> list[bytes]:
@@ -180,7 +153,7 @@ def test_retrieve_transcoded(client: TestClient, name: str, target: str) -> None
     accept = f'multipart/related; type="application/dicom"; transfer-syntax={target}'
     r = client.get(url, headers={"Accept": accept})
     assert r.status_code == 200, r.text
-    ((headers, body),) = dicom_parts_of(r.content, r.headers["content-type"])
+    ((headers, body),) = multipart_parts(r.content, r.headers["content-type"], "application/dicom")
     assert headers["content-type"] == f"application/dicom; transfer-syntax={target}"
     got = dcmread(io.BytesIO(body))
     assert got.file_meta.TransferSyntaxUID == target
@@ -197,7 +170,7 @@ def test_retrieve_transcoded(client: TestClient, name: str, target: str) -> None
 def test_transfer_syntax_star_is_untouched_and_unknown_syntax_is_406(client: TestClient) -> None:
     url, data = store_file(client, "SC_rgb_jpeg_dcmtk.dcm")
     r = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
-    assert [b for _, b in dicom_parts_of(r.content, r.headers["content-type"])] == [data]
+    assert [b for _, b in multipart_parts(r.content, r.headers["content-type"], "application/dicom")] == [data]
     # A syntax no installed encoder makes (JPEG Extended) is refused.
     r = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.51'})
     assert r.status_code == 406

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from gateway_support import Backend, make_instance
 from starlette.testclient import TestClient
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from dicomweb_gateway.errors import ApiError
 from dicomweb_gateway.qido import build_query
+from tests.dicomweb_gateway.gateway_support import Backend, make_instance
 
 
 def test_build_query() -> None:

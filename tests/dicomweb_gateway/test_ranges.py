@@ -5,9 +5,9 @@ header) and says Accept-Ranges: none; never a 206 or a 416."""
 from __future__ import annotations
 
 import pytest
-from gateway_support import make_instance
 from starlette.testclient import TestClient
-from test_frames import multipart_parts
+
+from tests.dicomweb_gateway.gateway_support import make_instance, multipart_parts
 
 DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 OCTETS = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'

@@ -7,12 +7,17 @@ import warnings
 
 import numpy as np
 import pytest
-from gateway_support import make_instance
 from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
-from test_frames import multipart_parts, path_of, store_file
+
+from tests.dicomweb_gateway.gateway_support import (
+    make_instance,
+    multipart_parts,
+    path_of,
+    store_file,
+)
 
 
 def grey_instance(study: str | None = None, series: str | None = None) -> tuple[str, bytes]:

@@ -5,13 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gateway_support import Backend, make_instance, make_settings, multipart_body
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
-from test_frames import multipart_parts
 
 from dicomweb_gateway.app import create_app
+from tests.dicomweb_gateway.gateway_support import (
+    Backend,
+    make_instance,
+    make_settings,
+    multipart_body,
+    multipart_parts,
+)
 
 BOUNDARY = "stow-boundary-1"
 MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from gateway_support import Backend, make_instance, make_settings
 from pydicom.uid import generate_uid
 from starlette.testclient import TestClient
 
 from common.clients import MetadataClient, channel
 from common.ingest import read_record
 from dicomweb_gateway.app import create_app
-from dicomweb_gateway.media import parse_media_type
-from dicomweb_gateway.multipart import MultipartParser
+from tests.dicomweb_gateway.gateway_support import (
+    Backend,
+    make_instance,
+    make_settings,
+    multipart_parts,
+)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 BASE = "http://testserver/dicomweb"
@@ -20,16 +23,6 @@ BASE = "http://testserver/dicomweb"
 def store(client: TestClient, data: bytes) -> None:
     r = client.post("/dicomweb/studies", content=data, headers={"Content-Type": "application/dicom"})
     assert r.status_code == 200, r.text
-
-
-def parts_of(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
-    media = parse_media_type(content_type)
-    assert media.essence == "multipart/related"
-    assert media.params["type"] == "application/dicom"
-    parser = MultipartParser(media.params["boundary"].encode(), 1 << 20)
-    parts = parser.feed(body)
-    parser.close()
-    return [(p.headers, p.file.read()) for p in parts]
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def test_study_series_and_instance(client: TestClient, study: tuple[str, str, li
     ]:
         r = client.get(path)
         assert r.status_code == 200, r.text
-        parts = parts_of(r.content, r.headers["content-type"])
+        parts = multipart_parts(r.content, r.headers["content-type"], "application/dicom")
         assert [data for _, data in parts] == [data for _, data in expected]
         for (headers, _), (sop, _) in zip(parts, expected, strict=False):
             assert headers["content-type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
@@ -118,7 +111,7 @@ def test_object_missing_from_storage_is_skipped(
             path.unlink()
     r = client.get(f"/dicomweb/studies/{uid}")
     assert r.status_code == 200
-    assert [d for _, d in parts_of(r.content, r.headers["content-type"])] == [d for _, d in stored[1:]]
+    assert [d for _, d in multipart_parts(r.content, r.headers["content-type"], "application/dicom")] == [d for _, d in stored[1:]]
 
 
 def test_metadata_with_absolute_bulkdata_uris(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-from support import ROOT
-
 from auth_svc.settings import AuthSettings
 from common.settings import CommonSettings
 from dicomweb_gateway.settings import GatewaySettings
@@ -15,6 +13,7 @@ from ingest_svc.settings import IngestSettings
 from launcher.__main__ import LauncherSettings
 from metadata_svc.settings import MetadataSettings
 from storage_svc.settings import StorageSettings
+from tests.support import ROOT
 
 MODELS: list[type[CommonSettings]] = [
     CommonSettings, StorageSettings, MetadataSettings, AuthSettings, IngestSettings, GatewaySettings,

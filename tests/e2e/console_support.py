@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image
-from support import ROOT
 
 from testbed.processes import dcmtk_env, free_port
+from tests.support import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

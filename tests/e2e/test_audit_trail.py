@@ -17,7 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
-from support import Archive, small_ct
+
+from tests.support import Archive, small_ct
 
 SECRET = "audit-trail-test-secret-0123456789abcdef"
 MODALITY = "AUDITMOD"

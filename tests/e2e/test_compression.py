@@ -26,12 +26,12 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from support import ROOT, Archive, bench_ct
 
 from common.clients import MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from testbed.processes import dcmtk_env
+from tests.support import ROOT, Archive, bench_ct
 
 # Native ones of several kinds (8/16-bit, grey, RGB, palette, big endian), and
 # ones the policy leaves: 1-bit and 32-bit pixels (no JPEG-LS for them),

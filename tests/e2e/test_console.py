@@ -19,7 +19,9 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from console_support import (
+
+from testbed.processes import dcmtk_env
+from tests.e2e.console_support import (
     Shots,
     StoreScp,
     browser_page,
@@ -27,9 +29,7 @@ from console_support import (
     image_area_stats,
     wait_for_first_image,
 )
-from support import Archive, corpus_paths, small_ct
-
-from testbed.processes import dcmtk_env
+from tests.support import Archive, corpus_paths, small_ct
 
 CT_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"  # CT_small.dcm
 RGB_STUDY = "1.2.826.0.1.3680043.8.498.12406831542731051035295345080039845114"  # Lestrade^G, two files

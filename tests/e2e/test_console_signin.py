@@ -15,16 +15,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from console_support import (
+
+from testbed.processes import free_port, stop_process
+from tests.e2e.console_support import (
     Shots,
     browser_page,
     fetch_viewer,
     image_area_stats,
     wait_for_first_image,
 )
-from support import ROOT, Archive, corpus_paths
-
-from testbed.processes import free_port, stop_process
+from tests.support import ROOT, Archive, corpus_paths
 
 OIDC = ROOT / "tests" / "oidc"
 CT = corpus_paths()[0]

@@ -24,10 +24,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from support import ROOT, split_part10
 
 from common.clients import MetadataClient, StorageClient, channel
 from testbed.processes import free_port, stop_process
+from tests.support import ROOT, split_part10
 
 OBJECTS = 1000
 ASSOCIATIONS = 4

@@ -29,13 +29,13 @@ from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from support import Archive
 
 from common.clients import MetadataClient, StorageClient, channel
 from common.gen.dicomserver.v1 import deidentify_service_pb2 as pb
 from common.gen.dicomserver.v1 import deidentify_service_pb2_grpc as pb_grpc
 from deidentify import profile
 from deidentify.profile import Option
+from tests.support import Archive
 
 OPTIONS = frozenset(Option)
 PB_OPTIONS = [pb.DEIDENTIFY_OPTION_RETAIN_PATIENT_CHARACTERISTICS,

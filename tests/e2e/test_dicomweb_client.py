@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
 from requests.exceptions import HTTPError
-from support import Archive
+
+from tests.support import Archive
 
 
 def fresh(name: str) -> Dataset:

@@ -16,7 +16,8 @@ import httpx
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from support import Archive
+
+from tests.support import Archive
 
 RUN = secrets.token_hex(4)
 SCOPE = f"PatientID={RUN}-*"

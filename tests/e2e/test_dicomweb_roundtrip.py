@@ -19,11 +19,11 @@ import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_files
-from support import Archive
 
 from common.validation import is_uid
 from dicomweb_gateway.media import parse_media_type
 from dicomweb_gateway.multipart import MultipartParser
+from tests.support import Archive
 
 _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from support import Archive, corpus_paths
 
 from testbed.processes import dcmtk_env, free_port
+from tests.support import Archive, corpus_paths
 
 DCMTK_ENV = dcmtk_env()
 PEER = "STORESCP"

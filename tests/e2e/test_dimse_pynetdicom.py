@@ -23,10 +23,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
-from support import Archive, split_part10
 
 from common.clients import MetadataClient, StorageClient, channel
 from testbed.processes import free_port
+from tests.support import Archive, split_part10
 
 SCU = "TESTSCU"
 COMMIT_SCU = "COMMITSCU"
@@ -351,7 +351,7 @@ def test_a_silent_connection_does_not_hold_up_shutdown(tmp_path: Path) -> None:
     import sys
     import time
 
-    from support import ROOT, free_port
+    from tests.support import ROOT, free_port
 
     port = free_port()
     env = {**os.environ, "DICOMSERVER_DIMSE_PORT": str(port), "DICOMSERVER_INGEST_ADDR": f"127.0.0.1:{free_port()}",

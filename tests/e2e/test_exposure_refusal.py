@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import ROOT
 
 from common.clients import AuthClient, channel
 from common.errors import Unavailable
 from testbed.processes import free_port, stop_process
+from tests.support import ROOT
 
 
 def env_for(data_dir: Path, **settings: str) -> dict[str, str]:

@@ -17,7 +17,8 @@ import httpx
 import numpy as np
 import pytest
 from pydicom.filebase import DicomBytesIO
-from support import Archive, c_store_ct, small_ct, split_part10
+
+from tests.support import Archive, c_store_ct, small_ct, split_part10
 
 DISK_MB = 24
 WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
-from support import Archive, c_store_ct, small_ct
 
 from common.clients import StorageClient, channel
 from testbed.servers import Postgres, new_database, shared
+from tests.support import Archive, c_store_ct, small_ct
 
 # What a failed index write may answer: out of resources (the index is
 # unavailable) or a processing failure.

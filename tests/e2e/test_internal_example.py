@@ -8,7 +8,8 @@ import sys
 
 import pydicom
 from pydicom.data import get_testdata_file
-from support import ROOT, Archive
+
+from tests.support import ROOT, Archive
 
 
 def test_example_stores_and_finds_an_instance(archive: Archive) -> None:

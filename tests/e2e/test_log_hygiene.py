@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
-from support import Archive, small_ct
+
+from tests.support import Archive, small_ct
 
 NAME, GIVEN, PATIENT_ID = "Quixotezz", "Zebulonne", "PIDZQ77310"
 SECRETS = (NAME, GIVEN, PATIENT_ID)

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from support import ROOT, Archive
 
 from testbed.processes import free_port
+from tests.support import ROOT, Archive
 
 OHIF = ROOT / "tests" / "ohif"
 DIST = OHIF / "node_modules" / "@ohif" / "app" / "dist"

@@ -29,9 +29,9 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
-from support import ROOT, Archive, small_ct, split_part10
 
 from common.clients import StorageClient, channel
+from tests.support import ROOT, Archive, small_ct, split_part10
 
 WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 

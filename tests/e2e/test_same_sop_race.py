@@ -18,10 +18,10 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
-from support import Archive, small_ct, split_part10
 
 from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from testbed.servers import new_database, shared
+from tests.support import Archive, small_ct, split_part10
 
 ROUNDS = 6
 WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'

@@ -20,9 +20,9 @@ from pydicom.uid import (
     RTPlanStorage,
 )
 from pynetdicom import AE
-from support import Archive, corpus_paths, split_part10
 
 from testbed.processes import dcmtk_env
+from tests.support import Archive, corpus_paths, split_part10
 
 DCMTK_ENV = dcmtk_env()
 

@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 from pydicom import dcmread
-from support import Archive, bench_ct
 
 from dicomcore import codecs
 from testbed.processes import dcmtk_env
+from tests.support import Archive, bench_ct
 
 
 def _parts(r: httpx.Response) -> list[bytes]:

@@ -23,7 +23,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from support import Archive, corpus_paths
+
+from tests.support import Archive, corpus_paths
 
 SECRET = "zip-download-test-secret-0123456789abcdef"
 ZIP = "application/zip"

@@ -17,9 +17,9 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
-from support import CORPUS_FILES, Archive, split_part10
 
 from testbed.processes import dcmtk_env, free_port
+from tests.support import CORPUS_FILES, Archive, split_part10
 
 DCMTK_ENV = dcmtk_env()
 

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bus_helpers import Bus, index_study, metadata_sops, wait_until
 from sqlalchemy import create_engine, inspect, select, text
-from test_kafka_bus import read_topic
 
 from common.clients import channel
 from common.gen.dicomserver.v1 import events_pb2
@@ -23,6 +21,7 @@ from eventbus.store import AuditEntry, DeadLetter, Store
 from eventbus.transports import EmbeddedLog
 from metadata_svc.schema import SeriesMetadata
 from testbed.servers import Kafka
+from tests.eventbus.bus_support import Bus, index_study, metadata_sops, read_topic, wait_until
 
 Audit = events_pb2.AuditRecord
 FIELDS = ("sequence", "tenant", "kind", "subject", "source_address", "edge", "action", "operation", "outcome",

@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import pytest
-from bus_helpers import index_study, metadata_sops
 from sqlalchemy import select
 
 from common import errors
@@ -20,6 +19,7 @@ from eventbus.handlers import audit_sink, metadata_precompute
 from eventbus.store import AuditEntry, DeadLetter, Store
 from eventbus.transports import EmbeddedLog
 from metadata_svc.schema import SeriesMetadata
+from tests.eventbus.bus_support import index_study, metadata_sops
 
 MetadataServer = Any  # tests/eventbus/conftest.py
 

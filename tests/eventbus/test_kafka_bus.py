@@ -14,33 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bus_helpers import Bus, index_study, metadata_sops, wait_until
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from common.gen.dicomserver.v1 import events_pb2
 from testbed.servers import Kafka
+from tests.eventbus.bus_support import Bus, index_study, metadata_sops, read_topic, wait_until
 
 PARTITIONS = 3
 
 
 def topic_name() -> str:
     return f"events-{uuid.uuid4().hex[:8]}"
-
-
-def read_topic(kafka: Kafka, topic: str, expected: int, timeout: float = 60) -> list[Any]:
-    """Every message of a topic, with a throwaway consumer group."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    consumer.subscribe([topic])
-    messages: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(messages) < expected and time.monotonic() < deadline:
-            messages += [m for m in consumer.consume(100, 0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return messages
 
 
 def outbox_sequences(metadata: Any) -> list[int]:

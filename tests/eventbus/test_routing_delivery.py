@@ -18,7 +18,8 @@ import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from routing_support import (
+
+from tests.eventbus.routing_support import (
     ScuPeer,
     StoreScp,
     c_store,
@@ -27,7 +28,7 @@ from routing_support import (
     routing_env,
     wait_for,
 )
-from support import Archive
+from tests.support import Archive
 
 REMOTE_KEY = "dsk_routingremote01_" + "r" * 40
 

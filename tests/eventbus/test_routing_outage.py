@@ -12,11 +12,18 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from routing_support import StoreScp, c_store, dataset_bytes, make_objects, routing_env, wait_for
-from support import Archive
 
 from common.clients import RoutingClient, channel
 from testbed.servers import Kafka
+from tests.eventbus.routing_support import (
+    StoreScp,
+    c_store,
+    dataset_bytes,
+    make_objects,
+    routing_env,
+    wait_for,
+)
+from tests.support import Archive
 
 DOWN_FOR = 30.0
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import grpc
 import pytest
-from bus_helpers import record
 from pydantic import ValidationError
 
 from common import errors
@@ -36,6 +35,7 @@ from eventbus.settings import EventbusSettings
 from eventbus.store import Store
 from testbed.records import make_ds
 from testbed.servers import new_database
+from tests.eventbus.bus_support import record
 
 MetadataServer = Any  # tests/eventbus/conftest.py
 CT = "1.2.840.10008.5.1.4.1.1.2"

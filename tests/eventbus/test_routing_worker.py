@@ -22,7 +22,6 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from support import split_part10
 
 from common.blobs import Blobs
 from common.clients import MetadataClient, StorageClient, channel
@@ -45,6 +44,7 @@ from storage_svc.service import StorageService
 from storage_svc.settings import StorageSettings
 from testbed.processes import free_port
 from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from tests.support import split_part10
 
 FILES = ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "rtplan.dcm", "ExplVR_BigEnd.dcm"]
 

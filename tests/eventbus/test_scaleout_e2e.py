@@ -18,18 +18,17 @@ import grpc
 import httpx
 import pydicom
 import pytest
-from bus_helpers import wait_until
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import create_engine, text
-from support import Archive
-from test_kafka_bus import read_topic
 
 from common.gen.dicomserver.v1 import events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as md_grpc
 from testbed.servers import Kafka, Postgres, Redis, new_database
+from tests.eventbus.bus_support import read_topic, wait_until
+from tests.support import Archive
 
 
 @pytest.fixture(scope="module")

@@ -26,12 +26,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.fileset import FileSet
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from support import ROOT, Archive, small_ct
 
 from common.clients import MetadataClient, channel
 from importer.meta import NotDicom, read_meta
 from importer.run import batches
 from importer.sources import Item
+from tests.support import ROOT, Archive, small_ct
 
 TENANT = "default"  # DICOMweb reads it back without credentials (authentication is off)
 

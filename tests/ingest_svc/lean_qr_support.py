@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from dimse_fakes import AuditSink, free_port
 from prometheus_client import REGISTRY
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -30,13 +29,14 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import AE, _config
-from retrieve_support import DCMTK_ENV, StoreScp
-from support import Archive
 
 from common.clients import AuthClient, MetadataClient, StorageClient, channel
 from common.ingest import IngestPipeline
 from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.settings import IngestSettings
+from tests.ingest_svc.dimse_support import AuditSink, free_port
+from tests.ingest_svc.retrieve_support import DCMTK_ENV, StoreScp
+from tests.support import Archive
 
 OTHER_AE = "OTHERAE"  # a calling AE title of tenant "other"
 SCU = "LEANSCU"

@@ -24,9 +24,9 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
-from support import Archive, split_part10
 
 from testbed.processes import dcmtk_env
+from tests.support import Archive, split_part10
 
 DCMTK_ENV = dcmtk_env()
 SCU = "RETRIEVESCU"

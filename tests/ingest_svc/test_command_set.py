@@ -33,22 +33,9 @@ from pynetdicom.presentation import build_context
 from ingest_svc import command_set
 from ingest_svc.command_set import InvalidCommand
 from ingest_svc.store import file_meta
+from tests.ingest_svc.dimse_support import element, store_rq
 
 DATA_SET = b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.2\x00"
-
-
-def element(tag: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0, tag, len(value)) + value
-
-
-def store_rq(sop_class: bytes, sop_instance: bytes, message_id: int = 7) -> bytes:
-    """A C-STORE-RQ command set with the UI values exactly as given."""
-    body = b"".join((
-        element(0x0002, sop_class), element(0x0100, struct.pack("<H", 0x0001)),
-        element(0x0110, struct.pack("<H", message_id)), element(0x0700, struct.pack("<H", 0)),
-        element(0x0800, struct.pack("<H", 0x0000)), element(0x1000, sop_instance),
-    ))
-    return element(0x0000, struct.pack("<I", len(body))) + body
 
 
 def pynetdicom_part10(command: bytes, transfer_syntax: str) -> bytes:

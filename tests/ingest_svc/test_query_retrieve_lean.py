@@ -22,9 +22,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_fakes import read_pdu
-from dimse_wire import Peer, Received, cancel_rq, find_rq, get_rq, move_rq
-from lean_qr_support import OTHER_AE, SCU, Scp, World, served, world
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -54,11 +51,13 @@ from pynetdicom.sop_class import (
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove as MOVE,
 )
-from retrieve_support import DCMTK_ENV, by_uid
-from support import split_part10
-from test_storage_acceptor import request, role
 
 from ingest_svc import command_set
+from tests.ingest_svc.dimse_support import read_pdu, request, role
+from tests.ingest_svc.lean_qr_support import OTHER_AE, SCU, Scp, World, served, world
+from tests.ingest_svc.retrieve_support import DCMTK_ENV, by_uid
+from tests.ingest_svc.wire_support import Peer, Received, cancel_rq, find_rq, get_rq, move_rq
+from tests.support import split_part10
 
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
 

@@ -18,7 +18,10 @@ import httpx
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless
-from retrieve_support import (
+
+from testbed.processes import dcmtk_env, free_port
+from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from tests.ingest_svc.retrieve_support import (
     GetScu,
     Setup,
     StoreScp,
@@ -28,10 +31,7 @@ from retrieve_support import (
     series_query,
     store_all,
 )
-from support import Archive, split_part10
-
-from testbed.processes import dcmtk_env, free_port
-from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
+from tests.support import Archive, split_part10
 
 
 @dataclass

@@ -19,7 +19,11 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
-from retrieve_support import (
+
+from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
+from common.gen.dicomserver.v1 import ingest_service_pb2_grpc as ingest_grpc
+from testbed.processes import free_port
+from tests.ingest_svc.retrieve_support import (
     DCMTK_ENV,
     GET,
     SCU,
@@ -37,11 +41,7 @@ from retrieve_support import (
     store_all,
     stored_file,
 )
-from support import Archive
-
-from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
-from common.gen.dicomserver.v1 import ingest_service_pb2_grpc as ingest_grpc
-from testbed.processes import free_port
+from tests.support import Archive
 
 LIMIT = 16
 # storescp profile of a destination that prefers Implicit VR Little Endian but also takes Explicit.

@@ -38,13 +38,13 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
-from support import split_part10
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from ingest_svc import send_stored
 from ingest_svc.retrieve import contexts_for
 from ingest_svc.send_stored import StoredObject
 from testbed.processes import free_port
+from tests.support import split_part10
 
 DEST = "DEST"
 

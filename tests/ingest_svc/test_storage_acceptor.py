@@ -17,7 +17,6 @@ from typing import Any
 
 import pydicom
 import pytest
-from dimse_fakes import ABORT_RQ, RELEASE_RQ, FakeAuth, Scp, p_data, read_pdu, running_scp
 from prometheus_client import REGISTRY
 from pydicom.uid import (
     CTImageStorage,
@@ -29,29 +28,35 @@ from pydicom.uid import (
     MRImageStorage,
 )
 from pynetdicom import AE, _config
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_AC
 from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
     AsynchronousOperationsWindowNegotiation,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
     UserIdentityNegotiation,
 )
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
-from support import corpus_paths, split_part10
-from test_command_set import store_rq
 
 from testbed.processes import dcmtk_env
+from tests.ingest_svc.dimse_support import (
+    ABORT_RQ,
+    RELEASE_RQ,
+    Contexts,
+    FakeAuth,
+    Scp,
+    p_data,
+    read_pdu,
+    request,
+    role,
+    running_scp,
+    store_messages,
+)
+from tests.support import corpus_paths, split_part10
 
 CT, MR = CTImageStorage, MRImageStorage
 PRIVATE = "1.3.6.1.4.1.99999.1.2.3"  # a private SOP class: storage when unknown SOP classes are accepted
-Contexts = list[tuple[int, str, list[str]]]
 
 
 @pytest.fixture(autouse=True)
@@ -74,36 +79,6 @@ def both_paths(tmp_path: Path, auth: FakeAuth | None = None, **settings: Any) ->
         lean = stack.enter_context(running_scp(tmp_path / "lean", auth, **settings))
         plain = stack.enter_context(running_scp(tmp_path / "plain", auth, dimse_lean_storage=False, **settings))
         yield lean, plain
-
-
-def request(contexts: Contexts, calling: str = "STORESCU", called: str = "DICOMSERVER", max_pdu: int = 16384,
-            extra: list[Any] | None = None) -> bytes:
-    """An A-ASSOCIATE-RQ PDU, encoded by pynetdicom."""
-    rq = A_ASSOCIATE()
-    rq.application_context_name = "1.2.840.10008.3.1.1.1"
-    rq.calling_ae_title, rq.called_ae_title = calling, called
-    proposed = []
-    for context_id, abstract, syntaxes in contexts:
-        cx = PresentationContext()
-        cx.context_id, cx.abstract_syntax, cx.transfer_syntax = context_id, abstract, syntaxes
-        proposed.append(cx)
-    rq.presentation_context_definition_list = proposed
-    max_length = MaximumLengthNotification()
-    max_length.maximum_length_received = max_pdu
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.826.0.1.3680043.2.1143.107.104.103.115.2.8.4"
-    rq.user_information = [max_length, implementation, *(extra or [])]
-    return A_ASSOCIATE_RQ(rq).encode()
-
-
-def role(uid: str, scu: bool | None, scp: bool | None) -> SCP_SCU_RoleSelectionNegotiation:
-    item = SCP_SCU_RoleSelectionNegotiation()
-    item.sop_class_uid = uid
-    if scu is not None:
-        item.scu_role = scu
-    if scp is not None:
-        item.scp_role = scp
-    return item
 
 
 def connect(scp: Scp) -> socket.socket:
@@ -236,17 +211,6 @@ def echo_rq(message_id: int) -> bytes:
         (0x0002, b"1.2.840.10008.1.1\x00"), (0x0100, b"\x30\x00"), (0x0110, struct.pack("<H", message_id)),
         (0x0800, b"\x01\x01")))
     return p_data(3, 0x03, struct.pack("<HHII", 0, 0, 4, len(body)) + body)
-
-
-def store_messages(path: Path, context_id: int = 1, fragment: int = 1000, message_id: int = 5) -> bytes:
-    """A C-STORE-RQ of a file's data set, in fragments of `fragment` bytes."""
-    ds = pydicom.dcmread(path)
-    _, data_set = split_part10(path.read_bytes())
-    out = [p_data(context_id, 0x03, store_rq(ds.SOPClassUID.encode(), ds.SOPInstanceUID.encode(), message_id))]
-    for start in range(0, len(data_set), fragment):
-        last = start + fragment >= len(data_set)
-        out.append(p_data(context_id, 0x02 if last else 0x00, data_set[start:start + fragment]))
-    return b"".join(out)
 
 
 def test_c_echo_and_c_store_responses_are_pynetdicoms(tmp_path: Path) -> None:

@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dimse_fakes import ABORT_RQ, read_pdu
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from support import Archive, small_ct
-from test_storage_acceptor import request, store_messages
 
 from common.clients import MetadataClient, channel
+from tests.ingest_svc.dimse_support import ABORT_RQ, read_pdu, request, store_messages
+from tests.support import Archive, small_ct
 
 SECRET = "storage-acceptor-test-secret-0123456789"
 WRITER, READER = "MODALITY", "VIEWER"

@@ -22,7 +22,6 @@ import kubernetes_validate
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import ROOT
 
 from auth_svc.settings import AuthSettings
 from common.settings import CommonSettings
@@ -36,6 +35,7 @@ from testbed.seaweed import ACCESS_KEY as SEAWEED_ACCESS_KEY
 from testbed.seaweed import SECRET_KEY as SEAWEED_SECRET_KEY
 from testbed.seaweed import SeaweedS3
 from testbed.servers import new_database, shared
+from tests.support import ROOT
 
 OVERLAYS = ["dev", "prod"]
 KUBERNETES_VERSION = "1.32.0"

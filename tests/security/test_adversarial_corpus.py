@@ -41,8 +41,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.pdu_primitives import MaximumLengthNotification
 from pynetdicom.sop_class import CTImageStorage, Verification
-from security_support import make_instance, multipart, raw_part10
-from support import Archive, split_part10
+
+from tests.security.security_support import make_instance, multipart, raw_part10
+from tests.support import Archive, split_part10
 
 B = "/dicomweb"
 MAX_REQUEST = 256 * 1024

@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from security_support import budget, make_instance, multipart, raw_part10
 
 from common import dicom_json, matching
 from common.gen.dicomserver.v1 import dicom_pb2
@@ -37,6 +36,7 @@ from dicomweb_gateway.multipart import (
 from dicomweb_gateway.qido import QueryLimits, build_query
 from metadata_svc.db import Database
 from metadata_svc.index import MetadataIndex
+from tests.security.security_support import budget, make_instance, multipart, raw_part10
 
 # ---- multipart --------------------------------------------------------------
 

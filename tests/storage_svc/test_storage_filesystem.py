@@ -1,7 +1,8 @@
 """StorageService on a real folder."""
 
 import pytest
-from storage_cases import *  # noqa: F403  (the shared cases and fixtures)
+
+from tests.storage_svc.storage_support import *  # noqa: F403  (the shared cases and fixtures)
 
 
 @pytest.fixture(scope="module")

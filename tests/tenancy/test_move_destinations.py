@@ -14,9 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
-from support import Archive
 
 from testbed.processes import free_port
+from tests.support import Archive
 
 OWNER, OTHER = "OWNERAE", "OTHERAE"
 

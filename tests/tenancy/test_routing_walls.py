@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,15 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eventbus"))
-from routing_support import ScuPeer, StoreScp, c_store, make_objects, routing_env, wait_for  # noqa: E402
-from support import Archive  # noqa: E402
+from tests.eventbus.routing_support import (  # noqa: E402
+    ScuPeer,
+    StoreScp,
+    c_store,
+    make_objects,
+    routing_env,
+    wait_for,
+)
+from tests.support import Archive  # noqa: E402
 
 KEYS = {"a": "dsk_routingwalla001_" + "a" * 40, "b": "dsk_routingwallb001_" + "b" * 40,
         "a-no-admin": "dsk_routingwalla002_" + "c" * 40}

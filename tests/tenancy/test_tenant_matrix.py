@@ -55,9 +55,9 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from support import Archive, split_part10
 
 from testbed.processes import free_port
+from tests.support import Archive, split_part10
 
 SECRET = "tenant-matrix-hs256-secret-0123456789abcdef"
 TENANT_A, TENANT_B, TENANT_NOWHERE = "tenant-a", "tenant-b", "tenant-zz"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from tls_support import devca
+
+from tests.tls.tls_support import devca
 
 
 def load(path: Path) -> x509.Certificate:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from tls_support import Pki, make_pki
 
 from common import tls
 from launcher.__main__ import dimse_answers
 from testbed.processes import free_port
+from tests.tls.tls_support import Pki, make_pki
 
 StartScp = Callable[..., int]
 PROBE = tls.client_context(verify=False)

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from support import Archive
-from tls_support import Pki, content, dcmtk, fresh_ct, https_client, make_pki, wado_uri
 
 from common import tls
+from tests.support import Archive
+from tests.tls.tls_support import Pki, content, dcmtk, fresh_ct, https_client, make_pki, wado_uri
 
 
 @dataclass

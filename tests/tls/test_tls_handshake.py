@@ -10,9 +10,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from tls_support import Pki, make_pki
 
 from common import tls
+from tests.tls.tls_support import Pki, make_pki
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ import grpc
 import httpx
 import pydicom
 import pytest
-from support import Archive
-from tls_support import Pki, content, dcmtk, fresh_ct, https_client, make_pki, wado_uri
 
 from common import errors
 from common.clients import MetadataClient, channel
 from common.settings import CommonSettings
+from tests.support import Archive
+from tests.tls.tls_support import Pki, content, dcmtk, fresh_ct, https_client, make_pki, wado_uri
 
 
 @dataclass

@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import ROOT
-from tls_support import Pki, make_pki
 
 from common import tls
 from common.clients import channel
 from common.settings import CommonSettings
 from testbed.processes import free_port
+from tests.support import ROOT
+from tests.tls.tls_support import Pki, make_pki
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pydicom
 from pydicom.data import get_testdata_file
-from support import ROOT
 
 from common import tls
 from testbed.processes import dcmtk_env
+from tests.support import ROOT
 
 DCMTK_ENV = dcmtk_env()
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import pydicom_reference as ingest
 import pynetdicom
 from pydicom.data import DATA_ROOT
 
 from common import dicom_json
+from tests.dicomcore import reference_support as ingest
 
 KEYWORDS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientName",

@@ -12,7 +12,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from dimse_fakes import RELEASE_RQ, read_pdu
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import C_CANCEL_RQ, C_FIND_RQ, C_GET_RQ, C_MOVE_RQ
 from pynetdicom.dimse_primitives import C_CANCEL, C_FIND, C_GET, C_MOVE
@@ -20,6 +19,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
 from ingest_svc import command_set
+from tests.ingest_svc.dimse_support import RELEASE_RQ, read_pdu
 
 PENDING = (0xFF00, 0xFF01)
 

@@ -15,6 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext
+
 from common import errors
 from common.blobs import StagedObject
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
@@ -22,6 +32,7 @@ from common.gen.dicomserver.v1 import ingest_service_pb2 as ingest_pb
 from ingest_svc.scp import DimseServer, start_scp
 from ingest_svc.settings import IngestSettings
 from testbed.processes import free_port
+from tests.support import split_part10
 
 
 @dataclass
@@ -149,3 +160,61 @@ def p_data(context_id: int, header: int, data: bytes) -> bytes:
 
 RELEASE_RQ = struct.pack(">BxI", 0x05, 4) + bytes(4)
 ABORT_RQ = struct.pack(">BxI", 0x07, 4) + bytes(4)
+
+
+def element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", 0, tag, len(value)) + value
+
+
+def store_rq(sop_class: bytes, sop_instance: bytes, message_id: int = 7) -> bytes:
+    """A C-STORE-RQ command set with the UI values exactly as given."""
+    body = b"".join((
+        element(0x0002, sop_class), element(0x0100, struct.pack("<H", 0x0001)),
+        element(0x0110, struct.pack("<H", message_id)), element(0x0700, struct.pack("<H", 0)),
+        element(0x0800, struct.pack("<H", 0x0000)), element(0x1000, sop_instance),
+    ))
+    return element(0x0000, struct.pack("<I", len(body))) + body
+
+
+Contexts = list[tuple[int, str, list[str]]]
+
+
+def request(contexts: Contexts, calling: str = "STORESCU", called: str = "DICOMSERVER", max_pdu: int = 16384,
+            extra: list[Any] | None = None) -> bytes:
+    """An A-ASSOCIATE-RQ PDU, encoded by pynetdicom."""
+    rq = A_ASSOCIATE()
+    rq.application_context_name = "1.2.840.10008.3.1.1.1"
+    rq.calling_ae_title, rq.called_ae_title = calling, called
+    proposed = []
+    for context_id, abstract, syntaxes in contexts:
+        cx = PresentationContext()
+        cx.context_id, cx.abstract_syntax, cx.transfer_syntax = context_id, abstract, syntaxes
+        proposed.append(cx)
+    rq.presentation_context_definition_list = proposed
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = max_pdu
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.2.1143.107.104.103.115.2.8.4"
+    rq.user_information = [max_length, implementation, *(extra or [])]
+    return A_ASSOCIATE_RQ(rq).encode()
+
+
+def role(uid: str, scu: bool | None, scp: bool | None) -> SCP_SCU_RoleSelectionNegotiation:
+    item = SCP_SCU_RoleSelectionNegotiation()
+    item.sop_class_uid = uid
+    if scu is not None:
+        item.scu_role = scu
+    if scp is not None:
+        item.scp_role = scp
+    return item
+
+
+def store_messages(path: Path, context_id: int = 1, fragment: int = 1000, message_id: int = 5) -> bytes:
+    """A C-STORE-RQ of a file's data set, in fragments of `fragment` bytes."""
+    ds = pydicom.dcmread(path)
+    _, data_set = split_part10(path.read_bytes())
+    out = [p_data(context_id, 0x03, store_rq(ds.SOPClassUID.encode(), ds.SOPInstanceUID.encode(), message_id))]
+    for start in range(0, len(data_set), fragment):
+        last = start + fragment >= len(data_set)
+        out.append(p_data(context_id, 0x02 if last else 0x00, data_set[start:start + fragment]))
+    return b"".join(out)

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from support import ROOT
-
 from auth_svc.keystore import KeyStore
 from auth_svc.policy import Policy
 from auth_svc.service import AuthService
@@ -21,6 +19,7 @@ from common.errors import Unavailable
 from common.gen.dicomserver.v1 import auth_service_pb2, auth_service_pb2_grpc
 from common.grpc_server import build_server
 from testbed.processes import free_port, stop_process
+from tests.support import ROOT
 
 SERVICE_NAME = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
 

@@ -9,16 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from confluent_kafka import Consumer
 from sqlalchemy import create_engine, text
 
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metadata_svc"))
-from testbed.processes import stop_process  # noqa: E402
-from testbed.records import make_ds, record  # noqa: E402
+from testbed.processes import stop_process
+from testbed.records import make_ds, record
+from testbed.servers import Kafka
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,3 +92,18 @@ class Bus:
 
 def metadata_sops(index, tenant: str, study: str) -> list[str]:  # type: ignore[no-untyped-def]
     return [json.loads(h)["00080018"]["Value"][0] for h in index.get_metadata(tenant, study)]
+
+
+def read_topic(kafka: Kafka, topic: str, expected: int, timeout: float = 60) -> list[Any]:
+    """Every message of a topic, with a throwaway consumer group."""
+    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(messages) < expected and time.monotonic() < deadline:
+            messages += [m for m in consumer.consume(100, 0.5) if m.error() is None]
+    finally:
+        consumer.close()
+    return messages
