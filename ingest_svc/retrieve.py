@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import tempfile
-from collections import defaultdict
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
@@ -35,6 +34,7 @@ from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue, is_uid
+from dicomcore.contexts import proposals
 from dicomcore.status import CANCEL, DATASET_MISMATCH, NOT_AUTHORIZED, OUT_OF_RESOURCES, PENDING
 from ingest_svc import send_stored
 from ingest_svc.find import LEVELS, BadIdentifier, levels_of
@@ -46,33 +46,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# pynetdicom proposes at most 128 presentation contexts (PS3.8 7.1.1.13: IDs are odd, 1-255).
-MAX_CONTEXTS = 128
-# What an uncompressed object may be re-encoded to when the destination takes nothing else.
-FALLBACK_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 # Read grants asked for in one GrantRead call (storage_svc takes up to 10,000).
 GRANT_BATCH = 500
 _UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
 
 
 def contexts_for(locations: list[dicom_pb2.InstanceLocation]) -> list[PresentationContext]:
-    """Presentation contexts to propose to a C-MOVE destination: one per
-    stored (SOP class, transfer syntax) with that syntax alone, so that a
-    destination that accepts it sends it back as stored whatever syntax it
-    prefers; then, while there is room, one per SOP class stored
-    uncompressed with the other uncompressed syntaxes, to fall back on
-    (those objects are re-encoded). Compressed objects are not decoded, so
-    they get no fallback."""
-    pairs = list(dict.fromkeys((loc.sop_class_uid, loc.transfer_syntax_uid) for loc in locations))
-    out = [build_context(sop_class, [ts]) for sop_class, ts in pairs[:MAX_CONTEXTS]]
-    stored: dict[str, set[str]] = defaultdict(set)
-    for sop_class, ts in pairs:
-        stored[sop_class].add(ts)
-    for sop_class, syntaxes in stored.items():
-        others = [ts for ts in FALLBACK_SYNTAXES if ts not in syntaxes]
-        if len(out) < MAX_CONTEXTS and others and not all(UID(ts).is_compressed for ts in syntaxes):
-            out.append(build_context(sop_class, others))
-    return out
+    """Presentation contexts to propose to a C-MOVE destination
+    (dicomcore.contexts); any uncompressed object can be re-encoded to the
+    fallback syntaxes."""
+    stored = ((loc.sop_class_uid, loc.transfer_syntax_uid) for loc in locations)
+    return [build_context(c, syntaxes)
+            for c, syntaxes in proposals(stored, lambda ts: not UID(ts).is_compressed)]
 
 
 @functools.lru_cache(maxsize=64)

@@ -8,8 +8,8 @@ peer accepted no context for an uncompressed object's stored syntax is the
 object decoded for pynetdicom to re-encode, between Explicit and Implicit VR
 Little Endian only; other syntaxes are never converted (that delivery fails). This is
 how the DIMSE edge sends C-MOVE and C-GET sub-operations
-(ingest_svc/retrieve.py contexts_for, ingest_svc/send_stored.py); a service
-never imports another, so the parts this needs are here.
+(dicomcore.contexts, ingest_svc/send_stored.py); a service never imports
+another, so the sending parts this needs are here.
 
 The association's reactor thread is held paused while we send (see
 _HeldReactor): pynetdicom unpauses it after every C-STORE, and when the next
@@ -25,7 +25,6 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,39 +32,25 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
+from dicomcore.contexts import FALLBACK_SYNTAXES, proposals
 from eventbus.routing.config import DimseDestination
 from eventbus.routing.objects import ObjectFile
 from eventbus.routing.sending import Outcome
 
 log = logging.getLogger(__name__)
 
-# pynetdicom proposes at most 128 presentation contexts (PS3.8 7.1.1.13).
-MAX_CONTEXTS = 128
-FALLBACK_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-
-
 def contexts_for(objects: Sequence[ObjectFile]) -> list[PresentationContext]:
-    """One context per stored (SOP class, transfer syntax) with that syntax
-    alone; then, while there is room, one per SOP class stored in Explicit or
-    Implicit VR Little Endian with the other of the two, to fall back on
-    (pynetdicom converts between those two only)."""
-    pairs = list(dict.fromkeys((o.location.sop_class_uid, o.location.transfer_syntax_uid) for o in objects))
-    out = [build_context(sop_class, [ts]) for sop_class, ts in pairs[:MAX_CONTEXTS]]
-    stored: dict[str, set[str]] = defaultdict(set)
-    for sop_class, ts in pairs:
-        stored[sop_class].add(ts)
-    for sop_class, syntaxes in stored.items():
-        others = [ts for ts in FALLBACK_SYNTAXES if ts not in syntaxes]
-        if len(out) < MAX_CONTEXTS and others and syntaxes & set(FALLBACK_SYNTAXES):
-            out.append(build_context(sop_class, others))
-    return out
+    """dicomcore.contexts' proposals; the fallback is offered for objects
+    stored in Explicit or Implicit VR Little Endian (pynetdicom converts
+    between those two only)."""
+    stored = ((o.location.sop_class_uid, o.location.transfer_syntax_uid) for o in objects)
+    return [build_context(c, syntaxes) for c, syntaxes in proposals(stored, FALLBACK_SYNTAXES.__contains__)]
 
 
 class _HeldReactor(threading.Event):
