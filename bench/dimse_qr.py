@@ -81,64 +81,16 @@ class QueryRetrieve:
     def run(self) -> list[Figure]:
         bench = self.bench
         bench.ct_copies = dict.fromkeys(bench.servers, 1)
-        series = bench.ct_series
-        studies = bench.index_studies + bench.ct_studies
-        idx = bench.index
-
-        def pick(i: int) -> dict[str, Any]:
-            return idx[(i * 37 + 11) % len(idx)]
-
         def c_echo(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
             t0 = time.perf_counter()
             echo(srv)
             return (time.perf_counter() - t0) * 1e3
 
-        def find_pid(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            p = pick(i)["patient_id"]
-            t0 = time.perf_counter()
-            got = clients.cfind_studies(srv, {"PatientID": p})
-            dt = time.perf_counter() - t0
-            if got != sum(s["patient_id"] == p for s in studies):
-                bench.mismatch(fig, srv, f"PatientID={p}: {got} results")
-            return dt * 1e3
-
-        def find_date(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            y = f"{2000 + i % 25}"
-            t0 = time.perf_counter()
-            got = clients.cfind_studies(srv, {"StudyDate": f"{y}0101-{y}0630"})
-            dt = time.perf_counter() - t0
-            if got != sum(f"{y}0101" <= s["date"] <= f"{y}0630" for s in studies):
-                bench.mismatch(fig, srv, f"StudyDate {y}: {got} results")
-            return dt * 1e3
-
-        def cget(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            st, se, files = series[i % len(series)]
-            t0 = time.perf_counter()
-            n, size = clients.cget_series(srv, st, se)
-            dt = time.perf_counter() - t0
-            if n != len(files):
-                bench.mismatch(fig, srv, f"{n} files, expected {len(files)}")
-            return size / 1e6 / dt
-
-        def cmove(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            assert bench.dest is not None
-            st, se, files = series[i % len(series)]
-            bench.dest.take()
-            t0 = time.perf_counter()
-            clients.cmove_series(srv, bench.dest.aet, st, se)
-            dt = time.perf_counter() - t0
-            n, size = bench.dest.take()
-            if n != len(files):
-                bench.mismatch(fig, srv, f"{n} files at the destination, expected {len(files)}")
-            if n == 0:
-                raise NotAvailable("nothing arrived at the destination")
-            return size / 1e6 / dt
-
         bench.run("C-ECHO association (echoscu)", "ms", False, self.samples, c_echo)
-        bench.run("C-FIND studies, PatientID exact (findscu)", "ms", False, self.samples, find_pid)
-        bench.run("C-FIND studies, StudyDate range (findscu)", "ms", False, self.samples, find_date)
-        bench.run("C-GET series (CT series)", "MB/s", True, self.reps, cget)
-        bench.run("C-MOVE series to storescp (CT series)", "MB/s", True, self.reps, cmove)
+        bench.run("C-FIND studies, PatientID exact (findscu)", "ms", False, self.samples, bench.cfind_pid_sample)
+        bench.run("C-FIND studies, StudyDate range (findscu)", "ms", False, self.samples, bench.cfind_date_sample)
+        bench.run("C-GET series (CT series)", "MB/s", True, self.reps, bench.cget_sample)
+        bench.run("C-MOVE series to storescp (CT series)", "MB/s", True, self.reps, bench.cmove_sample)
         return bench.figures
 
 

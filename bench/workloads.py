@@ -282,35 +282,12 @@ class Bench:
                 self.mismatch(fig, srv, f"{n} bytes for one frame")
             return dt * 1e3
 
-        def cget(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            st, se, files = series[i % len(series)]
-            t0 = time.perf_counter()
-            n, size = clients.cget_series(srv, st, se)
-            dt = time.perf_counter() - t0
-            if n != len(files):
-                self.mismatch(fig, srv, f"{n} files, expected {len(files)}")
-            return size / 1e6 / dt
-
-        def cmove(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            assert self.dest is not None
-            st, se, files = series[i % len(series)]
-            self.dest.take()
-            t0 = time.perf_counter()
-            clients.cmove_series(srv, self.dest.aet, st, se)
-            dt = time.perf_counter() - t0
-            n, size = self.dest.take()
-            if n != len(files):
-                self.mismatch(fig, srv, f"{n} files at the destination, expected {len(files)}")
-            if n == 0:
-                raise NotAvailable("nothing arrived at the destination")
-            return size / 1e6 / dt
-
         self.run("series /metadata (CT series)", "ms", False, n_lat, metadata)
         self.run("WADO-RS series (CT series)", "MB/s", True, reps, wado)
         self.run("WADO-RS single frame (512x512x16)", "ms", False, n_lat, frame)
-        self.run("C-GET series (CT series)", "MB/s", True, reps, cget)
+        self.run("C-GET series (CT series)", "MB/s", True, reps, self.cget_sample)
         if self.dest is not None:
-            self.run("C-MOVE series to storescp (CT series)", "MB/s", True, reps, cmove)
+            self.run("C-MOVE series to storescp (CT series)", "MB/s", True, reps, self.cmove_sample)
 
     # -- queries at index scale ----------------------------------------------------
 
@@ -320,8 +297,7 @@ class Bench:
         side_of: dict[str, str] = {}  # the side being measured, for the expected counts
 
         def count(pred: Callable[[dict], bool]) -> int:
-            copies = self.ct_copies[side_of["now"]]
-            return sum(map(pred, self.index_studies)) + copies * sum(map(pred, self.ct_studies))
+            return self.studies_held(side_of["now"], pred)
 
         pt_series = sum(1 for st in idx for se in st["series"] if se["modality"] == "PT")
 
@@ -366,25 +342,52 @@ class Bench:
 
             self.run(f"QIDO {label}", "ms", False, n, fn)
 
-        def cfind_pid(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            side_of["now"] = srv.name
-            p = pick(i)["patient_id"]
-            t0 = time.perf_counter()
-            got = clients.cfind_studies(srv, {"PatientID": p})
-            dt = time.perf_counter() - t0
-            if got != count(lambda s: s["patient_id"] == p):
-                self.mismatch(fig, srv, f"PatientID={p}: {got} results")
-            return dt * 1e3
+        self.run("C-FIND studies, PatientID exact (findscu)", "ms", False, n, self.cfind_pid_sample)
+        self.run("C-FIND studies, StudyDate range (findscu)", "ms", False, n, self.cfind_date_sample)
 
-        def cfind_date(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
-            side_of["now"] = srv.name
-            y = f"{2000 + i % 25}"
-            t0 = time.perf_counter()
-            got = clients.cfind_studies(srv, {"StudyDate": f"{y}0101-{y}0630"})
-            dt = time.perf_counter() - t0
-            if got != count(lambda s: f"{y}0101" <= s["date"] <= f"{y}0630"):
-                self.mismatch(fig, srv, f"StudyDate {y}: {got} results")
-            return dt * 1e3
+    # ---- DIMSE samples (python -m bench and python -m bench.dimse_qr) ----
 
-        self.run("C-FIND studies, PatientID exact (findscu)", "ms", False, n, cfind_pid)
-        self.run("C-FIND studies, StudyDate range (findscu)", "ms", False, n, cfind_date)
+    def studies_held(self, side: str, pred: Callable[[dict], bool]) -> int:
+        """Studies matching `pred` that `side` holds: the index corpus and its copies of the CT corpus."""
+        return sum(map(pred, self.index_studies)) + self.ct_copies[side] * sum(map(pred, self.ct_studies))
+
+    def cfind_pid_sample(self, srv: Server, i: int, ctx: Any, fig: Figure) -> float:
+        p = self.index[(i * 37 + 11) % len(self.index)]["patient_id"]
+        t0 = time.perf_counter()
+        got = clients.cfind_studies(srv, {"PatientID": p})
+        dt = time.perf_counter() - t0
+        if got != self.studies_held(srv.name, lambda s: s["patient_id"] == p):
+            self.mismatch(fig, srv, f"PatientID={p}: {got} results")
+        return dt * 1e3
+
+    def cfind_date_sample(self, srv: Server, i: int, ctx: Any, fig: Figure) -> float:
+        y = f"{2000 + i % 25}"
+        t0 = time.perf_counter()
+        got = clients.cfind_studies(srv, {"StudyDate": f"{y}0101-{y}0630"})
+        dt = time.perf_counter() - t0
+        if got != self.studies_held(srv.name, lambda s: f"{y}0101" <= s["date"] <= f"{y}0630"):
+            self.mismatch(fig, srv, f"StudyDate {y}: {got} results")
+        return dt * 1e3
+
+    def cget_sample(self, srv: Server, i: int, ctx: Any, fig: Figure) -> float:
+        st, se, files = self.ct_series[i % len(self.ct_series)]
+        t0 = time.perf_counter()
+        n, size = clients.cget_series(srv, st, se)
+        dt = time.perf_counter() - t0
+        if n != len(files):
+            self.mismatch(fig, srv, f"{n} files, expected {len(files)}")
+        return size / 1e6 / dt
+
+    def cmove_sample(self, srv: Server, i: int, ctx: Any, fig: Figure) -> float:
+        assert self.dest is not None
+        st, se, files = self.ct_series[i % len(self.ct_series)]
+        self.dest.take()
+        t0 = time.perf_counter()
+        clients.cmove_series(srv, self.dest.aet, st, se)
+        dt = time.perf_counter() - t0
+        n, size = self.dest.take()
+        if n != len(files):
+            self.mismatch(fig, srv, f"{n} files at the destination, expected {len(files)}")
+        if n == 0:
+            raise NotAvailable("nothing arrived at the destination")
+        return size / 1e6 / dt
