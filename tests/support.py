@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -23,6 +25,7 @@ from pynetdicom import AE
 from testbed.processes import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
+WADO_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 # One object per transfer syntax family, each with its own SOP Instance UID.
 CORPUS_FILES = [
@@ -60,6 +63,32 @@ def split_part10(data: bytes) -> tuple[bytes, bytes]:
     return data[: f.tell()], data[f.tell() :]
 
 
+def multipart_body(parts: list[bytes], boundary: str = "", part_type: str = "application/dicom") -> tuple[bytes, str]:
+    """A multipart/related body of `parts` and its Content-Type (a random boundary unless given)."""
+    boundary = boundary or uuid.uuid4().hex
+    body = b"".join(f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + part + b"\r\n" for part in parts)
+    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="{part_type}"; boundary={boundary}'
+
+
+def response_parts(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart answer as (lower-cased headers, bytes), read
+    here rather than with the gateway's own parser."""
+    ctype = response.headers.get("content-type", "")
+    m = re.search(r'boundary="?([^";]+)"?', ctype)
+    assert m, ctype
+    parts = []
+    for chunk in response.content.split(b"--" + m.group(1).encode())[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, body = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, body.removesuffix(b"\r\n")))
+    return parts
+
+
 @dataclass
 class Archive:
     """The whole server, started as the run command starts it."""
@@ -77,6 +106,24 @@ class Archive:
     @property
     def dicomweb(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/dicomweb"
+
+    def stow(self, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+        """One Part 10 object STOW-RS'd as application/dicom."""
+        return httpx.post(f"{self.dicomweb}/studies", content=data, timeout=60,
+                          headers={"Content-Type": "application/dicom", **(headers or {})})
+
+    def served(self, study: str, headers: dict[str, str] | None = None) -> list[bytes]:
+        """The datasets (after the Part 10 header) of a study as WADO-RS serves them, sorted."""
+        r = httpx.get(f"{self.dicomweb}/studies/{study}", headers={"Accept": WADO_AS_STORED, **(headers or {})},
+                      timeout=60)
+        assert r.status_code == 200, r.text
+        return sorted(split_part10(body)[1] for _, body in response_parts(r))
+
+    def listed(self, headers: dict[str, str] | None = None) -> list[str]:
+        """The SOP Instance UIDs QIDO-RS lists (up to 1000), sorted."""
+        r = httpx.get(f"{self.dicomweb}/instances", params={"limit": "1000"}, headers=headers or {}, timeout=60)
+        assert r.status_code == 200, r.text
+        return sorted(m["00080018"]["Value"][0] for m in r.json())
 
     def stored_files(self) -> list[str]:
         """Every file in the objects folder, staged and temporary parts too:

@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 from pydicom.filebase import DicomBytesIO
 
-from tests.support import Archive, c_store_ct, small_ct, split_part10
+from tests.support import WADO_AS_STORED, Archive, c_store_ct, small_ct, split_part10
 
 DISK_MB = 24
-WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 @pytest.fixture
@@ -48,11 +47,6 @@ def one_mb_ct(study: str) -> tuple[str, bytes]:
     return ds.SOPInstanceUID, buf.getvalue()
 
 
-def stow(archive: Archive, data: bytes) -> httpx.Response:
-    return httpx.post(f"{archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"},
-                      timeout=60)
-
-
 def c_store(archive: Archive, data: bytes) -> int:
     return c_store_ct(archive, data, "FULLDISK")
 
@@ -69,7 +63,7 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(disk: Path, tmp_path
         refused: list[bytes] = []
         for _ in range(10):
             sop, data = one_mb_ct(study)
-            r = stow(archive, data)
+            r = archive.stow(data)
             if r.status_code == 200:
                 acknowledged[sop] = data
                 continue
@@ -97,7 +91,7 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(disk: Path, tmp_path
         files = sorted(str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file())
         assert not [f for f in files if f.startswith((".staging", ".tmp"))], files
         assert len([f for f in files if f.endswith(".dcm")]) == len(acknowledged)
-        r = httpx.get(f"{archive.dicomweb}/studies/{study}", headers={"Accept": WADO}, timeout=60)
+        r = httpx.get(f"{archive.dicomweb}/studies/{study}", headers={"Accept": WADO_AS_STORED}, timeout=60)
         boundary = r.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"').encode()
         served = {split_part10(p.partition(b"\r\n\r\n")[2].removesuffix(b"\r\n"))[1]
                   for p in r.content.split(b"--" + boundary)[1:-1]}
@@ -106,7 +100,7 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(disk: Path, tmp_path
         # Space returns: the same objects go in.
         filler.unlink()
         for data in refused:
-            assert stow(archive, data).status_code == 200
+            assert archive.stow(data).status_code == 200
         assert c_store(archive, late) == 0x0000
         listed = httpx.get(f"{archive.dicomweb}/studies/{study}/instances", params={"limit": "100"}).json()
         assert len(listed) == len(acknowledged) + len(refused) + 1

@@ -33,33 +33,6 @@ from pynetdicom.sop_class import CTImageStorage
 from common.clients import StorageClient, channel
 from tests.support import ROOT, Archive, small_ct, split_part10
 
-WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-def stow(archive: Archive, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{archive.dicomweb}/studies", content=data, timeout=60,
-                      headers={"Content-Type": "application/dicom", **(headers or {})})
-
-
-def served(archive: Archive, study: str, headers: dict[str, str] | None = None) -> list[bytes]:
-    """The datasets (after the Part 10 header) of a study, as WADO-RS serves them."""
-    r = httpx.get(f"{archive.dicomweb}/studies/{study}", headers={"Accept": WADO, **(headers or {})}, timeout=60)
-    assert r.status_code == 200, r.text
-    boundary = r.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"').encode()
-    parts = []
-    for segment in r.content.split(b"--" + boundary)[1:]:
-        if segment.startswith(b"--"):
-            break
-        body = segment.partition(b"\r\n\r\n")[2]
-        parts.append(split_part10(body[:-2] if body.endswith(b"\r\n") else body)[1])
-    return sorted(parts)
-
-
-def instances(archive: Archive, headers: dict[str, str] | None = None) -> list[str]:
-    r = httpx.get(f"{archive.dicomweb}/instances", params={"limit": "1000"}, headers=headers or {}, timeout=60)
-    assert r.status_code == 200, r.text
-    return sorted(m["00080018"]["Value"][0] for m in r.json())
-
 
 def children(pid: int) -> list[int]:
     out = []
@@ -110,8 +83,8 @@ def test_a_restart_keeps_objects_index_feed_positions_and_api_keys(tmp_path: Pat
         study = small_ct()[0].StudyInstanceUID
         sent = [small_ct(study, PatientName=f"Restart^{n}", PatientID="RST")[1] for n in range(4)]
         for data in sent:
-            assert stow(archive, data, key).status_code == 200
-        before = (instances(archive, key), served(archive, study, key),
+            assert archive.stow(data, key).status_code == 200
+        before = (archive.listed(key), archive.served(study, key),
                   httpx.get(f"{archive.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json())
         assert len(before[0]) == 4 and len(before[2]) == 4
     finally:
@@ -121,12 +94,12 @@ def test_a_restart_keeps_objects_index_feed_positions_and_api_keys(tmp_path: Pat
     again.start()
     try:
         assert httpx.get(f"{again.dicomweb}/studies").status_code == 401  # still closed to anonymous callers
-        after = (instances(again, key), served(again, study, key),
+        after = (again.listed(key), again.served(study, key),
                  httpx.get(f"{again.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json())
         assert after == before
         assert sorted(split_part10(d)[1] for d in sent) == after[1]  # the very bytes sent
         # The feed goes on from where it was: no position is given twice.
-        assert stow(again, small_ct(study, PatientID="RST")[1], key).status_code == 200
+        assert again.stow(small_ct(study, PatientID="RST")[1], key).status_code == 200
         feed = httpx.get(f"{again.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json()
         assert feed[:4] == before[2] and len(feed) == 5
         assert feed[4]["Sequence"] == feed[3]["Sequence"] + 1
@@ -150,7 +123,7 @@ def test_a_sigkill_of_the_launcher_mid_ingest_loses_nothing_acknowledged(tmp_pat
         while not stop.is_set():
             ds, data = small_ct(study)
             try:
-                r = stow(archive, data)
+                r = archive.stow(data)
             except httpx.HTTPError:
                 return  # the archive went away mid-request: not acknowledged
             if r.status_code == 200:
@@ -172,11 +145,11 @@ def test_a_sigkill_of_the_launcher_mid_ingest_loses_nothing_acknowledged(tmp_pat
     again.start()
     try:
         sweep(again)
-        listed = instances(again)
+        listed = again.listed()
         assert set(acknowledged) <= set(listed)
         # Consistent: each listed instance is served, each object file is listed, nothing staged is left.
-        assert len(served(again, study)) == len(listed)
-        assert set(acknowledged.values()) <= set(served(again, study))
+        assert len(again.served(study)) == len(listed)
+        assert set(acknowledged.values()) <= set(again.served(study))
         files = again.stored_files()
         assert not [f for f in files if f.startswith((".staging", ".tmp"))], files
         assert len([f for f in files if f.endswith(".dcm")]) == len(listed)
@@ -250,11 +223,11 @@ def test_a_stop_during_an_open_c_store_finishes_or_refuses_that_object(tmp_path:
     again.start()
     try:
         sweep(again)
-        listed = instances(again)
+        listed = again.listed()
         assert {ds.SOPInstanceUID for ds, _ in small} <= set(listed)
         if outcome.get("status") == 0x0000:  # acknowledged: it must be whole
             assert big_sop in listed
-            assert split_part10(big)[1] in served(again, study)
+            assert split_part10(big)[1] in again.served(study)
         else:  # refused or cut off: nothing of it stays
             assert big_sop not in listed
         assert not [f for f in again.stored_files() if f.startswith((".staging", ".tmp"))]
@@ -297,7 +270,7 @@ def test_a_part_left_by_a_sigkill_mid_write_is_never_served_and_is_swept(tmp_pat
     again = Archive(tmp_path)
     again.start()
     try:
-        assert sop not in instances(again)
+        assert sop not in again.listed()
         assert httpx.get(f"{again.dicomweb}/instances", params={"SOPInstanceUID": sop}).json() == []
         sweep(again)
         assert again.stored_files() == []

@@ -21,10 +21,9 @@ from pynetdicom.sop_class import CTImageStorage
 
 from testbed.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3
 from testbed.servers import new_database, shared
-from tests.support import Archive, small_ct, split_part10
+from tests.support import WADO_AS_STORED, Archive, small_ct, split_part10
 
 ROUNDS = 6
-WADO = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 class Setup:
@@ -101,7 +100,7 @@ def check_one_copy(setup: Setup, study: str, sop: str, sent: list[bytes]) -> Non
     rows = httpx.get(f"{base}/instances", params={"SOPInstanceUID": sop, "includefield": "00100010"}).json()
     assert len(rows) == 1, rows
     r = httpx.get(f"{base}/studies/{study}/series/{rows[0]['0020000E']['Value'][0]}/instances/{sop}",
-                  headers={"Accept": WADO})
+                  headers={"Accept": WADO_AS_STORED})
     assert r.status_code == 200
     body = r.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
     datasets = {split_part10(s)[1] for s in sent}  # C-STORE gets a file meta of the archive's making

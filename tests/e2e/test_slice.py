@@ -22,34 +22,9 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from testbed.processes import dcmtk_env
-from tests.support import Archive, corpus_paths, split_part10
+from tests.support import Archive, corpus_paths, multipart_body, response_parts, split_part10
 
 DCMTK_ENV = dcmtk_env()
-
-
-def multipart_related(parts: list[bytes], boundary: str) -> bytes:
-    body = b""
-    for part in parts:
-        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
-    return body + f"--{boundary}--\r\n".encode()
-
-
-def parse_multipart(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
-    ctype = response.headers["content-type"]
-    m = re.search(r'boundary="?([^";]+)"?', ctype)
-    assert m, ctype
-    delimiter = b"--" + m.group(1).encode()
-    parts = []
-    for chunk in response.content.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, _, body = chunk[2:].partition(b"\r\n\r\n")
-        headers = {}
-        for line in head.decode().split("\r\n"):
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        parts.append((headers, body.removesuffix(b"\r\n")))
-    return parts
 
 
 def content(ds: pydicom.Dataset) -> dict[int, object]:
@@ -65,7 +40,7 @@ def retrieve_instance(archive: Archive, ds: pydicom.Dataset) -> tuple[dict[str, 
     )
     r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert r.status_code == 200, r.text
-    (part,) = parse_multipart(r)
+    (part,) = response_parts(r)
     return part
 
 
@@ -167,13 +142,8 @@ def test_stow_then_qido_and_wado_return_the_same_bytes(archive: Archive, tmp_pat
         out = tmp_path / f"{i}.dcm"
         datasets.append(with_new_uids(path, out))
         files.append(out.read_bytes())
-    boundary = uuid.uuid4().hex
-    r = httpx.post(
-        f"{archive.dicomweb}/studies",
-        content=multipart_related(files, boundary),
-        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
-        timeout=60,
-    )
+    body, ctype = multipart_body(files)
+    r = httpx.post(f"{archive.dicomweb}/studies", content=body, headers={"Content-Type": ctype}, timeout=60)
     assert r.status_code == 200, r.text
     result = r.json()
     referenced = {item["00081155"]["Value"][0] for item in result["00081199"]["Value"]}
@@ -189,12 +159,8 @@ def test_stow_then_qido_and_wado_return_the_same_bytes(archive: Archive, tmp_pat
 def test_stow_of_a_non_dicom_part_fails_and_stores_nothing(archive: Archive) -> None:
     before = study_uids(archive)
     files_before = archive.stored_files()
-    boundary = uuid.uuid4().hex
-    r = httpx.post(
-        f"{archive.dicomweb}/studies",
-        content=multipart_related([b"this is not DICOM" * 20], boundary),
-        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
-    )
+    body, ctype = multipart_body([b"this is not DICOM" * 20])
+    r = httpx.post(f"{archive.dicomweb}/studies", content=body, headers={"Content-Type": ctype})
     assert r.status_code == 409, r.text
     failed = r.json()["00081198"]["Value"]
     assert failed[0]["00081197"]["Value"] == [0xC000]
