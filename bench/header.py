@@ -2,7 +2,7 @@
 
 What one header costs on the ingest path: dicomcore's one pass (parse, DICOM
 JSON bytes, index attributes, pixel layout) against the current pydicom path
-(dcmread + common.dicom_json, as ingest ran before dicomcore), on the bench CT object (the
+(dcmread + dicomcore.dataset_json, as ingest ran before dicomcore), on the bench CT object (the
 QUICK corpus is generated into a temporary folder) and on pydicom's
 CT_small.dcm (256 elements, many of them private). Prints the median and the
 fastest of N runs of each."""
@@ -34,7 +34,7 @@ def _current(f: BinaryIO, size: int) -> object:
     pydicom's value conversion into DICOM JSON, the JSON bytes."""
     from pydicom import dcmread
 
-    from common import dicom_json
+    from dicomcore import dataset_json as dicom_json
 
     f.seek(0)
     ds = dcmread(f, stop_before_pixels=True)

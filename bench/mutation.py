@@ -34,8 +34,8 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "ingest-pipeline": (["common/ingest.py"], [
         "tests/dicomweb_gateway/", "tests/dicomcore/", "tests/ingest_svc/test_ingest_metrics.py",
         "tests/security/test_input_properties.py"]),
-    "query-matching": (["common/matching.py", "metadata_svc/query.py"], [
-        "tests/common/", "tests/metadata_svc/", "tests/security/test_input_properties.py"]),
+    "query-matching": (["dicomcore/matching.py", "metadata_svc/query.py"], [
+        "tests/dicomcore/test_matching.py", "tests/metadata_svc/", "tests/security/test_input_properties.py"]),
     "auth-policy": (["auth_svc/policy.py"], ["tests/auth_svc/", "tests/dicomweb_gateway/test_auth_enforcement.py"]),
     "multipart-parser": (["dicomweb_gateway/multipart.py"], [
         "tests/dicomweb_gateway/", "tests/security/test_input_properties.py"]),

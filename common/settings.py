@@ -49,7 +49,7 @@ class CommonSettings(BaseSettings):
     # Mutual TLS between the services: set all three (or none). Every gRPC
     # server then requires a client certificate signed by the CA, and every
     # channel presents this certificate; it needs serverAuth and clientAuth
-    # and must name the host of each *_addr (python -m common.devca server
+    # and must name the host of each *_addr (scripts/devca.py server
     # --also-client).
     grpc_tls_cert_file: Path | None = None
     grpc_tls_key_file: Path | None = None

@@ -16,7 +16,11 @@ the index needs and where its frames lie:
 
 Modules, one layer each: part10 (bytes to elements), dicom_json (elements to
 DICOM JSON), pixels (pixel layout), header (the pass and its result),
-dictionary (VRs from pydicom's dictionaries), status (refusals)."""
+dictionary (VRs from pydicom's dictionaries), status (every DICOM status
+code, and refusals). Beside the pass: dataset_json (DICOM JSON of pydicom
+Datasets built in memory), matching (DICOM attribute matching to index
+filters, for QIDO-RS and C-FIND), contexts (presentation contexts for
+sending stored objects) and codecs."""
 
 from dicomcore.dicom_json import dumps
 from dicomcore.header import Header, read_header

@@ -1,6 +1,6 @@
 """DICOM JSON (PS3.18 F.2) from the elements part10 found, in one pass.
 
-The result equals what common.dicom_json.dataset_to_json makes of the
+The result equals what dicomcore.dataset_json.dataset_to_json makes of the
 pydicom dataset of the same object, value for value: the same VRs (for
 implicit VR from pydicom's dictionaries, ambiguous ones resolved by its rules
 in pydicom.filewriter.correct_ambiguous_vr_element), the same text (decoded
@@ -26,7 +26,7 @@ sent. Three cases have no faithful JSON form and are written as follows:
   Representation like the others.
 
 Bytes: `dumps` writes strict UTF-8 JSON with orjson (lone surrogates, which
-orjson refuses, become '?', as common.dicom_json.dumps makes them)."""
+orjson refuses, become '?', as dicomcore.dataset_json.dumps makes them)."""
 
 from __future__ import annotations
 
@@ -377,7 +377,7 @@ def dataset_json(ds: RawDataset, buf: bytes, little: bool, path: str = "", inher
 
 
 def dumps(attrs: dict[str, Any]) -> bytes:
-    """Strict JSON in UTF-8, as common.dicom_json.dumps writes it (orjson is
+    """Strict JSON in UTF-8, as dicomcore.dataset_json.dumps writes it (orjson is
     several times faster than json for large documents)."""
     try:
         return orjson.dumps(attrs)

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from common import errors, matching
+from common import errors
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import deidentify_service_pb2 as pb
 from common.validation import InvalidValue, check_tenant
@@ -27,6 +27,7 @@ from deidentify import service
 from deidentify.copy import Report, deidentified_objects, studies_of, zip_stream
 from deidentify.dataset import Request as DeidRequest
 from deidentify.dataset import SafePrivate, parse_options
+from dicomcore import matching
 from dicomweb_gateway.auth import credential
 from dicomweb_gateway.context import access, gateway, tenant_for
 from dicomweb_gateway.errors import ApiError, bad_request

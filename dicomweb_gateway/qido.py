@@ -1,5 +1,5 @@
 """QIDO-RS (PS3.18 10.6): GET {base}/studies, /series, /instances and their
-study/series-scoped forms. Query text becomes Filters in common.matching only;
+study/series-scoped forms. Query text becomes Filters in dicomcore.matching only;
 the query itself runs in metadata_svc."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from common import matching
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
+from dicomcore import matching
 from dicomweb_gateway.context import Urls, gateway, path_uid, tenant_for
 from dicomweb_gateway.errors import bad_request
 from dicomweb_gateway.responses import json_array_response, require_json, warn_agent

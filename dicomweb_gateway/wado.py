@@ -20,10 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from common import dicom_json, errors
+from common import errors
 from common.blobs import BlobReader
 from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import dicom_pb2
+from dicomcore import dataset_json
 from dicomweb_gateway import transcode, zip_download
 from dicomweb_gateway.context import Urls, gateway, tenant_for
 from dicomweb_gateway.errors import not_acceptable, not_found
@@ -198,11 +199,11 @@ def _instance_relative(blob: bytes, urls: Urls) -> bytes:
     """BulkDataURIs of an instance indexed before they were stored relative
     to the root ("bulkdata/7FE00010"): rewritten through the JSON."""
     obj = json.loads(blob)
-    ids = [dicom_json.first_value(obj, tag) for tag in (_STUDY_UID, _SERIES_UID, _SOP_UID)]
+    ids = [dataset_json.first_value(obj, tag) for tag in (_STUDY_UID, _SERIES_UID, _SOP_UID)]
     if not all(isinstance(v, str) for v in ids):
         return blob  # cannot name the instance; leave the URIs as stored
     _absolutize(obj, urls.instance(*ids))
-    return dicom_json.dumps(obj)
+    return dataset_json.dumps(obj)
 
 
 def rewrite_bulkdata_uris(blob: bytes, urls: Urls) -> bytes:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from common.dicom_json import first_value
+from dicomcore.dataset_json import first_value
 
 # Tags the layout reads (instance-level query, include fields).
 PATIENT_NAME, PATIENT_ID = "00100010", "00100020"

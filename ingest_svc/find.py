@@ -1,5 +1,5 @@
 """C-FIND (PS3.4 C.4.1): an identifier becomes one metadata_svc Query, parsed
-by common.matching like QIDO-RS; each match comes back with every requested
+by dicomcore.matching like QIDO-RS; each match comes back with every requested
 key, empty when the archive has no value, in UTF-8."""
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from pydicom.valuerep import DSfloat
 from pynetdicom import evt
 from pynetdicom.dsutils import encode
 
-from common import errors, matching
+from common import errors
 from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue
+from dicomcore import matching
 from dicomcore.status import (
     CANCEL,
     CANNOT_UNDERSTAND,

@@ -27,13 +27,14 @@ from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
-from common import errors, matching
+from common import errors
 from common.blobs import BlobReader
 from common.clients import MetadataClient, StorageClient
 from common.gen.dicomserver.v1 import auth_service_pb2 as auth_pb
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue, is_uid
+from dicomcore import matching
 from dicomcore.contexts import proposals
 from dicomcore.status import CANCEL, DATASET_MISMATCH, NOT_AUTHORIZED, OUT_OF_RESOURCES, PENDING
 from ingest_svc import send_stored

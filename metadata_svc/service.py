@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import grpc
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from common import dicom_json
 from common.gen.dicomserver.v1 import metadata_service_pb2 as pb
 from common.gen.dicomserver.v1 import metadata_service_pb2_grpc as pb_grpc
 from common.validation import InvalidValue
+from dicomcore import dataset_json
 from metadata_svc.cache import Cache
 from metadata_svc.errors import NotFoundError
 from metadata_svc.index import MetadataIndex
@@ -73,7 +73,7 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
         def compute() -> bytes:
             result = self.index.query(request)
             return pb.QueryResponse(
-                matches=[dicom_json.dumps(m) for m in result.matches], truncated=result.truncated
+                matches=[dataset_json.dumps(m) for m in result.matches], truncated=result.truncated
             ).SerializeToString()
 
         if self.cache is None:

@@ -3,7 +3,7 @@ them, as JSON in DICOMSERVER_ROUTING_DESTINATIONS and _ROUTING_RULES.
 
 Tenant walls are checked here, at start: a destination is bound to the
 tenants it lists, and a rule may only name destinations bound to its own
-tenant. Rule match values use QIDO-RS syntax (common.matching), the same
+tenant. Rule match values use QIDO-RS syntax (dicomcore.matching), the same
 parser as every query."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from common import matching
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import InvalidValue, check_tenant, is_uid
+from dicomcore import matching
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SOP_INSTANCE_UID = "00080018"

@@ -1,5 +1,5 @@
 """The objects dicomcore is checked on, and what the current pydicom path
-(common.ingest + common.dicom_json) makes of them."""
+(common.ingest + dicomcore.dataset_json) makes of them."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pydicom
 import pynetdicom
 from pydicom.data import DATA_ROOT
 
-from common import dicom_json
+from dicomcore import dataset_json
 from tests.dicomcore import reference_support as ingest
 
 KEYWORDS = [
@@ -92,11 +92,11 @@ def reference(data: bytes) -> Reference:
 
         for kw in KEYWORDS[:4]:
             text(kw)
-        attrs = dicom_json.dataset_to_json(ds)
+        attrs = dataset_json.dataset_to_json(ds)
         if frames:
             ts = ds.file_meta.TransferSyntaxUID
             vr = "OB" if (ts.is_transfer_syntax and ts.is_compressed) or ingest._int(ds, "BitsAllocated") <= 8 else "OW"
-            attrs[dicom_json.PIXEL_DATA] = {"vr": vr, "BulkDataURI": dicom_json.bulk_uri(dicom_json.PIXEL_DATA)}
+            attrs[dataset_json.PIXEL_DATA] = {"vr": vr, "BulkDataURI": dataset_json.bulk_uri(dataset_json.PIXEL_DATA)}
         for kw in KEYWORDS[4:]:
             text(kw)
         ints = {kw: ingest._int(ds, kw) for kw in INT_KEYWORDS}

@@ -1,5 +1,5 @@
 """The pydicom path the ingest pipeline took before dicomcore: dcmread of the
-header, pydicom's value conversion, common.dicom_json.dataset_to_json. Kept
+header, pydicom's value conversion, dicomcore.dataset_json.dataset_to_json. Kept
 as the independent oracle dicomcore is compared with (tests, bench.header);
 nothing in the archive runs it."""
 
@@ -15,10 +15,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from common import dicom_json
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.validation import is_uid
+from dicomcore import dataset_json
 from dicomcore.status import CANNOT_UNDERSTAND, Rejected
 
 _PIXEL_DATA = 0x7FE00010
@@ -134,14 +134,14 @@ def build_record(ds: Dataset, tenant: str, size: int, frames: int) -> md_pb.Inst
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
     )
     try:
-        header_json = dicom_json.dataset_to_json(ds)
+        header_json = dataset_json.dataset_to_json(ds)
     except Exception as exc:
         raise Rejected(CANNOT_UNDERSTAND, f"header cannot be converted to DICOM JSON ({type(exc).__name__})") from None
     if frames:
         # The header was read without pixels; /metadata still lists them.
         ts = ds.file_meta.TransferSyntaxUID
         vr = "OB" if (ts.is_transfer_syntax and ts.is_compressed) or _int(ds, "BitsAllocated") <= 8 else "OW"
-        header_json[dicom_json.PIXEL_DATA] = {"vr": vr, "BulkDataURI": dicom_json.bulk_uri(dicom_json.PIXEL_DATA)}
+        header_json[dataset_json.PIXEL_DATA] = {"vr": vr, "BulkDataURI": dataset_json.bulk_uri(dataset_json.PIXEL_DATA)}
     return md_pb.InstanceRecord(
         location=dicom_pb2.InstanceLocation(
             ref=ref,
@@ -181,5 +181,5 @@ def build_record(ds: Dataset, tenant: str, size: int, frames: int) -> md_pb.Inst
             content_date=_text(ds, "ContentDate"),
             content_time=_text(ds, "ContentTime"),
         ),
-        dicom_json=dicom_json.dumps(header_json),
+        dicom_json=dataset_json.dumps(header_json),
     )

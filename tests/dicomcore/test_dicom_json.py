@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import dicomcore
-from common import dicom_json as reference_json
+from dicomcore import dataset_json as reference_json
 from tests.dicomcore.dicomcore_support import (
     INT_KEYWORDS,
     KEYWORDS,

@@ -1,5 +1,5 @@
 """dicomcore.read_header against the pydicom path it replaces (common.ingest
-+ common.dicom_json), object by object: the same DICOM JSON, the same index
++ dicomcore.dataset_json), object by object: the same DICOM JSON, the same index
 texts and ints, the same frame count, the same refusals. Every difference is
 listed below with its reason."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import dicomcore
-from common import dicom_json as reference_json
+from dicomcore import dataset_json as reference_json
 from tests.dicomcore.dicomcore_support import (
     INT_KEYWORDS,
     KEYWORDS,

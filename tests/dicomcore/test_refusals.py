@@ -19,8 +19,8 @@ from pydicom.filereader import _read_file_meta_info, data_element_generator, rea
 from pydicom.uid import ExplicitVRLittleEndian
 
 import dicomcore
-from common import dicom_json as reference_json
 from dicomcore import CANNOT_UNDERSTAND, DATASET_MISMATCH
+from dicomcore import dataset_json as reference_json
 from tests.dicomcore.dicomcore_support import pydicom_files, pynetdicom_files, reference
 
 FILES = {**pydicom_files(), **pynetdicom_files()}

@@ -11,7 +11,7 @@ import pytest
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
-from common.matching import parse
+from dicomcore.matching import parse
 from testbed.records import make_ds, record, uids
 
 T = "qry"
@@ -54,7 +54,7 @@ def query(stub: Any, level: int, *filters: md_pb.Filter, **kw: Any) -> md_pb.Que
 
 def f(keyword: str, raw: str, fuzzy: bool = False) -> md_pb.Filter:
     """A filter exactly as QIDO/C-FIND would build it."""
-    from common.matching import resolve_tag
+    from dicomcore.matching import resolve_tag
 
     return parse(resolve_tag(keyword), raw, fuzzy)
 

@@ -9,9 +9,9 @@ import json
 import pytest
 from pydicom.dataset import Dataset
 
-from common import dicom_json, matching
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.validation import InvalidValue
+from dicomcore import dataset_json, matching
 from dicomweb_gateway.errors import ApiError
 from dicomweb_gateway.media import RepeatedParameter, parse_media_type
 from dicomweb_gateway.multipart import (
@@ -110,9 +110,9 @@ def test_part_size_is_refused_while_streaming() -> None:
 def test_person_names_with_empty_values_survive() -> None:
     ds = Dataset()
     ds.add_new(0x00101001, "PN", ["Doe^John", "", "=山田^太郎"])
-    attrs = dicom_json.dataset_to_json(ds)
+    attrs = dataset_json.dataset_to_json(ds)
     assert attrs["00101001"]["Value"] == [
         {"Alphabetic": "Doe^John"}, None, {"Alphabetic": "", "Ideographic": "山田^太郎"}
     ]
-    back = Dataset.from_json(json.loads(dicom_json.dumps(attrs)))
+    back = Dataset.from_json(json.loads(dataset_json.dumps(attrs)))
     assert list(back.OtherPatientNames) == ["Doe^John", "", "=山田^太郎"]

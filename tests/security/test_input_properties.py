@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from common import dicom_json, matching
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from common.ingest import Rejected, read_record
 from common.validation import InvalidValue, is_uid
+from dicomcore import dataset_json, matching
 from dicomcore.status import CANNOT_UNDERSTAND
 from dicomweb_gateway.errors import ApiError
 from dicomweb_gateway.multipart import (
@@ -254,7 +254,7 @@ def test_qido_query_is_a_valid_request_or_a_400(index: MetadataIndex, params: li
     except InvalidValue:
         return
     for match in result.matches:
-        json.loads(dicom_json.dumps(match))
+        json.loads(dataset_json.dumps(match))
 
 
 STRING_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}  # wildcards apply (PS3.4 C.2.2.2.4)
@@ -293,7 +293,7 @@ def test_valid_qido_queries_answer_exactly_the_matching_studies(index: MetadataI
     """The other half of the property above: a valid query is never refused,
     and finds what a plain wildcard matcher says it should."""
     query = build_query(params, dicom_pb2.QUERY_LEVEL_STUDY, "default", limits=LIMITS)
-    got = sorted(json.loads(dicom_json.dumps(m))["00100020"]["Value"][0] for m in index.query(query).matches)
+    got = sorted(json.loads(dataset_json.dumps(m))["00100020"]["Value"][0] for m in index.query(query).matches)
     want = sorted(pid for pid, name in NAMES.items()
                   if all(k == "StudyDate" or _matches(v, {"PatientName": name, "PatientID": pid}[k]) for k, v in params))
     assert got == want
@@ -455,8 +455,8 @@ def _bulk_value(ds: Dataset) -> Any:
 def test_dicom_json_is_strict_json_and_round_trips(ds: Dataset) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns about odd values; we want them
-        attrs = dicom_json.dataset_to_json(ds)
-        loaded = _strict_loads(dicom_json.dumps(attrs))
+        attrs = dataset_json.dataset_to_json(ds)
+        loaded = _strict_loads(dataset_json.dumps(attrs))
         back = Dataset.from_json(loaded, bulk_data_uri_handler=_bulk_value(ds))
     assert_same_dataset(ds, back)
 
@@ -502,6 +502,6 @@ def test_a_name_pydicom_could_not_decode_is_indexed_as_sent() -> None:
 def test_non_finite_floats_are_strings() -> None:
     ds = Dataset()
     ds.SelectorFDValue = [math.nan, math.inf, -math.inf, 1.5]
-    attrs = dicom_json.dataset_to_json(ds)
+    attrs = dataset_json.dataset_to_json(ds)
     assert attrs["00720074"]["Value"] == ["NaN", "inf", "-inf", 1.5]
-    assert _strict_loads(dicom_json.dumps({"x": [math.nan]})) == {"x": ["NaN"]}
+    assert _strict_loads(dataset_json.dumps({"x": [math.nan]})) == {"x": ["NaN"]}

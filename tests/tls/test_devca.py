@@ -1,4 +1,4 @@
-"""python -m common.devca: what it makes (checked with OpenSSL's own verifier),
+"""scripts/devca.py: what it makes (checked with OpenSSL's own verifier),
 file modes, refusing to overwrite, and its errors."""
 
 from __future__ import annotations
@@ -124,5 +124,5 @@ def test_bad_arguments_exit_2_and_make_nothing(ca_dir: Path, args: list[str], me
 def test_issuing_without_a_ca_says_how_to_make_one(tmp_path: Path) -> None:
     proc = devca("client", "--dir", str(tmp_path), "--name", "x")
     assert proc.returncode == 1
-    assert "python -m common.devca init" in proc.stderr
+    assert "scripts/devca.py init" in proc.stderr
     assert list(tmp_path.iterdir()) == []

@@ -22,7 +22,7 @@ DCMTK_ENV = dcmtk_env()
 
 def devca(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "common.devca", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "scripts/devca.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
 
 

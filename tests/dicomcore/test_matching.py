@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.matching import parse, resolve_tag
 from common.validation import InvalidValue, check_tenant, check_uid
+from dicomcore.matching import parse, resolve_tag
 
 PATIENT_NAME, STUDY_DATE, STUDY_UID, MODALITY, STUDY_TIME = 0x00100010, 0x00080020, 0x0020000D, 0x00080060, 0x00080030
 

@@ -1,8 +1,8 @@
-"""python -m common.devca: a development certificate authority.
+"""scripts/devca.py: a development certificate authority.
 
-  python -m common.devca init   --dir DIR [--days N] [--cn CN]
-  python -m common.devca server --dir DIR --name NAME --host H [--host H ...] [--also-client]
-  python -m common.devca client --dir DIR --name NAME [--cn CN]
+  scripts/devca.py init   --dir DIR [--days N] [--cn CN]
+  scripts/devca.py server --dir DIR --name NAME --host H [--host H ...] [--also-client]
+  scripts/devca.py client --dir DIR --name NAME [--cn CN]
 
 `init` makes DIR/ca.pem and DIR/ca.key; `server` and `client` make
 DIR/NAME.pem and DIR/NAME.key signed by it. Keys are ECDSA P-256 (dcmtk's
@@ -145,7 +145,7 @@ def init_ca(directory: Path, days: int = CA_DAYS, cn: str = "dicomserver develop
 def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert_path, key_path = directory / "ca.pem", directory / "ca.key"
     if not cert_path.is_file() or not key_path.is_file():
-        raise DevCAError(f"no CA in {directory}: run `python -m common.devca init --dir {directory}` first")
+        raise DevCAError(f"no CA in {directory}: run `scripts/devca.py init --dir {directory}` first")
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -251,7 +251,7 @@ def _cn(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m common.devca", description="A development certificate authority.")
+    parser = argparse.ArgumentParser(prog="scripts/devca.py", description="A development certificate authority.")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dir", type=Path, required=True, help="folder of ca.pem/ca.key and the issued files")
