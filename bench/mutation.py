@@ -32,7 +32,7 @@ PACKAGES = ["auth_svc", "bench", "common", "dicomcore", "dicomweb_gateway", "dei
 # target -> (modules mutated, tests run against them)
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "ingest-pipeline": (["common/ingest.py"], [
-        "tests/dicomweb_gateway/", "tests/dicomcore/", "tests/ingest_svc/test_ingest_metrics.py",
+        "tests/common/test_ingest.py", "tests/dicomweb_gateway/", "tests/dicomcore/", "tests/ingest_svc/test_ingest_metrics.py",
         "tests/security/test_input_properties.py"]),
     "query-matching": (["dicomcore/matching.py", "metadata_svc/query.py"], [
         "tests/dicomcore/test_matching.py", "tests/metadata_svc/", "tests/security/test_input_properties.py"]),
