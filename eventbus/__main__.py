@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import grpc
 from pydantic import ValidationError
@@ -54,6 +55,21 @@ def _wait_for_topics(settings: EventbusSettings, stop: threading.Event) -> bool:
     return False
 
 
+def _wait_for_metadata(md_channel: grpc.Channel, stop: threading.Event, timeout: float = 60.0) -> None:
+    """Waits up to `timeout` for the metadata service to take connections, so
+    that consumers started together with it do not begin by retrying (past
+    the timeout they start anyway and retry on their own)."""
+    ready = grpc.channel_ready_future(md_channel)
+    deadline = time.monotonic() + timeout
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            ready.result(timeout=0.5)
+            return
+        except grpc.FutureTimeoutError:
+            continue
+    ready.cancel()
+
+
 def _start_routing(routing: Routing, md_channel: grpc.Channel, stop: threading.Event) -> bool:
     """Waits for the index to say every rule's conditions can be asked of
     it, and learns where in the outbox routing started."""
@@ -82,6 +98,7 @@ def main() -> None:
     store = Store(settings.effective_database_url)
     md_channel = channel(settings.metadata_addr)
     st_channel = channel(settings.storage_addr)
+    _wait_for_metadata(md_channel, stop)
     routing = Routing(settings, store.engine, md_channel, st_channel)
     handlers: dict[str, Handler] = {
         "metadata": metadata_precompute(md_channel),

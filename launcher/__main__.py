@@ -25,6 +25,8 @@ from common import tls
 from common.settings import CommonSettings
 
 SERVICES = ["storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway", "eventbus"]
+EDGES = ["dicomweb_gateway", "ingest_svc", "eventbus"]
+CORE = ["auth_svc", "metadata_svc", "storage_svc"]
 GRPC_ADDR_SETTING = {
     "storage_svc": "storage_addr",
     "metadata_svc": "metadata_addr",
@@ -147,16 +149,21 @@ class Supervisor:
         return None
 
     def stop_all(self) -> None:
+        """The edges and the event bus first, together, so that nothing new
+        comes in while the core services still answer; then the core."""
         self.stopping.set()
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.grace + 5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for wave in (EDGES, CORE):
+            procs = [self.procs[name] for name in wave if name in self.procs]
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.grace + 5
+            for proc in procs:
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,15 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: sup.stopping.set())
     deadline = time.monotonic() + base.startup_timeout
     try:
-        # The services at once (callers connect lazily); the event bus once
-        # metadata answers, so its consumers do not start by retrying.
+        # Every service at once: callers connect lazily, and the event bus
+        # waits for metadata itself before its consumers start.
         for name in SERVICES:
-            if name != "eventbus":
-                sup.start(name)
-        for setting in GRPC_ADDR_SETTING.values():
+            sup.start(name)
+        for setting in [*GRPC_ADDR_SETTING.values(), EVENTBUS_ADDR_SETTING]:
             wait_grpc(env[f"DICOMSERVER_{setting.upper()}"], deadline, grpc_credentials)
-        sup.start("eventbus")
-        wait_grpc(env[f"DICOMSERVER_{EVENTBUS_ADDR_SETTING.upper()}"], deadline, grpc_credentials)
         wait_dimse(args.dimse_port, args.ae_title, deadline, dimse_probe)
         wait_tcp(args.http_port, deadline)
     except TimeoutError as exc:
