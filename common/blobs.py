@@ -153,8 +153,9 @@ class Blobs:
             while self._grants and self._grants[0][2] - EXPIRY_MARGIN < now:
                 self._grants.popleft()
             if not self._grants:
-                self._add_grants(self.storage.grant_write(GRANT_BATCH))
-                if self._needs_ref:
+                resp = self.storage.grant_write(GRANT_BATCH)
+                self._add_grants(resp)  # sets _needs_ref from resp
+                if resp.needs_ref:
                     return None
             grant_id, path, _ = self._grants.popleft()
             # Refill ahead, off the caller's thread (the gateway calls this on its event loop).

@@ -99,7 +99,8 @@ class StorageClient:
                 for i in range(0, len(chunk), CHUNK):
                     yield st_pb.PutRequest(chunk=chunk[i : i + CHUNK])
 
-        return self._stub.Put(requests())
+        resp: st_pb.PutResponse = self._stub.Put(requests())
+        return resp
 
     def get(self, object_key: str, offset: int = 0, length: int = 0) -> Iterator[bytes]:
         """Yields the object's bytes; errors surface on first iteration."""
@@ -114,20 +115,24 @@ class StorageClient:
 
     @_translate
     def stat(self, object_key: str) -> st_pb.StatResponse:
-        return self._stub.Stat(st_pb.StatRequest(object_key=object_key))
+        resp: st_pb.StatResponse = self._stub.Stat(st_pb.StatRequest(object_key=object_key))
+        return resp
 
     @_translate
     def delete(self, object_key: str) -> bool:
-        return self._stub.Delete(st_pb.DeleteRequest(object_key=object_key)).deleted
+        resp: st_pb.DeleteResponse = self._stub.Delete(st_pb.DeleteRequest(object_key=object_key))
+        return resp.deleted
 
     @_translate
     def grant_write(self, count: int = 1, ref: dicom_pb2.InstanceRef | None = None,
                     size: int = 0) -> st_pb.GrantWriteResponse:
-        return self._stub.GrantWrite(st_pb.GrantWriteRequest(count=count, ref=ref, size=size))
+        resp: st_pb.GrantWriteResponse = self._stub.GrantWrite(st_pb.GrantWriteRequest(count=count, ref=ref, size=size))
+        return resp
 
     @_translate
     def commit_write(self, request: st_pb.CommitWriteRequest) -> st_pb.CommitWriteResponse:
-        return self._stub.CommitWrite(request)
+        resp: st_pb.CommitWriteResponse = self._stub.CommitWrite(request)
+        return resp
 
     @_translate
     def commit_writes(self, requests: Iterable[st_pb.CommitWriteRequest]) -> list[st_pb.CommitResult]:
@@ -139,7 +144,8 @@ class StorageClient:
 
     @_translate
     def sweep(self, min_age_seconds: int = 0, timeout: float = 600.0) -> st_pb.SweepResponse:
-        return self._stub.Sweep(st_pb.SweepRequest(min_age_seconds=min_age_seconds), timeout=timeout)
+        resp: st_pb.SweepResponse = self._stub.Sweep(st_pb.SweepRequest(min_age_seconds=min_age_seconds), timeout=timeout)
+        return resp
 
 
 class MetadataClient:
@@ -148,14 +154,15 @@ class MetadataClient:
 
     @_translate
     def index(
-        self, records: Iterable[md_pb.InstanceRecord], policy: int = md_pb.DUPLICATE_POLICY_OVERWRITE
+        self, records: Iterable[md_pb.InstanceRecord], policy: md_pb.DuplicatePolicy.ValueType = md_pb.DUPLICATE_POLICY_OVERWRITE
     ) -> list[md_pb.IndexResult]:
         resp = self._stub.IndexInstances(md_pb.IndexInstancesRequest(records=records, duplicate_policy=policy))
         return list(resp.results)
 
     @_translate
     def query(self, request: md_pb.QueryRequest, timeout: float | None = None) -> md_pb.QueryResponse:
-        return self._stub.Query(request, timeout=timeout)
+        resp: md_pb.QueryResponse = self._stub.Query(request, timeout=timeout)
+        return resp
 
     @_translate
     def get_metadata(self, tenant: str, study: str, series: str = "", sop: str = "") -> list[bytes]:
@@ -197,7 +204,9 @@ class MetadataClient:
     @_translate
     def read_outbox(self, after: int, limit: int, timeout: float = 30.0) -> md_pb.ReadOutboxResponse:
         """Outbox events after sequence `after`, oldest first, at most `limit`."""
-        return self._stub.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=after, limit=limit), timeout=timeout)
+        resp: md_pb.ReadOutboxResponse = self._stub.ReadOutbox(
+            md_pb.ReadOutboxRequest(after_sequence=after, limit=limit), timeout=timeout)
+        return resp
 
     @_translate
     def refresh_metadata(self, tenant: str, study: str, series: str = "", timeout: float = 30.0) -> int:
@@ -213,17 +222,23 @@ class MetadataClient:
 
     @_translate
     def statistics(self, tenants: Iterable[str], days: int = 0, timeout: float = 30.0) -> md_pb.GetStatisticsResponse:
-        return self._stub.GetStatistics(md_pb.GetStatisticsRequest(tenants=list(tenants), days=days), timeout=timeout)
+        req = md_pb.GetStatisticsRequest(tenants=list(tenants), days=days)
+        resp: md_pb.GetStatisticsResponse = self._stub.GetStatistics(req, timeout=timeout)
+        return resp
 
     @_translate
     def replace_object(self, record: md_pb.InstanceRecord, expected_object_key: str) -> md_pb.ReplaceObjectResponse:
         """Points the record's instance at its (converted) object if it still points at `expected_object_key`."""
-        return self._stub.ReplaceObject(md_pb.ReplaceObjectRequest(record=record,
-                                                                   expected_object_key=expected_object_key))
+        resp: md_pb.ReplaceObjectResponse = self._stub.ReplaceObject(
+            md_pb.ReplaceObjectRequest(record=record, expected_object_key=expected_object_key)
+        )
+        return resp
 
     @_translate
     def read_change_feed(self, tenant: str, after: int = 0, limit: int = 100) -> md_pb.ReadChangeFeedResponse:
-        return self._stub.ReadChangeFeed(md_pb.ReadChangeFeedRequest(tenant=tenant, after_sequence=after, limit=limit))
+        req = md_pb.ReadChangeFeedRequest(tenant=tenant, after_sequence=after, limit=limit)
+        resp: md_pb.ReadChangeFeedResponse = self._stub.ReadChangeFeed(req)
+        return resp
 
 
 class AuthClient:
@@ -232,32 +247,46 @@ class AuthClient:
 
     @_translate
     def authenticate(self, request: auth_pb.AuthenticateRequest) -> auth_pb.Principal:
-        return self._stub.Authenticate(request).principal
+        resp: auth_pb.AuthenticateResponse = self._stub.Authenticate(request)
+        return resp.principal
 
     @_translate
-    def authorize(self, principal: auth_pb.Principal, action: int, tenant: str) -> auth_pb.AuthorizeResponse:
-        return self._stub.Authorize(auth_pb.AuthorizeRequest(principal=principal, action=action, tenant=tenant))
+    def authorize(
+        self, principal: auth_pb.Principal, action: auth_pb.Action.ValueType, tenant: str
+    ) -> auth_pb.AuthorizeResponse:
+        req = auth_pb.AuthorizeRequest(principal=principal, action=action, tenant=tenant)
+        resp: auth_pb.AuthorizeResponse = self._stub.Authorize(req)
+        return resp
 
     @_translate
     def check(
-        self, credential: auth_pb.Credential | None, action: int, tenant: str = "", timeout: float = 10.0
+        self,
+        credential: auth_pb.Credential | None,
+        action: auth_pb.Action.ValueType,
+        tenant: str = "",
+        timeout: float = 10.0,
     ) -> auth_pb.CheckResponse:
         """The principal and the tenant it acts in; raises Unauthenticated,
         PermissionDenied or InvalidArgument (common.errors) when refused."""
-        return self._stub.Check(auth_pb.CheckRequest(credential=credential, action=action, tenant=tenant),
-                                timeout=timeout)
+        req = auth_pb.CheckRequest(credential=credential, action=action, tenant=tenant)
+        resp: auth_pb.CheckResponse = self._stub.Check(req, timeout=timeout)
+        return resp
 
     @_translate
     def describe_policy(self, timeout: float = 10.0) -> auth_pb.DescribePolicyResponse:
-        return self._stub.DescribePolicy(auth_pb.DescribePolicyRequest(), timeout=timeout)
+        req = auth_pb.DescribePolicyRequest()
+        resp: auth_pb.DescribePolicyResponse = self._stub.DescribePolicy(req, timeout=timeout)
+        return resp
 
     @_translate
     def create_api_key(self, request: auth_pb.CreateApiKeyRequest) -> auth_pb.CreateApiKeyResponse:
-        return self._stub.CreateApiKey(request)
+        resp: auth_pb.CreateApiKeyResponse = self._stub.CreateApiKey(request)
+        return resp
 
     @_translate
     def revoke_api_key(self, request: auth_pb.RevokeApiKeyRequest) -> auth_pb.ApiKeyInfo:
-        return self._stub.RevokeApiKey(request).info
+        resp: auth_pb.RevokeApiKeyResponse = self._stub.RevokeApiKey(request)
+        return resp.info
 
     @_translate
     def list_api_keys(self, request: auth_pb.ListApiKeysRequest) -> list[auth_pb.ApiKeyInfo]:
@@ -307,13 +336,15 @@ class EventBusClient:
 
     @_translate
     def status(self, timeout: float = 10.0) -> eb_pb.GetStatusResponse:
-        return self._stub.GetStatus(eb_pb.GetStatusRequest(), timeout=timeout)
+        resp: eb_pb.GetStatusResponse = self._stub.GetStatus(eb_pb.GetStatusRequest(), timeout=timeout)
+        return resp
 
     @_translate
     def audit_statistics(self, tenants: Iterable[str], days: int = 0, top: int = 0,
                          timeout: float = 30.0) -> eb_pb.GetAuditStatisticsResponse:
         req = eb_pb.GetAuditStatisticsRequest(tenants=list(tenants), days=days, top=top)
-        return self._stub.GetAuditStatistics(req, timeout=timeout)
+        resp: eb_pb.GetAuditStatisticsResponse = self._stub.GetAuditStatistics(req, timeout=timeout)
+        return resp
 
 
 class RoutingClient:
@@ -330,15 +361,19 @@ class RoutingClient:
 
     @_translate
     def send(self, request: routing_pb.SendRequest) -> routing_pb.SendProgress:
-        return self._stub.Send(request, timeout=self._timeout).send
+        resp: routing_pb.SendResponse = self._stub.Send(request, timeout=self._timeout)
+        return resp.send
 
     @_translate
     def get_send(self, tenant: str, send_id: int) -> routing_pb.SendProgress:
-        return self._stub.GetSend(routing_pb.GetSendRequest(tenant=tenant, id=send_id), timeout=self._timeout).send
+        req = routing_pb.GetSendRequest(tenant=tenant, id=send_id)
+        resp: routing_pb.GetSendResponse = self._stub.GetSend(req, timeout=self._timeout)
+        return resp.send
 
     @_translate
     def list_dead_letters(self, request: routing_pb.ListDeadLettersRequest) -> routing_pb.ListDeadLettersResponse:
-        return self._stub.ListDeadLetters(request, timeout=self._timeout)
+        resp: routing_pb.ListDeadLettersResponse = self._stub.ListDeadLetters(request, timeout=self._timeout)
+        return resp
 
     @_translate
     def replay_dead_letters(self, request: routing_pb.ReplayDeadLettersRequest) -> int:

@@ -74,7 +74,7 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-class ServerInterceptor(grpc.ServerInterceptor):
+class ServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type stubs
     """Times every call, counts it by status code and adopts the caller's request id."""
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
@@ -124,7 +124,7 @@ def _record(service: str, method: str, ctx: grpc.ServicerContext, start: float, 
     RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
 
 
-class _ClientCallDetails(grpc.ClientCallDetails):
+class _ClientCallDetails(grpc.ClientCallDetails):  # type: ignore[misc]  # grpc ships no type stubs
     def __init__(self, base: grpc.ClientCallDetails, metadata: list[tuple[str, str]]) -> None:
         self.method = base.method
         self.timeout = base.timeout
@@ -134,11 +134,12 @@ class _ClientCallDetails(grpc.ClientCallDetails):
         self.compression = base.compression
 
 
+# grpc ships no type stubs: its base classes are Any.
 class ClientInterceptor(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
 ):
     """Sends the current request id with every outgoing call."""
 

@@ -28,7 +28,7 @@ OPTIONS = {
 }
 
 
-def options_of(values: Iterable[int]) -> frozenset[Option]:
+def options_of(values: Iterable[pb.DeidentifyOption.ValueType]) -> frozenset[Option]:
     try:
         return frozenset(OPTIONS[v] for v in values)
     except KeyError:

@@ -28,7 +28,9 @@ import numpy as np
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.pixels import get_decoder, get_encoder, pixel_array
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -358,7 +360,8 @@ def encode_frame(header: Dataset, frame: np.ndarray, target: str) -> bytes:
         raise CodecError(f"frames are not encoded in {target} here")
     ds = Dataset()
     ds.update(header)
-    ds.file_meta = header.file_meta.copy() if hasattr(header, "file_meta") else Dataset()
+    # pydicom types file_meta as FileMetaDataset; its setter takes any Dataset and converts it.
+    ds.file_meta = header.file_meta.copy() if hasattr(header, "file_meta") else Dataset()  # type: ignore[assignment]
     ds.NumberOfFrames = 1
     frames = frame[np.newaxis, ...]
     for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
