@@ -155,7 +155,7 @@ class Policy:
             raise Forbidden("this principal's tenant is not a valid tenant id") from None
 
     @staticmethod
-    def require_scope(principal: pb.Principal, action: int) -> None:
+    def require_scope(principal: pb.Principal, action: pb.Action.ValueType) -> None:
         scope = SCOPE_FOR_ACTION.get(action)
         if scope is None:
             raise BadRequest("the action is not specified")

@@ -96,7 +96,7 @@ def dimse_answers(port: int, ae_title: str, context: ssl.SSLContext | None) -> b
     """A C-ECHO (a bare TCP probe would hold an SCP thread until its ACSE
     timeout). An A-ASSOCIATE-RJ counts as up: an AE title or auth rule said no."""
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
     ae = AE(ae_title="LAUNCHER")
     ae.add_requested_context(Verification)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import redis
 
@@ -47,7 +48,8 @@ class Cache:
     def _usable(self) -> bool:
         """False while Redis is suspect; after `retry_after`, a new epoch
         (orphaning whatever may have missed an invalidation) makes it usable."""
-        if not self._suspect:
+        suspect = self._suspect  # read without the lock first
+        if not suspect:
             return True
         with self._lock:
             if not self._suspect:
@@ -65,11 +67,12 @@ class Cache:
 
     # --- reads and writes ----------------------------------------------------
 
-    def _key(self, kind: str, tenant: str, study: str, parts: bytes) -> str | None:
+    def _key(self, kind: str, tenant: str, study: str, parts: bytes) -> str:
         gens = [PREFIX + "epoch", f"{PREFIX}gen:{tenant}"]
         if study:
             gens.append(f"{PREFIX}gen:{tenant}:{study}")
-        values = self._redis.mget(gens)
+        # Without decode_responses Redis answers bytes (its types allow str too).
+        values = cast("list[bytes | None]", self._redis.mget(gens))
         stamp = ":".join((v or b"0").decode() for v in values)
         digest = hashlib.sha256(parts).hexdigest()[:32]
         return f"{PREFIX}{kind}:{stamp}:{tenant}:{digest}"
@@ -78,11 +81,11 @@ class Cache:
                        compute: Callable[[], bytes]) -> bytes:
         """The cached bytes for (kind, tenant, study, parts), or compute()'s,
         which are then stored. Exceptions from compute() pass through."""
-        key = None
+        key: str | None = None
         if self._usable():
             try:
                 key = self._key(kind, tenant, study, parts)
-                cached = self._redis.get(key)
+                cached = cast("bytes | None", self._redis.get(key))  # bytes: no decode_responses
                 if cached is not None:
                     self.hits += 1
                     return bytes(cached)

@@ -12,9 +12,19 @@ written since and reuses the others."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Connection, bindparam, func, literal_column, select, update
+from sqlalchemy import (
+    ColumnClause,
+    ColumnElement,
+    Connection,
+    Row,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import aliased
 
@@ -27,7 +37,7 @@ from metadata_svc.schema import EventRow, Instance, Series, SeriesMetadata, Stud
 
 # The tenant spelled out: SQLAlchemy renders RETURNING columns unqualified
 # on SQLite, where a bare "tenant" in the subquery would be the events' own.
-_SERIES_TENANT = literal_column("series.tenant")
+_SERIES_TENANT: ColumnClause[str] = literal_column("series.tenant")
 _BUMP = (update(Series).where(Series.id.in_(bindparam("ids", expanding=True)))
          .values(revision=Series.revision + 1)
          .returning(Series.id, Series.revision, Series.tenant,
@@ -59,14 +69,15 @@ def get_metadata(conn: Connection, conds: list[ColumnElement[bool]], tenant: str
     where = [Series.tenant == tenant, Study.study_instance_uid == study]
     if series:
         where.append(Series.series_instance_uid == series)
-    rows = conn.execute(
+    # Outer join: payload is None where no current precomputed form exists.
+    rows = cast("Sequence[Row[int, bytes | None]]", conn.execute(
         select(Series.id, SeriesMetadata.payload)
         .join(Study, Series.study_pk == Study.id)
         .outerjoin(SeriesMetadata, (SeriesMetadata.series_pk == Series.id)
                    & (SeriesMetadata.revision == Series.revision))
         .where(*where)
         .order_by(*SERIES_ORDER)
-    ).all()
+    ).all())
     stale = [pk for pk, payload in rows if payload is None]
     per_series: dict[int, list[bytes]] = {}
     for part in chunks(stale):

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, bindparam, insert, select, update
+from sqlalchemy import BindParameter, Column, Connection, Row, bindparam, insert, select, update
 
 from common.gen.dicomserver.v1 import events_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
@@ -45,7 +45,7 @@ def _columns(model: Any, names: Iterable[str]) -> list[Column[Any]]:
 
 
 # Built once: building a statement costs several times what executing it does.
-_IN = bindparam("values", expanding=True)
+_IN: BindParameter[str] = bindparam("values", expanding=True)
 _EXISTING_INSTANCES = (
     select(Instance.id, Instance.tenant, Instance.sop_instance_uid, Instance.object_key,
            Series.series_instance_uid, Study.study_instance_uid)
@@ -206,7 +206,7 @@ class _Batch:
         sops: dict[str, set[str]] = {}
         for rec in records:
             sops.setdefault(rec.location.ref.tenant, set()).add(rec.location.ref.sop_instance_uid)
-        existing = []
+        existing: list[Row[int, str, str, str, str, str]] = []
         for tenant, uids in sops.items():
             for part in chunks(sorted(uids)):
                 existing += self.conn.execute(_EXISTING_INSTANCES, {"tenant": tenant, "values": part}).all()
@@ -377,7 +377,8 @@ class _Batch:
                 series.values["study_pk"] = series.study.pk
         self._store(Series, list(self.series.values()), _SERIES_COLUMNS)
         revisions, newest_feed = bump_revisions(self.conn, [_pk(s) for s in self.touched_series])
-        new, replaced = [], []
+        new: list[_Instance] = []
+        replaced: list[_Instance] = []
         for inst in self.instances.values():
             if not inst.written:
                 continue

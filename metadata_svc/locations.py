@@ -43,7 +43,7 @@ def scope(tenant: str, study: str, series: str, sop: str) -> list[ColumnElement[
     return conds
 
 
-def instances_in_scope(conds: Sequence[ColumnElement[bool]]) -> Select[Any]:
+def instances_in_scope(conds: Sequence[ColumnElement[bool]]) -> Select[*tuple[Any, ...]]:
     """What a location needs, and the row's keys (id, series_pk, study_pk), in /metadata order."""
     return (
         select(Instance.id, Instance.series_pk, Instance.study_pk, Instance.tenant, Instance.sop_instance_uid,

@@ -51,9 +51,9 @@ def _usage(conn: Connection, tenants: list[str]) -> list[pb.TenantUsage]:
         stmt = select(model.tenant, func.count()).where(model.tenant.in_(tenants)).group_by(model.tenant)
         for tenant, n in conn.execute(stmt):
             setattr(usage[tenant], field, n)
-    stmt = (select(Instance.tenant, func.count(), func.coalesce(func.sum(Instance.size), 0))
-            .where(Instance.tenant.in_(tenants)).group_by(Instance.tenant))
-    for tenant, n, size in conn.execute(stmt):
+    totals = (select(Instance.tenant, func.count(), func.coalesce(func.sum(Instance.size), 0))
+              .where(Instance.tenant.in_(tenants)).group_by(Instance.tenant))
+    for tenant, n, size in conn.execute(totals):
         usage[tenant].instances = n
         usage[tenant].bytes = int(size)
     return [usage[t] for t in tenants]

@@ -43,6 +43,7 @@ class StorageService(pb_grpc.StorageServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "header":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the header")
+        assert first is not None  # abort raises
 
         def chunks() -> Iterator[bytes]:
             for req in request_iterator:
@@ -93,11 +94,12 @@ class StorageService(pb_grpc.StorageServiceServicer):
 
     def Delete(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteResponse:
         try:
-            return pb.DeleteResponse(deleted=self.store.delete(request.object_key))
+            deleted = self.store.delete(request.object_key)
         except BadKey as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OSError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot delete object: {exc.strerror or exc}")
+        return pb.DeleteResponse(deleted=deleted)
 
     def GrantWrite(self, request: pb.GrantWriteRequest, context: grpc.ServicerContext) -> pb.GrantWriteResponse:
         has_ref = request.HasField("ref")
@@ -181,6 +183,7 @@ class StorageService(pb_grpc.StorageServiceServicer):
     def Sweep(self, request: pb.SweepRequest, context: grpc.ServicerContext) -> pb.SweepResponse:
         if self._sweep is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this storage service does not sweep")
+        assert self._sweep is not None  # abort raises
         if request.min_age_seconds < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_age_seconds must not be negative")
         try:
