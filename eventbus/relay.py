@@ -17,7 +17,7 @@ import threading
 
 import grpc
 from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # re-exported, untyped as such
 
 from common.clients import MetadataClient
 from common.gen.dicomserver.v1 import events_pb2
@@ -44,7 +44,8 @@ def route(event: events_pb2.Event, topic: str, audit_topic: str) -> tuple[str, b
 def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int,
                   timeout: float = 30) -> None:
     """Creates missing topics; existing ones are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": log})
+    # confluent_kafka types conf values as scalars; it documents "logger" taking a Logger.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "logger": log})  # type: ignore[dict-item]
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [NewTopic(t, num_partitions=partitions, replication_factor=replication)
                for t in topics if t not in existing]

@@ -117,7 +117,8 @@ class KafkaLog:
             except Exception:  # a poison message: handled as one that always fails
                 event = None
             out.append(Delivery(event, payload, msg.key() or b""))
-            self._batch_start.setdefault((msg.topic(), msg.partition()), msg.offset())
+            # confluent_kafka types these Optional; a consumed message without error has all three.
+            self._batch_start.setdefault((msg.topic(), msg.partition()), msg.offset())  # type: ignore[arg-type]
             self._uncommitted = True
         return out
 

@@ -184,8 +184,8 @@ def check_walls(destinations: dict[str, DimseDestination | DicomwebDestination],
             raise ValueError(f"two routing rules are named {rule.name}")
         seen.add(rule.name)
         for dest_name in rule.destinations:
-            dest = destinations.get(dest_name)
-            if dest is None:
+            target = destinations.get(dest_name)
+            if target is None:
                 raise ValueError(f"rule {rule.name}: no destination named {dest_name[:64]}")
-            if rule.tenant not in dest.tenants:
+            if rule.tenant not in target.tenants:
                 raise ValueError(f"rule {rule.name}: destination {dest_name} is not bound to tenant {rule.tenant}")

@@ -75,7 +75,9 @@ class _HeldReactor(threading.Event):
 
 def _on_open(event: evt.Event) -> None:
     # Without this every C-STORE waits for a delayed ACK (~40 ms).
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = event.assoc.dul.socket
+    assert sock is not None and sock.socket is not None  # EVT_CONN_OPEN: connected
+    sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _as_indexed(obj: ObjectFile, spool_dir: str | None) -> str | None:
@@ -91,16 +93,17 @@ def _as_indexed(obj: ObjectFile, spool_dir: str | None) -> str | None:
             and meta.get("MediaStorageSOPClassUID") == loc.sop_class_uid):
         return None
     fixed = FileMetaDataset()
-    fixed.MediaStorageSOPClassUID = loc.sop_class_uid
-    fixed.MediaStorageSOPInstanceUID = loc.ref.sop_instance_uid
-    fixed.TransferSyntaxUID = loc.transfer_syntax_uid
+    # pydicom types these UID; assigned a str, it makes the UID itself.
+    fixed.MediaStorageSOPClassUID = loc.sop_class_uid  # type: ignore[assignment]
+    fixed.MediaStorageSOPInstanceUID = loc.ref.sop_instance_uid  # type: ignore[assignment]
+    fixed.TransferSyntaxUID = loc.transfer_syntax_uid  # type: ignore[assignment]
     for keyword in ("ImplementationClassUID", "ImplementationVersionName", "SourceApplicationEntityTitle"):
         if keyword in meta:
             setattr(fixed, keyword, meta[keyword].value)
     fd, path = tempfile.mkstemp(suffix=".dcm", dir=spool_dir)
     with os.fdopen(fd, "wb") as out, open(obj.path, "rb") as src:
         out.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(out, fixed, enforce_standard=True)
+        write_file_meta_info(out, fixed, enforce_standard=True)  # type: ignore[arg-type]  # only calls out.write()
         src.seek(offset)
         shutil.copyfileobj(src, out, 1024 * 1024)
     return path

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     delete,
     func,
@@ -41,6 +43,11 @@ START = "routing:since"
 
 class Base(DeclarativeBase):
     pass
+
+
+def _table(model: type[Base]) -> Table:
+    """A model's Core table (DeclarativeBase types __table__ as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 class QueuedDelivery(Base):
@@ -197,7 +204,7 @@ class DeliveryQueue:
             return
         with Session(self.engine) as s, s.begin():
             if targets:
-                s.execute(QueuedDelivery.__table__.insert(), [_queued(t, now) for t in targets])
+                s.execute(_table(QueuedDelivery).insert(), [_queued(t, now) for t in targets])
             if quiet:
                 insert = _insert(s)
                 for q in quiet:
@@ -229,7 +236,7 @@ class DeliveryQueue:
             if gone.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             if targets:
-                s.execute(QueuedDelivery.__table__.insert(), [_queued(t, now) for t in targets])
+                s.execute(_table(QueuedDelivery).insert(), [_queued(t, now) for t in targets])
         return True
 
     def forget_studies(self, rules: Iterable[str]) -> int:
@@ -249,7 +256,7 @@ class DeliveryQueue:
             s.add(row)
             s.flush()
             origin = f"send:{row.id}"
-            s.execute(QueuedDelivery.__table__.insert(), [
+            s.execute(_table(QueuedDelivery).insert(), [
                 _queued(Target(t.destination, t.tenant, t.study, t.series, t.sop, origin), now, row.id)
                 for t in targets])
         return row
@@ -321,7 +328,7 @@ class DeliveryQueue:
     def _bury(self, s: Session, failures: Sequence[tuple[Job, str]], now: float, extra_attempt: bool) -> None:
         if not failures:
             return
-        s.execute(DeadDelivery.__table__.insert(), [
+        s.execute(_table(DeadDelivery).insert(), [
             {"destination": j.destination, "tenant": j.tenant, "study_instance_uid": j.study,
              "series_instance_uid": j.series, "sop_instance_uid": j.sop, "origin": j.origin, "send_id": j.send_id,
              "attempts": j.attempts + (1 if extra_attempt else 0), "queued_at": j.queued_at, "failed_at": now,
@@ -368,7 +375,7 @@ class DeliveryQueue:
             rows = list(s.execute(stmt.order_by(DeadDelivery.id).with_for_update()).scalars())
             if not rows:
                 return []
-            s.execute(QueuedDelivery.__table__.insert(), [
+            s.execute(_table(QueuedDelivery).insert(), [
                 _queued(Target(r.destination, r.tenant, r.study_instance_uid, r.series_instance_uid,
                                r.sop_instance_uid, r.origin), now, r.send_id) for r in rows])
             s.execute(delete(DeadDelivery).where(DeadDelivery.id.in_([r.id for r in rows])))

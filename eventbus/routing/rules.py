@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import grpc
 
@@ -35,8 +36,8 @@ QUERY_CHUNK = 200
 Stored = tuple[events_pb2.Event, events_pb2.InstanceStored]
 
 
-def _first(attrs: dict[str, object], tag: str) -> str:
-    values = (attrs.get(tag) or {}).get("Value") or [""]  # type: ignore[union-attr]
+def _first(attrs: dict[str, Any], tag: str) -> str:
+    values = (attrs.get(tag) or {}).get("Value") or [""]
     return str(values[0])
 
 
