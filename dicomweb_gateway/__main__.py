@@ -62,7 +62,8 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         # Access log lines carry UIDs and query strings (patient names): off unless asked for.
         access_log=settings.access_log,
-        timeout_graceful_shutdown=settings.shutdown_grace,
+        # uvicorn annotates it int; it is an asyncio.wait_for timeout, so a fractional grace works.
+        timeout_graceful_shutdown=settings.shutdown_grace,  # type: ignore[arg-type]
         timeout_keep_alive=settings.http_keep_alive_timeout,
         h11_max_incomplete_event_size=settings.http_max_header_bytes,
         limit_concurrency=settings.http_max_concurrency,

@@ -6,6 +6,7 @@ string (QIDO parameters can carry patient names)."""
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from typing import Any, Protocol
 
 from common import observability
@@ -31,12 +32,12 @@ _ACTIONS = {
 }
 
 
-def _source(scope: dict[str, Any]) -> str:
+def _source(scope: MutableMapping[str, Any]) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else ""
 
 
-def refused(sink: AuditSink, scope: dict[str, Any], status: int, reason: str) -> None:
+def refused(sink: AuditSink, scope: MutableMapping[str, Any], status: int, reason: str) -> None:
     """A request turned away before any handler ran."""
     denied = status in (401, 403)
     sink.record(Record(
@@ -48,7 +49,7 @@ def refused(sink: AuditSink, scope: dict[str, Any], status: int, reason: str) ->
     ))
 
 
-def served(sink: AuditSink, scope: dict[str, Any], tenant: str, subject: str, status: int) -> None:
+def served(sink: AuditSink, scope: MutableMapping[str, Any], tenant: str, subject: str, status: int) -> None:
     """A request a handler answered, whatever the status, for `subject` in `tenant`."""
     route = getattr(scope.get("route"), "path", None)
     params = scope.get("path_params") or {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common import errors
 from common.clients import AuthClient
@@ -152,7 +152,7 @@ class Authentication:
         scope["access"] = access
         status = 500
 
-        async def send_status(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

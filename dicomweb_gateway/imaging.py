@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut
+from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from dicomweb_gateway import objects, transcode

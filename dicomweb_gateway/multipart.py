@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import enum
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol
 
 # A part's header block larger than this is an attack or garbage, not MIME.
 MAX_HEADER_BYTES = 16 * 1024
@@ -45,11 +45,22 @@ class NestedMultipart(MultipartError):
     status = 415
 
 
+class PartFile(Protocol):
+    """What a part's body goes into: a file, or a staged object of the blob
+    store (common.blobs.StagedObject), which writes, seeks and closes like one."""
+
+    def write(self, data: bytes | bytearray, /) -> object: ...
+
+    def seek(self, offset: int, /) -> object: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Part:
     # Header names lower-cased; values as sent (decoded as Latin-1).
     headers: dict[str, str]
-    file: IO[bytes]
+    file: PartFile
     size: int = 0
     _closed: bool = field(default=False, repr=False)
 
@@ -62,7 +73,7 @@ class Part:
             self._closed = True
             self.file.close()
 
-    def detach(self) -> IO[bytes]:
+    def detach(self) -> PartFile:
         """Hands the body's file to the caller, who then closes it."""
         self._closed = True
         return self.file
@@ -80,7 +91,7 @@ def spool(max_memory: int) -> IO[bytes]:
     if max_memory <= 0:
         # max_size=0 would mean "never spill"; 0 here means "always on disk".
         f.rollover()
-    return f  # type: ignore[return-value]
+    return f
 
 
 def check_boundary(boundary: str | None) -> bytes:
@@ -134,7 +145,7 @@ class Limits:
 
 class MultipartParser:
     def __init__(self, boundary: bytes, spool_max_memory: int, limits: Limits = Limits(), *,
-                 new_file: Callable[[], IO[bytes]] | None = None) -> None:
+                 new_file: Callable[[], PartFile] | None = None) -> None:
         """Part bodies go into files from `new_file`, else into spools that
         stay in memory up to `spool_max_memory` bytes."""
         # Every delimiter but the first is preceded by CRLF; pretending the
@@ -298,8 +309,8 @@ class MultipartParser:
 
 async def iter_parts(
     chunks: AsyncIterable[bytes], boundary: bytes, spool_max_memory: int, limits: Limits = Limits(), *,
-    new_file: Callable[[], IO[bytes]] | None = None,
-) -> AsyncIterator[Part]:
+    new_file: Callable[[], PartFile] | None = None,
+) -> AsyncGenerator[Part, None]:
     """Yields each part as soon as its closing delimiter has streamed in.
 
     The consumer owns each yielded part and must close it."""

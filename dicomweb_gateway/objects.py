@@ -188,9 +188,9 @@ def _frame_fragments(
     eot = header.get("ExtendedOffsetTable")
     eot_lengths = header.get("ExtendedOffsetTableLengths")
     if eot is not None and eot_lengths is not None:
-        offsets = struct.unpack(f"<{len(eot) // 8}Q", eot)
+        eot_offsets = struct.unpack(f"<{len(eot) // 8}Q", eot)
         lengths = struct.unpack(f"<{len(eot_lengths) // 8}Q", eot_lengths)
-        return [[Fragment(first + o + 8, int(n))] for o, n in zip(offsets, lengths, strict=False)]
+        return [[Fragment(first + o + 8, int(n))] for o, n in zip(eot_offsets, lengths, strict=False)]
     if frames == 1:
         # Every fragment belongs to the one frame: read them all at once.
         return [_items(fetch(reader, key, first, loc.size - first), first)]

@@ -98,7 +98,7 @@ def _include_fields(values: Iterable[str], max_fields: int) -> tuple[list[str], 
 
 def build_query(
     params: list[tuple[str, str]],
-    level: int,
+    level: dicom_pb2.QueryLevel.ValueType,
     tenant: str,
     study: str = "",
     series: str = "",
@@ -149,7 +149,7 @@ def build_query(
     )
 
 
-async def _search(request: Request, level: int) -> Response:
+async def _search(request: Request, level: dicom_pb2.QueryLevel.ValueType) -> Response:
     settings = gateway(request).settings
     require_json(request)
     study = path_uid(request, "study", "Study Instance UID") if "study" in request.path_params else ""

@@ -135,7 +135,7 @@ async def _single(chunks: AsyncIterator[bytes], store: _Store, gw: Gateway, max_
         staged = await run_in_threadpool(gw.pipeline.stage)
     except (errors.ServiceError, OSError) as exc:
         raise _unavailable(exc) from None
-    with Part({"content-type": DICOM}, staged) as part:  # type: ignore[arg-type]
+    with Part({"content-type": DICOM}, staged) as part:
         async for chunk in chunks:
             if part.size + len(chunk) > max_bytes:
                 raise ApiError(413, f"the object is larger than {max_bytes} bytes")
@@ -155,7 +155,7 @@ async def _multipart(chunks: AsyncIterator[bytes], media: MediaType, store: _Sto
     declared = media.params.get("type")
     try:
         async with aclosing(iter_parts(chunks, boundary, settings.spool_max_memory, _limits(settings),
-                                       new_file=gw.pipeline.stage)) as parts:  # type: ignore[arg-type]
+                                       new_file=gw.pipeline.stage)) as parts:
             async for part in parts:
                 with part:
                     if part_is_dicom(part, declared):

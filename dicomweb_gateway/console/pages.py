@@ -386,7 +386,7 @@ async def _statistics(request: Request, days: int) -> dict[str, Any]:
         call(c.metadata.statistics, tenants, days), call(c.eventbus.status),
         call(c.eventbus.audit_statistics, tenants, days) if has_scope(request, "admin") else asyncio.sleep(0),
     )
-    keep = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
+    keep: dict[str, Any] = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
     out["index"] = MessageToDict(index, **keep) if index is not None else None
     out["eventbus"] = MessageToDict(status, **keep) if status is not None else None
     out["audit"] = MessageToDict(audit, **keep) if audit is not None else None
