@@ -58,7 +58,7 @@ class DimseAudit:
         ))
 
     def record(
-        self, assoc: Any, source: str, operation: str, action: int, status: int, sop: str = "", study: str = "",
+        self, assoc: Any, source: str, operation: str, action: Record.Action.ValueType, status: int, sop: str = "", study: str = "",
     ) -> None:
         """One operation of an association (any object Principals knows)
         with its final status."""
@@ -75,10 +75,10 @@ class DimseAudit:
             status=status, study_instance_uid=study, sop_instance_uid=sop[:64],
         ))
 
-    def _emit(self, event: evt.Event, operation: str, action: int, status: int, sop: str = "", study: str = "") -> None:
+    def _emit(self, event: evt.Event, operation: str, action: Record.Action.ValueType, status: int, sop: str = "", study: str = "") -> None:
         self.record(event.assoc, source_of(event.assoc), operation, action, status, sop, study)
 
-    def wrap(self, operation: str, action: int, handler: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, operation: str, action: Record.Action.ValueType, handler: Callable[..., Any]) -> Callable[..., Any]:
         """The handler, recording its final status when it is done."""
         if inspect.isgeneratorfunction(handler):
 

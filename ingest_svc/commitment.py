@@ -8,14 +8,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.presentation import build_context, build_role
-from pynetdicom.sop_class import StorageCommitmentPushModel
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]  # generated at import time
 
 from common import errors
 from common.clients import MetadataClient, StorageClient
@@ -70,7 +71,7 @@ class Commitments:
         self._principals = principals
 
     def handle_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
-        req = event.request
+        req = cast(N_ACTION, event.request)  # EVT_N_ACTION's
         if req.RequestedSOPClassUID != StorageCommitmentPushModel:
             return CLASS_NOT_SUPPORTED, None
         if req.RequestedSOPInstanceUID != WELL_KNOWN_INSTANCE:
@@ -124,12 +125,12 @@ class Commitments:
         ds.TransactionUID = transaction
         done, failed = Sequence(), Sequence()
         for sop_class, uid in refs:
-            loc = located.get(uid)
+            found = located.get(uid)
             if unavailable:
                 failed.append(_item(sop_class, uid, PROCESSING_FAILURE))
-            elif loc is None:
+            elif found is None:
                 failed.append(_item(sop_class, uid, NO_SUCH_INSTANCE))
-            elif loc.sop_class_uid != sop_class:
+            elif found.sop_class_uid != sop_class:
                 failed.append(_item(sop_class, uid, CLASS_INSTANCE_CONFLICT))
             elif not durable.get(uid):
                 failed.append(_item(sop_class, uid, PROCESSING_FAILURE))

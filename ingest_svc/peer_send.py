@@ -66,8 +66,9 @@ class PeerSender:
         ae.connection_timeout = self._settings.acse_timeout
         ae.maximum_pdu_size = self._settings.max_pdu_size
         host, port, options = send_stored.destination(peer.host, peer.port, contexts_for(locations))
-        assoc = ae.associate(host, port, ae_title=request.ae_title, **options)  # type: ignore[arg-type]
-        if not assoc.is_established:
+        assoc = ae.associate(host, port, ae_title=request.ae_title, **options)
+        established = assoc.is_established  # a local: the loop below asks the association again
+        if not established:
             log.info("send to a DIMSE peer: the association was not accepted")
             progress.failed = progress.total
             progress.done = True

@@ -139,6 +139,7 @@ class Principals:
         Accepted requests go on to pynetdicom's own checks, which then agree."""
         assoc = event.assoc
         rq = assoc.requestor.primitive
+        assert rq is not None  # set before EVT_REQUESTED is triggered
         rejection = self.admit(assoc, str(rq.calling_ae_title), str(rq.called_ae_title),
                                assoc.requestor.address, source_of(assoc))
         if rejection is not None:
@@ -150,7 +151,7 @@ class Principals:
         with self._lock:
             return self._by_assoc.get(assoc)
 
-    def tenant(self, assoc: Any, action: int) -> str | None:
+    def tenant(self, assoc: Any, action: auth_pb.Action.ValueType) -> str | None:
         """The association's tenant if it may do `action` there, else None.
         Raises errors.ServiceError when auth_svc cannot answer."""
         with self._lock:

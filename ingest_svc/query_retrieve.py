@@ -31,7 +31,7 @@ from pydicom.uid import UID
 from pynetdicom import AE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -206,6 +206,7 @@ class QueryRetrieve:
         command = message.command
         assert command is not None
         context = assoc.accepted[message.context_id]
+        assert context.abstract_syntax is not None  # served_here() let no context without one through
         if QUERY_RETRIEVE.get(UID(context.abstract_syntax)) != command.field:
             assoc.invalid(f"command 0x{command.field:04X} on a presentation context for another service")
         if not command.has_data_set:

@@ -25,7 +25,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import time
 
 from common import errors
 from common.blobs import BlobReader
@@ -233,7 +233,7 @@ class Retriever:
         values = list(value) if isinstance(value, (list, MultiValue)) else [value]
         return [str(v).strip() for v in values if str(v).strip()]
 
-    def _query_uids(self, tenant: str, level: int, flt: md_pb.Filter) -> list[tuple[str, str]]:
+    def _query_uids(self, tenant: str, level: dicom_pb2.QueryLevel.ValueType, flt: md_pb.Filter) -> list[tuple[str, str]]:
         """(study, series) of every match of one filter, all pages."""
         request = md_pb.QueryRequest(tenant=tenant, level=level, filters=[flt], limit=self._settings.find_page_size)
         out: list[tuple[str, str]] = []

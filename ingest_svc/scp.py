@@ -14,7 +14,7 @@ import socketserver
 import ssl
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import Counter, Gauge
 from pydicom.uid import (
@@ -27,7 +27,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
@@ -114,7 +114,7 @@ class _RequestHandler(RequestHandler):
         # The socket pynetdicom just made, given the length check.
         sock = assoc.dul.socket
         sock.__class__ = _BoundedSocket
-        sock.max_pdata = self.ae.maximum_pdu_size
+        cast(_BoundedSocket, sock).max_pdata = self.ae.maximum_pdu_size
         return assoc
 
 
@@ -148,14 +148,15 @@ class DimseServer(ThreadedAssociationServer):
 
     def server_bind(self) -> None:
         if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            # pynetdicom types it Optional; socketserver made it before binding.
+            cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # Accept only: pynetdicom would do the TLS handshake here, in the
         # accept loop, where one client that connects and sends nothing
         # stalls every other (finish_request does it on the connection's thread).
-        sock, address = self.socket.accept()
+        sock, address = cast(socket.socket, self.socket).accept()  # open while serving
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # pynetdicom waits for data with select() and then reads a whole PDU
         # with blocking recv() calls: without a timeout a peer that stops
@@ -166,7 +167,8 @@ class DimseServer(ThreadedAssociationServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is not None:
-            request = tls.server_handshake(self.ssl_context, request, self.ae.acse_timeout)
+            # build_ae sets acse_timeout from the settings: a float, never None.
+            request = tls.server_handshake(self.ssl_context, request, cast(float, self.ae.acse_timeout))
             if request is None:
                 return
             # TLS associations stay on pynetdicom: the lean acceptor
@@ -186,7 +188,7 @@ class DimseServer(ThreadedAssociationServer):
         with self._lean_lock:
             self._lean.add(assoc)
         try:
-            rq = assoc.peek_request(self.ae.acse_timeout)
+            rq = assoc.peek_request(cast(float, self.ae.acse_timeout))
             if rq is None:  # nothing within the ACSE timeout: dropped, as pynetdicom drops it
                 log.debug("DIMSE peer %s sent no association request", assoc.source)
                 self.shutdown_request(request)
@@ -246,6 +248,7 @@ def build_ae(settings: IngestSettings) -> AE:
     # Accept every transfer syntax as proposed: we store what was sent. Both
     # roles, so that a C-GET requester can take the SCP role for storage.
     for cx in AllStoragePresentationContexts:
+        assert cx.abstract_syntax is not None  # pynetdicom builds them from SOP class UIDs
         ae.add_supported_context(cx.abstract_syntax, AllTransferSyntaxes, scu_role=True, scp_role=True)
     ae.add_supported_context(Verification, AllTransferSyntaxes)
     for uid in QUERY_RETRIEVE:
@@ -281,12 +284,12 @@ def start_scp(
     server_class = type("Server", (DimseServer,), {"reuse_port": settings.dimse_workers > 1})
     # One retriever for both paths: its read grants are shared.
     sender = retrieve.Retriever(settings, storage, metadata, principals)
-    server = ae.make_server(
+    server = cast(DimseServer, ae.make_server(  # an instance of server_class
         (settings.dimse_host, settings.dimse_port),
         ssl_context=tls_context(settings),
         evt_handlers=handlers(settings, pipeline, storage, metadata, ae, principals, trail, sender),
         server_class=server_class,
-    )
+    ))
     # The association limit counts both paths' associations.
     principals.active = lambda: len(server.active_associations)
     if settings.dimse_lean_storage:

@@ -86,7 +86,9 @@ def destination(host: str, port: int, contexts: list[PresentationContext]) -> tu
 
 def _on_destination_open(event: evt.Event) -> None:
     assoc = event.assoc
-    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = assoc.dul.socket
+    assert sock is not None and sock.socket is not None  # EVT_CONN_OPEN: connected
+    sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     assoc._reactor_checkpoint = _PausedReactor()  # the reactor thread has not started yet
     # The DUL thread sleeps this long whenever it finds nothing to do, so
     # each C-STORE response waited up to 1 ms (pynetdicom's default) before

@@ -40,6 +40,7 @@ class IngestService(pb_grpc.IngestServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "options":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be the options")
+        assert first is not None  # abort raises
         options = first.options
         try:
             check_tenant(options.tenant)

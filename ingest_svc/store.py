@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom.dimse_primitives import C_STORE
 
 from common import errors
 from common.blobs import StagedObject
@@ -110,7 +111,7 @@ def handle_store(event: evt.Event, pipeline: IngestPipeline, principals: Princip
     tenant, status = write_access(principals, event.assoc)
     if tenant is None:
         return status
-    request = event.request
+    request = cast(C_STORE, event.request)  # EVT_C_STORE's
     sop_class = str(request.AffectedSOPClassUID or "")
     sop_instance = str(request.AffectedSOPInstanceUID or "")
     # The data set as the peer encoded it: no decoding, pixel data untouched.

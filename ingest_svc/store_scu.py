@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
 from pydicom.uid import UID
@@ -305,7 +305,7 @@ def associate(
     max_length.maximum_length_received = PROPOSED_MAX_PDU
     implementation = ImplementationClassUIDNotification()
     implementation.implementation_class_uid = ae.implementation_class_uid
-    items: list[object] = [max_length, implementation]
+    items: list[Any] = [max_length, implementation]
     if ae.implementation_version_name:
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = ae.implementation_version_name

@@ -20,7 +20,7 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from ingest_svc import command_set
 from ingest_svc.command_set import InvalidCommand
@@ -428,7 +428,7 @@ class Connection:
             pass
         self.established = False
 
-    def invalid(self, what: str) -> Any:
+    def invalid(self, what: str) -> NoReturn:
         log.warning("%s: %s; aborting the association", self.source, what)
         self.send_abort(SERVICE_PROVIDER, INVALID_PARAMETER)
         raise Dropped
