@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import corpus
 from bench.report import table
@@ -41,7 +42,7 @@ def log(text: str) -> None:
     print(text, flush=True)
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     mem_kb = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
     debian = Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "?"
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, srv in servers.items()
     }
     elapsed = time.monotonic() - started
-    result = {
+    result: dict[str, Any] = {
         "date": when.isoformat(timespec="seconds"),
         "mode": ("quick" if args.quick else "full") + (" on PostgreSQL/Redis/Kafka" if args.scaleout else ""),
         "machine": machine(),

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,8 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
 
 
-def _pydicom_encoder(uid: str, plugin: str, **kw: object) -> Callable[[np.ndarray], bytes]:
-    from pydicom.pixels import get_encoder
+def _pydicom_encoder(uid: str, plugin: str, **kw: Any) -> Callable[[np.ndarray], bytes]:
+    from pydicom.pixels.encoders.base import get_encoder
 
     enc = get_encoder(uid)
 
@@ -61,12 +62,16 @@ def _pydicom_encoder(uid: str, plugin: str, **kw: object) -> Callable[[np.ndarra
     return run
 
 
-def candidates() -> dict[str, dict[str, tuple[Callable[[np.ndarray], bytes], Callable[[bytes], np.ndarray], bool]]]:
-    """syntax -> candidate -> (encode, decode, lossless); 8-bit ones get windowed frames."""
+Encode = Callable[[np.ndarray], bytes | bytearray]
+Decode = Callable[[bytes], np.ndarray]
+
+
+def candidates() -> dict[str, dict[str, tuple[Encode, Decode | None, bool]]]:
+    """syntax -> candidate -> (encode, decode or None, lossless); 8-bit ones get windowed frames."""
     import io
 
     import imagecodecs
-    import openjpeg
+    from openjpeg.utils import decode as openjpeg_decode
     from PIL import Image
 
     def pil_jpeg(arr: np.ndarray) -> bytes:
@@ -75,7 +80,7 @@ def candidates() -> dict[str, dict[str, tuple[Callable[[np.ndarray], bytes], Cal
         return buf.getvalue()
 
     def j2k_decode(data: bytes) -> np.ndarray:
-        return openjpeg.decode(data)
+        return openjpeg_decode(data)
 
     return {
         "JPEG-LS lossless (1.2.840.10008.1.2.4.80)": {

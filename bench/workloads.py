@@ -33,7 +33,7 @@ class Plan:
     stow_batch: int = 10  # instances per STOW-RS request
 
 
-def _split(items: list, n: int) -> list[list]:
+def _split(items: list[Any], n: int) -> list[list[Any]]:
     return [items[k::n] for k in range(n)]
 
 
@@ -42,7 +42,7 @@ class Bench:
         self,
         servers: dict[str, Server],
         corpus_root: Path,
-        manifest: dict,
+        manifest: dict[str, Any],
         plan: Plan,
         work_dir: Path,
         dest: StoreSCP | None,
@@ -191,7 +191,7 @@ class Bench:
 
     def ingest_ct(self) -> None:
         self.log(f"CT corpus: {len(self.ct_files)} instances, {self.ct_bytes / 1e6:.0f} MB per store")
-        record: list[tuple[int, Figure]] = []
+        record: list[tuple[int, str]] = []  # (copy, figure key)
 
         def remember(prepare: Callable[[int], Any], fig_name: str) -> Callable[[int], Any]:
             def wrapped(i: int) -> Any:
@@ -296,12 +296,12 @@ class Bench:
         idx = self.index
         side_of: dict[str, str] = {}  # the side being measured, for the expected counts
 
-        def count(pred: Callable[[dict], bool]) -> int:
+        def count(pred: Callable[..., bool]) -> int:  # lambdas that bind values as defaults
             return self.studies_held(side_of["now"], pred)
 
         pt_series = sum(1 for st in idx for se in st["series"] if se["modality"] == "PT")
 
-        def pick(i: int) -> dict:
+        def pick(i: int) -> dict[str, Any]:
             return idx[(i * 37 + 11) % len(idx)]
 
         limit = 100
@@ -330,7 +330,10 @@ class Bench:
                 "/instances", {"SOPInstanceUID": pick(i)["series"][-1]["files"][-1]["sop"]}, 1)),
         ]
         for label, make in cases:
-            def fn(srv: Server, i: int, ctx: Any, fig: Figure, make=make) -> float:
+            def fn(
+                srv: Server, i: int, ctx: Any, fig: Figure,
+                make: Callable[[int], tuple[str, dict[str, str], int]] = make,
+            ) -> float:
                 side_of["now"] = srv.name
                 path, params, expected = make(i)
                 t0 = time.perf_counter()
@@ -347,7 +350,7 @@ class Bench:
 
     # ---- DIMSE samples (python -m bench and python -m bench.dimse_qr) ----
 
-    def studies_held(self, side: str, pred: Callable[[dict], bool]) -> int:
+    def studies_held(self, side: str, pred: Callable[..., bool]) -> int:
         """Studies matching `pred` that `side` holds: the index corpus and its copies of the CT corpus."""
         return sum(map(pred, self.index_studies)) + self.ct_copies[side] * sum(map(pred, self.ct_studies))
 

@@ -144,6 +144,7 @@ class Kafka:
         return f"127.0.0.1:{self.port}"
 
     def _java(self, *args: str) -> list[str]:
+        assert self.dir is not None  # start() sets it first
         return ["java", "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                 f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
                 "-cp", f"{KAFKA_HOME / 'libs'}/*", *args]
