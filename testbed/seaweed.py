@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ class SeaweedS3:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        weed = shutil.which("weed") or str(Path(os.sys.executable).parent / "weed")
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         ports = {name: free_port() for name in ("master", "volume", "filer", "admin", "webdav")}
         args = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 f"-s3.port={self.port}", f"-bucket={self.bucket}"]
