@@ -34,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create", help="make a key and print it once")
     create.add_argument("--tenant", required=True)
     create.add_argument("--subject", required=True, help="who holds the key (appears in audit records)")
-    create.add_argument("--scope", action="append", default=[], choices=KEY_SCOPES,
-                        help="repeat for several; default: read and write")
+    create.add_argument(
+        "--scope", action="append", default=[], choices=KEY_SCOPES, help="repeat for several; default: read and write"
+    )
     revoke = commands.add_parser("revoke", help="stop a key from working, at once")
     revoke.add_argument("key_id")
     listing = commands.add_parser("list", help="keys and their state, never their secrets")
@@ -48,8 +49,9 @@ def _when(value: datetime | None) -> str:
 
 
 def _line(info: KeyInfo) -> str:
-    return "\t".join([info.key_id, info.tenant, ",".join(info.scopes), _when(info.created), _when(info.revoked),
-                      info.subject])
+    return "\t".join(
+        [info.key_id, info.tenant, ",".join(info.scopes), _when(info.created), _when(info.revoked), info.subject]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "create":
             info, key = store.create(args.subject, args.tenant, args.scope)
             print(key)
-            print(f"created API key {info.key_id} for '{info.subject}' in tenant {info.tenant} with scopes "
-                  f"{', '.join(info.scopes)}; the key is shown only this once", file=sys.stderr)
+            print(
+                f"created API key {info.key_id} for '{info.subject}' in tenant {info.tenant} with scopes "
+                f"{', '.join(info.scopes)}; the key is shown only this once",
+                file=sys.stderr,
+            )
         elif args.command == "revoke":
             before = store.get(args.key_id)
             revoked = store.revoke(args.key_id)

@@ -150,8 +150,15 @@ class KeyStore:
         for _attempt in range(3):
             key_id = "".join(secrets.choice(_ALPHABET) for _ in range(KEY_ID_LENGTH))
             key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-            row = ApiKeyRow(key_id=key_id, sha256=_hash(key), subject=subject, tenant=tenant,
-                            scopes=" ".join(scopes), created=datetime.now(UTC), revoked=None)
+            row = ApiKeyRow(
+                key_id=key_id,
+                sha256=_hash(key),
+                subject=subject,
+                tenant=tenant,
+                scopes=" ".join(scopes),
+                created=datetime.now(UTC),
+                revoked=None,
+            )
             try:
                 with _reachable(), self._session.begin() as session:
                     session.add(row)

@@ -62,8 +62,14 @@ def _timestamp(value: datetime | None) -> Timestamp | None:
 
 
 def key_info(info: KeyInfo) -> pb.ApiKeyInfo:
-    return pb.ApiKeyInfo(key_id=info.key_id, subject=info.subject, tenant=info.tenant, scopes=info.scopes,
-                         created=_timestamp(info.created), revoked=_timestamp(info.revoked))
+    return pb.ApiKeyInfo(
+        key_id=info.key_id,
+        subject=info.subject,
+        tenant=info.tenant,
+        scopes=info.scopes,
+        created=_timestamp(info.created),
+        revoked=_timestamp(info.revoked),
+    )
 
 
 class Policy:
@@ -125,8 +131,9 @@ class Policy:
             # The older settings admit, with auth on, only the titles they name.
             named = calling in s.ae_tenants or calling in s.ae_allowlist
             if calling and named and (not s.ae_allowlist or calling in s.ae_allowlist):
-                return pb.Principal(subject=subject, tenants=[s.ae_tenants.get(calling, s.default_tenant)],
-                                    scopes=["read", "write"])
+                return pb.Principal(
+                    subject=subject, tenants=[s.ae_tenants.get(calling, s.default_tenant)], scopes=["read", "write"]
+                )
             raise NotAuthenticated("no DIMSE rule admits this calling AE title from this address")
         if s.ae_allowlist and calling not in s.ae_allowlist:
             raise NotAuthenticated("calling AE title is not allowed")
@@ -172,8 +179,9 @@ class Policy:
         return pb.CheckResponse(principal=principal, tenant=tenant)
 
     def describe(self) -> pb.DescribePolicyResponse:
-        return pb.DescribePolicyResponse(auth_enabled=self.settings.auth_enabled,
-                                         default_tenant=self.settings.default_tenant)
+        return pb.DescribePolicyResponse(
+            auth_enabled=self.settings.auth_enabled, default_tenant=self.settings.default_tenant
+        )
 
     @staticmethod
     def authorize(request: pb.AuthorizeRequest) -> pb.AuthorizeResponse:

@@ -37,9 +37,10 @@ class DimseRule(BaseModel):
     @field_validator("calling_ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:
-        if value != "*" and not (0 < len(value) <= 16 and value == value.strip() and value.isprintable()
-                                 and "\\" not in value):
-            raise ValueError(f"calling_ae_title {value[:20]!r} is not \"*\" or an AE title of 1-16 characters")
+        if value != "*" and not (
+            0 < len(value) <= 16 and value == value.strip() and value.isprintable() and "\\" not in value
+        ):
+            raise ValueError(f'calling_ae_title {value[:20]!r} is not "*" or an AE title of 1-16 characters')
         return value
 
     @field_validator("networks")
@@ -130,8 +131,10 @@ def exposure_problem(settings: AuthSettings) -> str | None:
     address = settings.listen_address(settings.auth_addr)
     if settings.auth_enabled or is_loopback(host_of(address)):
         return None
-    return (f"auth is off (DICOMSERVER_AUTH_ENABLED=false) but the gRPC listener {address} is not loopback: "
-            "configure authentication or bind to 127.0.0.1")
+    return (
+        f"auth is off (DICOMSERVER_AUTH_ENABLED=false) but the gRPC listener {address} is not loopback: "
+        "configure authentication or bind to 127.0.0.1"
+    )
 
 
 class InvalidSettings(Exception):

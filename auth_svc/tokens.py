@@ -58,7 +58,8 @@ class TokenValidator:
                 timeout=5,
                 cooldown_duration=settings.jwks_refresh_cooldown_seconds,
             )
-            if settings.jwks_url else None
+            if settings.jwks_url
+            else None
         )
 
     @property

@@ -79,19 +79,37 @@ def parse_env(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true", help="small corpora, one sample each (under 2 minutes)")
-    parser.add_argument("--only", choices=["ours", "orthanc"], help="benchmark one server only (no Orthanc needed with 'ours')")
-    parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dicomserver-bench",
-                        help="generated corpora are kept here (default %(default)s)")
-    parser.add_argument("--json", type=Path, help="where to write the results (default: <cache-dir>/results/<time>.json)")
-    parser.add_argument("--work-dir", type=Path, help="parent of the servers' temp folders (default: the system temp dir)")
+    parser.add_argument(
+        "--only", choices=["ours", "orthanc"], help="benchmark one server only (no Orthanc needed with 'ours')"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path.home() / ".cache" / "dicomserver-bench",
+        help="generated corpora are kept here (default %(default)s)",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="where to write the results (default: <cache-dir>/results/<time>.json)"
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="parent of the servers' temp folders (default: the system temp dir)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the servers' data folders and logs")
     parser.add_argument("--reps", type=int, help="samples of each throughput figure (default 3, CT stores 2; quick 1)")
-    parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for our launcher, e.g. DICOMSERVER_DATABASE_URL=...; "
-                             "{dest_aet} and {dest_port} name the C-MOVE destination (storescp)")
-    parser.add_argument("--scaleout", action="store_true",
-                        help="run ours on PostgreSQL (durable), Redis and Kafka started for the run "
-                             "(scripts/setup --test installs them)")
+    parser.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for our launcher, e.g. DICOMSERVER_DATABASE_URL=...; "
+        "{dest_aet} and {dest_port} name the C-MOVE destination (storescp)",
+    )
+    parser.add_argument(
+        "--scaleout",
+        action="store_true",
+        help="run ours on PostgreSQL (durable), Redis and Kafka started for the run "
+        "(scripts/setup --test installs them)",
+    )
     args = parser.parse_args(argv)
 
     plan = QUICK_PLAN if args.quick else FULL_PLAN
@@ -122,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers[side] = start_ours(work / "ours", ours_env)
             else:
                 servers[side] = start_orthanc(work / "orthanc", {dest.aet: ("127.0.0.1", dest.port)})
-            log(f"{side}: DICOMweb {servers[side].dicomweb}, DIMSE {servers[side].aet}@127.0.0.1:{servers[side].dimse_port}")
+            log(
+                f"{side}: DICOMweb {servers[side].dicomweb}, DIMSE {servers[side].aet}@127.0.0.1:{servers[side].dimse_port}"
+            )
         bench = Bench(servers, root, manifest, plan, work, dest, log)
         bench.ingest_ct()
         bench.ingest_index()
@@ -164,8 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     log("")
     log(table(bench.figures if bench else [], sides, totals))
-    log(f"\n'ours ×': how many times faster this server is (throughput ours/orthanc, latency orthanc/ours); "
-        f"'!': wrong answer, see JSON. {elapsed:.0f} s, {result['machine']['cpu']}, {result['machine']['cores']} cores.")
+    log(
+        f"\n'ours ×': how many times faster this server is (throughput ours/orthanc, latency orthanc/ours); "
+        f"'!': wrong answer, see JSON. {elapsed:.0f} s, {result['machine']['cpu']}, {result['machine']['cores']} cores."
+    )
     log(f"results: {out}")
     if args.keep:
         log(f"data kept in {work}")

@@ -123,7 +123,19 @@ def cstore(srv: Server, file_lists: list[list[str]]) -> float:
 def cfind_studies(srv: Server, keys: dict[str, str]) -> int:
     """One study-level C-FIND (study root); returns the number of matches."""
     with tempfile.TemporaryDirectory(prefix="bench-find-") as out:
-        args = ["findscu", "-S", "-aet", CLIENT_AET, "-aec", srv.aet, "-X", "-od", out, "-k", "QueryRetrieveLevel=STUDY"]
+        args = [
+            "findscu",
+            "-S",
+            "-aet",
+            CLIENT_AET,
+            "-aec",
+            srv.aet,
+            "-X",
+            "-od",
+            out,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+        ]
         for tag in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "ModalitiesInStudy"):
             args += ["-k", f"{tag}={keys.get(tag, '')}"]
         res = subprocess.run([*args, HOST, str(srv.dimse_port)], capture_output=True, text=True, env=DCMTK_ENV)
@@ -138,9 +150,22 @@ def cget_series(srv: Server, study: str, series: str) -> tuple[int, int]:
     try:
         res = subprocess.run(
             [
-                "getscu", "-S", "-aet", CLIENT_AET, "-aec", srv.aet, "-od", str(out),
-                "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={series}",
-                HOST, str(srv.dimse_port),
+                "getscu",
+                "-S",
+                "-aet",
+                CLIENT_AET,
+                "-aec",
+                srv.aet,
+                "-od",
+                str(out),
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={study}",
+                "-k",
+                f"SeriesInstanceUID={series}",
+                HOST,
+                str(srv.dimse_port),
             ],
             capture_output=True,
             text=True,
@@ -158,9 +183,22 @@ def cmove_series(srv: Server, dest_aet: str, study: str, series: str) -> None:
     """One series-level C-MOVE to ``dest_aet`` (waits for all sub-operations)."""
     res = subprocess.run(
         [
-            "movescu", "-S", "-aet", CLIENT_AET, "-aec", srv.aet, "-aem", dest_aet,
-            "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study}", "-k", f"SeriesInstanceUID={series}",
-            HOST, str(srv.dimse_port),
+            "movescu",
+            "-S",
+            "-aet",
+            CLIENT_AET,
+            "-aec",
+            srv.aet,
+            "-aem",
+            dest_aet,
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={study}",
+            "-k",
+            f"SeriesInstanceUID={series}",
+            HOST,
+            str(srv.dimse_port),
         ],
         capture_output=True,
         text=True,

@@ -55,9 +55,19 @@ def _pydicom_encoder(uid: str, plugin: str, **kw: Any) -> Callable[[np.ndarray],
     def run(arr: np.ndarray) -> bytes:
         signed = arr.dtype.kind == "i"
         bits = 16 if arr.dtype.itemsize == 2 else 8
-        return enc.encode(arr, encoding_plugin=plugin, rows=arr.shape[0], columns=arr.shape[1], samples_per_pixel=1,
-                          bits_allocated=bits, bits_stored=bits, pixel_representation=int(signed),
-                          photometric_interpretation="MONOCHROME2", number_of_frames=1, **kw)
+        return enc.encode(
+            arr,
+            encoding_plugin=plugin,
+            rows=arr.shape[0],
+            columns=arr.shape[1],
+            samples_per_pixel=1,
+            bits_allocated=bits,
+            bits_stored=bits,
+            pixel_representation=int(signed),
+            photometric_interpretation="MONOCHROME2",
+            number_of_frames=1,
+            **kw,
+        )
 
     return run
 
@@ -84,38 +94,62 @@ def candidates() -> dict[str, dict[str, tuple[Encode, Decode | None, bool]]]:
 
     return {
         "JPEG-LS lossless (1.2.840.10008.1.2.4.80)": {
-            "pyjpegls (pydicom plugin)": (_pydicom_encoder("1.2.840.10008.1.2.4.80", "pyjpegls"),
-                                          imagecodecs.jpegls_decode, True),
+            "pyjpegls (pydicom plugin)": (
+                _pydicom_encoder("1.2.840.10008.1.2.4.80", "pyjpegls"),
+                imagecodecs.jpegls_decode,
+                True,
+            ),
             "imagecodecs.jpegls (CharLS)": (lambda a: imagecodecs.jpegls_encode(a), imagecodecs.jpegls_decode, True),
         },
         "JPEG 2000 lossless (1.2.840.10008.1.2.4.90)": {
-            "pylibjpeg-openjpeg (pydicom plugin)": (_pydicom_encoder("1.2.840.10008.1.2.4.90", "pylibjpeg"),
-                                                    j2k_decode, True),
-            "imagecodecs.jpeg2k (OpenJPEG)": (lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True),
-                                              j2k_decode, True),
+            "pylibjpeg-openjpeg (pydicom plugin)": (
+                _pydicom_encoder("1.2.840.10008.1.2.4.90", "pylibjpeg"),
+                j2k_decode,
+                True,
+            ),
+            "imagecodecs.jpeg2k (OpenJPEG)": (
+                lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True),
+                j2k_decode,
+                True,
+            ),
         },
         "HTJ2K lossless (1.2.840.10008.1.2.4.201)": {
-            "imagecodecs.htj2k (OpenJPH)": (lambda a: imagecodecs.htj2k_encode(a, reversible=True),
-                                            imagecodecs.htj2k_decode, True),
+            "imagecodecs.htj2k (OpenJPH)": (
+                lambda a: imagecodecs.htj2k_encode(a, reversible=True),
+                imagecodecs.htj2k_decode,
+                True,
+            ),
         },
         "RLE lossless (1.2.840.10008.1.2.5)": {
             "pylibjpeg-rle (pydicom plugin)": (_pydicom_encoder("1.2.840.10008.1.2.5", "pylibjpeg"), None, True),
             "pydicom (native python)": (_pydicom_encoder("1.2.840.10008.1.2.5", "pydicom"), None, True),
         },
         "JPEG 2000 lossy (1.2.840.10008.1.2.4.91)": {
-            "pylibjpeg-openjpeg, ratio 10": (_pydicom_encoder("1.2.840.10008.1.2.4.91", "pylibjpeg",
-                                                              j2k_cr=[10]), j2k_decode, False),
-            "imagecodecs.jpeg2k, level 10": (lambda a: imagecodecs.jpeg2k_encode(a, 10, codecformat="J2K",
-                                                                                 reversible=False), j2k_decode, False),
+            "pylibjpeg-openjpeg, ratio 10": (
+                _pydicom_encoder("1.2.840.10008.1.2.4.91", "pylibjpeg", j2k_cr=[10]),
+                j2k_decode,
+                False,
+            ),
+            "imagecodecs.jpeg2k, level 10": (
+                lambda a: imagecodecs.jpeg2k_encode(a, 10, codecformat="J2K", reversible=False),
+                j2k_decode,
+                False,
+            ),
         },
         "HTJ2K lossy (1.2.840.10008.1.2.4.203)": {
-            "imagecodecs.htj2k, qstep 0.0005": (lambda a: imagecodecs.htj2k_encode(a, 0.0005, reversible=False),
-                                                imagecodecs.htj2k_decode, False),
+            "imagecodecs.htj2k, qstep 0.0005": (
+                lambda a: imagecodecs.htj2k_encode(a, 0.0005, reversible=False),
+                imagecodecs.htj2k_decode,
+                False,
+            ),
         },
         "JPEG baseline 8-bit (1.2.840.10008.1.2.4.50), windowed W400 L40": {
             "Pillow (libjpeg-turbo), q90": (pil_jpeg, imagecodecs.jpeg8_decode, False),
-            "imagecodecs.jpeg8 (libjpeg-turbo), q90": (lambda a: imagecodecs.jpeg8_encode(a, 90),
-                                                       imagecodecs.jpeg8_decode, False),
+            "imagecodecs.jpeg8 (libjpeg-turbo), q90": (
+                lambda a: imagecodecs.jpeg8_encode(a, 90),
+                imagecodecs.jpeg8_decode,
+                False,
+            ),
         },
     }
 
@@ -144,13 +178,15 @@ def main() -> int:
                     back = decode(bytes(data)).reshape(src.shape)
                     if back.dtype.itemsize == src.dtype.itemsize and back.dtype.kind != src.dtype.kind:
                         back = back.view(src.dtype)  # a decoder that does not know the data are signed
-                    peak = 255 if eight_bit else float(2 ** 12 - 1)
+                    peak = 255 if eight_bit else float(2**12 - 1)
                     if lossless:
                         check = "exact" if np.array_equal(back.astype(np.int64), src.astype(np.int64)) else "NOT EXACT"
                     else:
                         check = f"PSNR {psnr(back, src, peak):.1f} dB"
-                print(f"    {name:<42} {statistics.median(times) * 1000:7.1f} ms {len(data):>8} bytes "
-                      f"({src.nbytes / len(data):4.2f}:1) {check}")
+                print(
+                    f"    {name:<42} {statistics.median(times) * 1000:7.1f} ms {len(data):>8} bytes "
+                    f"({src.nbytes / len(data):4.2f}:1) {check}"
+                )
     return 0
 
 

@@ -16,8 +16,11 @@ from pathlib import Path
 
 from dicomcore import codecs
 
-TARGETS = {"JPEG-LS": "1.2.840.10008.1.2.4.80", "JPEG 2000": "1.2.840.10008.1.2.4.90",
-           "HTJ2K": "1.2.840.10008.1.2.4.201"}
+TARGETS = {
+    "JPEG-LS": "1.2.840.10008.1.2.4.80",
+    "JPEG 2000": "1.2.840.10008.1.2.4.90",
+    "HTJ2K": "1.2.840.10008.1.2.4.201",
+}
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 BENCH_CT = Path.home() / ".cache/dicomserver-bench/v1-ct4x2x50-ix2000/ct"
 
@@ -54,8 +57,10 @@ def measure(name: str, files: list[Path]) -> None:
                 out, kept = data, kept + 1
             before += len(data)
             after += len(out)
-        print(f"  {label:<10} {before:>11} -> {after:>11} bytes, saved {100 * (1 - after / before):5.1f} % "
-              f"({kept} kept as received), {time.perf_counter() - t0:6.1f} s")
+        print(
+            f"  {label:<10} {before:>11} -> {after:>11} bytes, saved {100 * (1 - after / before):5.1f} % "
+            f"({kept} kept as received), {time.perf_counter() - t0:6.1f} s"
+        )
 
 
 def main() -> int:

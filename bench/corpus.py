@@ -34,9 +34,30 @@ SOP_CLASSES = {
     "NM": "1.2.840.10008.5.1.4.1.1.20",
 }
 FAMILY = [
-    "Müller", "Smith", "Øvergård", "Gómez", "Nguyen", "Dvořák", "Łukasiewicz", "Jones",
-    "O'Brien", "Şahin", "Žižek", "Ångström", "Иванов", "Papadopoulos", "Björk", "Kowalski",
-    "Nakamura", "Núñez", "Dubois", "Schäfer", "Ferreira", "Olsen", "Rossi", "Yılmaz",
+    "Müller",
+    "Smith",
+    "Øvergård",
+    "Gómez",
+    "Nguyen",
+    "Dvořák",
+    "Łukasiewicz",
+    "Jones",
+    "O'Brien",
+    "Şahin",
+    "Žižek",
+    "Ångström",
+    "Иванов",
+    "Papadopoulos",
+    "Björk",
+    "Kowalski",
+    "Nakamura",
+    "Núñez",
+    "Dubois",
+    "Schäfer",
+    "Ferreira",
+    "Olsen",
+    "Rossi",
+    "Yılmaz",
 ]
 GIVEN = ["Anna", "José", "Zoë", "Łukasz", "Søren", "François", "Mei", "Олег", "Aïcha", "Jürgen", "Björn", "Ines"]
 
@@ -213,9 +234,7 @@ def _index(root: Path, size: Size) -> dict[str, Any]:
     return {"studies": studies}
 
 
-def ensure(
-    cache_dir: Path, size: Size, log: Callable[[str], object] = print
-) -> tuple[Path, dict[str, Any]]:
+def ensure(cache_dir: Path, size: Size, log: Callable[[str], object] = print) -> tuple[Path, dict[str, Any]]:
     """The corpus directory and its manifest, generated when not cached yet."""
     root = cache_dir / size.key
     manifest = root / "manifest.json"

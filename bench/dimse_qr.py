@@ -49,8 +49,12 @@ def log(text: str) -> None:
 
 
 def echo(srv: Server) -> None:
-    res = subprocess.run(["echoscu", "-aet", CLIENT_AET, "-aec", srv.aet, HOST, str(srv.dimse_port)],
-                         capture_output=True, text=True, env=DCMTK_ENV)
+    res = subprocess.run(
+        ["echoscu", "-aet", CLIENT_AET, "-aec", srv.aet, HOST, str(srv.dimse_port)],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+    )
     if (failure := _dcmtk_failure(res)) is not None:
         raise NotAvailable(f"echoscu: {failure}")
 
@@ -81,6 +85,7 @@ class QueryRetrieve:
     def run(self) -> list[Figure]:
         bench = self.bench
         bench.ct_copies = dict.fromkeys(bench.servers, 1)
+
         def c_echo(srv: Server, i: int, ctx: Any, fig: Figure) -> float:
             t0 = time.perf_counter()
             echo(srv)
@@ -102,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="keep the servers' folders here and reuse them in later runs")
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "dicomserver-bench")
     parser.add_argument("--json", type=Path, help="where to write the results")
-    parser.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for our launcher")
+    parser.add_argument(
+        "--ours-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for our launcher"
+    )
     args = parser.parse_args(argv)
 
     sides = [args.only] if args.only else ["ours", "orthanc"]
@@ -119,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     try:
         dest.take()
-        ours_env = {"DICOMSERVER_DIMSE_PEERS": json.dumps({dest.aet: {"host": HOST, "port": dest.port}}),
-                    **parse_env(args.ours_env)}
+        ours_env = {
+            "DICOMSERVER_DIMSE_PEERS": json.dumps({dest.aet: {"host": HOST, "port": dest.port}}),
+            **parse_env(args.ours_env),
+        }
         for side in sides:
             if side == "ours":
                 servers[side] = start_ours(data / "ours", ours_env)
@@ -141,15 +149,22 @@ def main(argv: list[str] | None = None) -> int:
             if codes[name] != 0:
                 log(f"{name} exited with status {codes[name]}; log tail:\n{srv.log_tail()}")
     totals = {
-        name: {"peak_rss_mb": srv.sampler.peak_rss_kb / 1024 if srv.sampler else 0.0,
-               "cpu_s": sum(srv.sampler.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK") if srv.sampler else 0.0,
-               "exit_status": codes[name]}
+        name: {
+            "peak_rss_mb": srv.sampler.peak_rss_kb / 1024 if srv.sampler else 0.0,
+            "cpu_s": sum(srv.sampler.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK") if srv.sampler else 0.0,
+            "exit_status": codes[name],
+        }
         for name, srv in servers.items()
     }
     result = {
-        "date": when.isoformat(timespec="seconds"), "mode": "dimse_qr", "machine": machine(),
-        "load_average": os.getloadavg(), "ours_env": args.ours_env, "totals": totals,
-        "elapsed_s": round(time.monotonic() - started, 1), "figures": [f.to_json() for f in figures],
+        "date": when.isoformat(timespec="seconds"),
+        "mode": "dimse_qr",
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+        "ours_env": args.ours_env,
+        "totals": totals,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "figures": [f.to_json() for f in figures],
     }
     out = args.json or args.cache_dir / "results" / f"qr-{when:%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

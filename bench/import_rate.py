@@ -54,8 +54,9 @@ def _count(srv: Server) -> int:
     """Instances the archive holds (studies' instance counts)."""
     n, offset = 0, 0
     while True:
-        r = httpx.get(f"{srv.dicomweb}/studies", params={"limit": 1000, "offset": offset,
-                                                        "includefield": "00201208"}, timeout=60)
+        r = httpx.get(
+            f"{srv.dicomweb}/studies", params={"limit": 1000, "offset": offset, "includefield": "00201208"}, timeout=60
+        )
         studies = r.json() if r.status_code == 200 else []
         n += sum(s.get("00201208", {}).get("Value", [0])[0] for s in studies)
         if len(studies) < 1000:
@@ -69,14 +70,48 @@ def run_import(srv: Server, folder: Path, workers: int, out: Path, profile: bool
     if profile:
         for svc, pid in _service_pids(srv).items():
             if svc in ("ingest_svc", "metadata_svc"):
-                spies.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", "600", "-r", "100", "-f", "raw",
-                                               "-o", str(out / f"profile-{svc}.txt"), "--nonblocking"],
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                spies.append(
+                    subprocess.Popen(
+                        [
+                            str(Path(sys.executable).parent / "py-spy"),
+                            "record",
+                            "-p",
+                            str(pid),
+                            "-d",
+                            "600",
+                            "-r",
+                            "100",
+                            "-f",
+                            "raw",
+                            "-o",
+                            str(out / f"profile-{svc}.txt"),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
         time.sleep(1)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "importer", "import", str(folder), "--workers", str(workers),
-                          "--no-progress", "--ingest", addrs["ingest"], "--metadata", addrs["metadata"]],
-                         cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "importer",
+            "import",
+            str(folder),
+            "--workers",
+            str(workers),
+            "--no-progress",
+            "--ingest",
+            addrs["ingest"],
+            "--metadata",
+            addrs["metadata"],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - t0
     for spy in spies:
         spy.send_signal(2)  # SIGINT: py-spy writes what it has
@@ -119,16 +154,26 @@ def main() -> int:
             finally:
                 srv.stop()
                 shutil.rmtree(data, ignore_errors=True)
-            sample = {"seconds": elapsed, "inst_per_s": len(files) / elapsed, "mb_per_s": size / 1e6 / elapsed,
-                      "server_cpu_s": cpu, "stored": stored}
+            sample = {
+                "seconds": elapsed,
+                "inst_per_s": len(files) / elapsed,
+                "mb_per_s": size / 1e6 / elapsed,
+                "server_cpu_s": cpu,
+                "stored": stored,
+            }
             results[side].append(sample)
-            print(f"{side:9s} run {run}: {elapsed:6.1f} s  {sample['inst_per_s']:6.1f} inst/s  "
-                  f"{sample['mb_per_s']:5.2f} MB/s  server CPU {cpu:6.1f} s  stored {stored}/{len(files)}", flush=True)
+            print(
+                f"{side:9s} run {run}: {elapsed:6.1f} s  {sample['inst_per_s']:6.1f} inst/s  "
+                f"{sample['mb_per_s']:5.2f} MB/s  server CPU {cpu:6.1f} s  stored {stored}/{len(files)}",
+                flush=True,
+            )
     (out / "results.json").write_text(json.dumps(results, indent=1))
     for side, samples in results.items():
         if samples:
             rates = sorted(x["inst_per_s"] for x in samples)
-            print(f"{side:9s} median {rates[len(rates) // 2]:.1f} inst/s [{rates[0]:.1f}-{rates[-1]:.1f}] of {len(rates)}")
+            print(
+                f"{side:9s} median {rates[len(rates) // 2]:.1f} inst/s [{rates[0]:.1f}-{rates[-1]:.1f}] of {len(rates)}"
+            )
     return 0
 
 

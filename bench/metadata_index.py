@@ -59,17 +59,31 @@ def records(studies: int, per_study: int, tenant: str = "bench", first: int = 0)
         date = f"{2010 + s % 15}{1 + s % 12:02d}{1 + s % 28:02d}"
         for i in range(per_study):
             series = i % 4
-            ds = make_ds(f"1.2.826.0.1.{s}", f"1.2.826.0.1.{s}.{series}", f"1.2.826.0.1.{s}.{series}.{i}",
-                         patient_id=f"P{s // 2}", name=name, study_date=date, study_time="101010",
-                         accession=f"A{s}", modality=["CT", "MR", "US", "CR"][series],
-                         series_number=str(series + 1), instance_number=str(i + 1))
+            ds = make_ds(
+                f"1.2.826.0.1.{s}",
+                f"1.2.826.0.1.{s}.{series}",
+                f"1.2.826.0.1.{s}.{series}.{i}",
+                patient_id=f"P{s // 2}",
+                name=name,
+                study_date=date,
+                study_time="101010",
+                accession=f"A{s}",
+                modality=["CT", "MR", "US", "CR"][series],
+                series_number=str(series + 1),
+                instance_number=str(i + 1),
+            )
             out.append(record(ds, tenant))
     return out
 
 
 def one_series(size: int, tenant: str = "bench-series") -> list[md_pb.InstanceRecord]:
-    return [record(make_ds("1.2.826.0.2", "1.2.826.0.2.1", f"1.2.826.0.2.1.{i}", patient_id="S1",
-                           instance_number=str(i + 1)), tenant) for i in range(size)]
+    return [
+        record(
+            make_ds("1.2.826.0.2", "1.2.826.0.2.1", f"1.2.826.0.2.1.{i}", patient_id="S1", instance_number=str(i + 1)),
+            tenant,
+        )
+        for i in range(size)
+    ]
 
 
 def timed(work: Callable[[], object]) -> tuple[float, float]:
@@ -81,9 +95,10 @@ def timed(work: Callable[[], object]) -> tuple[float, float]:
 
 def ingest(index: MetadataIndex, recs: list[md_pb.InstanceRecord], batch: int) -> tuple[float, float]:
     """Instances per second and CPU milliseconds per instance."""
+
     def run() -> None:
         for i in range(0, len(recs), batch):
-            index.index(recs[i:i + batch], md_pb.DUPLICATE_POLICY_OVERWRITE)
+            index.index(recs[i : i + batch], md_pb.DUPLICATE_POLICY_OVERWRITE)
 
     wall, cpu = timed(run)
     return len(recs) / wall, cpu / len(recs) * 1000
@@ -101,9 +116,11 @@ def ingest_with_refresh(index: MetadataIndex, recs: list[md_pb.InstanceRecord]) 
 
         _, cpu = timed(refresh)
         costs.append(cpu)
-    tail = costs[-max(1, len(costs) // 10):]
-    return (f"CPU {statistics.mean(costs) * 1000:.2f} ms/refresh, {statistics.mean(tail) * 1000:.2f} ms over the "
-            f"last tenth, {sum(costs):.2f} s for the series of {len(recs)}")
+    tail = costs[-max(1, len(costs) // 10) :]
+    return (
+        f"CPU {statistics.mean(costs) * 1000:.2f} ms/refresh, {statistics.mean(tail) * 1000:.2f} ms over the "
+        f"last tenth, {sum(costs):.2f} s for the series of {len(recs)}"
+    )
 
 
 def outbox_reads(index: MetadataIndex) -> str:
@@ -120,8 +137,10 @@ def outbox_reads(index: MetadataIndex) -> str:
     _, cpu = timed(page_through)
     idle_calls = 200
     _, idle = timed(lambda: [index.read_outbox(after, OUTBOX_PAGE) for _ in range(idle_calls)])
-    return (f"CPU {cpu / pages * 1000:.2f} ms per page of {OUTBOX_PAGE} ({events} events), "
-            f"{idle / idle_calls * 1000:.3f} ms per poll with nothing new")
+    return (
+        f"CPU {cpu / pages * 1000:.2f} ms per page of {OUTBOX_PAGE} ({events} events), "
+        f"{idle / idle_calls * 1000:.3f} ms per poll with nothing new"
+    )
 
 
 def p50(service: MetadataService, req: md_pb.QueryRequest, runs: int) -> tuple[float, int]:
@@ -140,13 +159,18 @@ def queries(pg_index: MetadataIndex, runs: int) -> None:
     level = dicom_pb2.QUERY_LEVEL_STUDY
     requests = {
         "PatientName=SMITH1* limit=100": md_pb.QueryRequest(
-            tenant="bench", level=level, limit=100, filters=[md_pb.Filter(tag="00100010", wildcard="SMITH1*")]),
+            tenant="bench", level=level, limit=100, filters=[md_pb.Filter(tag="00100010", wildcard="SMITH1*")]
+        ),
         "StudyDate=20200101-20201231 limit=100": md_pb.QueryRequest(
-            tenant="bench", level=level, limit=100,
-            filters=[md_pb.Filter(tag="00080020", range=md_pb.Range(lower="20200101", upper="20201231"))]),
+            tenant="bench",
+            level=level,
+            limit=100,
+            filters=[md_pb.Filter(tag="00080020", range=md_pb.Range(lower="20200101", upper="20201231"))],
+        ),
         "limit=100": md_pb.QueryRequest(tenant="bench", level=level, limit=100),
         "PatientName=*ANNA limit=100": md_pb.QueryRequest(
-            tenant="bench", level=level, limit=100, filters=[md_pb.Filter(tag="00100010", wildcard="*ANNA")]),
+            tenant="bench", level=level, limit=100, filters=[md_pb.Filter(tag="00100010", wildcard="*ANNA")]
+        ),
     }
     for name, req in requests.items():
         median, n = p50(service, req, runs)
@@ -173,22 +197,29 @@ def main() -> None:
     pg.start()
     tmp = Path(tempfile.mkdtemp(prefix="md-bench-"))
     try:
-        indexes = {"SQLite": MetadataIndex(Database.from_url(f"sqlite:///{tmp / 'index.sqlite3'}")),
-                   "PostgreSQL": MetadataIndex(Database.from_url(pg.create_database("bench")))}
+        indexes = {
+            "SQLite": MetadataIndex(Database.from_url(f"sqlite:///{tmp / 'index.sqlite3'}")),
+            "PostgreSQL": MetadataIndex(Database.from_url(pg.create_database("bench"))),
+        }
         rates: dict[str, float] = {}
         for name, index in indexes.items():
             rates[name], cpu = ingest(index, sample, 1)
-            print(f"{name} ingest, one instance per call ({len(sample)}): {rates[name]:.0f}/s, "
-                  f"CPU {cpu:.2f} ms/instance", flush=True)
+            print(
+                f"{name} ingest, one instance per call ({len(sample)}): {rates[name]:.0f}/s, CPU {cpu:.2f} ms/instance",
+                flush=True,
+            )
             rate, cpu = ingest(index, batched, args.batch)
-            print(f"{name} ingest, {args.batch} instances per call ({len(batched)}): {rate:.0f}/s, "
-                  f"CPU {cpu:.2f} ms/instance", flush=True)
+            print(
+                f"{name} ingest, {args.batch} instances per call ({len(batched)}): {rate:.0f}/s, "
+                f"CPU {cpu:.2f} ms/instance",
+                flush=True,
+            )
             print(f"{name} refresh while a series is ingested: {ingest_with_refresh(index, series)}", flush=True)
             print(f"{name} outbox reads: {outbox_reads(index)}", flush=True)
         print(f"single-record ingest rate PostgreSQL/SQLite: {rates['PostgreSQL'] / rates['SQLite']:.2f}")
         if not args.no_queries:
             pg_index = indexes["PostgreSQL"]
-            ingest(pg_index, all_recs[len(sample):], 500)
+            ingest(pg_index, all_recs[len(sample) :], 500)
             print(f"PostgreSQL index: {len(all_recs)} instances in {args.studies} studies", flush=True)
             queries(pg_index, args.runs)
         for index in indexes.values():

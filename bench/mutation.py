@@ -26,19 +26,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "dicomserver-mutation"
 MUTMUT = Path(sys.executable).with_name("mutmut")
-PACKAGES = ["auth_svc", "bench", "common", "dicomcore", "dicomweb_gateway", "deidentify", "eventbus", "ingest_svc",
-            "metadata_svc", "storage_svc", "launcher", "importer", "testbed", "tests", "pytest.ini"]
+PACKAGES = [
+    "auth_svc",
+    "bench",
+    "common",
+    "dicomcore",
+    "dicomweb_gateway",
+    "deidentify",
+    "eventbus",
+    "ingest_svc",
+    "metadata_svc",
+    "storage_svc",
+    "launcher",
+    "importer",
+    "testbed",
+    "tests",
+    "pytest.ini",
+]
 
 # target -> (modules mutated, tests run against them)
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
-    "ingest-pipeline": (["common/ingest.py"], [
-        "tests/common/test_ingest.py", "tests/dicomweb_gateway/", "tests/dicomcore/", "tests/ingest_svc/test_ingest_metrics.py",
-        "tests/security/test_input_properties.py"]),
-    "query-matching": (["dicomcore/matching.py", "metadata_svc/query.py"], [
-        "tests/dicomcore/test_matching.py", "tests/metadata_svc/", "tests/security/test_input_properties.py"]),
+    "ingest-pipeline": (
+        ["common/ingest.py"],
+        [
+            "tests/common/test_ingest.py",
+            "tests/dicomweb_gateway/",
+            "tests/dicomcore/",
+            "tests/ingest_svc/test_ingest_metrics.py",
+            "tests/security/test_input_properties.py",
+        ],
+    ),
+    "query-matching": (
+        ["dicomcore/matching.py", "metadata_svc/query.py"],
+        ["tests/dicomcore/test_matching.py", "tests/metadata_svc/", "tests/security/test_input_properties.py"],
+    ),
     "auth-policy": (["auth_svc/policy.py"], ["tests/auth_svc/", "tests/dicomweb_gateway/test_auth_enforcement.py"]),
-    "multipart-parser": (["dicomweb_gateway/multipart.py"], [
-        "tests/dicomweb_gateway/", "tests/security/test_input_properties.py"]),
+    "multipart-parser": (
+        ["dicomweb_gateway/multipart.py"],
+        ["tests/dicomweb_gateway/", "tests/security/test_input_properties.py"],
+    ),
     "storage-backends": (["storage_svc/filesystem.py", "storage_svc/s3.py"], ["tests/storage_svc/"]),
 }
 
@@ -47,20 +73,24 @@ def _scratch(name: str, modules: list[str], tests: list[str]) -> Path:
     """A copy of the tracked tree with a mutmut configuration for one target."""
     work = CACHE / name
     shutil.rmtree(work, ignore_errors=True)
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.split()
     for rel in files:
         src = ROOT / rel
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
+
     def quoted(items: list[str]) -> str:
         return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
     with open(work / "pyproject.toml", "a") as f:
-        f.write(f"\n[tool.mutmut]\nsource_paths = {quoted(modules)}\n"
-                f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
-                f"also_copy = {quoted(PACKAGES)}\n")
+        f.write(
+            f"\n[tool.mutmut]\nsource_paths = {quoted(modules)}\n"
+            f"pytest_add_cli_args_test_selection = {quoted(tests)}\n"
+            f"also_copy = {quoted(PACKAGES)}\n"
+        )
     return work
 
 
@@ -83,8 +113,13 @@ def run(name: str, max_children: int, survivors: bool) -> list[tuple[str, Counte
     log = work / "mutmut.log"
     print(f"== {name}: mutating {', '.join(modules)} (log: {log})", flush=True)
     with open(log, "w") as f:
-        subprocess.run([str(MUTMUT), "run", "--max-children", str(max_children)], cwd=work, stdout=f,
-                       stderr=subprocess.STDOUT, check=False)
+        subprocess.run(
+            [str(MUTMUT), "run", "--max-children", str(max_children)],
+            cwd=work,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     results = _results(work)
     if not results or all(status == "not checked" for status in results.values()):
         print(f"   mutmut could not test {name} (its clean run failed?); see {log}", flush=True)
@@ -110,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print("mutmut is not installed: .venv/bin/pip install -r requirements.txt", file=sys.stderr)
         return 2
     chosen = [n for n in TARGETS if args.only in n]
-    table = [(name, module, counts) for name in chosen for module, counts in run(name, args.max_children,
-                                                                               args.survivors)]
+    table = [
+        (name, module, counts) for name in chosen for module, counts in run(name, args.max_children, args.survivors)
+    ]
     print(f"\n{'target':<18} {'module':<32} {'killed':>7} {'survived':>9} {'no tests':>9} {'other':>6} {'score':>7}")
     for name, module, c in table:
         total = sum(c.values())

@@ -57,8 +57,10 @@ def summarize(raw: Path, top: int) -> list[str]:
         if not stack or not count.isdigit():  # a line cut short when py-spy stopped
             continue
         n = int(count)
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
-                  for f in stack.split(";")]
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in f else f
+            for f in stack.split(";")
+        ]
         if frames and frames[0].startswith("process "):
             frames = frames[1:]
         if frames and frames[0].startswith("thread "):
@@ -105,9 +107,21 @@ def main(argv: list[str] | None = None) -> int:
         cpu0 = {svc: TreeSampler._stat(pid)[1] for svc, pid in pids.items()}  # type: ignore[index]
         for svc, pid in pids.items():
             spies[svc] = subprocess.Popen(
-                [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--nonblocking",
-                 "-o", str(out / f"{svc}.txt")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                    "-o",
+                    str(out / f"{svc}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         time.sleep(1)
         t0 = time.perf_counter()
@@ -115,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             clients.cstore(srv, [ct])
             what = f"{len(ct)} CT instances over 1 association"
         elif args.workload == "cstore-small":
-            small = [str(root / f["path"]) for st in manifest["index"]["studies"][:200] for se in st["series"] for f in se["files"]]
+            small = [
+                str(root / f["path"])
+                for st in manifest["index"]["studies"][:200]
+                for se in st["series"]
+                for f in se["files"]
+            ]
             clients.cstore(srv, [small[k::4] for k in range(4)])
             what = f"{len(small)} small instances over 4 associations"
         elif args.workload == "stow":
@@ -144,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             n = 0
             for st in manifest["ct"]["studies"]:
                 for se in st["series"]:
-                    n += web.get_bytes(f"/studies/{st['uid']}/series/{se['uid']}", 'multipart/related; type="application/dicom"')
+                    n += web.get_bytes(
+                        f"/studies/{st['uid']}/series/{se['uid']}", 'multipart/related; type="application/dicom"'
+                    )
             what = f"WADO-RS of every CT series, {n / 1e6:.0f} MB"
         elapsed = time.perf_counter() - t0
         cpu = {svc: (TreeSampler._stat(pid)[1] - cpu0[svc]) / TICK for svc, pid in pids.items()}  # type: ignore[index]

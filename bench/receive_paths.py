@@ -83,8 +83,11 @@ def process_cpu(pid: int) -> float:
 class Spy:
     def __init__(self, pid: int, out: Path) -> None:
         self.out = out
-        self.proc = subprocess.Popen([PY_SPY, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out),
-                                      "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [PY_SPY, "record", "-p", str(pid), "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.5)
 
     def stop(self) -> list[str]:
@@ -94,8 +97,9 @@ class Spy:
 
 
 def archive_run(files: list[str], path: str, associations: int, work: Path, spy: Path | None) -> dict[str, float]:
-    srv: Server = start_ours(work / f"{path}-{associations}-{time.monotonic_ns()}",
-                             {"DICOMSERVER_DIMSE_LEAN_STORAGE": PATHS[path]})
+    srv: Server = start_ours(
+        work / f"{path}-{associations}-{time.monotonic_ns()}", {"DICOMSERVER_DIMSE_LEAN_STORAGE": PATHS[path]}
+    )
     try:
         assert srv.proc is not None and srv.sampler is not None
         ingest = service_pids(srv.proc.pid)["ingest_svc"]
@@ -206,19 +210,24 @@ def main() -> None:
     try:
         for i in range(args.runs):
             for associations in (1, 4):
-                for path in (PATHS if i % 2 == 0 else list(PATHS)[::-1]):
+                for path in PATHS if i % 2 == 0 else list(PATHS)[::-1]:
                     r = run(files, path, associations, work, None)
                     results.setdefault((path, associations), []).append(r)
-                    print(f"run {i + 1}, {path:10} {associations} assoc: {r['rate']:6.1f} objects/s, ingest CPU "
-                          f"{r['ingest_cpu']:5.2f} s, all {r['tree_cpu']:5.2f} s, load {r['load']:.1f}", flush=True)
+                    print(
+                        f"run {i + 1}, {path:10} {associations} assoc: {r['rate']:6.1f} objects/s, ingest CPU "
+                        f"{r['ingest_cpu']:5.2f} s, all {r['tree_cpu']:5.2f} s, load {r['load']:.1f}",
+                        flush=True,
+                    )
         print(f"\n{args.mode}: medians of {args.runs} runs, {len(files)} objects")
         for (path, associations), rs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "pynetdicom")):
             rate = statistics.median(r["rate"] for r in rs)
             cpu = statistics.median(r["ingest_cpu"] for r in rs)
             tree = statistics.median(r["tree_cpu"] for r in rs)
             spread = ", ".join(f"{r['rate']:.0f}" for r in rs)
-            print(f"  {path:10} {associations} assoc: {rate:6.1f} objects/s (runs {spread}); ingest_svc CPU {cpu:5.2f} s "
-                  f"= {1000 * cpu / len(files):5.2f} ms/object; archive CPU {tree:5.2f} s")
+            print(
+                f"  {path:10} {associations} assoc: {rate:6.1f} objects/s (runs {spread}); ingest_svc CPU {cpu:5.2f} s "
+                f"= {1000 * cpu / len(files):5.2f} ms/object; archive CPU {tree:5.2f} s"
+            )
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             for path in PATHS:

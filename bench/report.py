@@ -91,8 +91,16 @@ def table(figures: list[Figure], sides: list[str], totals: dict[str, dict[str, A
             row.append(f"{sp:.2f}" if sp is not None else "-")
         row += [f"{f.sides[s].cpu_s:.1f}" if s in f.sides else "-" for s in sides]
         rows.append(row)
-    rows.append(["peak RSS (process tree)", "MB", *[f"{totals[s]['peak_rss_mb']:.0f}" for s in sides]] + ([""] if len(sides) == 2 else []) + [""] * len(sides))
-    rows.append(["CPU, whole run", "s", *[f"{totals[s]['cpu_s']:.1f}" for s in sides]] + ([""] if len(sides) == 2 else []) + [""] * len(sides))
+    rows.append(
+        ["peak RSS (process tree)", "MB", *[f"{totals[s]['peak_rss_mb']:.0f}" for s in sides]]
+        + ([""] if len(sides) == 2 else [])
+        + [""] * len(sides)
+    )
+    rows.append(
+        ["CPU, whole run", "s", *[f"{totals[s]['cpu_s']:.1f}" for s in sides]]
+        + ([""] if len(sides) == 2 else [])
+        + [""] * len(sides)
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = []
     for i, r in enumerate(rows):

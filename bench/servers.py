@@ -156,12 +156,19 @@ def start_ours(data_dir: Path, extra_env: dict[str, str], timeout: float = 120) 
     log = srv.log_path.open("w")
     srv.proc = subprocess.Popen(
         [
-            sys.executable, "-m", "launcher",
-            "--data-dir", str(data_dir),
-            "--http-port", str(srv.http_port),
-            "--dimse-port", str(srv.dimse_port),
-            "--ae-title", srv.aet,
-            "--grpc-base-port", "0",
+            sys.executable,
+            "-m",
+            "launcher",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(srv.http_port),
+            "--dimse-port",
+            str(srv.dimse_port),
+            "--ae-title",
+            srv.aet,
+            "--grpc-base-port",
+            "0",
         ],
         cwd=ROOT,
         stdout=log,
@@ -246,7 +253,11 @@ def start_orthanc(data_dir: Path, move_destinations: dict[str, tuple[str, int]],
     srv.log_path = data_dir.parent / f"{data_dir.name}.log"
     log = srv.log_path.open("w")
     srv.proc = subprocess.Popen(
-        ["Orthanc", str(cfg)], cwd=data_dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TCP_NODELAY": "1"}
+        ["Orthanc", str(cfg)],
+        cwd=data_dir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
     srv.sampler = TreeSampler(srv.proc.pid)
     srv.dicomweb = f"http://{HOST}:{srv.http_port}/dicom-web"

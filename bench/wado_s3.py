@@ -35,8 +35,15 @@ ACCESS_KEY, SECRET_KEY, BUCKET = "dicomserver-bench", "dicomserver-bench-secret"
 def start_seaweed(data_dir: Path, timeout: float = 60) -> tuple[subprocess.Popen[bytes], str]:
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     s3_port = free_port()
-    args = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-s3.port={s3_port}", f"-bucket={BUCKET}"]
+    args = [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        f"-bucket={BUCKET}",
+    ]
     args += [f"-{name}.port={free_port()}" for name in ("master", "volume", "filer", "admin", "webdav")]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -61,16 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root, manifest = corpus.ensure(args.cache_dir, corpus.FULL, print)
-    series = [(st["uid"], se["uid"], [root / f["path"] for f in se["files"]])
-              for st in manifest["ct"]["studies"] for se in st["series"]]
+    series = [
+        (st["uid"], se["uid"], [root / f["path"] for f in se["files"]])
+        for st in manifest["ct"]["studies"]
+        for se in st["series"]
+    ]
     work = Path(tempfile.mkdtemp(prefix="dicomserver-wado-s3-"))
     weed, endpoint = start_seaweed(work / "seaweed")
     servers: dict[str, Server] = {}
     try:
         s3_env = {
-            "DICOMSERVER_STORAGE_BACKEND": "s3", "DICOMSERVER_S3_ENDPOINT_URL": endpoint,
-            "DICOMSERVER_S3_BUCKET": BUCKET, "DICOMSERVER_S3_ACCESS_KEY_ID": ACCESS_KEY,
-            "DICOMSERVER_S3_SECRET_ACCESS_KEY": SECRET_KEY, "DICOMSERVER_S3_CREATE_BUCKET": "true",
+            "DICOMSERVER_STORAGE_BACKEND": "s3",
+            "DICOMSERVER_S3_ENDPOINT_URL": endpoint,
+            "DICOMSERVER_S3_BUCKET": BUCKET,
+            "DICOMSERVER_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "DICOMSERVER_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+            "DICOMSERVER_S3_CREATE_BUCKET": "true",
         }
         servers["filesystem"] = start_ours(work / "fs", {})
         servers["s3"] = start_ours(work / "s3", s3_env)

@@ -79,7 +79,12 @@ class Bench:
             for st in self.index
         ]
         self.ct_studies = [
-            {"patient_id": st["patient_id"], "patient_name": st["patient_name"], "date": st["date"], "modalities": {"CT"}}
+            {
+                "patient_id": st["patient_id"],
+                "patient_name": st["patient_name"],
+                "date": st["date"],
+                "modalities": {"CT"},
+            }
             for st in self.ct
         ]
 
@@ -128,8 +133,11 @@ class Bench:
                     cleanup(ctx)
         from bench.report import cell
 
-        self.log(f"  {name:<44} " + "  ".join(f"{side}: {cell(fig.sides.get(side))}" for side in self.sides)
-                 + f"  ({time.monotonic() - t0:.0f} s)")
+        self.log(
+            f"  {name:<44} "
+            + "  ".join(f"{side}: {cell(fig.sides.get(side))}" for side in self.sides)
+            + f"  ({time.monotonic() - t0:.0f} s)"
+        )
         return fig
 
     def mismatch(self, fig: Figure, srv: Server, text: str) -> None:
@@ -207,16 +215,29 @@ class Bench:
         reps = self.plan.store_reps
         for n in (1, PARALLEL):
             self.run(
-                f"C-STORE CT, {n} association{'s' if n > 1 else ''}", "MB/s", True, reps,
+                f"C-STORE CT, {n} association{'s' if n > 1 else ''}",
+                "MB/s",
+                True,
+                reps,
                 lambda srv, i, ctx, fig: self.ct_bytes / 1e6 / clients.cstore(srv, ctx[2]),
-                remember(self._cstore_prepare(n), f"cstore{n}"), rm,
+                remember(self._cstore_prepare(n), f"cstore{n}"),
+                rm,
             )
         self.run("STOW-RS CT, sequential", "MB/s", True, reps, self._stow_seq, remember(self._stow_prepare, "stow1"))
-        self.run(f"STOW-RS CT, {PARALLEL} in parallel", "MB/s", True, reps, self._stow_par, remember(self._stow_prepare, "stow4"))
+        self.run(
+            f"STOW-RS CT, {PARALLEL} in parallel",
+            "MB/s",
+            True,
+            reps,
+            self._stow_par,
+            remember(self._stow_prepare, "stow4"),
+        )
         self.ct_data = None
         # Every stored copy must be complete on every server that took it.
         per_study = len(self.ct[0]["series"]) * len(self.ct[0]["series"][0]["files"])
-        by_key = dict(zip(["cstore1", f"cstore{PARALLEL}", "stow1", f"stow{PARALLEL}"], self.figures[-4:], strict=False))
+        by_key = dict(
+            zip(["cstore1", f"cstore{PARALLEL}", "stow1", f"stow{PARALLEL}"], self.figures[-4:], strict=False)
+        )
         for v, key in record:
             fig = by_key[key]
             for side in self.sides:
@@ -306,32 +327,71 @@ class Bench:
 
         limit = 100
         cases: list[tuple[str, Callable[[int], tuple[str, dict[str, str], int]]]] = [
-            ("studies, PatientID exact", lambda i: (
-                "/studies", {"PatientID": pick(i)["patient_id"]},
-                count(lambda s, p=pick(i)["patient_id"]: s["patient_id"] == p))),  # noqa: B008 (bound per query)
-            ("studies, PatientName wildcard (non-ASCII)", lambda i: (
-                "/studies", {"PatientName": FAMILY[i % len(FAMILY)][:3] + "*"},
-                count(lambda s, f=FAMILY[i % len(FAMILY)][:3]: s["patient_name"].startswith(f)))),  # noqa: B008 (bound per query)
-            ("studies, StudyDate range (6 months)", lambda i: (
-                "/studies", {"StudyDate": f"{2000 + i % 25}0101-{2000 + i % 25}0630"},
-                count(lambda s, y=f"{2000 + i % 25}": f"{y}0101" <= s["date"] <= f"{y}0630"))),
-            ("studies, AccessionNumber exact", lambda i: (
-                "/studies", {"AccessionNumber": f"ACC{(i * 37 + 11) % len(idx):06d}"}, 1)),
-            (f"studies, limit={limit}", lambda i: ("/studies", {"limit": str(limit)}, min(limit, count(lambda s: True)))),
-            ("studies, ModalitiesInStudy + date range (1 year)", lambda i: (
-                "/studies", {"ModalitiesInStudy": "MR", "StudyDate": f"{2000 + i % 25}0101-{2000 + i % 25}1231"},
-                count(lambda s, y=f"{2000 + i % 25}": "MR" in s["modalities"] and s["date"][:4] == y))),
+            (
+                "studies, PatientID exact",
+                lambda i: (
+                    "/studies",
+                    {"PatientID": pick(i)["patient_id"]},
+                    count(lambda s, p=pick(i)["patient_id"]: s["patient_id"] == p),  # noqa: B008 (bound per query)
+                ),
+            ),
+            (
+                "studies, PatientName wildcard (non-ASCII)",
+                lambda i: (
+                    "/studies",
+                    {"PatientName": FAMILY[i % len(FAMILY)][:3] + "*"},
+                    count(lambda s, f=FAMILY[i % len(FAMILY)][:3]: s["patient_name"].startswith(f)),  # noqa: B008 (bound per query)
+                ),
+            ),
+            (
+                "studies, StudyDate range (6 months)",
+                lambda i: (
+                    "/studies",
+                    {"StudyDate": f"{2000 + i % 25}0101-{2000 + i % 25}0630"},
+                    count(lambda s, y=f"{2000 + i % 25}": f"{y}0101" <= s["date"] <= f"{y}0630"),
+                ),
+            ),
+            (
+                "studies, AccessionNumber exact",
+                lambda i: ("/studies", {"AccessionNumber": f"ACC{(i * 37 + 11) % len(idx):06d}"}, 1),
+            ),
+            (
+                f"studies, limit={limit}",
+                lambda i: ("/studies", {"limit": str(limit)}, min(limit, count(lambda s: True))),
+            ),
+            (
+                "studies, ModalitiesInStudy + date range (1 year)",
+                lambda i: (
+                    "/studies",
+                    {"ModalitiesInStudy": "MR", "StudyDate": f"{2000 + i % 25}0101-{2000 + i % 25}1231"},
+                    count(lambda s, y=f"{2000 + i % 25}": "MR" in s["modalities"] and s["date"][:4] == y),
+                ),
+            ),
             ("series of one study", lambda i: (f"/studies/{pick(i)['uid']}/series", {}, len(pick(i)["series"]))),
-            ("series, Modality exact + limit=50", lambda i: ("/series", {"Modality": "PT", "limit": "50"}, min(50, pt_series))),
-            ("instances of one series", lambda i: (
-                f"/studies/{pick(i)['uid']}/series/{pick(i)['series'][0]['uid']}/instances", {},
-                len(pick(i)["series"][0]["files"]))),
-            ("instances, SOPInstanceUID exact", lambda i: (
-                "/instances", {"SOPInstanceUID": pick(i)["series"][-1]["files"][-1]["sop"]}, 1)),
+            (
+                "series, Modality exact + limit=50",
+                lambda i: ("/series", {"Modality": "PT", "limit": "50"}, min(50, pt_series)),
+            ),
+            (
+                "instances of one series",
+                lambda i: (
+                    f"/studies/{pick(i)['uid']}/series/{pick(i)['series'][0]['uid']}/instances",
+                    {},
+                    len(pick(i)["series"][0]["files"]),
+                ),
+            ),
+            (
+                "instances, SOPInstanceUID exact",
+                lambda i: ("/instances", {"SOPInstanceUID": pick(i)["series"][-1]["files"][-1]["sop"]}, 1),
+            ),
         ]
         for label, make in cases:
+
             def fn(
-                srv: Server, i: int, ctx: Any, fig: Figure,
+                srv: Server,
+                i: int,
+                ctx: Any,
+                fig: Figure,
                 make: Callable[[int], tuple[str, dict[str, str], int]] = make,
             ) -> float:
                 side_of["now"] = srv.name

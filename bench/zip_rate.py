@@ -58,8 +58,10 @@ def main() -> int:
                             assert {zf.read(n) for n in zf.namelist()} == sent
                     rates[kind].append(size / 1e6 / elapsed)
         for kind, values in rates.items():
-            print(f"{kind:9s} median {statistics.median(values):6.1f} MB/s  [{min(values):.1f}-{max(values):.1f}] "
-                  f"of {len(values)} series of {size / 1e6:.1f} MB")
+            print(
+                f"{kind:9s} median {statistics.median(values):6.1f} MB/s  [{min(values):.1f}-{max(values):.1f}] "
+                f"of {len(values)} series of {size / 1e6:.1f} MB"
+            )
         web.close()
     finally:
         srv.stop()

@@ -58,8 +58,7 @@ _OUTCOMES = set(Record.Outcome.values())
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-DROPPED = Counter("dicomserver_audit_dropped_total", "Audit records given up on before they were delivered",
-                  ["reason"])
+DROPPED = Counter("dicomserver_audit_dropped_total", "Audit records given up on before they were delivered", ["reason"])
 DELIVERED = Counter("dicomserver_audit_delivered_total", "Audit records the metadata service took")
 
 
@@ -109,13 +108,14 @@ def _sanitize(out: Record) -> None:
             check_tenant(out.tenant)
         except InvalidValue:
             out.tenant = NO_TENANT
-            out.detail = (out.detail + " (the tenant asked for is malformed)").strip()[:LIMITS["detail"]]
+            out.detail = (out.detail + " (the tenant asked for is malformed)").strip()[: LIMITS["detail"]]
     if out.action not in _ACTIONS:
         out.action = Record.ACTION_UNSPECIFIED
     if out.outcome not in _OUTCOMES:
         out.outcome = Record.OUTCOME_UNSPECIFIED
-    if not out.HasField("time") or not (_MIN_SECONDS <= out.time.seconds <= _MAX_SECONDS
-                                        and 0 <= out.time.nanos < 1_000_000_000):
+    if not out.HasField("time") or not (
+        _MIN_SECONDS <= out.time.seconds <= _MAX_SECONDS and 0 <= out.time.nanos < 1_000_000_000
+    ):
         out.time.FromDatetime(datetime.now(UTC))
 
 
@@ -162,9 +162,19 @@ class AuditLog:
     Records without `edge` get the log's; records without `time` get the
     time of the record() call."""
 
-    def __init__(self, client: Any, *, edge: str = "", enabled: bool = True, queue_size: int = 10000,
-                 batch_size: int = 200, flush_interval: float = 0.5, retry_backoff: float = 0.5,
-                 max_backoff: float = 5.0, call_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        edge: str = "",
+        enabled: bool = True,
+        queue_size: int = 10000,
+        batch_size: int = 200,
+        flush_interval: float = 0.5,
+        retry_backoff: float = 0.5,
+        max_backoff: float = 5.0,
+        call_timeout: float = 10.0,
+    ) -> None:
         """`client` is a common.clients.MetadataClient (anything with
         `record_audit(records, timeout=)`)."""
         self._client = client
@@ -348,8 +358,12 @@ class AuditLog:
                 if dropped:
                     self._count_drops("queue_full", dropped)
                 if failures == 1 or failures % 20 == 0:
-                    log.warning("audit: the metadata service did not take %d records (%s); %d pending, retrying",
-                                len(exc.records), type(exc.cause).__name__, pending)
+                    log.warning(
+                        "audit: the metadata service did not take %d records (%s); %d pending, retrying",
+                        len(exc.records),
+                        type(exc.cause).__name__,
+                        pending,
+                    )
                 wait = min(self.max_backoff, self.retry_backoff * 2 ** min(failures - 1, 16))
                 with self._cond:
                     end = time.monotonic() + wait

@@ -48,8 +48,9 @@ class StagedObject:
     be (`file`), then commit() or discard(); as a context manager it is
     discarded unless committed."""
 
-    def __init__(self, file: BinaryIO, path: str, grant_id: str, blobs: Blobs,
-                 refused: errors.ServiceError | None = None) -> None:
+    def __init__(
+        self, file: BinaryIO, path: str, grant_id: str, blobs: Blobs, refused: errors.ServiceError | None = None
+    ) -> None:
         self.file = file
         # Storage granted nothing: the object is spooled so that its failure
         # can be reported with its UIDs, and commit() raises this.
@@ -79,8 +80,9 @@ class StagedObject:
             self.file.flush()
             if self._grant_id:
                 self.file.close()
-                return self._blobs.commit_staged(st_pb.CommitWriteRequest(
-                    grant_id=self._grant_id, ref=ref, size=self.size, crc32=self.crc32))
+                return self._blobs.commit_staged(
+                    st_pb.CommitWriteRequest(grant_id=self._grant_id, ref=ref, size=self.size, crc32=self.crc32)
+                )
             return self._blobs.upload(self, ref)
         finally:
             self._close_and_remove()
@@ -216,9 +218,17 @@ class Blobs:
         else:
             f.seek(0)
             etags.append(_put(up.url, f, staged.size))
-        commit = self.storage.commit_write(st_pb.CommitWriteRequest(
-            grant_id=grant.grant_id, ref=ref, size=staged.size, crc32=staged.crc32, etags=etags,
-            object_key=up.object_key, upload_id=up.upload_id))
+        commit = self.storage.commit_write(
+            st_pb.CommitWriteRequest(
+                grant_id=grant.grant_id,
+                ref=ref,
+                size=staged.size,
+                crc32=staged.crc32,
+                etags=etags,
+                object_key=up.object_key,
+                upload_id=up.upload_id,
+            )
+        )
         return commit.object_key
 
 
@@ -226,8 +236,14 @@ def _put(url: str, body: BinaryIO | bytes, size: int | None = None) -> str:
     """PUTs to a presigned URL; returns the ETag the store gave the bytes."""
     length = len(body) if isinstance(body, bytes) else size
     try:
-        resp = _HTTP.request("PUT", url, body=body, headers={"Content-Length": str(length)},
-                             preload_content=True, timeout=urllib3.Timeout(connect=10, read=120))
+        resp = _HTTP.request(
+            "PUT",
+            url,
+            body=body,
+            headers={"Content-Length": str(length)},
+            preload_content=True,
+            timeout=urllib3.Timeout(connect=10, read=120),
+        )
     except urllib3.exceptions.HTTPError as exc:
         raise errors.Unavailable(f"object store upload failed ({type(exc).__name__})") from None
     if resp.status >= 300:
@@ -344,11 +360,13 @@ class BlobReader:
         finally:
             resp.release_conn()
 
-    def _http(self, method: str, url: str, headers: dict[str, str] | None = None,
-              stream: bool = False) -> urllib3.BaseHTTPResponse:
+    def _http(
+        self, method: str, url: str, headers: dict[str, str] | None = None, stream: bool = False
+    ) -> urllib3.BaseHTTPResponse:
         try:
-            resp = _HTTP.request(method, url, headers=headers, preload_content=not stream,
-                                 timeout=urllib3.Timeout(connect=10, read=120))
+            resp = _HTTP.request(
+                method, url, headers=headers, preload_content=not stream, timeout=urllib3.Timeout(connect=10, read=120)
+            )
         except urllib3.exceptions.HTTPError as exc:
             raise errors.Unavailable(f"object store read failed ({type(exc).__name__})") from None
         if resp.status == 404:

@@ -124,8 +124,9 @@ class StorageClient:
         return resp.deleted
 
     @_translate
-    def grant_write(self, count: int = 1, ref: dicom_pb2.InstanceRef | None = None,
-                    size: int = 0) -> st_pb.GrantWriteResponse:
+    def grant_write(
+        self, count: int = 1, ref: dicom_pb2.InstanceRef | None = None, size: int = 0
+    ) -> st_pb.GrantWriteResponse:
         resp: st_pb.GrantWriteResponse = self._stub.GrantWrite(st_pb.GrantWriteRequest(count=count, ref=ref, size=size))
         return resp
 
@@ -144,7 +145,9 @@ class StorageClient:
 
     @_translate
     def sweep(self, min_age_seconds: int = 0, timeout: float = 600.0) -> st_pb.SweepResponse:
-        resp: st_pb.SweepResponse = self._stub.Sweep(st_pb.SweepRequest(min_age_seconds=min_age_seconds), timeout=timeout)
+        resp: st_pb.SweepResponse = self._stub.Sweep(
+            st_pb.SweepRequest(min_age_seconds=min_age_seconds), timeout=timeout
+        )
         return resp
 
 
@@ -154,7 +157,9 @@ class MetadataClient:
 
     @_translate
     def index(
-        self, records: Iterable[md_pb.InstanceRecord], policy: md_pb.DuplicatePolicy.ValueType = md_pb.DUPLICATE_POLICY_OVERWRITE
+        self,
+        records: Iterable[md_pb.InstanceRecord],
+        policy: md_pb.DuplicatePolicy.ValueType = md_pb.DUPLICATE_POLICY_OVERWRITE,
     ) -> list[md_pb.IndexResult]:
         resp = self._stub.IndexInstances(md_pb.IndexInstancesRequest(records=records, duplicate_policy=policy))
         return list(resp.results)
@@ -205,7 +210,8 @@ class MetadataClient:
     def read_outbox(self, after: int, limit: int, timeout: float = 30.0) -> md_pb.ReadOutboxResponse:
         """Outbox events after sequence `after`, oldest first, at most `limit`."""
         resp: md_pb.ReadOutboxResponse = self._stub.ReadOutbox(
-            md_pb.ReadOutboxRequest(after_sequence=after, limit=limit), timeout=timeout)
+            md_pb.ReadOutboxRequest(after_sequence=after, limit=limit), timeout=timeout
+        )
         return resp
 
     @_translate
@@ -340,8 +346,9 @@ class EventBusClient:
         return resp
 
     @_translate
-    def audit_statistics(self, tenants: Iterable[str], days: int = 0, top: int = 0,
-                         timeout: float = 30.0) -> eb_pb.GetAuditStatisticsResponse:
+    def audit_statistics(
+        self, tenants: Iterable[str], days: int = 0, top: int = 0, timeout: float = 30.0
+    ) -> eb_pb.GetAuditStatisticsResponse:
         req = eb_pb.GetAuditStatisticsRequest(tenants=list(tenants), days=days, top=top)
         resp: eb_pb.GetAuditStatisticsResponse = self._stub.GetAuditStatistics(req, timeout=timeout)
         return resp

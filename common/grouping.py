@@ -32,8 +32,12 @@ class GroupCall(Generic[Req, Res]):
     that group are sent again one by one (to find whose it was) if
     `retry_alone`, else every caller gets the exception."""
 
-    def __init__(self, send: Callable[[Hashable, list[Req]], Sequence[Res | Exception]], max_batch: int = 64,
-                 retry_alone: bool = True) -> None:
+    def __init__(
+        self,
+        send: Callable[[Hashable, list[Req]], Sequence[Res | Exception]],
+        max_batch: int = 64,
+        retry_alone: bool = True,
+    ) -> None:
         self._send = send
         self._max_batch = max_batch
         self._retry_alone = retry_alone

@@ -69,7 +69,8 @@ def build_record(header: Header, tenant: str, size: int) -> md_pb.InstanceRecord
     header_json = header.json_bytes().replace(
         b'"BulkDataURI":"bulkdata/',
         f'"BulkDataURI":"studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}'
-        f'/instances/{ref.sop_instance_uid}/bulkdata/'.encode("ascii"))
+        f"/instances/{ref.sop_instance_uid}/bulkdata/".encode("ascii"),
+    )
     return md_pb.InstanceRecord(
         location=location,
         specific_character_set=t("SpecificCharacterSet"),

@@ -21,11 +21,11 @@ from pythonjsonlogger.json import JsonFormatter
 REQUEST_ID_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-RPC_REQUESTS = Counter(
-    "dicomserver_grpc_requests_total", "gRPC calls served", ["service", "method", "code"]
-)
+RPC_REQUESTS = Counter("dicomserver_grpc_requests_total", "gRPC calls served", ["service", "method", "code"])
 RPC_SECONDS = Histogram(
-    "dicomserver_grpc_request_seconds", "Time to serve a gRPC call", ["service", "method"],
+    "dicomserver_grpc_request_seconds",
+    "Time to serve a gRPC call",
+    ["service", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 INGESTED = Counter("dicomserver_ingest_instances_total", "Instances through the ingest pipeline", ["status"])
@@ -47,7 +47,9 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     handler.addFilter(_RequestIdFilter())
     if fmt == "json":
         handler.setFormatter(
-            JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s", rename_fields={"levelname": "level"})
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s", rename_fields={"levelname": "level"}
+            )
         )
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))

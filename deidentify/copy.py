@@ -38,15 +38,17 @@ class Report:
     flagged_burned_in: list[str] = field(default_factory=list)
 
 
-def studies_of(metadata: MetadataClient, tenant: str, study_uids: Sequence[str],
-               filters: Sequence[md_pb.Filter]) -> list[str]:
+def studies_of(
+    metadata: MetadataClient, tenant: str, study_uids: Sequence[str], filters: Sequence[md_pb.Filter]
+) -> list[str]:
     """The studies asked for: named ones, or those a study-level query matches."""
     if study_uids:
         return [check_uid(u, "Study Instance UID") for u in dict.fromkeys(study_uids)]
     if not filters:
         raise ValueError("name studies or give a query")
-    resp = metadata.query(md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_STUDY, filters=filters,
-                                             limit=MAX_STUDIES))
+    resp = metadata.query(
+        md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_STUDY, filters=filters, limit=MAX_STUDIES)
+    )
     out = []
     for match in resp.matches:
         value = json.loads(match).get("0020000D", {}).get("Value", [""])[0]
@@ -55,9 +57,15 @@ def studies_of(metadata: MetadataClient, tenant: str, study_uids: Sequence[str],
     return out
 
 
-def deidentified_objects(metadata: MetadataClient, reader: BlobReader, tenant: str, studies: Sequence[str],
-                         request: Request, allow_burned_in: bool,
-                         report: Report) -> Iterator[tuple[str, str, bytes]]:
+def deidentified_objects(
+    metadata: MetadataClient,
+    reader: BlobReader,
+    tenant: str,
+    studies: Sequence[str],
+    request: Request,
+    allow_burned_in: bool,
+    report: Report,
+) -> Iterator[tuple[str, str, bytes]]:
     """(study copy UID, SOP copy UID, Part 10 bytes) of every instance to copy."""
     deid = Deidentifier(request)
     for study in studies:
@@ -78,8 +86,9 @@ def deidentified_objects(metadata: MetadataClient, reader: BlobReader, tenant: s
             yield deid.uid(study), deid.uid(sop), out.getvalue()
 
 
-def copy_into(pipeline: IngestPipeline, target_tenant: str, objects: Iterator[tuple[str, str, bytes]],
-              report: Report) -> Report:
+def copy_into(
+    pipeline: IngestPipeline, target_tenant: str, objects: Iterator[tuple[str, str, bytes]], report: Report
+) -> Report:
     """Stores the de-identified objects into the target tenant."""
     check_tenant(target_tenant)
     for _study, _sop, data in objects:

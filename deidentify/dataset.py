@@ -106,8 +106,9 @@ class Deidentifier:
         ds.PatientID = self.pseudonym(patient_id)
         ds.PatientName = ds.PatientID
         options = sorted(self.request.options, key=lambda o: o.value)
-        ds.DeidentificationMethod = "; ".join([DEIDENTIFICATION_METHOD, *(profile.OPTION_MEANINGS[o.value]
-                                                                          for o in options)])[:64]
+        ds.DeidentificationMethod = "; ".join(
+            [DEIDENTIFICATION_METHOD, *(profile.OPTION_MEANINGS[o.value] for o in options)]
+        )[:64]
         codes = Sequence()
         for value in [profile.BASIC_PROFILE_CODE, *(o.value for o in options)]:
             item = Dataset()
@@ -116,13 +117,19 @@ class Deidentifier:
             codes.append(item)
         ds.DeidentificationMethodCodeSequence = codes
         ds.LongitudinalTemporalInformationModified = (
-            "MODIFIED" if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.request.options else "REMOVED")
+            "MODIFIED" if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in self.request.options else "REMOVED"
+        )
         meta = getattr(ds, "file_meta", None)
         if meta is not None:
             if "MediaStorageSOPInstanceUID" in meta:
                 meta.MediaStorageSOPInstanceUID = self.uid(str(meta.MediaStorageSOPInstanceUID))
-            for keyword in ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
-                            "ReceivingApplicationEntityTitle", "PrivateInformationCreatorUID", "PrivateInformation"):
+            for keyword in (
+                "SourceApplicationEntityTitle",
+                "SendingApplicationEntityTitle",
+                "ReceivingApplicationEntityTitle",
+                "PrivateInformationCreatorUID",
+                "PrivateInformation",
+            ):
                 if keyword in meta:
                     del meta[keyword]
         return Result(ds, burned_in, dict(self.uids))
@@ -156,8 +163,9 @@ class Deidentifier:
                     elem.value = _dummy(elem)
             elif act == "U":
                 if elem.VR == "UI":
-                    elem.value = [self.uid(str(v)) for v in _values(elem)] if elem.VM > 1 else self.uid(
-                        str(elem.value or ""))
+                    elem.value = (
+                        [self.uid(str(v)) for v in _values(elem)] if elem.VM > 1 else self.uid(str(elem.value or ""))
+                    )
                 elif elem.VR == "SQ":
                     for item in elem.value:
                         self._walk(item, patient_id, words)
@@ -173,8 +181,11 @@ class Deidentifier:
                 self._walk(item, patient_id, words)
         elif vr in ("DA", "DT"):
             days = self.shift_days(patient_id)
-            elem.value = [_shifted(str(v), vr, days) for v in _values(elem)] if elem.VM > 1 else _shifted(
-                str(elem.value or ""), vr, days)
+            elem.value = (
+                [_shifted(str(v), vr, days) for v in _values(elem)]
+                if elem.VM > 1
+                else _shifted(str(elem.value or ""), vr, days)
+            )
         elif vr == "TM":
             pass  # dates move by whole days: the time of day stays
         elif vr in _TEXT_VRS:
@@ -189,8 +200,9 @@ class Deidentifier:
             # A private creator: kept when a safe-listed attribute needs it.
             return any(s.group == group and s.creator == str(elem.value).strip() for s in self.request.safe_private)
         creator = creators.get((group, element >> 8), "")
-        return any(s.group == group and s.creator == creator and s.offset == element & 0xFF
-                   for s in self.request.safe_private)
+        return any(
+            s.group == group and s.creator == creator and s.offset == element & 0xFF for s in self.request.safe_private
+        )
 
 
 def _values(elem: DataElement) -> list[object]:
@@ -208,8 +220,18 @@ def _private_creators(ds: Dataset) -> dict[tuple[int, int], str]:
 
 def _dummy(elem: DataElement) -> object:
     vr = elem.VR
-    dummies = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "PN": "ANONYMOUS", "CS": "ANONYMOUS",
-               "AS": "000D", "IS": "0", "DS": "0", "UI": "2.25.0", "AE": "ANONYMOUS"}
+    dummies = {
+        "DA": "19000101",
+        "DT": "19000101000000",
+        "TM": "000000",
+        "PN": "ANONYMOUS",
+        "CS": "ANONYMOUS",
+        "AS": "000D",
+        "IS": "0",
+        "DS": "0",
+        "UI": "2.25.0",
+        "AE": "ANONYMOUS",
+    }
     if vr in dummies:
         return dummies[vr]
     if vr in ("LO", "SH", "LT", "ST", "UT", "UC", "UR"):
@@ -255,6 +277,7 @@ def _identifying_words(ds: Dataset, options: frozenset[Option]) -> set[str]:
 
 def _cleaned(text: str, words: set[str]) -> str:
     """The text without the identifying words, nor numbers of 4 digits or more."""
+
     def keep(match: re.Match[str]) -> str:
         word = match.group(0)
         if word.lower() in words or (sum(ch.isdigit() for ch in word) >= 4):
@@ -265,13 +288,14 @@ def _cleaned(text: str, words: set[str]) -> str:
 
 
 def parse_options(names: Iterable[str]) -> frozenset[Option]:
-    by_name = {"retain_patient_characteristics": Option.RETAIN_PATIENT_CHARACTERISTICS,
-               "retain_longitudinal_modified_dates": Option.RETAIN_LONGITUDINAL_MODIFIED_DATES,
-               "clean_descriptors": Option.CLEAN_DESCRIPTORS}
+    by_name = {
+        "retain_patient_characteristics": Option.RETAIN_PATIENT_CHARACTERISTICS,
+        "retain_longitudinal_modified_dates": Option.RETAIN_LONGITUDINAL_MODIFIED_DATES,
+        "clean_descriptors": Option.CLEAN_DESCRIPTORS,
+    }
     out = set()
     for name in names:
         if name not in by_name:
             raise ValueError(f"unknown option '{name[:60]}' (known: {', '.join(sorted(by_name))})")
         out.add(by_name[name])
     return frozenset(out)
-

@@ -41,9 +41,17 @@ OPTION_MEANINGS = {
 # empty the value, X/D removes it, X/Z/U* remaps UIDs and empties the rest.
 _COMPOUND = {"X/Z": "Z", "Z/D": "Z", "X/Z/D": "Z", "X/D": "X", "X/Z/U*": "U"}
 
-_BASIC_LISTS = {"D": table.D_TAGS, "Z": table.Z_TAGS, "X": table.X_TAGS, "U": table.U_TAGS, "Z/D": table.Z_D_TAGS,
-                "X/Z": table.X_Z_TAGS, "X/D": table.X_D_TAGS, "X/Z/D": table.X_Z_D_TAGS,
-                "X/Z/U*": table.X_Z_U_STAR_TAGS}
+_BASIC_LISTS = {
+    "D": table.D_TAGS,
+    "Z": table.Z_TAGS,
+    "X": table.X_TAGS,
+    "U": table.U_TAGS,
+    "Z/D": table.Z_D_TAGS,
+    "X/Z": table.X_Z_TAGS,
+    "X/D": table.X_D_TAGS,
+    "X/Z/D": table.X_Z_D_TAGS,
+    "X/Z/U*": table.X_Z_U_STAR_TAGS,
+}
 
 # Retain Patient Characteristics Option column.
 PATIENT_CHARACTERISTICS = {

@@ -46,8 +46,9 @@ from pydicom.uid import (
 
 HTJ2K_LOSSLESS = UID("1.2.840.10008.1.2.4.201")
 HTJ2K_LOSSY = UID("1.2.840.10008.1.2.4.203")
-NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                    ExplicitVRBigEndian})
+NATIVE = frozenset(
+    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian}
+)
 LOSSLESS = frozenset({RLELossless, JPEGLSLossless, JPEG2000Lossless, HTJ2K_LOSSLESS})
 LOSSY = frozenset({JPEGBaseline8Bit, JPEG2000, HTJ2K_LOSSY})
 
@@ -232,8 +233,14 @@ def _mark_lossy(ds: Dataset, target: UID, bits_allocated: int) -> None:
     if target not in LOSSY:
         return
     ds.LossyImageCompression = "01"
-    native = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * bits_allocated / 8 * int(
-        ds.get("NumberOfFrames", 1) or 1)
+    native = (
+        int(ds.Rows)
+        * int(ds.Columns)
+        * int(ds.get("SamplesPerPixel", 1))
+        * bits_allocated
+        / 8
+        * int(ds.get("NumberOfFrames", 1) or 1)
+    )
     encoded = sum(len(f) for f in generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
     ds.LossyImageCompressionRatio = [f"{native / max(1, encoded):.2f}"[:16]]
     ds.LossyImageCompressionMethod = [_METHOD[target]]
@@ -278,9 +285,18 @@ def _eight_bit(ds: Dataset, frames: np.ndarray) -> np.ndarray:
     if int(ds.BitsAllocated) != 8:
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
         ds.PhotometricInterpretation = "MONOCHROME2"
-        for keyword in ("RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter", "WindowWidth",
-                        "VOILUTSequence", "SmallestImagePixelValue", "LargestImagePixelValue",
-                        "WindowCenterWidthExplanation", "ModalityLUTSequence"):
+        for keyword in (
+            "RescaleIntercept",
+            "RescaleSlope",
+            "RescaleType",
+            "WindowCenter",
+            "WindowWidth",
+            "VOILUTSequence",
+            "SmallestImagePixelValue",
+            "LargestImagePixelValue",
+            "WindowCenterWidthExplanation",
+            "ModalityLUTSequence",
+        ):
             if keyword in ds:
                 del ds[keyword]
         ds.WindowCenter, ds.WindowWidth = 127.5, 256
@@ -307,8 +323,13 @@ def _write(ds: Dataset, target: UID) -> bytes:
     ds.file_meta.TransferSyntaxUID = target
     if not getattr(ds, "preamble", None):
         ds.preamble = b"\x00" * 128
-    dcmwrite(out, ds, implicit_vr=target == ImplicitVRLittleEndian, little_endian=target != ExplicitVRBigEndian,
-             force_encoding=True)
+    dcmwrite(
+        out,
+        ds,
+        implicit_vr=target == ImplicitVRLittleEndian,
+        little_endian=target != ExplicitVRBigEndian,
+        force_encoding=True,
+    )
     return out.getvalue()
 
 
@@ -334,8 +355,9 @@ def check(result: bytes, expected: np.ndarray | None, target: UID, peak: float) 
     if target in LOSSY:
         quality = psnr(back, expected, peak)
         if quality < QUALITY[target]:
-            raise CodecError(f"the {target} result is below its quality bound "
-                             f"({quality:.1f} < {QUALITY[target]} dB PSNR)")
+            raise CodecError(
+                f"the {target} result is below its quality bound ({quality:.1f} < {QUALITY[target]} dB PSNR)"
+            )
         return Checked(False, quality)
     if not np.array_equal(back.astype(np.int64), expected.astype(np.int64)):
         raise CodecError(f"the {target} result does not decode to the original pixels")

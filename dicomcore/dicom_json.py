@@ -53,11 +53,30 @@ _LUT_DESCRIPTOR = 0x00283002
 _LUT_DATA = 0x00283006
 
 # pydicom.filewriter's tables of ambiguous VRs it resolves.
-_US_SS_TAGS = frozenset({
-    0x00189810, 0x00221452, 0x00280104, 0x00280105, 0x00280106, 0x00280107, 0x00280108, 0x00280109,
-    0x00280110, 0x00280111, 0x00280120, 0x00280121, 0x00281101, 0x00281102, 0x00281103, 0x00283002,
-    0x00409211, 0x00409216, 0x00603004, 0x00603006,
-})
+_US_SS_TAGS = frozenset(
+    {
+        0x00189810,
+        0x00221452,
+        0x00280104,
+        0x00280105,
+        0x00280106,
+        0x00280107,
+        0x00280108,
+        0x00280109,
+        0x00280110,
+        0x00280111,
+        0x00280120,
+        0x00280121,
+        0x00281101,
+        0x00281102,
+        0x00281103,
+        0x00283002,
+        0x00409211,
+        0x00409216,
+        0x00603004,
+        0x00603006,
+    }
+)
 _WAVEFORM_OB_OW_TAGS = frozenset({0x54000110, 0x54000112, 0x5400100A, 0x54001010})
 _OVERLAY_DATA_TAGS = frozenset(g << 16 | 0x3000 for g in range(0x6000, 0x601F, 2))
 _LUT_DESCRIPTOR_TAGS = frozenset({0x00281101, 0x00281102, 0x00281103, 0x00283002})
@@ -75,20 +94,52 @@ _INT64 = 1 << 63
 # How each VR's value becomes JSON.
 (_STR, _UI, _TEXT, _TEXT1, _PN, _IS, _DS, _NUM, _BIN, _AT, _AE, _UR, _AMBIGUOUS) = range(13)
 _KIND = {
-    "AS": _STR, "CS": _STR, "DA": _STR, "DT": _STR, "TM": _STR,
-    "UI": _UI, "LO": _TEXT, "SH": _TEXT, "UC": _TEXT, "LT": _TEXT1, "ST": _TEXT1, "UT": _TEXT1, "PN": _PN,
-    "IS": _IS, "DS": _DS,
-    "FL": _NUM, "FD": _NUM, "SL": _NUM, "SS": _NUM, "SV": _NUM, "UL": _NUM, "US": _NUM, "UV": _NUM,
-    "OB": _BIN, "OD": _BIN, "OF": _BIN, "OL": _BIN, "OV": _BIN, "OW": _BIN, "UN": _BIN,
-    "AT": _AT, "AE": _AE, "UR": _UR,
-    "US or SS": _AMBIGUOUS, "OB or OW": _AMBIGUOUS, "US or OW": _AMBIGUOUS, "US or SS or OW": _AMBIGUOUS,
+    "AS": _STR,
+    "CS": _STR,
+    "DA": _STR,
+    "DT": _STR,
+    "TM": _STR,
+    "UI": _UI,
+    "LO": _TEXT,
+    "SH": _TEXT,
+    "UC": _TEXT,
+    "LT": _TEXT1,
+    "ST": _TEXT1,
+    "UT": _TEXT1,
+    "PN": _PN,
+    "IS": _IS,
+    "DS": _DS,
+    "FL": _NUM,
+    "FD": _NUM,
+    "SL": _NUM,
+    "SS": _NUM,
+    "SV": _NUM,
+    "UL": _NUM,
+    "US": _NUM,
+    "UV": _NUM,
+    "OB": _BIN,
+    "OD": _BIN,
+    "OF": _BIN,
+    "OL": _BIN,
+    "OV": _BIN,
+    "OW": _BIN,
+    "UN": _BIN,
+    "AT": _AT,
+    "AE": _AE,
+    "UR": _UR,
+    "US or SS": _AMBIGUOUS,
+    "OB or OW": _AMBIGUOUS,
+    "US or OW": _AMBIGUOUS,
+    "US or SS or OW": _AMBIGUOUS,
 }
 NUMBER_FORMATS = {"FL": "f", "FD": "d", "SL": "l", "SS": "h", "SV": "q", "UL": "L", "US": "H", "UV": "Q"}
 _NUMBER_SIZE = {vr: struct.calcsize("<" + f) for vr, f in NUMBER_FORMATS.items()}
 _FLOAT_VRS = frozenset({"FL", "FD"})
 # unpack_from by endianness, VR and value length (None: the length does not fit).
-_unpackers: dict[bool, dict[str, dict[int, Any]]] = {True: {vr: {} for vr in NUMBER_FORMATS},
-                                                     False: {vr: {} for vr in NUMBER_FORMATS}}
+_unpackers: dict[bool, dict[str, dict[int, Any]]] = {
+    True: {vr: {} for vr in NUMBER_FORMATS},
+    False: {vr: {} for vr in NUMBER_FORMATS},
+}
 
 _keys: dict[int, str] = {}
 

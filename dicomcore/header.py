@@ -48,8 +48,12 @@ _READ_WHOLE_TAIL = 256 * 1024
 _ROWS, _COLUMNS, _SAMPLES, _BITS_ALLOCATED, _FRAMES = 0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008
 _PHOTOMETRIC = 0x00280004
 _EXTENDED_OFFSET_TABLE = 0x7FE00001
-_NATIVE = {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN,
-           DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
+_NATIVE = {
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_BIG_ENDIAN,
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+}
 _FLOAT_PIXEL_VR = {0x7FE00008: "OF", 0x7FE00009: "OD"}
 
 
@@ -99,8 +103,15 @@ class Header:
 
     __slots__ = ("json", "transfer_syntax", "frames", "pixel", "size", "_parsed", "_top")
 
-    def __init__(self, parsed: Parsed, attrs: dict[str, Any], frames: int, pixel: PixelLayout | None,
-                 size: int, top: dict[int, RawElement]) -> None:
+    def __init__(
+        self,
+        parsed: Parsed,
+        attrs: dict[str, Any],
+        frames: int,
+        pixel: PixelLayout | None,
+        size: int,
+        top: dict[int, RawElement],
+    ) -> None:
         self.json = attrs  # DICOM JSON of the header (PS3.18 F.2)
         self.transfer_syntax = parsed.transfer_syntax
         self.frames = frames  # NumberOfFrames, else 1 with pixel data (or Rows), else 0
@@ -297,8 +308,16 @@ def read_header(source: BinaryIO | bytes | bytearray | memoryview, size: int | N
         if frames:
             key, entry = _pixel_json(parsed, top)
             attrs[key] = entry
-    except (struct.error, LookupError, ValueError, TypeError, AttributeError, OverflowError, RecursionError,
-            zlib.error) as exc:
+    except (
+        struct.error,
+        LookupError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+        zlib.error,
+    ) as exc:
         # Every check above has its own reason; this is a last line of defence
         # (tests/dicomcore fail on any refusal that reaches it).
         raise Rejected(CANNOT_UNDERSTAND, f"not a readable DICOM object (internal: {type(exc).__name__})") from None

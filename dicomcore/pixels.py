@@ -41,8 +41,10 @@ class PixelLayout:
             start, end = first_bit // 8, -(-(first_bit + self.frame_bits) // 8)
             return [(self.value_offset + start, end - start)]
         first = self.frame_first_fragment[index]
-        last = self.frame_first_fragment[index + 1] if index + 1 < len(self.frame_first_fragment) else len(
-            self.fragment_offsets
+        last = (
+            self.frame_first_fragment[index + 1]
+            if index + 1 < len(self.frame_first_fragment)
+            else len(self.fragment_offsets)
         )
         return [(self.fragment_offsets[i], self.fragment_lengths[i]) for i in range(first, last)]
 
@@ -138,8 +140,9 @@ def frame_first_fragments(
     return None
 
 
-def encapsulated_layout(items: Items, value_offset: int, frames: int, read: Callable[[int, int], bytes],
-                        eot: bytes | None) -> PixelLayout | None:
+def encapsulated_layout(
+    items: Items, value_offset: int, frames: int, read: Callable[[int, int], bytes], eot: bytes | None
+) -> PixelLayout | None:
     firsts = frame_first_fragments(items, frames, read, eot)
     if firsts is None:
         return None

@@ -23,7 +23,9 @@ def https_options(settings: GatewaySettings) -> dict[str, object]:
     with a CA file a client certificate it signed is required."""
     try:
         context = tls.optional_server_context(
-            settings.http_tls_cert_file, settings.http_tls_key_file, settings.http_tls_ca_file,
+            settings.http_tls_cert_file,
+            settings.http_tls_key_file,
+            settings.http_tls_ca_file,
             "DICOMSERVER_HTTP_TLS",
         )
     except (OSError, ssl.SSLError) as exc:

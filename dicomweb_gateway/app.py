@@ -118,17 +118,30 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def _console(settings: GatewaySettings, storage: StorageClient, metadata: MetadataClient, auth: AuthClient,
-             owned: list[grpc.Channel]) -> Console:
+def _console(
+    settings: GatewaySettings,
+    storage: StorageClient,
+    metadata: MetadataClient,
+    auth: AuthClient,
+    owned: list[grpc.Channel],
+) -> Console:
     owned.append(channel(settings.ingest_addr))
     ingest = IngestClient(owned[-1])
     owned.append(channel(settings.eventbus_addr))
     eventbus = EventBusClient(owned[-1])
     secret = settings.console_session_secret.get_secret_value() if settings.console_session_secret else None
     viewer = Viewer(settings.viewer_dir, settings.public_url or settings.base_path)
-    console = Console(settings, storage, metadata, auth, ingest, eventbus,
-                      SessionCodec(secret, settings.console_session_hours * 3600), viewer,
-                      OpenIdClient.from_settings(settings))
+    console = Console(
+        settings,
+        storage,
+        metadata,
+        auth,
+        ingest,
+        eventbus,
+        SessionCodec(secret, settings.console_session_hours * 3600),
+        viewer,
+        OpenIdClient.from_settings(settings),
+    )
     console.viewer_app = ViewerApp(viewer, viewer_missing)
     return console
 
@@ -179,8 +192,10 @@ def create_app(
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
     console = _console(settings, storage, metadata, auth, owned) if settings.console_enabled else None
-    app_routes: list[BaseRoute] = probes + (console_routes(console.viewer_app) if console else []) + (
-        [Mount(settings.base_path, routes=routes())] if settings.base_path else routes()
+    app_routes: list[BaseRoute] = (
+        probes
+        + (console_routes(console.viewer_app) if console else [])
+        + ([Mount(settings.base_path, routes=routes())] if settings.base_path else routes())
     )
     middleware = [Middleware(RequestObservability)]
     # CORS outside authentication, so that a browser can read a 401.
@@ -191,26 +206,57 @@ def create_app(
                 allow_origins=settings.cors_origins,
                 allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Content-Location", "Content-Type", "Content-Encoding", "Warning", "Location", "X-Request-ID"],
+                expose_headers=[
+                    "Content-Location",
+                    "Content-Type",
+                    "Content-Encoding",
+                    "Warning",
+                    "Location",
+                    "X-Request-ID",
+                ],
                 max_age=settings.cors_max_age,
             )
         )
-    middleware.append(Middleware(RequestLimits, max_query_string_bytes=settings.max_query_string_bytes,
-                                 max_request_bytes=settings.max_request_bytes))
+    middleware.append(
+        Middleware(
+            RequestLimits,
+            max_query_string_bytes=settings.max_query_string_bytes,
+            max_request_bytes=settings.max_request_bytes,
+        )
+    )
     middleware.append(Middleware(NoRanges, base_path=settings.base_path))
     open_paths = frozenset({"/healthz", "/readyz", settings.base_path + "/openapi.json"})
     if console is None:
-        middleware.append(Middleware(Authentication, auth=auth, audit=audit, base_path=settings.base_path,
-                                     open_paths=open_paths, cache_seconds=settings.auth_cache_seconds))
+        middleware.append(
+            Middleware(
+                Authentication,
+                auth=auth,
+                audit=audit,
+                base_path=settings.base_path,
+                open_paths=open_paths,
+                cache_seconds=settings.auth_cache_seconds,
+            )
+        )
     else:
         # The console's session lends its credential to requests without one,
         # then the same authentication decides; refused pages go to sign in.
-        middleware.append(Middleware(SessionMiddleware, codec=console.codec, is_page=console_is_page,
-                                     is_form_path=console_is_form_path))
-        middleware.append(Middleware(ConsoleAuthentication, auth=auth, audit=audit, base_path=settings.base_path,
-                                     open_paths=open_paths, cache_seconds=settings.auth_cache_seconds,
-                                     is_open=console_is_open,
-                                     page=console_is_page))
+        middleware.append(
+            Middleware(
+                SessionMiddleware, codec=console.codec, is_page=console_is_page, is_form_path=console_is_form_path
+            )
+        )
+        middleware.append(
+            Middleware(
+                ConsoleAuthentication,
+                auth=auth,
+                audit=audit,
+                base_path=settings.base_path,
+                open_paths=open_paths,
+                cache_seconds=settings.auth_cache_seconds,
+                is_open=console_is_open,
+                page=console_is_page,
+            )
+        )
     app = Starlette(
         routes=app_routes,
         middleware=middleware,
@@ -220,6 +266,7 @@ def create_app(
     reader = BlobReader(storage)
     app.state.console = console
     app.state.auth = auth  # the de-identification route checks the target tenant too
-    app.state.gateway = Gateway(settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(reader),
-                                reader, routing_client)
+    app.state.gateway = Gateway(
+        settings, storage, metadata, IngestPipeline(storage, metadata), LayoutCache(reader), reader, routing_client
+    )
     return app

@@ -81,7 +81,7 @@ def credential(headers: Headers) -> auth_pb.Credential | None:
 
 def split_tenant_path(path: str, base_path: str) -> tuple[str | None, str]:
     """(tenant from a `{base}/tenants/<t>/...` path or None, the path without it)."""
-    rest = path[len(base_path):] if path.startswith(base_path + "/") else None
+    rest = path[len(base_path) :] if path.startswith(base_path + "/") else None
     if rest is None:
         return None, path
     match = _TENANT_SEGMENT.match(rest)
@@ -126,8 +126,14 @@ class Authentication:
     description and CORS preflights pass without credentials."""
 
     def __init__(
-        self, app: ASGIApp, auth: AuthClient, audit: audit_trail.AuditSink, base_path: str,
-        open_paths: frozenset[str], cache_seconds: float = 0.0, is_open: Callable[[str], bool] | None = None,
+        self,
+        app: ASGIApp,
+        auth: AuthClient,
+        audit: audit_trail.AuditSink,
+        base_path: str,
+        open_paths: frozenset[str],
+        cache_seconds: float = 0.0,
+        is_open: Callable[[str], bool] | None = None,
     ) -> None:
         self.app = app
         self.auth = auth
@@ -139,8 +145,12 @@ class Authentication:
         self.grants = Grants(cache_seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or scope["path"] in self.open_paths \
-                or self.is_open(scope["path"]):
+        if (
+            scope["type"] != "http"
+            or scope["method"] == "OPTIONS"
+            or scope["path"] in self.open_paths
+            or self.is_open(scope["path"])
+        ):
             await self.app(scope, receive, send)
             return
         try:
@@ -191,8 +201,7 @@ class Authentication:
         except errors.InvalidArgument as exc:
             raise Refused(400, str(exc)) from None
         except errors.ServiceError:
-            raise Refused(503, "the authorization service is unavailable; try again",
-                          {"Retry-After": "5"}) from None
+            raise Refused(503, "the authorization service is unavailable; try again", {"Retry-After": "5"}) from None
         prefix = ""
         if path_tenant is not None:
             scope["path"] = path

@@ -61,8 +61,10 @@ def _parse(body: dict[str, Any], tenant: str) -> tuple[DeidRequest, list[str], l
             raise bad_request(f"query '{str(name)[:64]}': {exc}") from None
     try:
         options = parse_options(body.get("options") or [])
-        safe = tuple(SafePrivate(str(s["creator"]), int(str(s["group"]), 16), int(str(s["element"]), 16) & 0xFF)
-                     for s in body.get("safe_private") or [])
+        safe = tuple(
+            SafePrivate(str(s["creator"]), int(str(s["group"]), 16), int(str(s["element"]), 16) & 0xFF)
+            for s in body.get("safe_private") or []
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise bad_request(f"options: {exc}") from None
     key = body.get("project_key")
@@ -97,12 +99,21 @@ async def deidentify(request: Request) -> Response:
 
         def body_() -> Iterator[bytes]:
             yield from zip_stream(objects, report)
-            service.audit(gw.metadata, tenant, "", subject, "dicomweb", peer, report,
-                          f"de-identified zip: {report.copied} instances, "
-                          f"{len(report.refused_burned_in)} refused (burned-in annotation)")
+            service.audit(
+                gw.metadata,
+                tenant,
+                "",
+                subject,
+                "dicomweb",
+                peer,
+                report,
+                f"de-identified zip: {report.copied} instances, "
+                f"{len(report.refused_burned_in)} refused (burned-in annotation)",
+            )
 
-        return StreamingResponse(body_(), media_type=ZIP,
-                                 headers={"Content-Disposition": 'attachment; filename="deidentified.zip"'})
+        return StreamingResponse(
+            body_(), media_type=ZIP, headers={"Content-Disposition": 'attachment; filename="deidentified.zip"'}
+        )
     try:
         check_tenant(target)
     except InvalidValue:
@@ -111,21 +122,29 @@ async def deidentify(request: Request) -> Response:
         await run_in_threadpool(request.app.state.auth.check, credential(request.headers), auth_pb.ACTION_WRITE, target)
     except errors.ServiceError:
         raise ApiError(403, "no write access to the target tenant") from None
-    req = pb.DeidentifyRequest(tenant=tenant, study_instance_uids=studies, target_tenant=target,
-                               project_key=deid.project_key, allow_burned_in_annotation=allow,
-                               options=[k for k, v in service.OPTIONS.items() if v in deid.options],
-                               safe_private_tags=[pb.SafePrivateTag(creator=s.creator, group=s.group,
-                                                                    element_offset=s.offset)
-                                                  for s in deid.safe_private])
+    req = pb.DeidentifyRequest(
+        tenant=tenant,
+        study_instance_uids=studies,
+        target_tenant=target,
+        project_key=deid.project_key,
+        allow_burned_in_annotation=allow,
+        options=[k for k, v in service.OPTIONS.items() if v in deid.options],
+        safe_private_tags=[
+            pb.SafePrivateTag(creator=s.creator, group=s.group, element_offset=s.offset) for s in deid.safe_private
+        ],
+    )
     try:
         resp = await run_in_threadpool(service.run, gw.pipeline, gw.metadata, gw.reader, req)
     except (ValueError, InvalidValue) as exc:
         raise bad_request(str(exc)) from None
     report = Report(copied=resp.copied, failed=resp.failed, refused_burned_in=list(resp.refused_burned_in))
     await run_in_threadpool(service.audit, gw.metadata, tenant, target, subject, "dicomweb", peer, report)
-    return JSONResponse({
-        "studies": {s.study_instance_uid: s.copy_study_instance_uid for s in resp.studies},
-        "copied": resp.copied, "failed": resp.failed,
-        "refused_burned_in_annotation": list(resp.refused_burned_in),
-        "flagged_burned_in_annotation": list(resp.flagged_burned_in),
-    })
+    return JSONResponse(
+        {
+            "studies": {s.study_instance_uid: s.copy_study_instance_uid for s in resp.studies},
+            "copied": resp.copied,
+            "failed": resp.failed,
+            "refused_burned_in_annotation": list(resp.refused_burned_in),
+            "flagged_burned_in_annotation": list(resp.flagged_burned_in),
+        }
+    )

@@ -45,6 +45,11 @@ async def delete_resource(request: Request) -> Response:
         raise not_found(f"no such {level}") from None
     failed = await run_in_threadpool(reclaim, gw.storage, removed)
     # Audit record: what kind of resource and how much, never patient data.
-    audit.info("DELETE %s in tenant %s: %d instance(s) removed, %d object(s) left for the sweeper",
-               level, tenant, len(removed), failed)
+    audit.info(
+        "DELETE %s in tenant %s: %d instance(s) removed, %d object(s) left for the sweeper",
+        level,
+        tenant,
+        len(removed),
+        failed,
+    )
     return Response(status_code=204)

@@ -75,8 +75,11 @@ class FrameChoice:
 
 def _convertible(target: str, stored_ts: str, encapsulated: bool) -> bool:
     """Whether frames can be made in `target` (a compressed syntax) here."""
-    return (target in transcode.TARGETS and target in FRAME_MEDIA_TYPES
-            and (not encapsulated or transcode.can_decode(stored_ts)))
+    return (
+        target in transcode.TARGETS
+        and target in FRAME_MEDIA_TYPES
+        and (not encapsulated or transcode.can_decode(stored_ts))
+    )
 
 
 def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> FrameChoice:
@@ -113,14 +116,19 @@ def negotiate_frames(accept: str | None, stored_ts: str, encapsulated: bool) -> 
         if FRAME_MEDIA_TYPES.get(target) == part and _convertible(target, stored_ts, encapsulated):
             return FrameChoice(True, part, target=target)
     raise not_acceptable(
-        f"frames of this instance are available as {MULTIPART_RELATED}; type=\"{OCTET}\" (native, "
-        f"or transfer-syntax=* as stored)" + (f" and as {stored_type}" if encapsulated else "")
+        f'frames of this instance are available as {MULTIPART_RELATED}; type="{OCTET}" (native, '
+        f"or transfer-syntax=* as stored)"
+        + (f" and as {stored_type}" if encapsulated else "")
         + f", or converted to one of {', '.join(sorted(t for t in transcode.TARGETS if t in FRAME_MEDIA_TYPES))}"
     )
 
 
 def frame_payload(
-    reader: BlobReader, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int, decode: bool,
+    reader: BlobReader,
+    loc: dicom_pb2.InstanceLocation,
+    layout: objects.Layout,
+    number: int,
+    decode: bool,
     target: str = "",
 ) -> tuple[bytes, str]:
     """One frame's bytes and the transfer syntax they are in: as stored,
@@ -155,7 +163,10 @@ def multipart(parts: Iterator[tuple[bytes, dict[str, str]]], part_type: str, who
 
 
 def _frames_response(
-    request: Request, loc: dicom_pb2.InstanceLocation, numbers: Sequence[int], choice: FrameChoice,
+    request: Request,
+    loc: dicom_pb2.InstanceLocation,
+    numbers: Sequence[int],
+    choice: FrameChoice,
     payload: Callable[[int], tuple[bytes, str]],
 ) -> Response:
     instance_url = Urls.for_request(request).instance(
@@ -172,16 +183,20 @@ def _frames_response(
     def parts() -> Iterator[tuple[bytes, dict[str, str]]]:
         for i, n in enumerate(numbers):
             data, ts = first if i == 0 else payload(n)
-            yield data, {
-                "Content-Type": f"{choice.part_type}; transfer-syntax={ts}",
-                "Content-Location": f"{instance_url}/frames/{n}",
-            }
+            yield (
+                data,
+                {
+                    "Content-Type": f"{choice.part_type}; transfer-syntax={ts}",
+                    "Content-Location": f"{instance_url}/frames/{n}",
+                },
+            )
 
     return multipart(parts(), choice.part_type, whole=len(numbers) == 1)
 
 
-def _recorded_frames(gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation,
-                     numbers: Sequence[int], choice: FrameChoice) -> Response:
+def _recorded_frames(
+    gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation, numbers: Sequence[int], choice: FrameChoice
+) -> Response:
     """Frames as stored, where the index says they lie: one ranged read each."""
     ts = loc.transfer_syntax_uid if loc.pixel_layout.encapsulated else NATIVE
 
@@ -194,11 +209,13 @@ def _recorded_frames(gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocat
     return _frames_response(request, loc, numbers, choice, payload)
 
 
-def _layout_frames(gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation,
-                   layout: objects.Layout, numbers: Sequence[int]) -> Response:
+def _layout_frames(
+    gw: Gateway, request: Request, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, numbers: Sequence[int]
+) -> Response:
     choice = negotiate_frames(request.headers.get("accept"), loc.transfer_syntax_uid, layout.encapsulated)
-    return _frames_response(request, loc, numbers, choice,
-                            lambda n: frame_payload(gw.reader, loc, layout, n, choice.decode, choice.target))
+    return _frames_response(
+        request, loc, numbers, choice, lambda n: frame_payload(gw.reader, loc, layout, n, choice.decode, choice.target)
+    )
 
 
 def _frames(gw: Gateway, request: Request, raw: str) -> Response:
@@ -206,8 +223,7 @@ def _frames(gw: Gateway, request: Request, raw: str) -> Response:
     loc = locate_one(gw, request)
     if objects.has_recorded_layout(loc):
         numbers = parse_frame_list(raw, loc.number_of_frames)
-        choice = negotiate_frames(request.headers.get("accept"), loc.transfer_syntax_uid,
-                                  loc.pixel_layout.encapsulated)
+        choice = negotiate_frames(request.headers.get("accept"), loc.transfer_syntax_uid, loc.pixel_layout.encapsulated)
         if not choice.decode:
             return _recorded_frames(gw, request, loc, numbers, choice)
     layout = layout_of(gw, loc)
@@ -263,7 +279,9 @@ def _check_octet_accept(accept: str | None) -> bool:
         if r.essence in ("*/*", "multipart/*"):
             return False
         if r.essence == MULTIPART_RELATED and r.params.get("type", OCTET).strip().lower() in (
-            OCTET, "*/*", "application/*"
+            OCTET,
+            "*/*",
+            "application/*",
         ):
             return False
         if r.essence == OCTET:
@@ -282,9 +300,7 @@ def _bulk_response(gw: Gateway, request: Request, path: list[int | str]) -> Resp
             # One part per frame, compressed as stored.
             ts = loc.transfer_syntax_uid
             frames = (objects.frame_bytes(gw.reader, loc, layout, n) for n in range(1, layout.frames + 1))
-            return multipart(
-                ((f, {"Content-Type": f"{OCTET}; transfer-syntax={ts}"}) for f in frames), OCTET
-            )
+            return multipart(((f, {"Content-Type": f"{OCTET}; transfer-syntax={ts}"}) for f in frames), OCTET)
         if layout.big_endian:
             data = objects.little_endian(
                 objects.fetch(gw.reader, loc.object_key, layout.value_offset, layout.value_length), layout
@@ -306,8 +322,7 @@ def _streamed_single_part(chunks: Iterator[bytes], url: str) -> StreamingRespons
 
     def body() -> Iterator[bytes]:
         yield (
-            f"--{boundary}\r\nContent-Type: {OCTET}; transfer-syntax={NATIVE}\r\n"
-            f"Content-Location: {url}\r\n\r\n"
+            f"--{boundary}\r\nContent-Type: {OCTET}; transfer-syntax={NATIVE}\r\nContent-Location: {url}\r\n\r\n"
         ).encode("ascii")
         yield from chunks
         yield f"\r\n--{boundary}--\r\n".encode("ascii")

@@ -36,8 +36,10 @@ def _check(addresses: dict[str, str]) -> dict[str, bool]:
 
 async def readyz(request: Request) -> Response:
     settings = gateway(request).settings
-    checks = await run_in_threadpool(_check, {
-        "storage": settings.storage_addr, "metadata": settings.metadata_addr, "auth": settings.auth_addr})
+    checks = await run_in_threadpool(
+        _check, {"storage": settings.storage_addr, "metadata": settings.metadata_addr, "auth": settings.auth_addr}
+    )
     ready = all(checks.values())
-    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )

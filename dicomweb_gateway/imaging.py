@@ -66,8 +66,10 @@ def choose_media_type(accept: str | None) -> tuple[str, bool, bool]:
             if r.matches(media_type):
                 # "*/*" or "image/*": JPEG for one frame, an animated GIF for several.
                 return media_type, False, r.matches(GIF)
-    raise not_acceptable(f"rendered images are available as {JPEG}, {PNG} or {GIF} (animated for several "
-                         f"frames), or as {MULTIPART_RELATED} of those")
+    raise not_acceptable(
+        f"rendered images are available as {JPEG}, {PNG} or {GIF} (animated for several "
+        f"frames), or as {MULTIPART_RELATED} of those"
+    )
 
 
 def _number(name: str, raw: str) -> float:
@@ -118,8 +120,11 @@ def options_from_query(params: Mapping[str, str], accept: str | None, thumbnail:
         multipart=multipart,
         animate=animate and not thumbnail,
         window=parse_window(params["window"]) if "window" in params else None,
-        viewport=parse_viewport(params["viewport"]) if "viewport" in params
-        else (THUMBNAIL_SIZE, THUMBNAIL_SIZE) if thumbnail else None,
+        viewport=parse_viewport(params["viewport"])
+        if "viewport" in params
+        else (THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+        if thumbnail
+        else None,
         quality=parse_quality(params["quality"]) if "quality" in params else (75 if thumbnail else 90),
     )
 
@@ -207,8 +212,9 @@ def frame_time_ms(header: Dataset) -> int:
     return max(20, min(int(round(value)), 10000)) if value > 0 else 100
 
 
-def frame_image(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int,
-                options: RenderOptions) -> Image.Image:
+def frame_image(
+    gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int, options: RenderOptions
+) -> Image.Image:
     if layout.frames == 0:
         raise not_found("the instance has no pixel data to render")
     try:
@@ -225,6 +231,7 @@ def frame_image(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.La
         raise ApiError(422, f"the instance cannot be rendered ({type(exc).__name__})") from None
 
 
-def render_frame(gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int,
-                 options: RenderOptions) -> bytes:
+def render_frame(
+    gw: Gateway, loc: dicom_pb2.InstanceLocation, layout: objects.Layout, number: int, options: RenderOptions
+) -> bytes:
     return encode(frame_image(gw, loc, layout, number, options), options)

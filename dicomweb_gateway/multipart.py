@@ -144,8 +144,14 @@ class Limits:
 
 
 class MultipartParser:
-    def __init__(self, boundary: bytes, spool_max_memory: int, limits: Limits = Limits(), *,
-                 new_file: Callable[[], PartFile] | None = None) -> None:
+    def __init__(
+        self,
+        boundary: bytes,
+        spool_max_memory: int,
+        limits: Limits = Limits(),
+        *,
+        new_file: Callable[[], PartFile] | None = None,
+    ) -> None:
         """Part bodies go into files from `new_file`, else into spools that
         stay in memory up to `spool_max_memory` bytes."""
         # Every delimiter but the first is preceded by CRLF; pretending the
@@ -308,7 +314,11 @@ class MultipartParser:
 
 
 async def iter_parts(
-    chunks: AsyncIterable[bytes], boundary: bytes, spool_max_memory: int, limits: Limits = Limits(), *,
+    chunks: AsyncIterable[bytes],
+    boundary: bytes,
+    spool_max_memory: int,
+    limits: Limits = Limits(),
+    *,
     new_file: Callable[[], PartFile] | None = None,
 ) -> AsyncGenerator[Part, None]:
     """Yields each part as soon as its closing delimiter has streamed in.

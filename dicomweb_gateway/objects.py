@@ -322,8 +322,10 @@ def recorded_frame(reader: BlobReader, loc: dicom_pb2.InstanceLocation, number: 
             raise UnreadableObject("pixel data is shorter than its frames")
         if b - a == 1:
             return blob
-        return b"".join(blob[o - start : o - start + n]
-                        for o, n in zip(pl.fragment_offsets[a:b], pl.fragment_lengths[a:b], strict=False))
+        return b"".join(
+            blob[o - start : o - start + n]
+            for o, n in zip(pl.fragment_offsets[a:b], pl.fragment_lengths[a:b], strict=False)
+        )
     bits = pl.frame_bits
     if bits % 8 == 0:
         size = bits // 8

@@ -17,11 +17,11 @@ from common import observability
 
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
-HTTP_REQUESTS = Counter(
-    "dicomserver_http_requests_total", "HTTP requests served", ["method", "route", "status"]
-)
+HTTP_REQUESTS = Counter("dicomserver_http_requests_total", "HTTP requests served", ["method", "route", "status"])
 HTTP_SECONDS = Histogram(
-    "dicomserver_http_request_seconds", "Time to the end of an HTTP response", ["method", "route"],
+    "dicomserver_http_request_seconds",
+    "Time to the end of an HTTP response",
+    ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 

@@ -14,14 +14,14 @@ from starlette.routing import BaseRoute, Route
 from dicomweb_gateway.context import gateway
 
 _SUMMARIES = {
-    "store_instances": "STOW-RS: store instances (multipart/related; type=\"application/dicom\" or application/dicom)",
+    "store_instances": 'STOW-RS: store instances (multipart/related; type="application/dicom" or application/dicom)',
     "deidentify": "De-identified copy of studies (PS3.15 Annex E) into a target tenant, or as a zip (Accept: application/zip)",
     "search_studies": "QIDO-RS: search for studies",
     "search_series": "QIDO-RS: search for series",
     "search_instances": "QIDO-RS: search for instances",
-    "retrieve": "WADO-RS: retrieve instances (multipart/related; type=\"application/dicom\"), transcoded on request; "
-                "or, with Accept: application/zip or ?accept=application/zip, a zip of the stored objects in folders "
-                "Patient name (ID)/Study date description/Series number modality description/instance number.dcm",
+    "retrieve": 'WADO-RS: retrieve instances (multipart/related; type="application/dicom"), transcoded on request; '
+    "or, with Accept: application/zip or ?accept=application/zip, a zip of the stored objects in folders "
+    "Patient name (ID)/Study date description/Series number modality description/instance number.dcm",
     "retrieve_metadata": "WADO-RS: metadata as DICOM JSON (gzip when accepted)",
     "retrieve_frames": "WADO-RS: frames (as stored, or decoded to native)",
     "retrieve_bulkdata": "WADO-RS: bulk data named by a BulkDataURI",
@@ -45,8 +45,11 @@ _QIDO_PARAMS = [
     ("fuzzymatching", "true for fuzzy person name matching"),
 ]
 _RETRIEVE_PARAMS = [
-    ("accept", "media type(s) as in the Accept header, which it overrides (PS3.18 8.3.3.1), for links that cannot "
-               "set headers: accept=application/zip downloads a zip"),
+    (
+        "accept",
+        "media type(s) as in the Accept header, which it overrides (PS3.18 8.3.3.1), for links that cannot "
+        "set headers: accept=application/zip downloads a zip",
+    ),
 ]
 _RENDER_PARAMS = [
     ("window", "center,width[,linear|linear_exact|sigmoid]"),
@@ -60,10 +63,18 @@ def _parameters(path: str, endpoint: str) -> list[dict[str, Any]]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in re.findall(r"{(\w+)(?::\w+)?}", path)
     ]
-    extra = _QIDO_PARAMS if endpoint.startswith("search_") else _RENDER_PARAMS if (
-        "rendered" in endpoint or "thumbnail" in endpoint) else _RETRIEVE_PARAMS if endpoint == "retrieve" else []
-    params += [{"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}}
-               for n, d in extra]
+    extra = (
+        _QIDO_PARAMS
+        if endpoint.startswith("search_")
+        else _RENDER_PARAMS
+        if ("rendered" in endpoint or "thumbnail" in endpoint)
+        else _RETRIEVE_PARAMS
+        if endpoint == "retrieve"
+        else []
+    )
+    params += [
+        {"name": n, "in": "query", "required": False, "description": d, "schema": {"type": "string"}} for n, d in extra
+    ]
     return params
 
 

@@ -130,9 +130,7 @@ def build_query(
         seen[tag] = name
         try:
             filters.append(
-                matching.parse(
-                    tag, raw, fuzzy, max_length=limits.max_value_length, max_wildcards=limits.max_wildcards
-                )
+                matching.parse(tag, raw, fuzzy, max_length=limits.max_value_length, max_wildcards=limits.max_wildcards)
             )
         except InvalidValue as exc:
             raise bad_request(f"query parameter '{name[:64]}': {exc}") from None

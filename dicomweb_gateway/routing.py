@@ -46,10 +46,17 @@ def _time(ts: Timestamp, present: bool = True) -> str | None:
 
 def _progress(send: pb.SendProgress) -> dict[str, Any]:
     return {
-        "id": send.id, "destination": send.destination, "study": send.study_instance_uid,
-        "series": send.series_instance_uid or None, "instance": send.sop_instance_uid or None,
-        "total": send.total, "sent": send.sent, "failed": send.failed, "skipped": send.skipped,
-        "queued": send.total - send.sent - send.failed - send.skipped, "created": _time(send.created),
+        "id": send.id,
+        "destination": send.destination,
+        "study": send.study_instance_uid,
+        "series": send.series_instance_uid or None,
+        "instance": send.sop_instance_uid or None,
+        "total": send.total,
+        "sent": send.sent,
+        "failed": send.failed,
+        "skipped": send.skipped,
+        "queued": send.total - send.sent - send.failed - send.skipped,
+        "created": _time(send.created),
     }
 
 
@@ -71,18 +78,34 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
 
 async def list_destinations(request: Request) -> Response:
     destinations = await run_in_threadpool(_client(request).list_destinations, tenant_for(request))
-    return JSONResponse({"destinations": [
-        {"name": d.name, "kind": _KINDS.get(d.kind, "unknown"), "address": d.address, "queued": d.queued,
-         "oldest_queued": _time(d.oldest_queued, d.HasField("oldest_queued")), "dead_letters": d.dead_letters}
-        for d in destinations]})
+    return JSONResponse(
+        {
+            "destinations": [
+                {
+                    "name": d.name,
+                    "kind": _KINDS.get(d.kind, "unknown"),
+                    "address": d.address,
+                    "queued": d.queued,
+                    "oldest_queued": _time(d.oldest_queued, d.HasField("oldest_queued")),
+                    "dead_letters": d.dead_letters,
+                }
+                for d in destinations
+            ]
+        }
+    )
 
 
 async def send(request: Request) -> Response:
     study = path_uid(request, "study", "Study Instance UID")
     series = path_uid(request, "series", "Series Instance UID") if "series" in request.path_params else ""
     sop = path_uid(request, "sop", "SOP Instance UID") if "sop" in request.path_params else ""
-    req = pb.SendRequest(tenant=tenant_for(request), destination=_name(request), study_instance_uid=study,
-                         series_instance_uid=series, sop_instance_uid=sop)
+    req = pb.SendRequest(
+        tenant=tenant_for(request),
+        destination=_name(request),
+        study_instance_uid=study,
+        series_instance_uid=series,
+        sop_instance_uid=sop,
+    )
     progress = await run_in_threadpool(_client(request).send, req)
     location = f"{Urls.for_request(request).root}/routing/sends/{progress.id}"
     return JSONResponse(_progress(progress), status_code=202, headers={"Location": location})
@@ -104,15 +127,33 @@ async def list_dead_letters(request: Request) -> Response:
     destination = request.query_params.get("destination", "")
     if len(destination) > 64:
         raise bad_request("a destination name has 1 to 64 characters")
-    req = pb.ListDeadLettersRequest(tenant=tenant_for(request), destination=destination,
-                                    after_id=_int_param(request, "after", 0, 2**62),
-                                    limit=_int_param(request, "limit", 100, MAX_LIMIT) or 100)
+    req = pb.ListDeadLettersRequest(
+        tenant=tenant_for(request),
+        destination=destination,
+        after_id=_int_param(request, "after", 0, 2**62),
+        limit=_int_param(request, "limit", 100, MAX_LIMIT) or 100,
+    )
     resp = await run_in_threadpool(_client(request).list_dead_letters, req)
-    return JSONResponse({"dead_letters": [
-        {"id": d.id, "destination": d.destination, "study": d.ref.study_instance_uid,
-         "series": d.ref.series_instance_uid, "instance": d.ref.sop_instance_uid, "origin": d.origin,
-         "attempts": d.attempts, "error": d.error, "queued": _time(d.queued), "failed": _time(d.failed)}
-        for d in resp.dead_letters], "truncated": resp.truncated})
+    return JSONResponse(
+        {
+            "dead_letters": [
+                {
+                    "id": d.id,
+                    "destination": d.destination,
+                    "study": d.ref.study_instance_uid,
+                    "series": d.ref.series_instance_uid,
+                    "instance": d.ref.sop_instance_uid,
+                    "origin": d.origin,
+                    "attempts": d.attempts,
+                    "error": d.error,
+                    "queued": _time(d.queued),
+                    "failed": _time(d.failed),
+                }
+                for d in resp.dead_letters
+            ],
+            "truncated": resp.truncated,
+        }
+    )
 
 
 async def replay_dead_letters(request: Request) -> Response:
@@ -130,8 +171,11 @@ async def replay_dead_letters(request: Request) -> Response:
         raise bad_request('the body is {"ids": [...]}, {"destination": "..."} or {}')
     ids = doc.get("ids", [])
     destination = doc.get("destination", "")
-    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**62
-                                            for i in ids) or len(ids) > MAX_LIMIT:
+    if (
+        not isinstance(ids, list)
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**62 for i in ids)
+        or len(ids) > MAX_LIMIT
+    ):
         raise bad_request(f"ids must be a list of at most {MAX_LIMIT} dead letter ids")
     if not isinstance(destination, str) or len(destination) > 64:
         raise bad_request("destination must be a destination name")

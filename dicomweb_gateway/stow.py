@@ -91,9 +91,17 @@ class _Store:
     async def part(self, part: Part) -> None:
         staged = part.detach()  # the store owns the staged object now
         assert isinstance(staged, StagedObject)
-        self._slots.append(asyncio.ensure_future(run_in_threadpool(
-            self._gw.pipeline.store, staged, self._tenant, self._study, self._gw.settings.duplicate_policy_value,
-        )))
+        self._slots.append(
+            asyncio.ensure_future(
+                run_in_threadpool(
+                    self._gw.pipeline.store,
+                    staged,
+                    self._tenant,
+                    self._study,
+                    self._gw.settings.duplicate_policy_value,
+                )
+            )
+        )
         pending = [s for s in self._slots if isinstance(s, asyncio.Future) and not s.done()]
         if len(pending) >= MAX_PARTS_IN_FLIGHT:
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -154,8 +162,9 @@ async def _multipart(chunks: AsyncIterator[bytes], media: MediaType, store: _Sto
     boundary = check_boundary(media.params.get("boundary"))
     declared = media.params.get("type")
     try:
-        async with aclosing(iter_parts(chunks, boundary, settings.spool_max_memory, _limits(settings),
-                                       new_file=gw.pipeline.stage)) as parts:
+        async with aclosing(
+            iter_parts(chunks, boundary, settings.spool_max_memory, _limits(settings), new_file=gw.pipeline.stage)
+        ) as parts:
             async for part in parts:
                 with part:
                     if part_is_dicom(part, declared):

@@ -90,7 +90,10 @@ _READ_AHEAD_POOL = ThreadPoolExecutor(16, thread_name_prefix="wado-read-ahead")
 
 
 def _opened(
-    reader: BlobReader, locations: Sequence[dicom_pb2.InstanceLocation], start: int, opened: Iterator[bytes],
+    reader: BlobReader,
+    locations: Sequence[dicom_pb2.InstanceLocation],
+    start: int,
+    opened: Iterator[bytes],
     target: str,
 ) -> Iterator[tuple[dicom_pb2.InstanceLocation, Iterator[bytes] | None]]:
     """Each location from `start` with its blocks (None: gone from storage).
@@ -120,8 +123,13 @@ def _opened(
 
 
 def _pieces(
-    reader: BlobReader, locations: Sequence[dicom_pb2.InstanceLocation], start: int, opened: Iterator[bytes],
-    boundary: bytes, urls: Urls, target: str,
+    reader: BlobReader,
+    locations: Sequence[dicom_pb2.InstanceLocation],
+    start: int,
+    opened: Iterator[bytes],
+    boundary: bytes,
+    urls: Urls,
+    target: str,
 ) -> Iterator[bytes]:
     """The response body as large pieces. Blocking reads: the caller steps it
     in a worker thread."""
@@ -130,7 +138,9 @@ def _pieces(
     for loc, blocks in _opened(reader, locations, start, opened, target):
         if blocks is None:
             continue
-        head = _part_head(boundary, loc, urls, first, target if needs_transcode(loc, target) else loc.transfer_syntax_uid)
+        head = _part_head(
+            boundary, loc, urls, first, target if needs_transcode(loc, target) else loc.transfer_syntax_uid
+        )
         first = False
         for block in blocks:
             if head:
@@ -212,9 +222,7 @@ def rewrite_bulkdata_uris(blob: bytes, urls: Urls) -> bytes:
     return _instance_relative(blob, urls) if _INSTANCE_RELATIVE in blob else blob
 
 
-def _load_metadata(
-    metadata: MetadataClient, urls: Urls, tenant: str, study: str, series: str, sop: str
-) -> list[bytes]:
+def _load_metadata(metadata: MetadataClient, urls: Urls, tenant: str, study: str, series: str, sop: str) -> list[bytes]:
     headers = metadata.get_metadata(tenant, study, series, sop)
     if not headers:
         return []

@@ -27,9 +27,24 @@ from dicomweb_gateway.media import DICOM
 from dicomweb_gateway.reading import open_instance
 
 _KNOWN = {
-    "requestType", "studyUID", "seriesUID", "objectUID", "contentType", "transferSyntax", "frameNumber",
-    "rows", "columns", "windowCenter", "windowWidth", "imageQuality", "anonymize", "annotation", "region",
-    "charset", "presentationUID", "presentationSeriesUID",
+    "requestType",
+    "studyUID",
+    "seriesUID",
+    "objectUID",
+    "contentType",
+    "transferSyntax",
+    "frameNumber",
+    "rows",
+    "columns",
+    "windowCenter",
+    "windowWidth",
+    "imageQuality",
+    "anonymize",
+    "annotation",
+    "region",
+    "charset",
+    "presentationUID",
+    "presentationSeriesUID",
 }
 _UNSUPPORTED = {"anonymize", "annotation", "region", "presentationUID", "presentationSeriesUID"}
 

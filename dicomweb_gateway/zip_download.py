@@ -69,8 +69,10 @@ def zip_target(accept: str | None, stored: set[str]) -> str | None:
                 return "*"
             if all(transcode.can_transcode(ts, wanted) for ts in stored):
                 return wanted
-            raise not_acceptable(f"{ZIP} is available in the stored transfer syntax, or transcoded to one of "
-                                 f"{', '.join(sorted(transcode.TARGETS))}")
+            raise not_acceptable(
+                f"{ZIP} is available in the stored transfer syntax, or transcoded to one of "
+                f"{', '.join(sorted(transcode.TARGETS))}"
+            )
         if r.essence in ("*/*", "multipart/*", MULTIPART_RELATED):
             return None  # multipart comes first
     return None
@@ -81,9 +83,17 @@ def _names(metadata: MetadataClient, tenant: str, study: str, series: str, sop: 
     filters = [md_pb.Filter(tag=zip_layout.SOP_UID, equal=sop)] if sop else []
     matches: list[bytes] = []
     while True:
-        resp = metadata.query(md_pb.QueryRequest(
-            tenant=tenant, level=dicom_pb2.QUERY_LEVEL_INSTANCE, filters=filters, include_fields=zip_layout.TAGS,
-            study_instance_uid=study, series_instance_uid=series, offset=len(matches)))
+        resp = metadata.query(
+            md_pb.QueryRequest(
+                tenant=tenant,
+                level=dicom_pb2.QUERY_LEVEL_INSTANCE,
+                filters=filters,
+                include_fields=zip_layout.TAGS,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                offset=len(matches),
+            )
+        )
         matches.extend(resp.matches)
         if not resp.truncated or not resp.matches:
             break
@@ -91,7 +101,11 @@ def _names(metadata: MetadataClient, tenant: str, study: str, series: str, sop: 
 
 
 def plan(
-    metadata: MetadataClient, tenant: str, study: str, series: str, sop: str,
+    metadata: MetadataClient,
+    tenant: str,
+    study: str,
+    series: str,
+    sop: str,
     locations: Sequence[dicom_pb2.InstanceLocation],
 ) -> list[tuple[str, dicom_pb2.InstanceLocation]]:
     """(path in the zip, location) of every located instance, in folder order.
@@ -169,7 +183,12 @@ def _filename(study: str, series: str, sop: str) -> str:
 
 
 async def respond(
-    request: Request, locations: Sequence[dicom_pb2.InstanceLocation], target: str, study: str, series: str, sop: str,
+    request: Request,
+    locations: Sequence[dicom_pb2.InstanceLocation],
+    target: str,
+    study: str,
+    series: str,
+    sop: str,
 ) -> Response:
     gw = gateway(request)
     members = await run_in_threadpool(plan, gw.metadata, tenant_for(request), study, series, sop, locations)

@@ -28,12 +28,21 @@ STUDY_DATE, STUDY_DESCRIPTION = "00080020", "00081030"
 SERIES_NUMBER, MODALITY, SERIES_DESCRIPTION = "00200011", "00080060", "0008103E"
 INSTANCE_NUMBER = "00200013"
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
-TAGS = (PATIENT_NAME, PATIENT_ID, STUDY_DATE, STUDY_DESCRIPTION, SERIES_NUMBER, MODALITY, SERIES_DESCRIPTION,
-        INSTANCE_NUMBER)
+TAGS = (
+    PATIENT_NAME,
+    PATIENT_ID,
+    STUDY_DATE,
+    STUDY_DESCRIPTION,
+    SERIES_NUMBER,
+    MODALITY,
+    SERIES_DESCRIPTION,
+    INSTANCE_NUMBER,
+)
 
 # Windows refuses these as names, with or without an extension.
-_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                       *(f"LPT{i}" for i in range(1, 10))})
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+)
 # Path separators, characters Windows forbids, and control characters.
 _FORBIDDEN = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 # A component at most this long (characters, and UTF-8 bytes: ext4 and
@@ -135,9 +144,18 @@ def layout(matches: Iterable[dict[str, Any]]) -> list[Entry]:
         attrs, sop = row
         series_no = _number(_text(attrs, SERIES_NUMBER))
         inst_no = _number(_text(attrs, INSTANCE_NUMBER))
-        return (_text(attrs, PATIENT_NAME), _text(attrs, PATIENT_ID), _text(attrs, STUDY_DATE),
-                _text(attrs, STUDY_UID), series_no is None, series_no or 0, _text(attrs, SERIES_UID),
-                inst_no is None, inst_no or 0, sop)
+        return (
+            _text(attrs, PATIENT_NAME),
+            _text(attrs, PATIENT_ID),
+            _text(attrs, STUDY_DATE),
+            _text(attrs, STUDY_UID),
+            series_no is None,
+            series_no or 0,
+            _text(attrs, SERIES_UID),
+            inst_no is None,
+            inst_no or 0,
+            sop,
+        )
 
     root = _Folder()
     out: list[Entry] = []
@@ -149,8 +167,9 @@ def layout(matches: Iterable[dict[str, Any]]) -> list[Entry]:
         study = " ".join(v for v in (_date(_text(attrs, STUDY_DATE)), _text(attrs, STUDY_DESCRIPTION)) if v)
         s_name, s_folder = p_folder.child(_text(attrs, STUDY_UID), safe_name(study, "Study"))
 
-        series = " ".join(v for v in (_text(attrs, SERIES_NUMBER), _text(attrs, MODALITY),
-                                      _text(attrs, SERIES_DESCRIPTION)) if v)
+        series = " ".join(
+            v for v in (_text(attrs, SERIES_NUMBER), _text(attrs, MODALITY), _text(attrs, SERIES_DESCRIPTION)) if v
+        )
         se_name, se_folder = s_folder.child(_text(attrs, SERIES_UID), safe_name(series, "Series"))
 
         number = _number(_text(attrs, INSTANCE_NUMBER))

@@ -45,9 +45,13 @@ log = logging.getLogger("eventbus")
 def _wait_for_topics(settings: EventbusSettings, stop: threading.Event) -> bool:
     while not stop.is_set():
         try:
-            ensure_topics(settings.kafka_bootstrap, [settings.kafka_topic, settings.kafka_audit_topic,
-                                                     settings.kafka_dead_letter_topic],
-                          settings.kafka_partitions, settings.kafka_replication, timeout=10)
+            ensure_topics(
+                settings.kafka_bootstrap,
+                [settings.kafka_topic, settings.kafka_audit_topic, settings.kafka_dead_letter_topic],
+                settings.kafka_partitions,
+                settings.kafka_replication,
+                timeout=10,
+            )
             return True
         except Exception as exc:  # Kafka not there yet
             log.warning("kafka topics not ready (%s); retrying", type(exc).__name__)
@@ -107,8 +111,9 @@ def main() -> None:
     }
     if "compression" in settings.consumer_names:
         check_rules(settings.compression_rules)
-        handlers["compression"] = compression(settings.compression_rules, StorageClient(st_channel),
-                                              MetadataClient(md_channel))
+        handlers["compression"] = compression(
+            settings.compression_rules, StorageClient(st_channel), MetadataClient(md_channel)
+        )
     unknown = [n for n in settings.consumer_names if n not in handlers]
     if unknown:
         raise SystemExit(f"unknown consumers: {', '.join(unknown)} (known: {', '.join(handlers)})")
@@ -129,23 +134,40 @@ def main() -> None:
     threads: list[threading.Thread] = []
     closers = []
     if kafka:
-        relay = Relay(md_channel, store, settings.kafka_bootstrap, settings.kafka_topic, settings.relay_batch,
-                      settings.poll_interval, audit_topic=settings.kafka_audit_topic)
+        relay = Relay(
+            md_channel,
+            store,
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            settings.relay_batch,
+            settings.poll_interval,
+            audit_topic=settings.kafka_audit_topic,
+        )
         threads.append(threading.Thread(target=relay.run, args=(stop,), name="relay"))
         closers.append(relay.close)
     for name in names:
         topics = [settings.kafka_topic] + ([settings.kafka_audit_topic] if wants_audit(handlers[name]) else [])
         transport: Transport = (
             KafkaLog(name, settings.kafka_bootstrap, topics, settings.kafka_dead_letter_topic)
-            if kafka else EmbeddedLog(name, md_channel, store)
+            if kafka
+            else EmbeddedLog(name, md_channel, store)
         )
-        loop = ConsumerLoop(name, transport, handlers[name], settings.consumer_batch, settings.max_attempts,
-                            settings.retry_backoff, settings.poll_interval, settings.consumer_linger)
+        loop = ConsumerLoop(
+            name,
+            transport,
+            handlers[name],
+            settings.consumer_batch,
+            settings.max_attempts,
+            settings.retry_backoff,
+            settings.poll_interval,
+            settings.consumer_linger,
+        )
         threads.append(threading.Thread(target=loop.run, args=(stop,), name=f"consumer-{name}"))
         closers.append(transport.close)
     readers = [POSITION] if kafka else [f"consumer:{n}" for n in names]
-    threads.append(threading.Thread(target=lag.watch, args=(md_channel, store, readers, settings.lag_interval, stop),
-                                    name="lag"))
+    threads.append(
+        threading.Thread(target=lag.watch, args=(md_channel, store, readers, settings.lag_interval, stop), name="lag")
+    )
     threads += routing.threads(stop)
     for t in threads:
         t.start()
@@ -157,15 +179,24 @@ def main() -> None:
 
     try:
         server, health, _ = build_server(
-            register, [eventbus_service_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name,
-                       routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name],
-            settings.listen_address(settings.eventbus_addr), credentials=tls.grpc_server_credentials(settings))
+            register,
+            [
+                eventbus_service_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name,
+                routing_service_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name,
+            ],
+            settings.listen_address(settings.eventbus_addr),
+            credentials=tls.grpc_server_credentials(settings),
+        )
     except OSError as exc:
         # The console and manual routing ask it; consumers and deliveries run on without it.
         log.warning("EventBusService and RoutingService not served: %s", exc)
         server = health = None
-    log.info("eventbus running: %s on %s; %d routing destinations", ", ".join(names) or "no consumers",
-             "kafka" if kafka else "the embedded event log", len(routing.workers))
+    log.info(
+        "eventbus running: %s on %s; %d routing destinations",
+        ", ".join(names) or "no consumers",
+        "kafka" if kafka else "the embedded event log",
+        len(routing.workers),
+    )
     wait_for_signal(stop)
     if server is not None and health is not None:
         health.enter_graceful_shutdown()

@@ -59,8 +59,14 @@ def check_rules(rules: Sequence[CompressionRule]) -> None:
 
 
 class Compressor:
-    def __init__(self, rules: Sequence[CompressionRule], storage: StorageClient, metadata: MetadataClient,
-                 reader: BlobReader | None = None, blobs: Blobs | None = None) -> None:
+    def __init__(
+        self,
+        rules: Sequence[CompressionRule],
+        storage: StorageClient,
+        metadata: MetadataClient,
+        reader: BlobReader | None = None,
+        blobs: Blobs | None = None,
+    ) -> None:
         self.rules = list(rules)
         self.storage = storage
         self.metadata = metadata

@@ -16,8 +16,12 @@ from eventbus.handlers import Handler
 from eventbus.transports import Delivery, Transport
 
 log = logging.getLogger(__name__)
-_TRANSIENT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+_TRANSIENT_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
 
 
 def is_transient(exc: Exception) -> bool:
@@ -29,9 +33,17 @@ def is_transient(exc: Exception) -> bool:
 
 
 class ConsumerLoop:
-    def __init__(self, name: str, transport: Transport, handler: Handler, batch: int = 100,
-                 max_attempts: int = 3, backoff: float = 0.2, poll_interval: float = 0.2,
-                 linger: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        handler: Handler,
+        batch: int = 100,
+        max_attempts: int = 3,
+        backoff: float = 0.2,
+        poll_interval: float = 0.2,
+        linger: float = 0.0,
+    ) -> None:
         self.name = name
         self.transport = transport
         self.handler = handler
@@ -58,8 +70,7 @@ class ConsumerLoop:
             except Exception as exc:
                 if is_transient(exc):
                     raise
-                log.warning("%s: a batch failed (%s); handling its events one by one", self.name,
-                            type(exc).__name__)
+                log.warning("%s: a batch failed (%s); handling its events one by one", self.name, type(exc).__name__)
         for delivery in todo:
             self._handle(delivery)
         self.transport.commit()
@@ -87,14 +98,23 @@ class ConsumerLoop:
                 if is_transient(exc):
                     raise
                 error = f"{type(exc).__name__}: {exc}"[:500]
-                log.warning("%s: event %d failed (attempt %d of %d): %s", self.name, delivery.event.sequence,
-                            attempt, self.max_attempts, type(exc).__name__)
+                log.warning(
+                    "%s: event %d failed (attempt %d of %d): %s",
+                    self.name,
+                    delivery.event.sequence,
+                    attempt,
+                    self.max_attempts,
+                    type(exc).__name__,
+                )
                 if attempt < self.max_attempts:
                     time.sleep(self.backoff * attempt)
         self.transport.dead_letter(delivery, self.name, error)
         self.dead_lettered += 1
-        log.error("%s: event %s dead-lettered", self.name,
-                  delivery.event.sequence if delivery.event is not None else "(undecodable)")
+        log.error(
+            "%s: event %s dead-lettered",
+            self.name,
+            delivery.event.sequence if delivery.event is not None else "(undecodable)",
+        )
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -41,14 +41,14 @@ def route(event: events_pb2.Event, topic: str, audit_topic: str) -> tuple[str, b
     return topic, study_key(event)
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int,
-                  timeout: float = 30) -> None:
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replication: int, timeout: float = 30) -> None:
     """Creates missing topics; existing ones are left as they are."""
     # confluent_kafka types conf values as scalars; it documents "logger" taking a Logger.
     admin = AdminClient({"bootstrap.servers": bootstrap, "logger": log})  # type: ignore[dict-item]
     existing = set(admin.list_topics(timeout=timeout).topics)
-    missing = [NewTopic(t, num_partitions=partitions, replication_factor=replication)
-               for t in topics if t not in existing]
+    missing = [
+        NewTopic(t, num_partitions=partitions, replication_factor=replication) for t in topics if t not in existing
+    ]
     if not missing:
         return
     for topic, future in admin.create_topics(missing, operation_timeout=timeout).items():
@@ -61,9 +61,17 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int, replicatio
 
 
 class Relay:
-    def __init__(self, channel: grpc.Channel, store: Store, bootstrap: str, topic: str, batch: int = 500,
-                 poll_interval: float = 0.2, send_timeout: float = 10.0,
-                 audit_topic: str = "dicomserver.audit") -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        store: Store,
+        bootstrap: str,
+        topic: str,
+        batch: int = 500,
+        poll_interval: float = 0.2,
+        send_timeout: float = 10.0,
+        audit_topic: str = "dicomserver.audit",
+    ) -> None:
         self._metadata = MetadataClient(channel)
         self._store = store
         self.topic = topic
@@ -71,14 +79,16 @@ class Relay:
         self.batch = batch
         self.poll_interval = poll_interval
         self.send_timeout = send_timeout
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,  # no reordering or duplicates from producer retries
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": int(send_timeout * 1000),
-            "logger": log,
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,  # no reordering or duplicates from producer retries
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": int(send_timeout * 1000),
+                "logger": log,
+            }
+        )
         self.position = store.offset(POSITION)
         self.published = 0
 

@@ -37,8 +37,9 @@ def source_host(address: str) -> str:
 
 
 class EventBusService(pb_grpc.EventBusServiceServicer):
-    def __init__(self, store: Store, metadata: MetadataClient, transport: str, consumers: list[str],
-                 readers: list[str]) -> None:
+    def __init__(
+        self, store: Store, metadata: MetadataClient, transport: str, consumers: list[str], readers: list[str]
+    ) -> None:
         self.store = store
         self.metadata = metadata
         self.transport = transport
@@ -55,15 +56,17 @@ class EventBusService(pb_grpc.EventBusServiceServicer):
             readers = []
             for reader in self.readers:
                 position = self.store.offset(reader)
-                readers.append(pb.ReaderLag(reader=reader, position=position,
-                                            lag=max(0, latest - position) if latest else 0))
+                readers.append(
+                    pb.ReaderLag(reader=reader, position=position, lag=max(0, latest - position) if latest else 0)
+                )
             with Session(self.store.engine) as s:
                 dead = int(s.scalar(select(func.count()).select_from(DeadLetter)) or 0)
         except SQLAlchemyError as exc:
             log.warning("event bus database unavailable: %s", type(exc).__name__)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the event bus database is unavailable")
-        return pb.GetStatusResponse(transport=self.transport, consumers=self.consumers, readers=readers,
-                                    outbox_latest=latest, dead_letters=dead)
+        return pb.GetStatusResponse(
+            transport=self.transport, consumers=self.consumers, readers=readers, outbox_latest=latest, dead_letters=dead
+        )
 
     def GetAuditStatistics(
         self, request: pb.GetAuditStatisticsRequest, context: grpc.ServicerContext
@@ -95,19 +98,31 @@ class EventBusService(pb_grpc.EventBusServiceServicer):
             records = int(s.scalar(select(func.count()).select_from(audit).where(*scoped)) or 0)
             n = func.count().label("n")
             ae_rows = s.execute(
-                select(audit.subject, n).where(*scoped, audit.edge == "dimse", audit.subject.like("ae:%"))
-                .group_by(audit.subject).order_by(n.desc(), audit.subject).limit(top))
+                select(audit.subject, n)
+                .where(*scoped, audit.edge == "dimse", audit.subject.like("ae:%"))
+                .group_by(audit.subject)
+                .order_by(n.desc(), audit.subject)
+                .limit(top)
+            )
             calling = [pb.KeyCount(key=subject.removeprefix("ae:"), count=c) for subject, c in ae_rows]
             read_rows = s.execute(
                 select(audit.study_instance_uid, n)
                 .where(*scoped, audit.action == "read", audit.outcome == "success", audit.study_instance_uid != "")
-                .group_by(audit.study_instance_uid).order_by(n.desc(), audit.study_instance_uid).limit(top))
+                .group_by(audit.study_instance_uid)
+                .order_by(n.desc(), audit.study_instance_uid)
+                .limit(top)
+            )
             reads = [pb.KeyCount(key=study, count=c) for study, c in read_rows]
             hosts: Counter[str] = Counter()
-            stmt = (select(audit.source_address, n).where(*scoped, audit.source_address != "")
-                    .group_by(audit.source_address).limit(MAX_SOURCE_ROWS))
+            stmt = (
+                select(audit.source_address, n)
+                .where(*scoped, audit.source_address != "")
+                .group_by(audit.source_address)
+                .limit(MAX_SOURCE_ROWS)
+            )
             for address, c in s.execute(stmt):
                 hosts[source_host(address)] += c
         sources = [pb.KeyCount(key=h, count=c) for h, c in sorted(hosts.items(), key=lambda i: (-i[1], i[0]))[:top]]
-        return pb.GetAuditStatisticsResponse(calling_ae_titles=calling, sources=sources, study_reads=reads,
-                                             records=records)
+        return pb.GetAuditStatisticsResponse(
+            calling_ae_titles=calling, sources=sources, study_reads=reads, records=records
+        )

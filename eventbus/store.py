@@ -168,14 +168,20 @@ def _audit_values(ev: events_pb2.Event) -> dict[str, Any]:
     if kind == "audit":
         rec = ev.audit
         values.update({name: _cut(getattr(rec, name), limit) for name, limit in LIMITS.items() if name != "tenant"})
-        values.update(action=_enum_name(Record.Action, "ACTION_", rec.action),
-                      outcome=_enum_name(Record.Outcome, "OUTCOME_", rec.outcome), status=rec.status)
+        values.update(
+            action=_enum_name(Record.Action, "ACTION_", rec.action),
+            outcome=_enum_name(Record.Outcome, "OUTCOME_", rec.outcome),
+            status=rec.status,
+        )
         if rec.HasField("time"):
             when = rec.time
     elif kind in ("instance_stored", "instance_deleted", "instance_converted"):
         ref = getattr(ev, kind).location.ref
-        values.update(study_instance_uid=ref.study_instance_uid, series_instance_uid=ref.series_instance_uid,
-                      sop_instance_uid=ref.sop_instance_uid)
+        values.update(
+            study_instance_uid=ref.study_instance_uid,
+            series_instance_uid=ref.series_instance_uid,
+            sop_instance_uid=ref.sop_instance_uid,
+        )
     for uid in ("study_instance_uid", "series_instance_uid", "sop_instance_uid"):
         values.setdefault(uid, "")
     values["event_time"] = when.ToDatetime(tzinfo=UTC)
@@ -186,8 +192,7 @@ AUDIT_CHUNK = 20
 # Every row of one executemany names the same columns: the model's defaults
 # fill what an event of its kind does not carry.
 _AUDIT_DEFAULTS: dict[str, Any] = {
-    c.key: c.default.arg for c in AuditEntry.__table__.columns
-    if c.default is not None and not callable(c.default.arg)
+    c.key: c.default.arg for c in AuditEntry.__table__.columns if c.default is not None and not callable(c.default.arg)
 }
 
 
@@ -197,8 +202,8 @@ class Store:
         table = AuditEntry.__table__
         stmt = _dialect_insert(self.engine.dialect.name)(table)
         self._audit_upsert = stmt.on_conflict_do_update(
-            index_elements=[table.c.sequence],
-            set_={"deliveries": table.c.deliveries + stmt.excluded.deliveries})
+            index_elements=[table.c.sequence], set_={"deliveries": table.c.deliveries + stmt.excluded.deliveries}
+        )
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
 
@@ -237,8 +242,15 @@ class Store:
 
     def dead_letter(self, consumer: str, sequence: int, error: str, payload: bytes) -> None:
         with Session(self.engine) as s, s.begin():
-            s.add(DeadLetter(consumer=consumer, sequence=sequence, error=error[:2000], payload=payload,
-                             recorded=datetime.now(UTC)))
+            s.add(
+                DeadLetter(
+                    consumer=consumer,
+                    sequence=sequence,
+                    error=error[:2000],
+                    payload=payload,
+                    recorded=datetime.now(UTC),
+                )
+            )
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -66,8 +66,7 @@ class EmbeddedLog:
         self._pending = self._offset
 
     def dead_letter(self, delivery: Delivery, consumer: str, error: str) -> None:
-        self._store.dead_letter(consumer, delivery.event.sequence if delivery.event else 0, error,
-                                delivery.payload)
+        self._store.dead_letter(consumer, delivery.event.sequence if delivery.event else 0, error, delivery.payload)
 
     def close(self) -> None:
         pass
@@ -89,15 +88,17 @@ class KafkaLog:
         # First offset per partition of what was consumed but not committed.
         self._batch_start: dict[tuple[str, int], int] = {}
         self.dead_letter_topic = dead_letter_topic
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{topic}.{name}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 1000,
-            "logger": log,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"{topic}.{name}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10000,
+                "heartbeat.interval.ms": 1000,
+                "logger": log,
+            }
+        )
         self._consumer.subscribe(topics)
         self._producer: Producer | None = None
         self._bootstrap = bootstrap
@@ -145,12 +146,15 @@ class KafkaLog:
 
     def dead_letter(self, delivery: Delivery, consumer: str, error: str) -> None:
         if self._producer is None:
-            self._producer = Producer({"bootstrap.servers": self._bootstrap, "enable.idempotence": True,
-                                       "logger": log})
+            self._producer = Producer({"bootstrap.servers": self._bootstrap, "enable.idempotence": True, "logger": log})
         failed: list[str] = []
-        self._producer.produce(self.dead_letter_topic, value=delivery.payload, key=delivery.key,
-                               headers={"consumer": consumer, "error": error[:1000]},
-                               on_delivery=lambda err, _m: failed.append(str(err)) if err else None)
+        self._producer.produce(
+            self.dead_letter_topic,
+            value=delivery.payload,
+            key=delivery.key,
+            headers={"consumer": consumer, "error": error[:1000]},
+            on_delivery=lambda err, _m: failed.append(str(err)) if err else None,
+        )
         if self._producer.flush(30) > 0 or failed:
             raise RuntimeError(f"dead letter not delivered: {failed or 'timeout'}")
 

@@ -39,8 +39,9 @@ def _parser(settings: CommonSettings) -> argparse.ArgumentParser:
     imp.add_argument("--workers", type=int, default=4, help="batches sent at once (default 4)")
     imp.add_argument("--tenant", default=settings.default_tenant, help="tenant to import into (default %(default)s)")
     imp.add_argument("--ingest", default=settings.ingest_addr, help="IngestService address (DICOMSERVER_INGEST_ADDR)")
-    imp.add_argument("--metadata", default=settings.metadata_addr,
-                     help="MetadataService address (DICOMSERVER_METADATA_ADDR)")
+    imp.add_argument(
+        "--metadata", default=settings.metadata_addr, help="MetadataService address (DICOMSERVER_METADATA_ADDR)"
+    )
     imp.add_argument("--report", type=Path, help="write every file's outcome to FILE (JSON lines)")
     imp.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not on a terminal)")
     return parser
@@ -64,18 +65,28 @@ def run_import(args: argparse.Namespace, settings: CommonSettings, console: Cons
         console.print(f"[red]{exc}[/]")
         return 2
     with ingest_ch, metadata_ch:
-        for name, ch, addr in (("IngestService", ingest_ch, args.ingest), ("MetadataService", metadata_ch, args.metadata)):
+        for name, ch, addr in (
+            ("IngestService", ingest_ch, args.ingest),
+            ("MetadataService", metadata_ch, args.metadata),
+        ):
             if not _reachable(ch):
                 console.print(f"[red]the archive's {name} does not answer at {addr}[/]")
                 return UNREACHABLE
         with Sources() as sources:
             items = list(sources.items(args.paths))
-            console.print(f"{len(items)} files, {sum(i.size for i in items) / 1e6:.1f} MB "
-                          f"into tenant {args.tenant!r} with {args.workers} workers")
+            console.print(
+                f"{len(items)} files, {sum(i.size for i in items) / 1e6:.1f} MB "
+                f"into tenant {args.tenant!r} with {args.workers} workers"
+            )
             started = time.monotonic()
             with ProgressBar(console, items, enabled=not args.no_progress) as bar:
-                importer = Importer(IngestClient(ingest_ch), MetadataClient(metadata_ch), args.tenant,
-                                    workers=args.workers, on_result=bar.add)
+                importer = Importer(
+                    IngestClient(ingest_ch),
+                    MetadataClient(metadata_ch),
+                    args.tenant,
+                    workers=args.workers,
+                    on_result=bar.add,
+                )
                 results = importer.run(items)
             elapsed = time.monotonic() - started
     print_report(console, results, elapsed)

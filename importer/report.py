@@ -51,7 +51,8 @@ class ProgressBar:
             refresh_per_second=4,
         )
         self.task: TaskID = self.progress.add_task(
-            "importing", total=sum(i.size for i in items), files=0, total_files=self.total_files, rate=0.0)
+            "importing", total=sum(i.size for i in items), files=0, total_files=self.total_files, rate=0.0
+        )
 
     def add(self, result: Result) -> None:
         with self._lock:
@@ -77,8 +78,10 @@ def summary(results: list[Result], elapsed: float) -> Table:
         counts[key] += 1
         sizes[key] += r.item.size
     total = sum(r.item.size for r in results)
-    table = Table(title=f"{len(results)} files, {total / 1e6:.1f} MB in {elapsed:.1f} s "
-                        f"({len(results) / max(elapsed, 1e-9):.0f} files/s, {total / 1e6 / max(elapsed, 1e-9):.1f} MB/s)")
+    table = Table(
+        title=f"{len(results)} files, {total / 1e6:.1f} MB in {elapsed:.1f} s "
+        f"({len(results) / max(elapsed, 1e-9):.0f} files/s, {total / 1e6 / max(elapsed, 1e-9):.1f} MB/s)"
+    )
     table.add_column("outcome")
     table.add_column("reason")
     table.add_column("files", justify="right")
@@ -103,8 +106,10 @@ def print_report(console: Console, results: list[Result], elapsed: float) -> Non
     if len(bad) > SHOW_PROBLEMS:
         console.print(f"… and {len(bad) - SHOW_PROBLEMS} more (--report FILE lists every file)")
     if bad:
-        console.print(f"[red]{len(bad)} DICOM file(s) did not go in[/]; running the same import again retries "
-                      "them and skips what is stored")
+        console.print(
+            f"[red]{len(bad)} DICOM file(s) did not go in[/]; running the same import again retries "
+            "them and skips what is stored"
+        )
     else:
         console.print("[green]every DICOM file is in the archive[/]")
 
@@ -113,6 +118,16 @@ def write_report(path: Path, results: list[Result]) -> None:
     """Every file's outcome, one JSON object a line."""
     with path.open("w", encoding="utf-8") as f:
         for r in results:
-            f.write(json.dumps({"file": r.item.name, "bytes": r.item.size, "outcome": r.outcome.value,
-                                "reason": r.reason, "sop_instance_uid": r.sop_instance_uid},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "file": r.item.name,
+                        "bytes": r.item.size,
+                        "outcome": r.outcome.value,
+                        "reason": r.reason,
+                        "sop_instance_uid": r.sop_instance_uid,
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )

@@ -95,7 +95,11 @@ def batches(items: list[Item], max_files: int = BATCH_FILES, max_bytes: int = BA
 
 class Importer:
     def __init__(
-        self, ingest: IngestClient, metadata: MetadataClient, tenant: str, workers: int = 4,
+        self,
+        ingest: IngestClient,
+        metadata: MetadataClient,
+        tenant: str,
+        workers: int = 4,
         on_result: Callable[[Result], None] = lambda r: None,
         retry_pauses: tuple[float, ...] = RETRY_PAUSES,
     ) -> None:
@@ -128,8 +132,12 @@ class Importer:
             try:
                 to_send = self._skip_stored(opened, results)
             except errors.ServiceError as exc:
-                results.extend(self._report(Result(o.item, Outcome.FAILED, f"the archive did not answer: {exc}",
-                                                   o.meta.sop_instance_uid)) for o in opened)
+                results.extend(
+                    self._report(
+                        Result(o.item, Outcome.FAILED, f"the archive did not answer: {exc}", o.meta.sop_instance_uid)
+                    )
+                    for o in opened
+                )
                 return results
             results.extend(self._report(r) for r in self._send(to_send))
         finally:
@@ -181,8 +189,10 @@ class Importer:
         uids = [o.meta.sop_instance_uid for o in opened if is_uid(o.meta.sop_instance_uid)]
         stored: set[str] = set()
         if uids:
-            stored = {loc.ref.sop_instance_uid for loc in self._with_retries(
-                lambda: self.metadata.locate_each(self.tenant, uids))}
+            stored = {
+                loc.ref.sop_instance_uid
+                for loc in self._with_retries(lambda: self.metadata.locate_each(self.tenant, uids))
+            }
         keep: list[_Open] = []
         for o in opened:
             uid = o.meta.sop_instance_uid
@@ -208,14 +218,24 @@ class Importer:
             return []
         options = ingest_pb.StoreOptions(tenant=self.tenant, duplicate_policy=md_pb.DUPLICATE_POLICY_KEEP_FIRST)
         try:
-            outcomes = self._with_retries(lambda: self.ingest.store_chunked(options, (self._pieces(o) for o in opened)),
-                                          rewind=opened)
+            outcomes = self._with_retries(
+                lambda: self.ingest.store_chunked(options, (self._pieces(o) for o in opened)), rewind=opened
+            )
         except errors.ServiceError as exc:
-            return [Result(o.item, Outcome.FAILED, f"the archive did not answer: {exc}", o.meta.sop_instance_uid)
-                    for o in opened]
+            return [
+                Result(o.item, Outcome.FAILED, f"the archive did not answer: {exc}", o.meta.sop_instance_uid)
+                for o in opened
+            ]
         if len(outcomes) != len(opened):
-            return [Result(o.item, Outcome.FAILED, "the archive answered for a different number of objects",
-                           o.meta.sop_instance_uid) for o in opened]
+            return [
+                Result(
+                    o.item,
+                    Outcome.FAILED,
+                    "the archive answered for a different number of objects",
+                    o.meta.sop_instance_uid,
+                )
+                for o in opened
+            ]
         return [self._result(o, out) for o, out in zip(opened, outcomes, strict=False)]
 
     @staticmethod

@@ -129,8 +129,12 @@ class Sources:
             parts = [file_id] if isinstance(file_id, str) else [str(p) for p in file_id]
             ref = _on_medium(path.parent, parts)
             if ref is None:
-                yield Item(str(path.parent.joinpath(*parts)), 0, _never,
-                           "referenced by the DICOMDIR but missing from the medium")
+                yield Item(
+                    str(path.parent.joinpath(*parts)),
+                    0,
+                    _never,
+                    "referenced by the DICOMDIR but missing from the medium",
+                )
             else:
                 yield self._file(ref)
 

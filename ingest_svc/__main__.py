@@ -42,10 +42,13 @@ def _start(settings: IngestSettings) -> tuple[IngestPipeline, DimseServer, Audit
     auth = AuthClient(channel(settings.auth_addr))
     # Refuses to serve a network address while authentication is off.
     try:
-        require_auth_unless_loopback(auth, {
-            "DIMSE listener": settings.dimse_host,
-            "gRPC listener": settings.listen_address(settings.ingest_addr),
-        })
+        require_auth_unless_loopback(
+            auth,
+            {
+                "DIMSE listener": settings.dimse_host,
+                "gRPC listener": settings.listen_address(settings.ingest_addr),
+            },
+        )
     except ExposedWithoutAuth as exc:
         log.error("%s", exc)
         sys.exit(2)
@@ -81,7 +84,10 @@ def main() -> None:
     pipeline, scp, audit = _start(settings)
     log.info(
         "DIMSE SCP %s listening on %s:%d (%d processes)",
-        settings.ae_title, settings.dimse_host, settings.dimse_port, max(1, settings.dimse_workers),
+        settings.ae_title,
+        settings.dimse_host,
+        settings.dimse_port,
+        max(1, settings.dimse_workers),
     )
 
     def stop() -> None:
@@ -95,8 +101,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    sender = PeerSender(settings, StorageClient(channel(settings.storage_addr)),
-                        MetadataClient(channel(settings.metadata_addr)))
+    sender = PeerSender(
+        settings, StorageClient(channel(settings.storage_addr)), MetadataClient(channel(settings.metadata_addr))
+    )
     service = IngestService(pipeline, settings.spool_max_memory, sender)
     storage = StorageClient(channel(settings.storage_addr))
     deidentify = DeidentifyService(pipeline, MetadataClient(channel(settings.metadata_addr)), BlobReader(storage))

@@ -51,14 +51,27 @@ class DimseAudit:
         """A refused association; `source` is the peer's 'address:port'."""
         if self._sink is None:
             return
-        self._sink.record(Record(
-            subject=f"ae:{calling_ae}"[:128], source_address=source, edge="dimse",
-            action=Record.ACTION_AUTHENTICATE, operation="A-ASSOCIATE", outcome=Record.OUTCOME_DENIED,
-            detail=reason[:500],
-        ))
+        self._sink.record(
+            Record(
+                subject=f"ae:{calling_ae}"[:128],
+                source_address=source,
+                edge="dimse",
+                action=Record.ACTION_AUTHENTICATE,
+                operation="A-ASSOCIATE",
+                outcome=Record.OUTCOME_DENIED,
+                detail=reason[:500],
+            )
+        )
 
     def record(
-        self, assoc: Any, source: str, operation: str, action: Record.Action.ValueType, status: int, sop: str = "", study: str = "",
+        self,
+        assoc: Any,
+        source: str,
+        operation: str,
+        action: Record.Action.ValueType,
+        status: int,
+        sop: str = "",
+        study: str = "",
     ) -> None:
         """One operation of an association (any object Principals knows)
         with its final status."""
@@ -66,16 +79,34 @@ class DimseAudit:
             return
         principal = self._principals.principal(assoc)
         denied = status == NOT_AUTHORIZED or principal is None
-        self._sink.record(Record(
-            tenant=principal.tenants[0] if principal is not None and principal.tenants else "",
-            subject=principal.subject if principal is not None else "",
-            source_address=source, edge="dimse", action=action, operation=operation,
-            outcome=Record.OUTCOME_DENIED if denied else
-            Record.OUTCOME_SUCCESS if status in (SUCCESS, *STORE_WARNINGS) else Record.OUTCOME_FAILURE,
-            status=status, study_instance_uid=study, sop_instance_uid=sop[:64],
-        ))
+        self._sink.record(
+            Record(
+                tenant=principal.tenants[0] if principal is not None and principal.tenants else "",
+                subject=principal.subject if principal is not None else "",
+                source_address=source,
+                edge="dimse",
+                action=action,
+                operation=operation,
+                outcome=Record.OUTCOME_DENIED
+                if denied
+                else Record.OUTCOME_SUCCESS
+                if status in (SUCCESS, *STORE_WARNINGS)
+                else Record.OUTCOME_FAILURE,
+                status=status,
+                study_instance_uid=study,
+                sop_instance_uid=sop[:64],
+            )
+        )
 
-    def _emit(self, event: evt.Event, operation: str, action: Record.Action.ValueType, status: int, sop: str = "", study: str = "") -> None:
+    def _emit(
+        self,
+        event: evt.Event,
+        operation: str,
+        action: Record.Action.ValueType,
+        status: int,
+        sop: str = "",
+        study: str = "",
+    ) -> None:
         self.record(event.assoc, source_of(event.assoc), operation, action, status, sop, study)
 
     def wrap(self, operation: str, action: Record.Action.ValueType, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -89,8 +120,13 @@ class DimseAudit:
                     for item in handler(event, *args):
                         if item == (None, None):  # C-MOVE to an unknown destination
                             status = MOVE_DESTINATION_UNKNOWN
-                        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], int) \
-                                and item[0] not in PENDINGS and (item[1] is None):
+                        elif (
+                            isinstance(item, tuple)
+                            and len(item) == 2
+                            and isinstance(item[0], int)
+                            and item[0] not in PENDINGS
+                            and (item[1] is None)
+                        ):
                             status = item[0]
                         yield item
                 finally:

@@ -70,7 +70,7 @@ def parse(data: bytes | bytearray) -> Command:
         pos += 8
         if group != 0x0000 or length > end - pos:
             raise InvalidCommand(f"element ({group:04X},{element:04X}) does not belong in a command set")
-        elements[element] = bytes(data[pos:pos + length])
+        elements[element] = bytes(data[pos : pos + length])
         pos += length
     field = _us(elements, _COMMAND_FIELD)
     answers = is_response(field) or field == C_CANCEL_RQ
@@ -82,7 +82,9 @@ def parse(data: bytes | bytearray) -> Command:
     if field == C_MOVE_RQ and destination is None:
         raise InvalidCommand("a C-MOVE-RQ without its Move Destination")
     return Command(
-        field=field, message_id=message_id, has_data_set=has_data_set,
+        field=field,
+        message_id=message_id,
+        has_data_set=has_data_set,
         sop_class=_ui(elements.get(_AFFECTED_SOP_CLASS, b"")),
         sop_instance=_ui(instance) if instance is not None else None,
         responded_to=responded_to,
@@ -110,18 +112,26 @@ def _group(body: bytes) -> bytes:
 def response(field: int, message_id: int, status: int, sop_class: str, sop_instance: str | None = None) -> bytes:
     """A C-STORE-RSP or C-ECHO-RSP command set, with the elements pynetdicom
     sends in them (PS3.7 9.3.1.2, 9.3.5.2)."""
-    return _group(b"".join((
-        _ui_element(_AFFECTED_SOP_CLASS, sop_class),
-        _US.pack(0x0000, _COMMAND_FIELD, 2, field),
-        _US.pack(0x0000, _RESPONDED_TO, 2, message_id),
-        _US.pack(0x0000, _DATA_SET_TYPE, 2, NO_DATA_SET),
-        _US.pack(0x0000, _STATUS, 2, status),
-        _ui_element(_AFFECTED_SOP_INSTANCE, sop_instance) if sop_instance is not None else b"",
-    )))
+    return _group(
+        b"".join(
+            (
+                _ui_element(_AFFECTED_SOP_CLASS, sop_class),
+                _US.pack(0x0000, _COMMAND_FIELD, 2, field),
+                _US.pack(0x0000, _RESPONDED_TO, 2, message_id),
+                _US.pack(0x0000, _DATA_SET_TYPE, 2, NO_DATA_SET),
+                _US.pack(0x0000, _STATUS, 2, status),
+                _ui_element(_AFFECTED_SOP_INSTANCE, sop_instance) if sop_instance is not None else b"",
+            )
+        )
+    )
 
 
 def qr_response(
-    field: int, message_id: int, status: int, sop_class: str, has_data_set: bool,
+    field: int,
+    message_id: int,
+    status: int,
+    sop_class: str,
+    has_data_set: bool,
     counts: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None),
 ) -> bytes:
     """A C-FIND-RSP, C-GET-RSP or C-MOVE-RSP command set (PS3.7 9.3.2.2,
@@ -141,18 +151,26 @@ def qr_response(
 
 
 def store_request(
-    message_id: int, sop_class: str, sop_instance: str, originator_ae: str | None = None,
-    originator_id: int | None = None, priority: int = LOW_PRIORITY,
+    message_id: int,
+    sop_class: str,
+    sop_instance: str,
+    originator_ae: str | None = None,
+    originator_id: int | None = None,
+    priority: int = LOW_PRIORITY,
 ) -> bytes:
     """A C-STORE-RQ command set (PS3.7 9.3.1.1), as pynetdicom's
     send_c_store encodes it; the Move Originator elements for C-MOVE."""
-    return _group(b"".join((
-        _ui_element(_AFFECTED_SOP_CLASS, sop_class),
-        _US.pack(0x0000, _COMMAND_FIELD, 2, C_STORE_RQ),
-        _US.pack(0x0000, _MESSAGE_ID, 2, message_id),
-        _US.pack(0x0000, _PRIORITY, 2, priority),
-        _US.pack(0x0000, _DATA_SET_TYPE, 2, DATA_SET),
-        _ui_element(_AFFECTED_SOP_INSTANCE, sop_instance),
-        _text_element(_ORIGINATOR_AE, originator_ae, b" ") if originator_ae is not None else b"",
-        _US.pack(0x0000, _ORIGINATOR_ID, 2, originator_id) if originator_id is not None else b"",
-    )))
+    return _group(
+        b"".join(
+            (
+                _ui_element(_AFFECTED_SOP_CLASS, sop_class),
+                _US.pack(0x0000, _COMMAND_FIELD, 2, C_STORE_RQ),
+                _US.pack(0x0000, _MESSAGE_ID, 2, message_id),
+                _US.pack(0x0000, _PRIORITY, 2, priority),
+                _US.pack(0x0000, _DATA_SET_TYPE, 2, DATA_SET),
+                _ui_element(_AFFECTED_SOP_INSTANCE, sop_instance),
+                _text_element(_ORIGINATOR_AE, originator_ae, b" ") if originator_ae is not None else b"",
+                _US.pack(0x0000, _ORIGINATOR_ID, 2, originator_id) if originator_id is not None else b"",
+            )
+        )
+    )

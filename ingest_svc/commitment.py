@@ -61,7 +61,11 @@ def _item(sop_class: str, sop_instance: str, reason: int | None = None) -> Datas
 
 class Commitments:
     def __init__(
-        self, settings: IngestSettings, ae: AE, storage: StorageClient, metadata: MetadataClient,
+        self,
+        settings: IngestSettings,
+        ae: AE,
+        storage: StorageClient,
+        metadata: MetadataClient,
         principals: Principals,
     ) -> None:
         self._settings = settings
@@ -98,8 +102,10 @@ class Commitments:
             return INVALID_ARGUMENT, None
         calling = str(event.assoc.requestor.ae_title).strip()
         threading.Thread(
-            target=self._report, args=(event.assoc, calling, tenant, transaction, refs),
-            name="commitment-report", daemon=True,
+            target=self._report,
+            args=(event.assoc, calling, tenant, transaction, refs),
+            name="commitment-report",
+            daemon=True,
         ).start()
         return SUCCESS, None
 
@@ -184,7 +190,9 @@ class Commitments:
             return
         for attempt in range(attempts):
             assoc = self._ae.associate(
-                peer.host, peer.port, ae_title=calling,
+                peer.host,
+                peer.port,
+                ae_title=calling,
                 contexts=[build_context(StorageCommitmentPushModel)],
                 ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)],
             )

@@ -171,8 +171,9 @@ def _value_bytes(vr: str, values: list[Any], little: bool) -> bytes | None:
     elif vr == "AT":
         try:
             tags = [int(v, 16) for v in values]
-            return struct.pack(("<" if little else ">") + "HH" * len(tags),
-                               *(half for t in tags for half in (t >> 16, t & 0xFFFF)))
+            return struct.pack(
+                ("<" if little else ">") + "HH" * len(tags), *(half for t in tags for half in (t >> 16, t & 0xFFFF))
+            )
         except (struct.error, TypeError, ValueError):
             return None
     else:
@@ -241,9 +242,13 @@ def _encoded_little_endian(query: Query, match: bytes, implicit: bool) -> bytes 
     """response() as pydicom encodes it in Little Endian, or None when one
     of its values takes the pydicom path (sequences, binary values)."""
     attrs: dict[str, Any] = json.loads(match)
-    elements = [(SPECIFIC_CHARACTER_SET, _element(SPECIFIC_CHARACTER_SET, "CS", _CHARSET_VALUE, implicit)),
-                (QUERY_RETRIEVE_LEVEL, _element(QUERY_RETRIEVE_LEVEL, "CS",
-                                                _value_bytes("CS", [query.level], True) or b"", implicit))]
+    elements = [
+        (SPECIFIC_CHARACTER_SET, _element(SPECIFIC_CHARACTER_SET, "CS", _CHARSET_VALUE, implicit)),
+        (
+            QUERY_RETRIEVE_LEVEL,
+            _element(QUERY_RETRIEVE_LEVEL, "CS", _value_bytes("CS", [query.level], True) or b"", implicit),
+        ),
+    ]
     for key in query.keys:
         if key.VR == "SQ":
             return None
@@ -272,8 +277,10 @@ def response_bytes(query: Query, match: bytes, syntax: UID = ExplicitVRLittleEnd
         data = _encoded_little_endian(query, match, syntax.is_implicit_VR)
         if data is not None:
             return data
-    return encode(response(query, match, syntax), syntax.is_implicit_VR, syntax.is_little_endian,
-                  syntax.is_deflated) or None
+    return (
+        encode(response(query, match, syntax), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        or None
+    )
 
 
 def run_query(metadata: MetadataClient, request: md_pb.QueryRequest) -> md_pb.QueryResponse:

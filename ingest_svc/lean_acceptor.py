@@ -97,7 +97,8 @@ def is_storage(uid: UID) -> bool:
     serves otherwise (modality worklists, say, which its unrestricted
     negotiation also takes for storage) is not."""
     return uid in _STORAGE or (
-        (uid.is_private or not hasattr(sop_class, uid.keyword)) and uid_to_service_class(uid) is ServiceClass)
+        (uid.is_private or not hasattr(sop_class, uid.keyword)) and uid_to_service_class(uid) is ServiceClass
+    )
 
 
 def served_here(rq: A_ASSOCIATE, query_retrieve: bool = True) -> bool:
@@ -120,8 +121,14 @@ class LeanAcceptor:
     """What the lean associations of one server share."""
 
     def __init__(
-        self, settings: IngestSettings, ae: AE, contexts: list[PresentationContext], principals: Principals,
-        audit: DimseAudit, pipeline: IngestPipeline, query_retrieve: QueryRetrieve | None = None,
+        self,
+        settings: IngestSettings,
+        ae: AE,
+        contexts: list[PresentationContext],
+        principals: Principals,
+        audit: DimseAudit,
+        pipeline: IngestPipeline,
+        query_retrieve: QueryRetrieve | None = None,
     ) -> None:
         self.settings = settings
         self.ae = ae
@@ -187,7 +194,8 @@ class LeanAcceptor:
         contexts by ID (with the roles negotiated for them)."""
         roles = {
             item.sop_class_uid: (item.scu_role, item.scp_role)
-            for item in rq.user_information if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+            for item in rq.user_information
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
         }
         negotiate = negotiate_unrestricted if self.settings.accept_unknown_sop_classes else negotiate_as_acceptor
         # pynetdicom types a role item's SOP Class UID Optional; a decoded item has one.
@@ -441,10 +449,14 @@ class LeanAssociation(Connection):
         if field == command_set.C_STORE_RQ:
             self._stored(message)
         elif field == command_set.C_ECHO_RQ:
-            self.send_message(message.context_id, command_set.response(
-                command_set.C_ECHO_RSP, command.message_id, 0x0000, command.sop_class))
-        elif field in (command_set.C_FIND_RQ, command_set.C_GET_RQ, command_set.C_MOVE_RQ) \
-                and self.acceptor.query_retrieve is not None:
+            self.send_message(
+                message.context_id,
+                command_set.response(command_set.C_ECHO_RSP, command.message_id, 0x0000, command.sop_class),
+            )
+        elif (
+            field in (command_set.C_FIND_RQ, command_set.C_GET_RQ, command_set.C_MOVE_RQ)
+            and self.acceptor.query_retrieve is not None
+        ):
             self.acceptor.query_retrieve.serve(self, message)
         elif field != command_set.C_CANCEL_RQ:  # nothing under way to cancel
             log.warning("%s sent command 0x%04X, which is not served here; aborting", self.source, field)
@@ -479,12 +491,17 @@ class LeanAssociation(Connection):
         if state.staged is not None:
             staged, state.staged = state.staged, None
             try:
-                status = store.finish(self.acceptor.pipeline, staged, state.tenant, command.sop_class, sop_instance,
-                                      self.calling_ae)
+                status = store.finish(
+                    self.acceptor.pipeline, staged, state.tenant, command.sop_class, sop_instance, self.calling_ae
+                )
             except Exception:
                 log.exception("C-STORE of %s failed", sop_instance)
                 staged.discard()
                 status = STORE_HANDLER_FAILED
         self.acceptor.audit.record(self, self.source, "C-STORE", _WRITE, status, sop=sop_instance)
-        self.send_message(message.context_id, command_set.response(
-            command_set.C_STORE_RSP, command.message_id, status, command.sop_class, command.sop_instance))
+        self.send_message(
+            message.context_id,
+            command_set.response(
+                command_set.C_STORE_RSP, command.message_id, status, command.sop_class, command.sop_instance
+            ),
+        )

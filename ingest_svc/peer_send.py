@@ -24,7 +24,6 @@ from ingest_svc.settings import IngestSettings, Peer
 log = logging.getLogger(__name__)
 
 
-
 class PeerSender:
     def __init__(self, settings: IngestSettings, storage: StorageClient, metadata: MetadataClient) -> None:
         self._settings = settings
@@ -32,14 +31,19 @@ class PeerSender:
         self._metadata = metadata
 
     def _allowed(self, tenant: str) -> dict[str, Peer]:
-        return {title: peer for title, peer in self._settings.dimse_peers.items()
-                if not peer.tenants or tenant in peer.tenants}
+        return {
+            title: peer
+            for title, peer in self._settings.dimse_peers.items()
+            if not peer.tenants or tenant in peer.tenants
+        }
 
     def peers(self, tenant: str) -> list[pb.PeerInfo]:
         """Raises InvalidValue for a malformed tenant."""
         check_tenant(tenant)
-        return [pb.PeerInfo(ae_title=title, host=peer.host, port=peer.port)
-                for title, peer in sorted(self._allowed(tenant).items())]
+        return [
+            pb.PeerInfo(ae_title=title, host=peer.host, port=peer.port)
+            for title, peer in sorted(self._allowed(tenant).items())
+        ]
 
     def send(self, request: pb.SendToPeerRequest) -> Iterator[pb.SendToPeerResponse]:
         """Raises InvalidValue (bad request), errors.NotFound (no such peer
@@ -56,8 +60,9 @@ class PeerSender:
         if not locations:
             raise errors.NotFound("no such study")
         if len(locations) > self._settings.max_retrieve_instances:
-            raise InvalidValue(f"{len(locations)} instances: more than the {self._settings.max_retrieve_instances}"
-                               " one send may carry")
+            raise InvalidValue(
+                f"{len(locations)} instances: more than the {self._settings.max_retrieve_instances} one send may carry"
+            )
         progress = pb.SendToPeerResponse(total=len(locations))
         ae = AE(ae_title=self._settings.ae_title)
         ae.acse_timeout = self._settings.acse_timeout
@@ -92,8 +97,9 @@ class PeerSender:
                     progress.warning += 1
                 else:
                     progress.failed += 1
-                    progress.error = reason or (f"the peer answered 0x{code:04X}" if code >= 0
-                                                else "the peer did not answer")
+                    progress.error = reason or (
+                        f"the peer answered 0x{code:04X}" if code >= 0 else "the peer did not answer"
+                    )
                 if not assoc.is_established:
                     progress.failed = progress.total - progress.completed - progress.warning
                     progress.error = f"{request.ae_title} ended the association"
@@ -104,6 +110,11 @@ class PeerSender:
             if assoc.is_established:
                 assoc.release()
         progress.done = True
-        log.info("sent to a DIMSE peer: %d completed, %d warning, %d failed of %d",
-                 progress.completed, progress.warning, progress.failed, progress.total)
+        log.info(
+            "sent to a DIMSE peer: %d completed, %d warning, %d failed of %d",
+            progress.completed,
+            progress.warning,
+            progress.failed,
+            progress.total,
+        )
         yield progress

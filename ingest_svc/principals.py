@@ -105,8 +105,9 @@ class Principals:
             principal = self._principals.get(key)
             try:
                 if principal is None:
-                    peer = auth_pb.DimsePeer(calling_ae_title=calling_title, called_ae_title=called.strip(),
-                                             peer_address=address)
+                    peer = auth_pb.DimsePeer(
+                        calling_ae_title=calling_title, called_ae_title=called.strip(), peer_address=address
+                    )
                     principal = self._auth.authenticate(auth_pb.AuthenticateRequest(dimse_peer=peer))
                     if principal.tenants:
                         self._principals.put(key, principal)
@@ -115,8 +116,9 @@ class Principals:
                 return self._refused(source, calling_title, str(exc), REJECT_CALLING_AE)
             except errors.ServiceError as exc:
                 log.warning("auth_svc unavailable, association rejected: %s", exc)
-                return self._refused(source, calling_title, "the authorization service is unavailable",
-                                     REJECT_CONGESTION)
+                return self._refused(
+                    source, calling_title, "the authorization service is unavailable", REJECT_CONGESTION
+                )
             if not principal.tenants:
                 return self._refused(source, calling_title, "the principal holds no tenant", REJECT_CALLING_AE)
             with self._lock:
@@ -140,8 +142,9 @@ class Principals:
         assoc = event.assoc
         rq = assoc.requestor.primitive
         assert rq is not None  # set before EVT_REQUESTED is triggered
-        rejection = self.admit(assoc, str(rq.calling_ae_title), str(rq.called_ae_title),
-                               assoc.requestor.address, source_of(assoc))
+        rejection = self.admit(
+            assoc, str(rq.calling_ae_title), str(rq.called_ae_title), assoc.requestor.address, source_of(assoc)
+        )
         if rejection is not None:
             assoc.acse.send_reject(*rejection)
             evt.trigger(assoc, evt.EVT_REJECTED, {})

@@ -117,8 +117,7 @@ class Request:
         if self._identifier is None:
             syntax = UID(self.context.transfer_syntax)
             if self._data:
-                ds = decode(io.BytesIO(self._data), syntax.is_implicit_VR, syntax.is_little_endian,
-                            syntax.is_deflated)
+                ds = decode(io.BytesIO(self._data), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
                 ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
             else:
                 ds = Dataset()
@@ -158,8 +157,11 @@ class _SubOperations:
         self.failed_uids: list[str] = []
 
     def add(self, status: int | None, sop_instance: str) -> None:
-        category = STORAGE_SERVICE_CLASS_STATUS[status][0] \
-            if status is not None and status in STORAGE_SERVICE_CLASS_STATUS else STATUS_FAILURE
+        category = (
+            STORAGE_SERVICE_CLASS_STATUS[status][0]
+            if status is not None and status in STORAGE_SERVICE_CLASS_STATUS
+            else STATUS_FAILURE
+        )
         if category == STATUS_FAILURE:
             self.failed += 1
             self.failed_uids.append(sop_instance)
@@ -190,8 +192,13 @@ def _sub_message_id(message_id: int, index: int) -> int:
 
 class QueryRetrieve:
     def __init__(
-        self, settings: IngestSettings, ae: AE, metadata: MetadataClient, principals: Principals,
-        audit: DimseAudit, retriever: Retriever,
+        self,
+        settings: IngestSettings,
+        ae: AE,
+        metadata: MetadataClient,
+        principals: Principals,
+        audit: DimseAudit,
+        retriever: Retriever,
     ) -> None:
         self.settings = settings
         self.ae = ae
@@ -223,20 +230,33 @@ class QueryRetrieve:
         finally:
             assoc.end_operation()
 
-    def _respond(self, request: Request, field: int, status: int,
-                 counts: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None),
-                 identifier: Dataset | None = None) -> None:
+    def _respond(
+        self,
+        request: Request,
+        field: int,
+        status: int,
+        counts: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None),
+        identifier: Dataset | None = None,
+    ) -> None:
         request.assoc.send(self._response(request, field, status, counts, identifier))
 
-    def _response(self, request: Request, field: int, status: int,
-                  counts: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None),
-                  identifier: Dataset | None = None) -> bytes:
+    def _response(
+        self,
+        request: Request,
+        field: int,
+        status: int,
+        counts: tuple[int | None, int | None, int | None, int | None] = (None, None, None, None),
+        identifier: Dataset | None = None,
+    ) -> bytes:
         """A response's PDUs: `counts` are the Numbers of Remaining,
         Completed, Failed and Warning Sub-operations (None: left out)."""
         command = request.command
         data = request.encode(identifier) if identifier is not None else None
-        return request.assoc.message_pdus(request.context_id, command_set.qr_response(
-            field, command.message_id, status, command.sop_class, data is not None, counts), data)
+        return request.assoc.message_pdus(
+            request.context_id,
+            command_set.qr_response(field, command.message_id, status, command.sop_class, data is not None, counts),
+            data,
+        )
 
     def _record(self, request: Request, operation: str, status: int) -> None:
         assoc = request.assoc
@@ -250,8 +270,9 @@ class QueryRetrieve:
         pending = command_set.qr_response(C_FIND_RSP, command.message_id, PENDING, command.sop_class, True)
         status = SUCCESS
         try:
-            for status, query, matches in find.pages(request, self.metadata, self.principals,
-                                                     self.settings.find_page_size):
+            for status, query, matches in find.pages(
+                request, self.metadata, self.principals, self.settings.find_page_size
+            ):
                 if status != PENDING:
                     break
                 assert query is not None
@@ -308,7 +329,12 @@ class QueryRetrieve:
         return 0, locations
 
     def _send_all(
-        self, request: Request, field: int, sender: StoreSender, locations: list[Any], on_requestor: bool,
+        self,
+        request: Request,
+        field: int,
+        sender: StoreSender,
+        locations: list[Any],
+        on_requestor: bool,
     ) -> int:
         """The sub-operations, each followed by a pending response, then the
         final response; returns the final status.
@@ -331,8 +357,10 @@ class QueryRetrieve:
                 if request.is_cancelled:
                     if not on_requestor:
                         sender.conn.release()  # type: ignore[attr-defined]
-                    request.assoc.send(deferred + self._response(
-                        request, field, CANCEL, subs.pending(), _failed_list(subs.failed_uids)))
+                    request.assoc.send(
+                        deferred
+                        + self._response(request, field, CANCEL, subs.pending(), _failed_list(subs.failed_uids))
+                    )
                     return CANCEL
                 prepared, upcoming = upcoming, None
                 result: int | None = None
@@ -345,8 +373,11 @@ class QueryRetrieve:
                         upcoming = self._prepare(sender, following, _sub_message_id(message_id, index + 1))
                         result = sender.response(prepared)
                     except TimeoutError:
-                        log.warning("retrieve: no C-STORE response from %s within %s s; aborting",
-                                    sender.conn.source, sender.timeout)
+                        log.warning(
+                            "retrieve: no C-STORE response from %s within %s s; aborting",
+                            sender.conn.source,
+                            sender.timeout,
+                        )
                         sender.conn.send_abort()  # as pynetdicom does
                         if on_requestor:
                             raise Dropped from None
@@ -354,8 +385,9 @@ class QueryRetrieve:
                         if on_requestor:
                             raise
                         if not isinstance(exc, Dropped):
-                            log.warning("retrieve: the association to %s ended: %s", sender.conn.source,
-                                        type(exc).__name__)
+                            log.warning(
+                                "retrieve: the association to %s ended: %s", sender.conn.source, type(exc).__name__
+                            )
                         sender.conn.send_abort()
                 if following is None and upcoming is None:
                     following = next(objects, None)
@@ -374,8 +406,10 @@ class QueryRetrieve:
         if not on_requestor:
             sender.conn.release()  # type: ignore[attr-defined]
         status, counts, with_list = subs.final()
-        request.assoc.send(deferred + self._response(
-            request, field, status, counts, _failed_list(subs.failed_uids) if with_list else None))
+        request.assoc.send(
+            deferred
+            + self._response(request, field, status, counts, _failed_list(subs.failed_uids) if with_list else None)
+        )
         return status
 
     @staticmethod
@@ -420,15 +454,25 @@ class QueryRetrieve:
                 return
             settings = self.settings
             destination = store_scu.associate(
-                self.ae, peer.host, peer.port, request.move_destination.strip(), contexts_for(locations),
-                settings.acse_timeout, settings.network_timeout)
+                self.ae,
+                peer.host,
+                peer.port,
+                request.move_destination.strip(),
+                contexts_for(locations),
+                settings.acse_timeout,
+                settings.network_timeout,
+            )
             if destination is None:
                 status = MOVE_DESTINATION_UNKNOWN
                 self._respond(request, C_MOVE_RSP, status)
                 return
             assoc.on_abort.append(destination.close_from_elsewhere)
-            sender = StoreSender(destination, destination.accepted, settings.dimse_timeout,
-                                 (self.ae.ae_title, request.command.message_id))
+            sender = StoreSender(
+                destination,
+                destination.accepted,
+                settings.dimse_timeout,
+                (self.ae.ae_title, request.command.message_id),
+            )
             status = self._send_all(request, C_MOVE_RSP, sender, locations, on_requestor=False)
         except _ASSOCIATION_ENDS:
             raise

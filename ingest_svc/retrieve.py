@@ -49,7 +49,12 @@ log = logging.getLogger(__name__)
 
 # Read grants asked for in one GrantRead call (storage_svc takes up to 10,000).
 GRANT_BATCH = 500
-_UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+_UNIQUE_KEY = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
 
 
 def contexts_for(locations: list[dicom_pb2.InstanceLocation]) -> list[PresentationContext]:
@@ -57,8 +62,7 @@ def contexts_for(locations: list[dicom_pb2.InstanceLocation]) -> list[Presentati
     (dicomcore.contexts); any uncompressed object can be re-encoded to the
     fallback syntaxes."""
     stored = ((loc.sop_class_uid, loc.transfer_syntax_uid) for loc in locations)
-    return [build_context(c, syntaxes)
-            for c, syntaxes in proposals(stored, lambda ts: not UID(ts).is_compressed)]
+    return [build_context(c, syntaxes) for c, syntaxes in proposals(stored, lambda ts: not UID(ts).is_compressed)]
 
 
 @functools.lru_cache(maxsize=64)
@@ -233,7 +237,9 @@ class Retriever:
         values = list(value) if isinstance(value, (list, MultiValue)) else [value]
         return [str(v).strip() for v in values if str(v).strip()]
 
-    def _query_uids(self, tenant: str, level: dicom_pb2.QueryLevel.ValueType, flt: md_pb.Filter) -> list[tuple[str, str]]:
+    def _query_uids(
+        self, tenant: str, level: dicom_pb2.QueryLevel.ValueType, flt: md_pb.Filter
+    ) -> list[tuple[str, str]]:
         """(study, series) of every match of one filter, all pages."""
         request = md_pb.QueryRequest(tenant=tenant, level=level, filters=[flt], limit=self._settings.find_page_size)
         out: list[tuple[str, str]] = []

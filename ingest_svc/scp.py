@@ -51,7 +51,8 @@ from ingest_svc.settings import IngestSettings
 
 ASSOCIATIONS = Gauge("dicomserver_dimse_associations", "DIMSE associations open in this process")
 SERVED_BY = Counter(
-    "dicomserver_dimse_association_requests_total", "Association requests by the path that serves them", ["path"])
+    "dicomserver_dimse_association_requests_total", "Association requests by the path that serves them", ["path"]
+)
 log = logging.getLogger(__name__)
 
 QUERY_RETRIEVE = [
@@ -226,7 +227,8 @@ def tls_context(settings: IngestSettings) -> ssl.SSLContext | None:
     """The server TLS context, when a certificate is configured (a CA without
     one is refused, never served as plain DIMSE)."""
     return tls.optional_server_context(
-        settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, "DICOMSERVER_TLS")
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file, "DICOMSERVER_TLS"
+    )
 
 
 def build_ae(settings: IngestSettings) -> AE:
@@ -258,8 +260,14 @@ def build_ae(settings: IngestSettings) -> AE:
 
 
 def handlers(
-    settings: IngestSettings, pipeline: IngestPipeline, storage: StorageClient, metadata: MetadataClient, ae: AE,
-    principals: Principals, trail: DimseAudit, sender: retrieve.Retriever,
+    settings: IngestSettings,
+    pipeline: IngestPipeline,
+    storage: StorageClient,
+    metadata: MetadataClient,
+    ae: AE,
+    principals: Principals,
+    trail: DimseAudit,
+    sender: retrieve.Retriever,
 ) -> list[Any]:
     reports = commitment.Commitments(settings, ae, storage, metadata, principals)
     read, write = Record.ACTION_READ, Record.ACTION_WRITE
@@ -274,8 +282,12 @@ def handlers(
 
 
 def start_scp(
-    settings: IngestSettings, pipeline: IngestPipeline, auth: AuthClient, storage: StorageClient,
-    metadata: MetadataClient, audit: AuditSink | None = None,
+    settings: IngestSettings,
+    pipeline: IngestPipeline,
+    auth: AuthClient,
+    storage: StorageClient,
+    metadata: MetadataClient,
+    audit: AuditSink | None = None,
 ) -> DimseServer:
     """Starts the SCP in its own threads; returns the server to shut down."""
     ae = build_ae(settings)
@@ -284,17 +296,23 @@ def start_scp(
     server_class = type("Server", (DimseServer,), {"reuse_port": settings.dimse_workers > 1})
     # One retriever for both paths: its read grants are shared.
     sender = retrieve.Retriever(settings, storage, metadata, principals)
-    server = cast(DimseServer, ae.make_server(  # an instance of server_class
-        (settings.dimse_host, settings.dimse_port),
-        ssl_context=tls_context(settings),
-        evt_handlers=handlers(settings, pipeline, storage, metadata, ae, principals, trail, sender),
-        server_class=server_class,
-    ))
+    server = cast(
+        DimseServer,
+        ae.make_server(  # an instance of server_class
+            (settings.dimse_host, settings.dimse_port),
+            ssl_context=tls_context(settings),
+            evt_handlers=handlers(settings, pipeline, storage, metadata, ae, principals, trail, sender),
+            server_class=server_class,
+        ),
+    )
     # The association limit counts both paths' associations.
     principals.active = lambda: len(server.active_associations)
     if settings.dimse_lean_storage:
-        query_retrieve = QueryRetrieve(settings, ae, metadata, principals, trail, sender) \
-            if settings.dimse_lean_query_retrieve else None
+        query_retrieve = (
+            QueryRetrieve(settings, ae, metadata, principals, trail, sender)
+            if settings.dimse_lean_query_retrieve
+            else None
+        )
         server.lean = LeanAcceptor(settings, ae, server.contexts, principals, trail, pipeline, query_retrieve)
     ae._servers.append(server)  # so that ae.shutdown() stops it too
     ASSOCIATIONS.set_function(lambda: len(server.active_associations))

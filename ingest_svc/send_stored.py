@@ -132,10 +132,22 @@ def takes_as_stored(assoc: Association, obj: StoredObject) -> bool:
     )
 
 
-def _send_c_store(assoc: Association, dataset: Any, msg_id: int = 1, priority: int = 2,
-                  originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
-    send = functools.partial(Association.send_c_store, assoc, msg_id=msg_id, priority=priority,
-                             originator_aet=originator_aet, originator_id=originator_id)
+def _send_c_store(
+    assoc: Association,
+    dataset: Any,
+    msg_id: int = 1,
+    priority: int = 2,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> Dataset:
+    send = functools.partial(
+        Association.send_c_store,
+        assoc,
+        msg_id=msg_id,
+        priority=priority,
+        originator_aet=originator_aet,
+        originator_id=originator_id,
+    )
     if not isinstance(dataset, StoredObject):
         return send(dataset)
     # An exception here is a failed sub-operation: pynetdicom lists the SOP Instance UID.

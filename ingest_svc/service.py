@@ -65,8 +65,13 @@ class IngestService(pb_grpc.IngestServiceServicer):
                     complete = staged if staged is not None else self._stage(context)
                     staged = None
                     slots.acquire()
-                    outcome = self._stores.submit(self.pipeline.store, complete, options.tenant,
-                                                  options.study_instance_uid, options.duplicate_policy)
+                    outcome = self._stores.submit(
+                        self.pipeline.store,
+                        complete,
+                        options.tenant,
+                        options.study_instance_uid,
+                        options.duplicate_policy,
+                    )
                     outcome.add_done_callback(lambda _: slots.release())
                     outcomes.append(outcome)
                 else:

@@ -50,14 +50,16 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
     value is empty)."""
     if not (sop_class and sop_instance and transfer_syntax):
         raise ValueError("Media Storage SOP Class/Instance UID and Transfer Syntax UID are required")
-    body = b"".join((
-        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-        _short(0x0002, b"UI", _text(sop_class, b"\x00")),
-        _short(0x0003, b"UI", _text(sop_instance, b"\x00")),
-        _short(0x0010, b"UI", _text(transfer_syntax, b"\x00")),
-        _short(0x0012, b"UI", _text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-        _short(0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-    ))
+    body = b"".join(
+        (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _short(0x0002, b"UI", _text(sop_class, b"\x00")),
+            _short(0x0003, b"UI", _text(sop_instance, b"\x00")),
+            _short(0x0010, b"UI", _text(transfer_syntax, b"\x00")),
+            _short(0x0012, b"UI", _text(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _short(0x0013, b"SH", _text(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        )
+    )
     return PREAMBLE + struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body)) + body
 
 
@@ -96,11 +98,22 @@ def write(staged: StagedObject, data: bytes | bytearray | memoryview) -> bool:
     return True
 
 
-def finish(pipeline: IngestPipeline, staged: StagedObject, tenant: str, sop_class: str, sop_instance: str,
-           calling_ae_title: str = "") -> int:
+def finish(
+    pipeline: IngestPipeline,
+    staged: StagedObject,
+    tenant: str,
+    sop_class: str,
+    sop_instance: str,
+    calling_ae_title: str = "",
+) -> int:
     """Stores the written object; its C-STORE status."""
-    outcome = pipeline.store(staged, tenant, expected_sop_class=sop_class, expected_sop_instance=sop_instance,
-                             calling_ae_title=calling_ae_title)
+    outcome = pipeline.store(
+        staged,
+        tenant,
+        expected_sop_class=sop_class,
+        expected_sop_instance=sop_instance,
+        calling_ae_title=calling_ae_title,
+    )
     if outcome.status == ingest_pb.STORE_STATUS_FAILED:
         log.info("C-STORE failed with 0x%04X: %s", outcome.dicom_status, outcome.reason)
     return int(outcome.dicom_status)

@@ -71,7 +71,7 @@ def dataset_offset(fd: int) -> int:
     Endian), as pynetdicom's split_dataset finds it. Raises OSError when the
     file does not start so."""
     head = os.pread(fd, _META_READ, 0)
-    if len(head) < PREAMBLE + 4 or head[PREAMBLE:PREAMBLE + 4] != b"DICM":
+    if len(head) < PREAMBLE + 4 or head[PREAMBLE : PREAMBLE + 4] != b"DICM":
         raise OSError("the stored object is not a DICOM file")
     pos = PREAMBLE + 4
     while True:
@@ -81,19 +81,19 @@ def dataset_offset(fd: int) -> int:
                 return pos  # a file that ends with its meta information
             head += more
             continue
-        group, = struct.unpack_from("<H", head, pos)
+        (group,) = struct.unpack_from("<H", head, pos)
         if group != 0x0002:
             return pos
-        vr = head[pos + 4:pos + 6]
+        vr = head[pos + 4 : pos + 6]
         if vr in _LONG_VRS:
             if pos + 12 > len(head):
                 head += os.pread(fd, _META_READ, len(head))
                 if pos + 12 > len(head):
                     raise OSError("the stored object's meta information is cut short")
-            length, = struct.unpack_from("<I", head, pos + 8)
+            (length,) = struct.unpack_from("<I", head, pos + 8)
             pos += 12 + length
         else:
-            length, = struct.unpack_from("<H", head, pos + 6)
+            (length,) = struct.unpack_from("<H", head, pos + 6)
             pos += 8 + length
 
 
@@ -103,7 +103,10 @@ class StoreSender:
     `originator` the Move Originator AE title and Message ID (C-MOVE)."""
 
     def __init__(
-        self, conn: Connection, contexts: dict[int, PresentationContext], timeout: float,
+        self,
+        conn: Connection,
+        contexts: dict[int, PresentationContext],
+        timeout: float,
         originator: tuple[str, int] | None = None,
     ) -> None:
         self.conn = conn
@@ -130,8 +133,12 @@ class StoreSender:
             cx_syntax = UID(cx.transfer_syntax[0])
             if cx_syntax == syntax:
                 return cx, True
-            if convertible is None and not syntax.is_compressed and not cx_syntax.is_compressed \
-                    and syntax.is_little_endian == cx_syntax.is_little_endian:
+            if (
+                convertible is None
+                and not syntax.is_compressed
+                and not cx_syntax.is_compressed
+                and syntax.is_little_endian == cx_syntax.is_little_endian
+            ):
                 convertible = cx
         return convertible, False
 
@@ -144,16 +151,20 @@ class StoreSender:
         syntax = obj.stored_syntax
         cx, as_stored = self._context(sop_class, syntax)
         if cx is None:
-            log.warning("retrieve: the peer accepted no presentation context for a %s object in %s",
-                        UID(sop_class).name, syntax.name)
+            log.warning(
+                "retrieve: the peer accepted no presentation context for a %s object in %s",
+                UID(sop_class).name,
+                syntax.name,
+            )
             return None
         command = command_set.store_request(message_id, sop_class, sop_instance, *self.originator)
         context_id = int(cx.context_id)  # type: ignore[arg-type]
         if not as_stored:
             transfer = UID(cx.transfer_syntax[0])
             try:
-                data = encode(dcmread(obj.path), transfer.is_implicit_VR, transfer.is_little_endian,
-                              transfer.is_deflated)
+                data = encode(
+                    dcmread(obj.path), transfer.is_implicit_VR, transfer.is_little_endian, transfer.is_deflated
+                )
             except Exception as exc:
                 log.warning("retrieve: a stored object cannot be re-encoded: %s", type(exc).__name__)
                 return None
@@ -225,12 +236,18 @@ class DestinationAssociation(Connection):
         body = bytearray(HEADER.pack(pdu_type, length))
         self._stream(length, body.extend)
         if pdu_type == A_ASSOCIATE_RJ:
-            log.warning("C-MOVE destination %s rejected the association (result %d, source %d, reason %d)",
-                        self.source, body[7], body[8], body[9])
+            log.warning(
+                "C-MOVE destination %s rejected the association (result %d, source %d, reason %d)",
+                self.source,
+                body[7],
+                body[8],
+                body[9],
+            )
             return False
         if pdu_type != A_ASSOCIATE_AC:
-            log.warning("C-MOVE destination %s answered the association request with PDU type 0x%02X",
-                        self.source, pdu_type)
+            log.warning(
+                "C-MOVE destination %s answered the association request with PDU type 0x%02X", self.source, pdu_type
+            )
             return False
         pdu = AssociateAcPdu()
         pdu.decode(bytes(body))
@@ -283,7 +300,12 @@ class DestinationAssociation(Connection):
 
 
 def associate(
-    ae: AE, host: str, port: int, called: str, contexts: list[PresentationContext], acse_timeout: float,
+    ae: AE,
+    host: str,
+    port: int,
+    called: str,
+    contexts: list[PresentationContext],
+    acse_timeout: float,
     network_timeout: float,
 ) -> DestinationAssociation | None:
     """An association to a C-MOVE destination proposing `contexts`, as
@@ -325,7 +347,6 @@ def associate(
             sock.settimeout(network_timeout)
             return conn
     except (OSError, Dropped) as exc:
-        log.warning("C-MOVE destination %s did not answer the association request: %s", source,
-                    type(exc).__name__)
+        log.warning("C-MOVE destination %s did not answer the association request: %s", source, type(exc).__name__)
     conn.close()
     return None

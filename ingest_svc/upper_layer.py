@@ -164,8 +164,9 @@ class Connection:
                     self._control_pdu(pdu_type, length)
                     continue
                 if self.max_pdu and length > self.max_pdu:
-                    log.warning("a DIMSE peer sent a PDU of %d bytes, more than the %d allowed; aborting",
-                                length, self.max_pdu)
+                    log.warning(
+                        "a DIMSE peer sent a PDU of %d bytes, more than the %d allowed; aborting", length, self.max_pdu
+                    )
                     self.send_abort(SERVICE_PROVIDER, INVALID_PARAMETER)
                     raise Dropped
                 if length == 0:
@@ -284,10 +285,10 @@ class Connection:
             return
         if self._pos + n > len(self._buf):
             rest = self._end - self._pos
-            self._buf[:rest] = self._buf[self._pos:self._end]
+            self._buf[:rest] = self._buf[self._pos : self._end]
             self._pos, self._end = 0, rest
         while self._end - self._pos < n:
-            got = self.sock.recv_into(self._view[self._end:])
+            got = self.sock.recv_into(self._view[self._end :])
             if not got:
                 raise Dropped
             self._end += got
@@ -302,7 +303,7 @@ class Connection:
                     raise Dropped
                 self._pos, self._end = 0, got
             k = min(n, self._end - self._pos)
-            sink(self._view[self._pos:self._pos + k])
+            sink(self._view[self._pos : self._pos + k])
             self._pos += k
             n -= k
 
@@ -332,17 +333,18 @@ class Connection:
                 continue
             flag = 0x01 if is_command else 0x00
             for start in range(0, max(len(data), 1), step):
-                fragment = data[start:start + step]
+                fragment = data[start : start + step]
                 last = 0x02 if start + step >= len(data) else 0x00
-                pdus.append(_FRAGMENT_HEADER.pack(P_DATA_TF, len(fragment) + 6, len(fragment) + 2, context_id,
-                                                  flag | last) + fragment)
+                pdus.append(
+                    _FRAGMENT_HEADER.pack(P_DATA_TF, len(fragment) + 6, len(fragment) + 2, context_id, flag | last)
+                    + fragment
+                )
         return b"".join(pdus)
 
     def send_message(self, context_id: int, command: bytes, data_set: bytes | None = None) -> None:
         self.send(self.message_pdus(context_id, command, data_set))
 
-    def prepare_file_message(self, context_id: int, command: bytes, fd: int, offset: int,
-                             length: int) -> FileMessage:
+    def prepare_file_message(self, context_id: int, command: bytes, fd: int, offset: int, length: int) -> FileMessage:
         """A message whose data set is `length` bytes of a file from
         `offset`, its command and first SEND_ROUND bytes of fragments read
         now (into the one of two buffers the previous message did not use),
@@ -360,14 +362,14 @@ class Connection:
         the file cannot be read to its end."""
         out = memoryview(self._out[message.buffer])
         with self._send_lock:
-            self._sendall_parts([prefix, message.head, out[:message.filled]])
+            self._sendall_parts([prefix, message.head, out[: message.filled]])
         while message.done < message.length:
             try:
                 self._read_round(message)
             except NotSent as exc:
                 self.send_abort(SERVICE_USER)
                 raise CutShort(str(exc)) from None
-            self.send(out[:message.filled])
+            self.send(out[: message.filled])
 
     def send_file_message(self, context_id: int, command: bytes, fd: int, offset: int, length: int) -> None:
         self.send_prepared(self.prepare_file_message(context_id, command, fd, offset, length))
@@ -388,9 +390,10 @@ class Connection:
         slots, pos = [], 0
         for start in range(done, end, step):
             n = min(step, end - start)
-            _FRAGMENT_HEADER.pack_into(out, pos, P_DATA_TF, n + 6, n + 2, message.context_id,
-                                       0x02 if start + n == length else 0x00)
-            slots.append(out[pos + 12:pos + 12 + n])
+            _FRAGMENT_HEADER.pack_into(
+                out, pos, P_DATA_TF, n + 6, n + 2, message.context_id, 0x02 if start + n == length else 0x00
+            )
+            slots.append(out[pos + 12 : pos + 12 + n])
             pos += 12 + n
         if not length:  # an empty data set: one empty last fragment
             _FRAGMENT_HEADER.pack_into(out, 0, P_DATA_TF, 6, 2, message.context_id, 0x02)

@@ -70,7 +70,10 @@ def wait_grpc(addr: str, deadline: float, credentials: grpc.ChannelCredentials |
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -169,11 +172,17 @@ class Supervisor:
 def main(argv: list[str] | None = None) -> int:
     base = LauncherSettings()
     parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--data-dir", type=Path, default=base.data_dir, help="index, objects and event log (default %(default)s)")
-    parser.add_argument("--http-port", type=int, default=base.http_port, help="DICOMweb HTTP port (default %(default)s)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=base.data_dir, help="index, objects and event log (default %(default)s)"
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=base.http_port, help="DICOMweb HTTP port (default %(default)s)"
+    )
     parser.add_argument("--dimse-port", type=int, default=base.dimse_port, help="DIMSE port (default %(default)s)")
     parser.add_argument("--ae-title", default=base.ae_title, help="called AE title (default %(default)s)")
-    parser.add_argument("--grpc-base-port", type=int, default=base.grpc_base_port, help="first internal gRPC port, 0 for free ports")
+    parser.add_argument(
+        "--grpc-base-port", type=int, default=base.grpc_base_port, help="first internal gRPC port, 0 for free ports"
+    )
     args = parser.parse_args(argv)
 
     data_dir = args.data_dir.resolve()

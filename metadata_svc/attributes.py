@@ -49,8 +49,13 @@ def name_of(tag: str) -> str:
     return keyword_for_tag(int(tag, 16)) or tag
 
 
-def _a(tag: str, level: Level, column: InstrumentedAttribute[Any], match: InstrumentedAttribute[Any] | None = None,
-       numeric: bool = False) -> Attr:
+def _a(
+    tag: str,
+    level: Level,
+    column: InstrumentedAttribute[Any],
+    match: InstrumentedAttribute[Any] | None = None,
+    numeric: bool = False,
+) -> Attr:
     return Attr(tag, level, column, match if match is not None else column, numeric)
 
 
@@ -98,15 +103,54 @@ PATIENT_STUDY_COUNT, PATIENT_SERIES_COUNT, PATIENT_INSTANCE_COUNT = "00201200", 
 UTF8 = "ISO_IR 192"
 
 DEFAULTS: dict[Level, tuple[str, ...]] = {
-    Level.PATIENT: (SPECIFIC_CHARACTER_SET, "00100010", "00100020", "00100030", "00100040",
-                    PATIENT_STUDY_COUNT, PATIENT_SERIES_COUNT, PATIENT_INSTANCE_COUNT),
-    Level.STUDY: (SPECIFIC_CHARACTER_SET, "00080020", "00080030", "00080050", MODALITIES_IN_STUDY, "00080090",
-                  "00100010", "00100020", "00100030", "00100040", "0020000D", "00200010", "00081030",
-                  STUDY_SERIES_COUNT, STUDY_INSTANCE_COUNT),
-    Level.SERIES: (SPECIFIC_CHARACTER_SET, "00080060", "0020000E", "00200011", "0008103E",
-                   SERIES_INSTANCE_COUNT, "0020000D"),
-    Level.INSTANCE: (SPECIFIC_CHARACTER_SET, "00080016", "00080018", "00200013", "00280010", "00280011",
-                     "00280008", "0020000D", "0020000E", "00083002"),
+    Level.PATIENT: (
+        SPECIFIC_CHARACTER_SET,
+        "00100010",
+        "00100020",
+        "00100030",
+        "00100040",
+        PATIENT_STUDY_COUNT,
+        PATIENT_SERIES_COUNT,
+        PATIENT_INSTANCE_COUNT,
+    ),
+    Level.STUDY: (
+        SPECIFIC_CHARACTER_SET,
+        "00080020",
+        "00080030",
+        "00080050",
+        MODALITIES_IN_STUDY,
+        "00080090",
+        "00100010",
+        "00100020",
+        "00100030",
+        "00100040",
+        "0020000D",
+        "00200010",
+        "00081030",
+        STUDY_SERIES_COUNT,
+        STUDY_INSTANCE_COUNT,
+    ),
+    Level.SERIES: (
+        SPECIFIC_CHARACTER_SET,
+        "00080060",
+        "0020000E",
+        "00200011",
+        "0008103E",
+        SERIES_INSTANCE_COUNT,
+        "0020000D",
+    ),
+    Level.INSTANCE: (
+        SPECIFIC_CHARACTER_SET,
+        "00080016",
+        "00080018",
+        "00200013",
+        "00280010",
+        "00280011",
+        "00280008",
+        "0020000D",
+        "0020000E",
+        "00083002",
+    ),
 }
 
 COMPUTED: dict[Level, tuple[str, ...]] = {
@@ -116,15 +160,18 @@ COMPUTED: dict[Level, tuple[str, ...]] = {
     Level.INSTANCE: (),
 }
 # Tags a row at each level reads from its own and its parents' columns.
-COLUMN_TAGS: dict[Level, frozenset[str]] = {
-    lv: frozenset(t for t, a in ATTRS.items() if a.level <= lv) for lv in Level
-}
+COLUMN_TAGS: dict[Level, frozenset[str]] = {lv: frozenset(t for t, a in ATTRS.items() if a.level <= lv) for lv in Level}
 
 # Attributes that describe something below a level: never copied from the
 # representative instance into a study/series/patient result.
 _COMPUTED_LEVEL = {
-    MODALITIES_IN_STUDY: S, STUDY_SERIES_COUNT: S, STUDY_INSTANCE_COUNT: S, SERIES_INSTANCE_COUNT: SE,
-    PATIENT_STUDY_COUNT: P, PATIENT_SERIES_COUNT: P, PATIENT_INSTANCE_COUNT: P,
+    MODALITIES_IN_STUDY: S,
+    STUDY_SERIES_COUNT: S,
+    STUDY_INSTANCE_COUNT: S,
+    SERIES_INSTANCE_COUNT: SE,
+    PATIENT_STUDY_COUNT: P,
+    PATIENT_SERIES_COUNT: P,
+    PATIENT_INSTANCE_COUNT: P,
 }
 
 

@@ -25,8 +25,9 @@ PREFIX = "dicomserver:md:"
 
 class Cache:
     def __init__(self, url: str, ttl: float = 300, timeout: float = 0.25, retry_after: float = 1.0) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                           retry_on_timeout=False)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, retry_on_timeout=False
+        )
         self.ttl = max(1, int(ttl))
         self.retry_after = retry_after
         self._lock = threading.Lock()
@@ -77,8 +78,7 @@ class Cache:
         digest = hashlib.sha256(parts).hexdigest()[:32]
         return f"{PREFIX}{kind}:{stamp}:{tenant}:{digest}"
 
-    def get_or_compute(self, kind: str, tenant: str, study: str, parts: bytes,
-                       compute: Callable[[], bytes]) -> bytes:
+    def get_or_compute(self, kind: str, tenant: str, study: str, parts: bytes, compute: Callable[[], bytes]) -> bytes:
         """The cached bytes for (kind, tenant, study, parts), or compute()'s,
         which are then stored. Exceptions from compute() pass through."""
         key: str | None = None

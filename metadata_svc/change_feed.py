@@ -23,11 +23,18 @@ def _page_with_newest(position: Any, *where: Any) -> Select[Any]:
     several times a second): the newest position, joined to the page of
     events after `after` (no event: one row whose event columns are NULL)."""
     newest = select(func.max(position).label("newest")).where(*where).subquery()
-    page = (select(position.label("position"), EventRow.created, EventRow.payload)
-            .where(*where, position > bindparam("after")).order_by(position).limit(bindparam("limit"))
-            .subquery())
-    return (select(newest.c.newest, page.c.position, page.c.created, page.c.payload)
-            .select_from(newest.outerjoin(page, true())).order_by(page.c.position))
+    page = (
+        select(position.label("position"), EventRow.created, EventRow.payload)
+        .where(*where, position > bindparam("after"))
+        .order_by(position)
+        .limit(bindparam("limit"))
+        .subquery()
+    )
+    return (
+        select(newest.c.newest, page.c.position, page.c.created, page.c.payload)
+        .select_from(newest.outerjoin(page, true()))
+        .order_by(page.c.position)
+    )
 
 
 _OUTBOX_PAGE = _page_with_newest(EventRow.sequence)
@@ -58,8 +65,9 @@ def read_outbox(conn: Connection, after_sequence: int, limit: int) -> tuple[list
     return _read(conn, _OUTBOX_PAGE, {"after": after_sequence, "limit": limit})
 
 
-def read_change_feed(conn: Connection, tenant: str, after_sequence: int,
-                     limit: int) -> tuple[list[events_pb2.Event], int]:
+def read_change_feed(
+    conn: Connection, tenant: str, after_sequence: int, limit: int
+) -> tuple[list[events_pb2.Event], int]:
     """The tenant's index changes after a position, in order, and the newest
     position. Positions are the tenant's own count of changes
     (feed_sequence), never the outbox's global sequence; audit records are

@@ -31,9 +31,15 @@ def replace_object(conn: Connection, request: md_pb.ReplaceObjectRequest) -> md_
     outbox.lock(conn)
     rec, loc = request.record, request.record.location
     row = conn.execute(
-        select(Instance.id, Instance.series_pk, Instance.object_key, Instance.transfer_syntax_uid, Instance.size,
-               Instance.original_transfer_syntax_uid, Instance.original_size)
-        .where(Instance.tenant == loc.ref.tenant, Instance.sop_instance_uid == loc.ref.sop_instance_uid)
+        select(
+            Instance.id,
+            Instance.series_pk,
+            Instance.object_key,
+            Instance.transfer_syntax_uid,
+            Instance.size,
+            Instance.original_transfer_syntax_uid,
+            Instance.original_size,
+        ).where(Instance.tenant == loc.ref.tenant, Instance.sop_instance_uid == loc.ref.sop_instance_uid)
     ).first()
     if row is None or row.object_key != request.expected_object_key:
         # Deleted or stored anew meanwhile: the conversion is of an object the index no longer holds.
@@ -42,15 +48,29 @@ def replace_object(conn: Connection, request: md_pb.ReplaceObjectRequest) -> md_
     original_size = row.original_size or row.size
     revisions, newest_feed = bump_revisions(conn, [row.series_pk])
     now = datetime.now(UTC)
-    conn.execute(update(Instance).where(Instance.id == row.id).values(
-        object_key=loc.object_key, transfer_syntax_uid=loc.transfer_syntax_uid, size=loc.size,
-        number_of_frames=loc.number_of_frames, dicom_json=rec.dicom_json,
-        pixel_layout=loc.pixel_layout.SerializeToString() if loc.HasField("pixel_layout") else None,
-        original_transfer_syntax_uid=original_ts, original_size=original_size,
-        revision=revisions[row.series_pk], updated=now))
+    conn.execute(
+        update(Instance)
+        .where(Instance.id == row.id)
+        .values(
+            object_key=loc.object_key,
+            transfer_syntax_uid=loc.transfer_syntax_uid,
+            size=loc.size,
+            number_of_frames=loc.number_of_frames,
+            dicom_json=rec.dicom_json,
+            pixel_layout=loc.pixel_layout.SerializeToString() if loc.HasField("pixel_layout") else None,
+            original_transfer_syntax_uid=original_ts,
+            original_size=original_size,
+            revision=revisions[row.series_pk],
+            updated=now,
+        )
+    )
     converted = events_pb2.InstanceConverted(location=loc)
     converted.location.conversion.original_transfer_syntax_uid = original_ts
     converted.location.conversion.original_size = original_size
-    outbox.append_changes(conn, [(events_pb2.Event(tenant=loc.ref.tenant, instance_converted=converted),
-                                  loc.ref.study_instance_uid)], now, newest_feed)
+    outbox.append_changes(
+        conn,
+        [(events_pb2.Event(tenant=loc.ref.tenant, instance_converted=converted), loc.ref.study_instance_uid)],
+        now,
+        newest_feed,
+    )
     return md_pb.ReplaceObjectResponse(replaced=True, unreferenced_object_key=row.object_key)

@@ -92,4 +92,4 @@ class Database:
 
 def chunks(items: Sequence[T]) -> list[Sequence[T]]:
     """`items` in slices of at most CHUNK, for IN lists."""
-    return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]

@@ -41,9 +41,7 @@ def _fuzzy(column: InstrumentedAttribute[Any], query: str) -> ColumnElement[bool
     conditions = []
     for word in words:
         lit = like_literal(word)
-        conditions.append(
-            or_(*(column.like(p + lit + "%", escape=_ESCAPE) for p in ("", "%^", "% ", "%=")))
-        )
+        conditions.append(or_(*(column.like(p + lit + "%", escape=_ESCAPE) for p in ("", "%^", "% ", "%="))))
     return and_(*conditions)
 
 

@@ -38,11 +38,17 @@ from metadata_svc.schema import EventRow, Instance, Series, SeriesMetadata, Stud
 # The tenant spelled out: SQLAlchemy renders RETURNING columns unqualified
 # on SQLite, where a bare "tenant" in the subquery would be the events' own.
 _SERIES_TENANT: ColumnClause[str] = literal_column("series.tenant")
-_BUMP = (update(Series).where(Series.id.in_(bindparam("ids", expanding=True)))
-         .values(revision=Series.revision + 1)
-         .returning(Series.id, Series.revision, Series.tenant,
-                    select(func.max(EventRow.feed_sequence)).where(EventRow.tenant == _SERIES_TENANT)
-                    .scalar_subquery()))
+_BUMP = (
+    update(Series)
+    .where(Series.id.in_(bindparam("ids", expanding=True)))
+    .values(revision=Series.revision + 1)
+    .returning(
+        Series.id,
+        Series.revision,
+        Series.tenant,
+        select(func.max(EventRow.feed_sequence)).where(EventRow.tenant == _SERIES_TENANT).scalar_subquery(),
+    )
+)
 
 
 def bump_revisions(conn: Connection, series_pks: Sequence[int]) -> tuple[dict[int, int], dict[str, int]]:
@@ -60,8 +66,9 @@ def bump_revisions(conn: Connection, series_pks: Sequence[int]) -> tuple[dict[in
     return revisions, newest_feed
 
 
-def get_metadata(conn: Connection, conds: list[ColumnElement[bool]], tenant: str, study: str, series: str,
-                 sop: str) -> list[bytes]:
+def get_metadata(
+    conn: Connection, conds: list[ColumnElement[bool]], tenant: str, study: str, series: str, sop: str
+) -> list[bytes]:
     """Headers in /metadata order; a series whose precomputed form is
     current is one row read. `conds` are locations.scope()'s."""
     if sop:
@@ -70,19 +77,26 @@ def get_metadata(conn: Connection, conds: list[ColumnElement[bool]], tenant: str
     if series:
         where.append(Series.series_instance_uid == series)
     # Outer join: payload is None where no current precomputed form exists.
-    rows = cast("Sequence[Row[int, bytes | None]]", conn.execute(
-        select(Series.id, SeriesMetadata.payload)
-        .join(Study, Series.study_pk == Study.id)
-        .outerjoin(SeriesMetadata, (SeriesMetadata.series_pk == Series.id)
-                   & (SeriesMetadata.revision == Series.revision))
-        .where(*where)
-        .order_by(*SERIES_ORDER)
-    ).all())
+    rows = cast(
+        "Sequence[Row[int, bytes | None]]",
+        conn.execute(
+            select(Series.id, SeriesMetadata.payload)
+            .join(Study, Series.study_pk == Study.id)
+            .outerjoin(
+                SeriesMetadata, (SeriesMetadata.series_pk == Series.id) & (SeriesMetadata.revision == Series.revision)
+            )
+            .where(*where)
+            .order_by(*SERIES_ORDER)
+        ).all(),
+    )
     stale = [pk for pk, payload in rows if payload is None]
     per_series: dict[int, list[bytes]] = {}
     for part in chunks(stale):
-        stmt = (select(Instance.series_pk, Instance.dicom_json).where(Instance.series_pk.in_(part))
-                .order_by(*INSTANCE_ORDER))
+        stmt = (
+            select(Instance.series_pk, Instance.dicom_json)
+            .where(Instance.series_pk.in_(part))
+            .order_by(*INSTANCE_ORDER)
+        )
         for pk, header in conn.execute(stmt):
             per_series.setdefault(pk, []).append(header)
     headers: list[bytes] = []
@@ -110,18 +124,32 @@ def _instance_headers(conn: Connection, conds: list[ColumnElement[bool]]) -> lis
     return headers
 
 
-_REVISIONS = select(Series.id, Series.revision).join(Study, Series.study_pk == Study.id).where(
-    Series.tenant == bindparam("tenant"), Study.study_instance_uid == bindparam("study"))
+_REVISIONS = (
+    select(Series.id, Series.revision)
+    .join(Study, Series.study_pk == Study.id)
+    .where(Series.tenant == bindparam("tenant"), Study.study_instance_uid == bindparam("study"))
+)
 _SERIES_REVISION = _REVISIONS.where(Series.series_instance_uid == bindparam("series"))
-_STORED = select(SeriesMetadata.series_pk, SeriesMetadata.revision, SeriesMetadata.payload,
-                 SeriesMetadata.members).where(SeriesMetadata.series_pk.in_(bindparam("series", expanding=True)))
-_ALL_HEADERS = (select(Instance.sop_instance_uid, Instance.instance_number_int, Instance.dicom_json)
-                .where(Instance.series_pk == bindparam("series")).order_by(*INSTANCE_ORDER))
+_STORED = select(
+    SeriesMetadata.series_pk, SeriesMetadata.revision, SeriesMetadata.payload, SeriesMetadata.members
+).where(SeriesMetadata.series_pk.in_(bindparam("series", expanding=True)))
+_ALL_HEADERS = (
+    select(Instance.sop_instance_uid, Instance.instance_number_int, Instance.dicom_json)
+    .where(Instance.series_pk == bindparam("series"))
+    .order_by(*INSTANCE_ORDER)
+)
 _everyone = aliased(Instance)
 _HEADERS_SINCE = (
-    select(Instance.sop_instance_uid, Instance.instance_number_int, Instance.dicom_json,
-           select(func.count()).select_from(_everyone).where(_everyone.series_pk == bindparam("series"))
-           .scalar_subquery().label("instances"))
+    select(
+        Instance.sop_instance_uid,
+        Instance.instance_number_int,
+        Instance.dicom_json,
+        select(func.count())
+        .select_from(_everyone)
+        .where(_everyone.series_pk == bindparam("series"))
+        .scalar_subquery()
+        .label("instances"),
+    )
     .where(Instance.series_pk == bindparam("series"), Instance.revision > bindparam("since"))
     .order_by(*INSTANCE_ORDER)
 )
@@ -152,8 +180,14 @@ def refresh(conn: Connection, tenant: str, study: str, series: str = "") -> list
         computed = _updated(conn, pk, old) if old is not None and old.members is not None else None
         members, headers = computed if computed is not None else _computed(conn, pk)
         if headers:
-            rows.append({"series_pk": pk, "revision": revision, "members": "\n".join(members),
-                         "payload": md_pb.GetMetadataResponse(instances=headers).SerializeToString()})
+            rows.append(
+                {
+                    "series_pk": pk,
+                    "revision": revision,
+                    "members": "\n".join(members),
+                    "payload": md_pb.GetMetadataResponse(instances=headers).SerializeToString(),
+                }
+            )
     return rows
 
 

@@ -133,5 +133,6 @@ class MetadataIndex:
     def read_change_feed(self, tenant: str, after_sequence: int, limit: int) -> tuple[list[events_pb2.Event], int]:
         """A tenant's index changes after a position (its own count of them)."""
         with self.db.read() as conn:
-            return change_feed.read_change_feed(conn, tenant, after_sequence,
-                                                change_feed.page_limit(limit, self.max_limit))
+            return change_feed.read_change_feed(
+                conn, tenant, after_sequence, change_feed.page_limit(limit, self.max_limit)
+            )

@@ -33,10 +33,26 @@ OVERWRITE = md_pb.DUPLICATE_POLICY_OVERWRITE
 _POLICIES = {OVERWRITE, md_pb.DUPLICATE_POLICY_KEEP_FIRST, md_pb.DUPLICATE_POLICY_REJECT}
 # The columns a newer record rewrites, per level (identity columns aside).
 _PATIENT_COLUMNS = ("patient_name", "patient_name_lower", "patient_birth_date", "patient_sex")
-_STUDY_COLUMNS = ("patient_pk", "study_date", "study_time", "accession_number", "study_id", "study_description",
-                  "referring_physician_name", "referring_physician_name_lower")
-_SERIES_COLUMNS = ("study_pk", "modality", "series_number", "series_number_int", "series_description",
-                   "series_date", "series_time", "body_part_examined")
+_STUDY_COLUMNS = (
+    "patient_pk",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "study_description",
+    "referring_physician_name",
+    "referring_physician_name_lower",
+)
+_SERIES_COLUMNS = (
+    "study_pk",
+    "modality",
+    "series_number",
+    "series_number_int",
+    "series_description",
+    "series_date",
+    "series_time",
+    "body_part_examined",
+)
 _PATIENT_KEY = ("tenant", "patient_id", "issuer_of_patient_id")
 
 
@@ -47,8 +63,14 @@ def _columns(model: Any, names: Iterable[str]) -> list[Column[Any]]:
 # Built once: building a statement costs several times what executing it does.
 _IN: BindParameter[str] = bindparam("values", expanding=True)
 _EXISTING_INSTANCES = (
-    select(Instance.id, Instance.tenant, Instance.sop_instance_uid, Instance.object_key,
-           Series.series_instance_uid, Study.study_instance_uid)
+    select(
+        Instance.id,
+        Instance.tenant,
+        Instance.sop_instance_uid,
+        Instance.object_key,
+        Series.series_instance_uid,
+        Study.study_instance_uid,
+    )
     .join(Series, Instance.series_pk == Series.id)
     .join(Study, Instance.study_pk == Study.id)
     .where(Instance.tenant == bindparam("tenant"), Instance.sop_instance_uid.in_(_IN))
@@ -60,19 +82,21 @@ _SERIES_READ = _columns(Series, ("id", "series_instance_uid", *_SERIES_COLUMNS))
 # other read. Series found nowhere there (new, or of another study) are
 # looked for on their own.
 _EXISTING_STUDIES = (
-    select(*_columns(Study, ("id", "study_instance_uid", *_STUDY_COLUMNS)),
-           *(c.label(f"p_{c.key}") for c in _PATIENT_READ),
-           *(c.label(f"s_{c.key}") for c in _SERIES_READ))
+    select(
+        *_columns(Study, ("id", "study_instance_uid", *_STUDY_COLUMNS)),
+        *(c.label(f"p_{c.key}") for c in _PATIENT_READ),
+        *(c.label(f"s_{c.key}") for c in _SERIES_READ),
+    )
     .join(Patient, Study.patient_pk == Patient.id)
-    .outerjoin(Series, (Series.study_pk == Study.id)
-               & Series.series_instance_uid.in_(bindparam("series", expanding=True)))
+    .outerjoin(
+        Series, (Series.study_pk == Study.id) & Series.series_instance_uid.in_(bindparam("series", expanding=True))
+    )
     .where(Study.tenant == bindparam("tenant"), Study.study_instance_uid.in_(_IN))
 )
-_EXISTING_SERIES = (
-    select(*_SERIES_READ).where(Series.tenant == bindparam("tenant"), Series.series_instance_uid.in_(_IN))
+_EXISTING_SERIES = select(*_SERIES_READ).where(
+    Series.tenant == bindparam("tenant"), Series.series_instance_uid.in_(_IN)
 )
-_EXISTING_PATIENTS = select(*_PATIENT_READ).where(Patient.tenant == bindparam("tenant"),
-                                                  Patient.patient_id.in_(_IN))
+_EXISTING_PATIENTS = select(*_PATIENT_READ).where(Patient.tenant == bindparam("tenant"), Patient.patient_id.in_(_IN))
 _INSERT = {model: insert(model).returning(model.id, sort_by_parameter_order=True) for model in (Patient, Study, Series)}
 _UPDATE = {model: update(model).where(model.id == bindparam("_pk")) for model in (Patient, Study, Series, Instance)}
 _INSERT_INSTANCES = insert(Instance)
@@ -108,8 +132,7 @@ def _check_record(rec: md_pb.InstanceRecord) -> None:
         raise InvalidValue("dicom_json must be a DICOM JSON object")
 
 
-def index_records(conn: Connection, records: Sequence[md_pb.InstanceRecord],
-                  policy: int) -> list[md_pb.IndexResult]:
+def index_records(conn: Connection, records: Sequence[md_pb.InstanceRecord], policy: int) -> list[md_pb.IndexResult]:
     """Indexes checked records (check_batch) in the open write transaction."""
     outbox.lock(conn)  # first: what is read below stays as read until commit
     batch = _Batch(conn, records)
@@ -145,8 +168,7 @@ class _Row:
 class _Patient(_Row):
     __slots__ = ("identity",)
 
-    def __init__(self, identity: dict[str, Any], pk: int | None = None,
-                 stored: dict[str, Any] | None = None) -> None:
+    def __init__(self, identity: dict[str, Any], pk: int | None = None, stored: dict[str, Any] | None = None) -> None:
         super().__init__(pk, stored)
         self.identity = identity  # tenant, patient_id (None: anonymous), issuer_of_patient_id
 
@@ -154,8 +176,9 @@ class _Patient(_Row):
 class _Study(_Row):
     __slots__ = ("identity", "patient")
 
-    def __init__(self, identity: dict[str, Any], patient: _Patient, pk: int | None = None,
-                 stored: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, identity: dict[str, Any], patient: _Patient, pk: int | None = None, stored: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(pk, stored)
         self.identity = identity
         self.patient = patient
@@ -164,8 +187,13 @@ class _Study(_Row):
 class _Series(_Row):
     __slots__ = ("identity", "study")
 
-    def __init__(self, identity: dict[str, Any], study: _Study | None, pk: int | None = None,
-                 stored: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        identity: dict[str, Any],
+        study: _Study | None,
+        pk: int | None = None,
+        stored: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(pk, stored)
         self.identity = identity
         self.study = study  # None: a study no record of the batch names
@@ -217,8 +245,13 @@ class _Batch:
         series_keys |= {(row.tenant, row.series_instance_uid) for row in existing}
         self._load_studies(study_keys, series_keys)
         self._load_series({k for k in series_keys if k not in self.series})
-        self._load_patients({(r.location.ref.tenant, r.patient.patient_id, r.patient.issuer_of_patient_id)
-                             for r in records if r.patient.patient_id})
+        self._load_patients(
+            {
+                (r.location.ref.tenant, r.patient.patient_id, r.patient.issuer_of_patient_id)
+                for r in records
+                if r.patient.patient_id
+            }
+        )
         for row in existing:
             series = self.series[(row.tenant, row.series_instance_uid)]
             study = self.studies[(row.tenant, row.study_instance_uid)]
@@ -237,8 +270,12 @@ class _Batch:
                     study = self.studies_by_pk.get(row["id"])
                     if study is None:
                         patient = self._known_patient({c.key: row[f"p_{c.key}"] for c in _PATIENT_READ})
-                        study = _Study({"tenant": tenant, "study_instance_uid": row["study_instance_uid"]},
-                                       patient, pk=row["id"], stored={c: row[c] for c in _STUDY_COLUMNS})
+                        study = _Study(
+                            {"tenant": tenant, "study_instance_uid": row["study_instance_uid"]},
+                            patient,
+                            pk=row["id"],
+                            stored={c: row[c] for c in _STUDY_COLUMNS},
+                        )
                         self.studies[(tenant, row["study_instance_uid"])] = study
                         self.studies_by_pk[row["id"]] = study
                     if row["s_id"] is not None:
@@ -253,7 +290,10 @@ class _Batch:
     def _known_series(self, tenant: str, row: Any) -> None:
         self.series[(tenant, row["series_instance_uid"])] = _Series(
             {"tenant": tenant, "series_instance_uid": row["series_instance_uid"]},
-            self.studies_by_pk.get(row["study_pk"]), pk=row["id"], stored={c: row[c] for c in _SERIES_COLUMNS})
+            self.studies_by_pk.get(row["study_pk"]),
+            pk=row["id"],
+            stored={c: row[c] for c in _SERIES_COLUMNS},
+        )
 
     def _load_patients(self, keys: set[tuple[str, str, str]]) -> None:
         wanted = {k for k in keys if k not in self.patients}
@@ -278,8 +318,11 @@ class _Batch:
         ref, new_key = rec.location.ref, rec.location.object_key
         inst = self.instances.get((ref.tenant, ref.sop_instance_uid))
         if inst is not None and policy != OVERWRITE:
-            outcome = (md_pb.INDEX_OUTCOME_KEPT_EXISTING if policy == md_pb.DUPLICATE_POLICY_KEEP_FIRST
-                       else md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE)
+            outcome = (
+                md_pb.INDEX_OUTCOME_KEPT_EXISTING
+                if policy == md_pb.DUPLICATE_POLICY_KEEP_FIRST
+                else md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE
+            )
             # A retried call may carry the key the index already holds: never hand it out.
             held = inst.values["object_key"]
             return md_pb.IndexResult(outcome=outcome, unreferenced_object_key="" if held == new_key else new_key)
@@ -299,14 +342,22 @@ class _Batch:
         inst.values = _instance_values(rec, self.now)
         inst.written = True
         self.touched_series[series] = None
-        self.changes.append((events_pb2.Event(
-            tenant=ref.tenant, instance_stored=events_pb2.InstanceStored(location=rec.location, replaced=replaced,
-                                                           source=rec.source),
-        ), ref.study_instance_uid))
+        self.changes.append(
+            (
+                events_pb2.Event(
+                    tenant=ref.tenant,
+                    instance_stored=events_pb2.InstanceStored(
+                        location=rec.location, replaced=replaced, source=rec.source
+                    ),
+                ),
+                ref.study_instance_uid,
+            )
+        )
         if not replaced:
             return md_pb.IndexResult(outcome=md_pb.INDEX_OUTCOME_CREATED)
-        return md_pb.IndexResult(outcome=md_pb.INDEX_OUTCOME_REPLACED,
-                                 unreferenced_object_key="" if old_key == new_key else old_key)
+        return md_pb.IndexResult(
+            outcome=md_pb.INDEX_OUTCOME_REPLACED, unreferenced_object_key="" if old_key == new_key else old_key
+        )
 
     def _patient(self, rec: md_pb.InstanceRecord, study: _Study | None) -> _Patient:
         tenant, p = rec.location.ref.tenant, rec.patient
@@ -316,16 +367,22 @@ class _Batch:
             patient = self.patients.get(key)
             if patient is None:
                 patient = self.patients[key] = _Patient(
-                    {"tenant": tenant, "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id})
+                    {"tenant": tenant, "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id}
+                )
         else:
             # No Patient ID: the study's own anonymous patient, never a shared one.
             patient = study.patient if study is not None and study.patient.identity["patient_id"] is None else None
             if patient is None:
-                patient = _Patient({"tenant": tenant, "patient_id": None,
-                                    "issuer_of_patient_id": p.issuer_of_patient_id})
+                patient = _Patient(
+                    {"tenant": tenant, "patient_id": None, "issuer_of_patient_id": p.issuer_of_patient_id}
+                )
                 self.anonymous.append(patient)
-        patient.values.update(patient_name=p.patient_name, patient_name_lower=p.patient_name.lower(),
-                              patient_birth_date=p.patient_birth_date, patient_sex=p.patient_sex)
+        patient.values.update(
+            patient_name=p.patient_name,
+            patient_name_lower=p.patient_name.lower(),
+            patient_birth_date=p.patient_birth_date,
+            patient_sex=p.patient_sex,
+        )
         return patient
 
     def _study(self, rec: md_pb.InstanceRecord) -> _Study:
@@ -334,15 +391,19 @@ class _Batch:
         study = self.studies.get(key)
         patient = self._patient(rec, study)
         if study is None:
-            study = self.studies[key] = _Study({"tenant": ref.tenant, "study_instance_uid": ref.study_instance_uid},
-                                               patient)
+            study = self.studies[key] = _Study(
+                {"tenant": ref.tenant, "study_instance_uid": ref.study_instance_uid}, patient
+            )
         elif study.patient is not patient:
             # The newest instance names another patient (e.g. a reconciliation): move the study.
             self.left_patients[study.patient] = None
             study.patient = patient
         study.values.update(
-            study_date=a.study_date, study_time=a.study_time, accession_number=a.accession_number,
-            study_id=a.study_id, study_description=a.study_description,
+            study_date=a.study_date,
+            study_time=a.study_time,
+            accession_number=a.accession_number,
+            study_id=a.study_id,
+            study_description=a.study_description,
             referring_physician_name=a.referring_physician_name,
             referring_physician_name_lower=a.referring_physician_name.lower(),
         )
@@ -354,12 +415,17 @@ class _Batch:
         series = self.series.get(key)
         if series is None:
             series = self.series[key] = _Series(
-                {"tenant": ref.tenant, "series_instance_uid": ref.series_instance_uid}, study)
+                {"tenant": ref.tenant, "series_instance_uid": ref.series_instance_uid}, study
+            )
         elif series.study is not study:
             raise InvalidValue("Series Instance UID already belongs to a different study")
         series.values.update(
-            modality=a.modality, series_number=a.series_number, series_number_int=_int_or_none(a.series_number),
-            series_description=a.series_description, series_date=a.series_date, series_time=a.series_time,
+            modality=a.modality,
+            series_number=a.series_number,
+            series_number_int=_int_or_none(a.series_number),
+            series_description=a.series_description,
+            series_date=a.series_date,
+            series_time=a.series_time,
             body_part_examined=a.body_part_examined,
         )
         return series
@@ -382,16 +448,21 @@ class _Batch:
         for inst in self.instances.values():
             if not inst.written:
                 continue
-            inst.values.update(series_pk=_pk(inst.series), study_pk=_pk(inst.study),
-                               revision=revisions[_pk(inst.series)])
+            inst.values.update(
+                series_pk=_pk(inst.series), study_pk=_pk(inst.study), revision=revisions[_pk(inst.series)]
+            )
             (new if inst.pk is None else replaced).append(inst)
         if new:
             self.conn.execute(_INSERT_INSTANCES, [i.values for i in new])
         if replaced:
             self.conn.execute(_UPDATE[Instance], [{"_pk": i.pk, **i.values} for i in replaced])
         if self.left_series or self.left_studies or self.left_patients:
-            prune(self.conn, [_pk(s) for s in self.left_series], [_pk(s) for s in self.left_studies],
-                  [_pk(p) for p in self.left_patients])
+            prune(
+                self.conn,
+                [_pk(s) for s in self.left_series],
+                [_pk(s) for s in self.left_studies],
+                [_pk(p) for p in self.left_patients],
+            )
         outbox.append_changes(self.conn, self.changes, self.now, newest_feed)
 
     def _store(self, model: Any, rows: Sequence[_Patient | _Study | _Series], columns: Sequence[str]) -> None:

@@ -34,8 +34,11 @@ def scope(tenant: str, study: str, series: str, sop: str) -> list[ColumnElement[
     it walked every instance of the tenant (27 ms for a 50-instance series
     among 20,400 instances, 0.16 ms with them)."""
     check_tenant(tenant)
-    conds = [Instance.tenant == tenant, Study.tenant == tenant,
-             Study.study_instance_uid == check_uid(study, "Study Instance UID")]
+    conds = [
+        Instance.tenant == tenant,
+        Study.tenant == tenant,
+        Study.study_instance_uid == check_uid(study, "Study Instance UID"),
+    ]
     if series:
         conds += [Series.tenant == tenant, Series.series_instance_uid == check_uid(series, "Series Instance UID")]
     if sop:
@@ -46,11 +49,23 @@ def scope(tenant: str, study: str, series: str, sop: str) -> list[ColumnElement[
 def instances_in_scope(conds: Sequence[ColumnElement[bool]]) -> Select[*tuple[Any, ...]]:
     """What a location needs, and the row's keys (id, series_pk, study_pk), in /metadata order."""
     return (
-        select(Instance.id, Instance.series_pk, Instance.study_pk, Instance.tenant, Instance.sop_instance_uid,
-               Instance.object_key, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.size,
-               Instance.number_of_frames, Instance.pixel_layout, Instance.original_transfer_syntax_uid,
-               Instance.original_size, Series.series_instance_uid,
-               Study.study_instance_uid)
+        select(
+            Instance.id,
+            Instance.series_pk,
+            Instance.study_pk,
+            Instance.tenant,
+            Instance.sop_instance_uid,
+            Instance.object_key,
+            Instance.sop_class_uid,
+            Instance.transfer_syntax_uid,
+            Instance.size,
+            Instance.number_of_frames,
+            Instance.pixel_layout,
+            Instance.original_transfer_syntax_uid,
+            Instance.original_size,
+            Series.series_instance_uid,
+            Study.study_instance_uid,
+        )
         .join(Series, Instance.series_pk == Series.id)
         .join(Study, Instance.study_pk == Study.id)
         .where(*conds)
@@ -62,8 +77,10 @@ def location(row: Row[Any]) -> dicom_pb2.InstanceLocation:
     """The location of a row of instances_in_scope()."""
     loc = dicom_pb2.InstanceLocation(
         ref=dicom_pb2.InstanceRef(
-            tenant=row.tenant, study_instance_uid=row.study_instance_uid,
-            series_instance_uid=row.series_instance_uid, sop_instance_uid=row.sop_instance_uid,
+            tenant=row.tenant,
+            study_instance_uid=row.study_instance_uid,
+            series_instance_uid=row.series_instance_uid,
+            sop_instance_uid=row.sop_instance_uid,
         ),
         object_key=row.object_key,
         sop_class_uid=row.sop_class_uid,
@@ -80,8 +97,11 @@ def location(row: Row[Any]) -> dicom_pb2.InstanceLocation:
 
 
 def _prebuilt(series: bool, sop: bool) -> Select[Any]:
-    conds = [Instance.tenant == bindparam("tenant"), Study.tenant == bindparam("tenant"),
-             Study.study_instance_uid == bindparam("study")]
+    conds = [
+        Instance.tenant == bindparam("tenant"),
+        Study.tenant == bindparam("tenant"),
+        Study.study_instance_uid == bindparam("study"),
+    ]
     if series:
         conds += [Series.tenant == bindparam("tenant"), Series.series_instance_uid == bindparam("series")]
     if sop:

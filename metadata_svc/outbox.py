@@ -29,8 +29,12 @@ def lock(conn: Connection) -> None:
         conn.execute(_LOCK)
 
 
-def append_changes(conn: Connection, changes: Sequence[tuple[events_pb2.Event, str]], now: datetime,
-                   newest_feed: Mapping[str, int] | None = None) -> None:
+def append_changes(
+    conn: Connection,
+    changes: Sequence[tuple[events_pb2.Event, str]],
+    now: datetime,
+    newest_feed: Mapping[str, int] | None = None,
+) -> None:
     """Index changes (an event and its Study Instance UID, the relay's key),
     in order. The caller holds the lock, so each tenant's next feed number
     is its newest plus one; `newest_feed` has those the caller read since
@@ -44,8 +48,16 @@ def append_changes(conn: Connection, changes: Sequence[tuple[events_pb2.Event, s
     rows = []
     for event, study_uid in changes:
         feed[event.tenant] += 1
-        rows.append({"tenant": event.tenant, "kind": KIND_INSTANCE, "feed_sequence": feed[event.tenant],
-                     "study_instance_uid": study_uid, "created": now, "payload": event.SerializeToString()})
+        rows.append(
+            {
+                "tenant": event.tenant,
+                "kind": KIND_INSTANCE,
+                "feed_sequence": feed[event.tenant],
+                "study_instance_uid": study_uid,
+                "created": now,
+                "payload": event.SerializeToString(),
+            }
+        )
     conn.execute(_INSERT, rows)
 
 
@@ -61,9 +73,16 @@ def append_audit(conn: Connection, records: Sequence[events_pb2.AuditRecord], no
         event = events_pb2.Event(tenant=rec.tenant, audit=rec)
         if not rec.HasField("time"):
             event.audit.time.FromDatetime(now)
-        rows.append({"tenant": rec.tenant, "kind": KIND_AUDIT, "feed_sequence": None,
-                     "study_instance_uid": rec.study_instance_uid, "created": now,
-                     "payload": event.SerializeToString()})
+        rows.append(
+            {
+                "tenant": rec.tenant,
+                "kind": KIND_AUDIT,
+                "feed_sequence": None,
+                "study_instance_uid": rec.study_instance_uid,
+                "created": now,
+                "payload": event.SerializeToString(),
+            }
+        )
     conn.execute(_INSERT, rows)
 
 

@@ -30,11 +30,20 @@ _LINK: dict[Level, ColumnElement[bool]] = {
 _ORDER: dict[Level, tuple[Any, ...]] = {
     Level.PATIENT: (Patient.patient_name, Patient.patient_id, Patient.id),
     Level.STUDY: (Study.study_date, Study.study_time, Study.study_instance_uid),
-    Level.SERIES: (Study.study_date, Study.study_instance_uid, Series.series_number_int.nulls_last(),
-                   Series.series_instance_uid),
-    Level.INSTANCE: (Study.study_date, Study.study_instance_uid, Series.series_number_int.nulls_last(),
-                     Series.series_instance_uid, Instance.instance_number_int.nulls_last(),
-                     Instance.sop_instance_uid),
+    Level.SERIES: (
+        Study.study_date,
+        Study.study_instance_uid,
+        Series.series_number_int.nulls_last(),
+        Series.series_instance_uid,
+    ),
+    Level.INSTANCE: (
+        Study.study_date,
+        Study.study_instance_uid,
+        Series.series_number_int.nulls_last(),
+        Series.series_instance_uid,
+        Instance.instance_number_int.nulls_last(),
+        Instance.sop_instance_uid,
+    ),
 }
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
 
@@ -99,8 +108,9 @@ class QueryEngine:
         needs_json = bool(ids) and (req.include_all_fields or any(t not in available for t in wanted))
         headers = self._representatives(session, level, ids) if needs_json else {}
         matches = [
-            self._result(level, r, computed.get(r[level].id, {}), headers.get(r[level].id), wanted,
-                         req.include_all_fields)
+            self._result(
+                level, r, computed.get(r[level].id, {}), headers.get(r[level].id), wanted, req.include_all_fields
+            )
             for r in rows
         ]
         return QueryResult(matches, truncated)
@@ -135,9 +145,7 @@ class QueryEngine:
         if req.series_instance_uid:
             if level < Level.SERIES:
                 raise InvalidValue("series_instance_uid scopes only instance and series queries")
-            stmt = stmt.where(
-                Series.series_instance_uid == check_uid(req.series_instance_uid, "Series Instance UID")
-            )
+            stmt = stmt.where(Series.series_instance_uid == check_uid(req.series_instance_uid, "Series Instance UID"))
         return stmt, extra
 
     def _computed(self, session: Session, level: Level, ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -174,8 +182,9 @@ class QueryEngine:
         if level == Level.INSTANCE:
             pairs = [(pk, pk) for pk in ids]
         else:
-            key = {Level.PATIENT: Study.patient_pk, Level.STUDY: Instance.study_pk,
-                   Level.SERIES: Instance.series_pk}[level]
+            key = {Level.PATIENT: Study.patient_pk, Level.STUDY: Instance.study_pk, Level.SERIES: Instance.series_pk}[
+                level
+            ]
             stmt = select(key, func.min(Instance.id)).select_from(Instance)
             if level == Level.PATIENT:
                 stmt = stmt.join(Study, Instance.study_pk == Study.id)
@@ -189,8 +198,12 @@ class QueryEngine:
 
     @staticmethod
     def _result(
-        level: Level, row: dict[Level, Any], computed: dict[str, Any], header: dict[str, Any] | None,
-        wanted: list[str], include_all: bool,
+        level: Level,
+        row: dict[Level, Any],
+        computed: dict[str, Any],
+        header: dict[str, Any] | None,
+        wanted: list[str],
+        include_all: bool,
     ) -> dict[str, Any]:
         values = at.column_values(level, row)
         values.update(computed)

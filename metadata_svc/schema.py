@@ -46,8 +46,9 @@ class Patient(Base):
     __table_args__ = (
         UniqueConstraint("tenant", "patient_id", "issuer_of_patient_id", name="uq_patients_key"),
         Index("ix_patients_name", "tenant", "patient_name_lower"),
-        *_prefix_indexes("patients", ("ix_patients_name_prefix", "patient_name_lower"),
-                         ("ix_patients_id_prefix", "patient_id")),
+        *_prefix_indexes(
+            "patients", ("ix_patients_name_prefix", "patient_name_lower"), ("ix_patients_id_prefix", "patient_id")
+        ),
     )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
@@ -68,8 +69,11 @@ class Study(Base):
         Index("ix_studies_date", "tenant", "study_date", "study_time"),
         Index("ix_studies_accession", "tenant", "accession_number"),
         Index("ix_studies_referring", "tenant", "referring_physician_name_lower"),
-        *_prefix_indexes("studies", ("ix_studies_accession_prefix", "accession_number"),
-                         ("ix_studies_referring_prefix", "referring_physician_name_lower")),
+        *_prefix_indexes(
+            "studies",
+            ("ix_studies_accession_prefix", "accession_number"),
+            ("ix_studies_referring_prefix", "referring_physician_name_lower"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
@@ -157,8 +161,9 @@ class SeriesMetadata(Base):
 
     __tablename__ = "series_metadata"
 
-    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), primary_key=True,
-                                           autoincrement=False)
+    series_pk: Mapped[int] = mapped_column(
+        ForeignKey("series.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
     revision: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     # The SOP Instance UIDs of the payload's headers, in its order, one per
@@ -180,10 +185,12 @@ class EventRow(Base):
     __tablename__ = "events"
     # AUTOINCREMENT on SQLite: sequences are never reused, even after deletes.
     # The index serves the change feed: one tenant's instance events in order.
-    __table_args__ = (Index("ux_events_tenant_feed_sequence", "tenant", "feed_sequence", unique=True),
-                      # Pruning old audit records.
-                      Index("ix_events_kind_created", "kind", "created"),
-                      {"sqlite_autoincrement": True})
+    __table_args__ = (
+        Index("ux_events_tenant_feed_sequence", "tenant", "feed_sequence", unique=True),
+        # Pruning old audit records.
+        Index("ix_events_kind_created", "kind", "created"),
+        {"sqlite_autoincrement": True},
+    )
 
     sequence: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(TENANT)

@@ -58,7 +58,9 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
             self.cache.invalidate(tenant, studies)
 
     @_mapped_errors
-    def IndexInstances(self, request: pb.IndexInstancesRequest, context: grpc.ServicerContext) -> pb.IndexInstancesResponse:
+    def IndexInstances(
+        self, request: pb.IndexInstancesRequest, context: grpc.ServicerContext
+    ) -> pb.IndexInstancesResponse:
         results = self.index.index(list(request.records), request.duplicate_policy)
         log.debug("indexed %d records", len(results))
         by_tenant: dict[str, list[str]] = {}
@@ -78,8 +80,7 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
 
         if self.cache is None:
             return pb.QueryResponse.FromString(compute())
-        raw = self.cache.get_or_compute("q", request.tenant, "", request.SerializeToString(deterministic=True),
-                                        compute)
+        raw = self.cache.get_or_compute("q", request.tenant, "", request.SerializeToString(deterministic=True), compute)
         return pb.QueryResponse.FromString(raw)
 
     @_mapped_errors
@@ -92,8 +93,9 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
 
         if self.cache is None or not request.study_instance_uid:
             return pb.GetMetadataResponse.FromString(compute())
-        raw = self.cache.get_or_compute("m", request.tenant, request.study_instance_uid,
-                                        request.SerializeToString(deterministic=True), compute)
+        raw = self.cache.get_or_compute(
+            "m", request.tenant, request.study_instance_uid, request.SerializeToString(deterministic=True), compute
+        )
         return pb.GetMetadataResponse.FromString(raw)
 
     @_mapped_errors
@@ -143,9 +145,7 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
     def RefreshMetadata(
         self, request: pb.RefreshMetadataRequest, context: grpc.ServicerContext
     ) -> pb.RefreshMetadataResponse:
-        refreshed = self.index.refresh_metadata(
-            request.tenant, request.study_instance_uid, request.series_instance_uid
-        )
+        refreshed = self.index.refresh_metadata(request.tenant, request.study_instance_uid, request.series_instance_uid)
         # Also for events whose change was committed while Redis missed it.
         self._invalidate(request.tenant, [request.study_instance_uid])
         return pb.RefreshMetadataResponse(series_refreshed=refreshed)
@@ -157,10 +157,14 @@ class MetadataService(pb_grpc.MetadataServiceServicer):
         return pb.ReferencedObjectsResponse(object_keys=self.index.referenced_objects(request.object_keys))
 
     @_mapped_errors
-    def GetStatistics(self, request: pb.GetStatisticsRequest, context: grpc.ServicerContext) -> pb.GetStatisticsResponse:
+    def GetStatistics(
+        self, request: pb.GetStatisticsRequest, context: grpc.ServicerContext
+    ) -> pb.GetStatisticsResponse:
         return statistics(self.index.db, request)
 
-    def ReplaceObject(self, request: pb.ReplaceObjectRequest, context: grpc.ServicerContext) -> pb.ReplaceObjectResponse:
+    def ReplaceObject(
+        self, request: pb.ReplaceObjectRequest, context: grpc.ServicerContext
+    ) -> pb.ReplaceObjectResponse:
         response = self.index.replace_object(request)
         if response.replaced:
             ref = request.record.location.ref

@@ -51,8 +51,11 @@ def _usage(conn: Connection, tenants: list[str]) -> list[pb.TenantUsage]:
         stmt = select(model.tenant, func.count()).where(model.tenant.in_(tenants)).group_by(model.tenant)
         for tenant, n in conn.execute(stmt):
             setattr(usage[tenant], field, n)
-    totals = (select(Instance.tenant, func.count(), func.coalesce(func.sum(Instance.size), 0))
-              .where(Instance.tenant.in_(tenants)).group_by(Instance.tenant))
+    totals = (
+        select(Instance.tenant, func.count(), func.coalesce(func.sum(Instance.size), 0))
+        .where(Instance.tenant.in_(tenants))
+        .group_by(Instance.tenant)
+    )
     for tenant, n, size in conn.execute(totals):
         usage[tenant].instances = n
         usage[tenant].bytes = int(size)
@@ -63,9 +66,11 @@ def _days(conn: Connection, tenants: list[str], days: int, now: datetime) -> lis
     first = now.date() - timedelta(days=days - 1)
     since = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
     day = _day(conn).label("day")
-    stmt = (select(day, func.count(distinct(Instance.study_pk)), func.count(),
-                   func.coalesce(func.sum(Instance.size), 0))
-            .where(Instance.tenant.in_(tenants), Instance.updated >= since).group_by(day))
+    stmt = (
+        select(day, func.count(distinct(Instance.study_pk)), func.count(), func.coalesce(func.sum(Instance.size), 0))
+        .where(Instance.tenant.in_(tenants), Instance.updated >= since)
+        .group_by(day)
+    )
     found = {str(d): (s, n, int(b)) for d, s, n, b in conn.execute(stmt)}
     out = []
     for i in range(days):
@@ -76,10 +81,18 @@ def _days(conn: Connection, tenants: list[str], days: int, now: datetime) -> lis
 
 
 def _modalities(conn: Connection, tenants: list[str]) -> list[pb.ModalityCount]:
-    stmt = (select(Series.modality, func.count(distinct(Series.study_pk)), func.count(distinct(Series.id)),
-                   func.count(Instance.id))
-            .select_from(Series).outerjoin(Instance, Instance.series_pk == Series.id)
-            .where(Series.tenant.in_(tenants)).group_by(Series.modality))
+    stmt = (
+        select(
+            Series.modality,
+            func.count(distinct(Series.study_pk)),
+            func.count(distinct(Series.id)),
+            func.count(Instance.id),
+        )
+        .select_from(Series)
+        .outerjoin(Instance, Instance.series_pk == Series.id)
+        .where(Series.tenant.in_(tenants))
+        .group_by(Series.modality)
+    )
     rows = [pb.ModalityCount(modality=m or "", studies=s, series=se, instances=i) for m, s, se, i in conn.execute(stmt)]
     return sorted(rows, key=lambda r: (-r.instances, r.modality))
 
@@ -101,4 +114,3 @@ def statistics(db: Database, request: pb.GetStatisticsRequest, now: datetime | N
             instances_last_minute=_recent(conn, tenants, now - timedelta(minutes=1)),
             instances_last_hour=_recent(conn, tenants, now - timedelta(hours=1)),
         )
-

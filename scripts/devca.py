@@ -97,8 +97,9 @@ def _write(path: Path, data: bytes, mode: int, force: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_pair(cert_path: Path, cert: x509.Certificate, key_path: Path,
-                key: ec.EllipticCurvePrivateKey, force: bool) -> Issued:
+def _write_pair(
+    cert_path: Path, cert: x509.Certificate, key_path: Path, key: ec.EllipticCurvePrivateKey, force: bool
+) -> Issued:
     _write(key_path, _key_pem(key), 0o600, force)
     _write(cert_path, _cert_pem(cert), 0o644, force)
     return Issued(cert_path, key_path)
@@ -108,8 +109,9 @@ def _prepare_dir(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def init_ca(directory: Path, days: int = CA_DAYS, cn: str = "dicomserver development CA",
-            force: bool = False) -> Issued:
+def init_ca(
+    directory: Path, days: int = CA_DAYS, cn: str = "dicomserver development CA", force: bool = False
+) -> Issued:
     """A self-signed CA that may sign leaf certificates only (path length 0)."""
     cert_path, key_path = directory / "ca.pem", directory / "ca.key"
     _refuse_existing([cert_path, key_path], force)
@@ -129,9 +131,15 @@ def init_ca(directory: Path, days: int = CA_DAYS, cn: str = "dicomserver develop
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -172,8 +180,15 @@ def parse_host(host: str) -> x509.GeneralName:
     return x509.DNSName(host.lower())
 
 
-def _issue(directory: Path, name: str, cn: str, usages: list[x509.ObjectIdentifier],
-           sans: list[x509.GeneralName], days: int, force: bool) -> Issued:
+def _issue(
+    directory: Path,
+    name: str,
+    cn: str,
+    usages: list[x509.ObjectIdentifier],
+    sans: list[x509.GeneralName],
+    days: int,
+    force: bool,
+) -> Issued:
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     _refuse_existing([cert_path, key_path], force)
     ca_cert, ca_key = _load_ca(directory)
@@ -191,17 +206,21 @@ def _issue(directory: Path, name: str, cn: str, usages: list[x509.ObjectIdentifi
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -216,8 +235,15 @@ def _check_name(name: str) -> None:
         )
 
 
-def issue_server(directory: Path, name: str, hosts: Sequence[str], days: int = LEAF_DAYS,
-                 also_client: bool = False, cn: str | None = None, force: bool = False) -> Issued:
+def issue_server(
+    directory: Path,
+    name: str,
+    hosts: Sequence[str],
+    days: int = LEAF_DAYS,
+    also_client: bool = False,
+    cn: str | None = None,
+    force: bool = False,
+) -> Issued:
     _check_name(name)
     if not hosts:
         raise ValueError("a server certificate needs at least one --host")
@@ -228,8 +254,9 @@ def issue_server(directory: Path, name: str, hosts: Sequence[str], days: int = L
     return _issue(directory, name, cn or hosts[0], usages, sans, days, force)
 
 
-def issue_client(directory: Path, name: str, cn: str | None = None, days: int = LEAF_DAYS,
-                 force: bool = False) -> Issued:
+def issue_client(
+    directory: Path, name: str, cn: str | None = None, days: int = LEAF_DAYS, force: bool = False
+) -> Issued:
     _check_name(name)
     return _issue(directory, name, cn or name, [ExtendedKeyUsageOID.CLIENT_AUTH], [], days, force)
 
@@ -263,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("server", parents=[common], help="make NAME.pem and NAME.key for a TLS server")
     p.add_argument("--name", required=True, help="file name stem")
-    p.add_argument("--host", action="append", default=[], help="DNS name or IP address the server is reached at; repeat")
+    p.add_argument(
+        "--host", action="append", default=[], help="DNS name or IP address the server is reached at; repeat"
+    )
     p.add_argument("--cn", type=_cn, help="common name (default: the first --host)")
     p.add_argument("--days", type=_days, default=LEAF_DAYS, help="validity (default %(default)s)")
     p.add_argument("--also-client", action="store_true", help="also valid as a client certificate (gRPC mutual TLS)")

@@ -29,12 +29,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [
-                sys.executable, "-m", "grpc_tools.protoc",
-                f"-I{PROTO_DIR}", f"-I{WELL_KNOWN}",
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{PROTO_DIR}",
+                f"-I{WELL_KNOWN}",
                 f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
                 f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
-                f"--python_out={tmp}", f"--grpc_python_out={tmp}",
-                f"--mypy_out={tmp}", f"--mypy_grpc_out={tmp}",
+                f"--python_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                f"--mypy_out={tmp}",
+                f"--mypy_grpc_out={tmp}",
                 *protos,
             ],
             check=True,

@@ -28,8 +28,16 @@ class ObjectStore(Protocol):
 
     def grant_write(self, count: int, ref: dicom_pb2.InstanceRef | None = None, size: int = 0) -> list[WriteTarget]: ...
 
-    def commit_write(self, grant_id: str, ref: dicom_pb2.InstanceRef, size: int, crc32: int,
-                     etags: Sequence[str] = (), object_key: str = "", upload_id: str = "") -> Stored: ...
+    def commit_write(
+        self,
+        grant_id: str,
+        ref: dicom_pb2.InstanceRef,
+        size: int,
+        crc32: int,
+        etags: Sequence[str] = (),
+        object_key: str = "",
+        upload_id: str = "",
+    ) -> Stored: ...
 
     def commit_writes(self, requests: Sequence[CommitRequest]) -> list[Stored | Exception]: ...
 

@@ -151,11 +151,21 @@ class FilesystemStore:
         """Staging files for the caller to create and fill (the name is the
         grant); nothing there is an object until commit_write."""
         expires = time.time() + self.grant_ttl
-        return [WriteTarget(gid, expires, file_path=str(self.staging / f"{gid}.part"))
-                for gid in (new_grant_id() for _ in range(count))]
+        return [
+            WriteTarget(gid, expires, file_path=str(self.staging / f"{gid}.part"))
+            for gid in (new_grant_id() for _ in range(count))
+        ]
 
-    def commit_write(self, grant_id: str, ref: dicom_pb2.InstanceRef, size: int, crc32: int,
-                     etags: Sequence[str] = (), object_key: str = "", upload_id: str = "") -> Stored:
+    def commit_write(
+        self,
+        grant_id: str,
+        ref: dicom_pb2.InstanceRef,
+        size: int,
+        crc32: int,
+        etags: Sequence[str] = (),
+        object_key: str = "",
+        upload_id: str = "",
+    ) -> Stored:
         """Checks a staged file against what its writer says it wrote, makes
         it durable and moves it to its key. A file that does not match is
         removed: the write failed and leaves nothing."""

@@ -138,7 +138,9 @@ class S3Store:
         if end < offset:
             return total, iter(())
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self._name(key), Range=f"bytes={offset}-{end}")["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=self._name(key), Range=f"bytes={offset}-{end}")[
+                "Body"
+            ]
         except ClientError as err:
             if _missing(err):
                 raise FileNotFoundError(key) from None
@@ -172,8 +174,11 @@ class S3Store:
     # --- grants: edges upload and download with presigned URLs -----------------
 
     def _presign(self, method: str, params: dict[str, Any]) -> str:
-        return str(self.client.generate_presigned_url(
-            method, Params={"Bucket": self.bucket, **params}, ExpiresIn=int(self.grant_ttl)))
+        return str(
+            self.client.generate_presigned_url(
+                method, Params={"Bucket": self.bucket, **params}, ExpiresIn=int(self.grant_ttl)
+            )
+        )
 
     @_as_os_errors
     def grant_write(self, count: int, ref: dicom_pb2.InstanceRef | None = None, size: int = 0) -> list[WriteTarget]:
@@ -183,16 +188,28 @@ class S3Store:
         name = self._name(key)
         expires = time.time() + self.grant_ttl
         if size <= PART_SIZE:
-            return [WriteTarget(new_grant_id(), expires, object_key=key, url=self._presign("put_object", {"Key": name}))]
+            return [
+                WriteTarget(new_grant_id(), expires, object_key=key, url=self._presign("put_object", {"Key": name}))
+            ]
         upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=name)["UploadId"]
         parts = (size + PART_SIZE - 1) // PART_SIZE
-        urls = tuple(self._presign("upload_part", {"Key": name, "UploadId": upload_id, "PartNumber": n})
-                     for n in range(1, parts + 1))
+        urls = tuple(
+            self._presign("upload_part", {"Key": name, "UploadId": upload_id, "PartNumber": n})
+            for n in range(1, parts + 1)
+        )
         return [WriteTarget(upload_id, expires, object_key=key, part_urls=urls, part_size=PART_SIZE)]
 
     @_as_os_errors
-    def commit_write(self, grant_id: str, ref: dicom_pb2.InstanceRef, size: int, crc32: int,
-                     etags: Sequence[str] = (), object_key: str = "", upload_id: str = "") -> Stored:
+    def commit_write(
+        self,
+        grant_id: str,
+        ref: dicom_pb2.InstanceRef,
+        size: int,
+        crc32: int,
+        etags: Sequence[str] = (),
+        object_key: str = "",
+        upload_id: str = "",
+    ) -> Stored:
         """Completes a multipart upload, then checks that the object has the
         size its writer sent and the ETag the bucket gave the writer. An
         upload that does not match is removed."""
@@ -209,12 +226,14 @@ class S3Store:
             parts = [{"PartNumber": n, "ETag": tag} for n, tag in enumerate(etags, 1)]
             try:
                 self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts})
+                    Bucket=self.bucket, Key=name, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
             except ClientError as err:
                 if err.response.get("Error", {}).get("Code") in {"NoSuchUpload", "InvalidPart", "InvalidPartOrder"}:
                     self._abort(name, upload_id)
-                    raise ChecksumMismatch(f"the upload cannot be completed ({err.response['Error']['Code']})") \
-                        from None
+                    raise ChecksumMismatch(
+                        f"the upload cannot be completed ({err.response['Error']['Code']})"
+                    ) from None
                 raise
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=name)
@@ -237,8 +256,9 @@ class S3Store:
         results: list[Stored | Exception] = []
         for r in requests:
             try:
-                results.append(self.commit_write(r.grant_id, r.ref, r.size, r.crc32, r.etags, r.object_key,
-                                                 r.upload_id))
+                results.append(
+                    self.commit_write(r.grant_id, r.ref, r.size, r.crc32, r.etags, r.object_key, r.upload_id)
+                )
             except (UnknownGrant, SizeMismatch, ChecksumMismatch, BadKey, OSError) as exc:
                 results.append(exc)
         return results
@@ -260,8 +280,9 @@ class S3Store:
     def sweep_staging(self, cutoff: float) -> int:
         """Aborts multipart uploads started before `cutoff` (epoch s)."""
         aborted = 0
-        for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket,
-                                                                                 Prefix=self.prefix):
+        for page in self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.prefix
+        ):
             for upload in page.get("Uploads", []):
                 if upload["Initiated"].timestamp() < cutoff:
                     self._abort(upload["Key"], upload["UploadId"])
@@ -273,7 +294,7 @@ class S3Store:
         old: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
             for obj in page.get("Contents", []):
-                key = obj["Key"][len(self.prefix):]
+                key = obj["Key"][len(self.prefix) :]
                 try:
                     check_key(key)
                 except BadKey:
@@ -286,6 +307,7 @@ class S3Store:
     def delete_many(self, keys: Sequence[str]) -> int:
         for i in range(0, len(keys), 1000):
             chunk = keys[i : i + 1000]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": self._name(k)} for k in chunk],
-                                                                   "Quiet": True})
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": self._name(k)} for k in chunk], "Quiet": True}
+            )
         return len(keys)

@@ -122,16 +122,29 @@ class StorageService(pb_grpc.StorageServiceServicer):
             if t.file_path:
                 grant.file_path = t.file_path
             else:
-                grant.upload.CopyFrom(pb.UploadTarget(object_key=t.object_key, url=t.url, part_urls=t.part_urls,
-                                                      part_size=t.part_size, upload_id=t.grant_id if t.part_urls
-                                                      else ""))
+                grant.upload.CopyFrom(
+                    pb.UploadTarget(
+                        object_key=t.object_key,
+                        url=t.url,
+                        part_urls=t.part_urls,
+                        part_size=t.part_size,
+                        upload_id=t.grant_id if t.part_urls else "",
+                    )
+                )
             grants.append(grant)
         return pb.GrantWriteResponse(grants=grants, needs_ref=self.store.needs_ref)
 
     def CommitWrite(self, request: pb.CommitWriteRequest, context: grpc.ServicerContext) -> pb.CommitWriteResponse:
         try:
-            stored = self.store.commit_write(request.grant_id, request.ref, request.size, request.crc32,
-                                             list(request.etags), request.object_key, request.upload_id)
+            stored = self.store.commit_write(
+                request.grant_id,
+                request.ref,
+                request.size,
+                request.crc32,
+                list(request.etags),
+                request.object_key,
+                request.upload_id,
+            )
         except UnknownGrant as exc:
             context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except (InvalidValue, SizeMismatch, ChecksumMismatch) as exc:
@@ -143,8 +156,10 @@ class StorageService(pb_grpc.StorageServiceServicer):
     def CommitWrites(self, request: pb.CommitWritesRequest, context: grpc.ServicerContext) -> pb.CommitWritesResponse:
         if len(request.writes) > MAX_GRANTS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_GRANTS} commits per call")
-        requests = [CommitRequest(w.grant_id, w.ref, w.size, w.crc32, tuple(w.etags), w.object_key, w.upload_id)
-                    for w in request.writes]
+        requests = [
+            CommitRequest(w.grant_id, w.ref, w.size, w.crc32, tuple(w.etags), w.object_key, w.upload_id)
+            for w in request.writes
+        ]
         try:
             outcomes = self.store.commit_writes(requests)
         except OSError as exc:
@@ -152,9 +167,13 @@ class StorageService(pb_grpc.StorageServiceServicer):
         results = []
         for out in outcomes:
             if isinstance(out, Exception):
-                failure = (pb.COMMIT_FAILURE_NOT_FOUND if isinstance(out, UnknownGrant)
-                           else pb.COMMIT_FAILURE_UNAVAILABLE if isinstance(out, OSError)
-                           else pb.COMMIT_FAILURE_INVALID)
+                failure = (
+                    pb.COMMIT_FAILURE_NOT_FOUND
+                    if isinstance(out, UnknownGrant)
+                    else pb.COMMIT_FAILURE_UNAVAILABLE
+                    if isinstance(out, OSError)
+                    else pb.COMMIT_FAILURE_INVALID
+                )
                 reason = out.strerror if isinstance(out, OSError) and out.strerror else str(out)
                 results.append(pb.CommitResult(failure=failure, reason=reason))
             else:
@@ -190,5 +209,8 @@ class StorageService(pb_grpc.StorageServiceServicer):
             report = self._sweep(float(request.min_age_seconds))
         except OSError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot sweep: {exc.strerror or exc}")
-        return pb.SweepResponse(objects_scanned=report.scanned, orphans_removed=report.orphans_removed,
-                                staging_removed=report.staging_removed)
+        return pb.SweepResponse(
+            objects_scanned=report.scanned,
+            orphans_removed=report.orphans_removed,
+            staging_removed=report.staging_removed,
+        )

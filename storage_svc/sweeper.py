@@ -19,8 +19,13 @@ from storage_svc.settings import StorageSettings
 log = logging.getLogger(__name__)
 
 
-def sweep(store: ObjectStore, min_age: float, referenced: Callable[[list[str]], set[str]] | None,
-          batch: int = 1000, max_orphan_share: float = 0.5) -> SweepReport:
+def sweep(
+    store: ObjectStore,
+    min_age: float,
+    referenced: Callable[[list[str]], set[str]] | None,
+    batch: int = 1000,
+    max_orphan_share: float = 0.5,
+) -> SweepReport:
     """Removes staged writes untouched for `min_age` seconds and, when
     `referenced` says which keys the index holds, objects at least that old
     that no index row points to. Removes no object when most of them look
@@ -38,8 +43,11 @@ def sweep(store: ObjectStore, min_age: float, referenced: Callable[[list[str]], 
         known = referenced(keys)
         orphans += [k for k in keys if k not in known]
     if len(old) >= 20 and len(orphans) > max_orphan_share * len(old):
-        log.error("sweep: %d of %d objects are not in the index; not removing any (is this the index of this "
-                  "storage?)", len(orphans), len(old))
+        log.error(
+            "sweep: %d of %d objects are not in the index; not removing any (is this the index of this storage?)",
+            len(orphans),
+            len(old),
+        )
         return report
     report.orphans_removed = store.delete_many(orphans)
     if orphans:
@@ -88,5 +96,9 @@ class Sweeper:
                 log.warning("sweep failed: %s", exc)
                 continue
             if report.orphans_removed or report.staging_removed:
-                log.info("sweep: %d staged writes and %d orphaned objects removed (%d objects checked)",
-                         report.staging_removed, report.orphans_removed, report.scanned)
+                log.info(
+                    "sweep: %d staged writes and %d orphaned objects removed (%d objects checked)",
+                    report.staging_removed,
+                    report.orphans_removed,
+                    report.scanned,
+                )

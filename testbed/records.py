@@ -20,9 +20,21 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def make_ds(
-    study: str, series: str, sop: str, *, patient_id: str = "P1", name: str = "Doe^John", study_date: str = "",
-    study_time: str = "", accession: str = "", modality: str = "CT", series_number: str = "1",
-    instance_number: str = "1", referring: str = "", description: str = "", model: str = "ScannerX",
+    study: str,
+    series: str,
+    sop: str,
+    *,
+    patient_id: str = "P1",
+    name: str = "Doe^John",
+    study_date: str = "",
+    study_time: str = "",
+    accession: str = "",
+    modality: str = "CT",
+    series_number: str = "1",
+    instance_number: str = "1",
+    referring: str = "",
+    description: str = "",
+    model: str = "ScannerX",
 ) -> Dataset:
     """A small header with chosen values, as a modality would send it."""
     ds = Dataset()

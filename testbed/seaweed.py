@@ -33,8 +33,15 @@ class SeaweedS3:
     def start(self, timeout: float = 60) -> None:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         ports = {name: free_port() for name in ("master", "volume", "filer", "admin", "webdav")}
-        args = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                f"-s3.port={self.port}", f"-bucket={self.bucket}"]
+        args = [
+            weed,
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={self.port}",
+            f"-bucket={self.bucket}",
+        ]
         args += [f"-{name}.port={port}" for name, port in ports.items()]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -25,8 +25,9 @@ from testbed.processes import free_port, stop_process, wait_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 KAFKA_VERSION = "4.1.1"
-KAFKA_HOME = Path(os.environ.get("DICOMSERVER_KAFKA_HOME")
-                  or Path.home() / ".cache" / "dicomserver" / "kafka" / f"{KAFKA_VERSION}-1")
+KAFKA_HOME = Path(
+    os.environ.get("DICOMSERVER_KAFKA_HOME") or Path.home() / ".cache" / "dicomserver" / "kafka" / f"{KAFKA_VERSION}-1"
+)
 
 
 def _owned_tempdir(prefix: str, user: str | None) -> Path:
@@ -57,8 +58,18 @@ class Postgres:
         self.user = "postgres" if os.geteuid() == 0 else None
         self.dir = _owned_tempdir("dicomserver-pg-", self.user)
         data = self.dir / "data"
-        self._run(str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--locale=C", "--no-sync")
+        self._run(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
         opts = f"-k {self.dir} -p {self.port} -h 127.0.0.1 -c max_connections=200"
         if not self.durable:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -68,8 +79,18 @@ class Postgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, name: str) -> str:
-        self._run(str(PG_BIN / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-q",
-                  "-c", f'CREATE DATABASE "{name}"')
+        self._run(
+            str(PG_BIN / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-q",
+            "-c",
+            f'CREATE DATABASE "{name}"',
+        )
         return self.url(name)
 
     def stop(self) -> None:
@@ -96,10 +117,27 @@ class Redis:
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="dicomserver-redis-"))
         subprocess.run(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "yes", "--dir", str(self.dir), "--pidfile", str(self.dir / "redis.pid"),
-             "--logfile", str(self.dir / "redis.log")],
-            check=True, capture_output=True,
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(self.dir),
+                "--pidfile",
+                str(self.dir / "redis.pid"),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            check=True,
+            capture_output=True,
         )
         wait_port(self.port, 20, what="redis-server")
 
@@ -145,46 +183,65 @@ class Kafka:
 
     def _java(self, *args: str) -> list[str]:
         assert self.dir is not None  # start() sets it first
-        return ["java", "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
-                "-cp", f"{KAFKA_HOME / 'libs'}/*", *args]
+        return [
+            "java",
+            "-Xms256m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+            "-cp",
+            f"{KAFKA_HOME / 'libs'}/*",
+            *args,
+        ]
 
     def _format(self) -> None:
         assert self.dir is not None
         props = self.dir / "server.properties"
-        props.write_text("\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            f"log.dirs={self.dir / 'data'}",
-            "num.partitions=1",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=3",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "group.initial.rebalance.delay.ms=0",
-            "auto.create.topics.enable=false",
-            "",
-        ]))
-        (self.dir / "log4j2.properties").write_text("\n".join([
-            "rootLogger.level=WARN",
-            "rootLogger.appenderRef.file.ref=file",
-            "appender.file.type=File",
-            "appender.file.name=file",
-            f"appender.file.fileName={self.dir / 'broker.log'}",
-            "appender.file.layout.type=PatternLayout",
-            "appender.file.layout.pattern=%d %p %c: %m%n",
-            "",
-        ]))
+        props.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                    f"log.dirs={self.dir / 'data'}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=3",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    "",
+                ]
+            )
+        )
+        (self.dir / "log4j2.properties").write_text(
+            "\n".join(
+                [
+                    "rootLogger.level=WARN",
+                    "rootLogger.appenderRef.file.ref=file",
+                    "appender.file.type=File",
+                    "appender.file.name=file",
+                    f"appender.file.fileName={self.dir / 'broker.log'}",
+                    "appender.file.layout.type=PatternLayout",
+                    "appender.file.layout.pattern=%d %p %c: %m%n",
+                    "",
+                ]
+            )
+        )
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        subprocess.run(self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                                  "-c", str(props)), check=True, capture_output=True)
+        subprocess.run(
+            self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(props)),
+            check=True,
+            capture_output=True,
+        )
 
     def start(self, timeout: float = 90) -> None:
         if self.dir is None:
@@ -194,7 +251,9 @@ class Kafka:
             self._format()
         self.proc = subprocess.Popen(
             self._java("kafka.Kafka", str(self.dir / "server.properties")),
-            stdout=open(self.dir / "stdout.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=open(self.dir / "stdout.log", "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_port(self.port, timeout, self.proc, "kafka")
 

@@ -109,13 +109,18 @@ class Archive:
 
     def stow(self, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
         """One Part 10 object STOW-RS'd as application/dicom."""
-        return httpx.post(f"{self.dicomweb}/studies", content=data, timeout=60,
-                          headers={"Content-Type": "application/dicom", **(headers or {})})
+        return httpx.post(
+            f"{self.dicomweb}/studies",
+            content=data,
+            timeout=60,
+            headers={"Content-Type": "application/dicom", **(headers or {})},
+        )
 
     def served(self, study: str, headers: dict[str, str] | None = None) -> list[bytes]:
         """The datasets (after the Part 10 header) of a study as WADO-RS serves them, sorted."""
-        r = httpx.get(f"{self.dicomweb}/studies/{study}", headers={"Accept": WADO_AS_STORED, **(headers or {})},
-                      timeout=60)
+        r = httpx.get(
+            f"{self.dicomweb}/studies/{study}", headers={"Accept": WADO_AS_STORED, **(headers or {})}, timeout=60
+        )
         assert r.status_code == 200, r.text
         return sorted(split_part10(body)[1] for _, body in response_parts(r))
 
@@ -134,12 +139,19 @@ class Archive:
     def start(self, timeout: float = 90) -> None:
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "launcher",
-                "--data-dir", str(self.data_dir),
-                "--http-port", str(self.http_port),
-                "--dimse-port", str(self.dimse_port),
-                "--ae-title", self.ae_title,
-                "--grpc-base-port", "0",
+                sys.executable,
+                "-m",
+                "launcher",
+                "--data-dir",
+                str(self.data_dir),
+                "--http-port",
+                str(self.http_port),
+                "--dimse-port",
+                str(self.dimse_port),
+                "--ae-title",
+                self.ae_title,
+                "--grpc-base-port",
+                "0",
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,

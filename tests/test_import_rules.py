@@ -60,14 +60,21 @@ def violations(package: str, source: str) -> list[str]:
 def tree() -> Iterator[tuple[str, Path]]:
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT)
-        if rel.parts[0].startswith(".") or rel.parts[0] in ("node_modules", "viewer") or rel.parts[:2] == ("common", "gen"):
+        if (
+            rel.parts[0].startswith(".")
+            or rel.parts[0] in ("node_modules", "viewer")
+            or rel.parts[:2] == ("common", "gen")
+        ):
             continue
         yield rel.parts[0], path
 
 
 def test_the_tree_keeps_the_import_rules() -> None:
-    found = [f"{path.relative_to(ROOT)}:{v}" for package, path in tree()
-             for v in violations(package, path.read_text(encoding="utf-8"))]
+    found = [
+        f"{path.relative_to(ROOT)}:{v}"
+        for package, path in tree()
+        for v in violations(package, path.read_text(encoding="utf-8"))
+    ]
     assert found == []
 
 
@@ -79,25 +86,31 @@ def test_every_service_and_library_is_there() -> None:
     assert {"events_pb2", "metadata_service_pb2_grpc"} <= GENERATED_MODULES
 
 
-@pytest.mark.parametrize(("package", "source", "expected"), [
-    ("ingest_svc", "from metadata_svc.index import MetadataIndex\n", "service ingest_svc imports service"),
-    ("dicomweb_gateway", "import storage_svc.filesystem\n", "service dicomweb_gateway imports service"),
-    ("common", "from ingest_svc import scp\n", "library common imports service"),
-    ("bench", "from support import Archive\n", "bench imports the tests' support"),
-    ("bench", "import sys\nsys.path.insert(0, \"tests\")\n", "bench puts tests/ on sys.path"),
-    ("eventbus", "from dicomserver.v1 import events_pb2\n", "generated code imported as dicomserver.v1"),
-    ("common", "import metadata_service_pb2\n", "generated code imported as metadata_service_pb2"),
-])
+@pytest.mark.parametrize(
+    ("package", "source", "expected"),
+    [
+        ("ingest_svc", "from metadata_svc.index import MetadataIndex\n", "service ingest_svc imports service"),
+        ("dicomweb_gateway", "import storage_svc.filesystem\n", "service dicomweb_gateway imports service"),
+        ("common", "from ingest_svc import scp\n", "library common imports service"),
+        ("bench", "from support import Archive\n", "bench imports the tests' support"),
+        ("bench", 'import sys\nsys.path.insert(0, "tests")\n', "bench puts tests/ on sys.path"),
+        ("eventbus", "from dicomserver.v1 import events_pb2\n", "generated code imported as dicomserver.v1"),
+        ("common", "import metadata_service_pb2\n", "generated code imported as metadata_service_pb2"),
+    ],
+)
 def test_a_module_that_breaks_a_rule_is_named(package: str, source: str, expected: str) -> None:
     assert any(expected in v for v in violations(package, source)), violations(package, source)
 
 
-@pytest.mark.parametrize(("package", "source"), [
-    ("ingest_svc", "from ingest_svc.scp import start_scp\nfrom common.clients import MetadataClient\n"),
-    ("eventbus", "from common.gen.dicomserver.v1 import events_pb2\nfrom google.protobuf import json_format\n"),
-    ("tests", "from support import Archive\nfrom metadata_svc.index import MetadataIndex\n"),
-    ("bench", "from testbed.servers import Postgres\nfrom metadata_svc.db import Database\n"),
-])
+@pytest.mark.parametrize(
+    ("package", "source"),
+    [
+        ("ingest_svc", "from ingest_svc.scp import start_scp\nfrom common.clients import MetadataClient\n"),
+        ("eventbus", "from common.gen.dicomserver.v1 import events_pb2\nfrom google.protobuf import json_format\n"),
+        ("tests", "from support import Archive\nfrom metadata_svc.index import MetadataIndex\n"),
+        ("bench", "from testbed.servers import Postgres\nfrom metadata_svc.db import Database\n"),
+    ],
+)
 def test_allowed_imports_pass(package: str, source: str) -> None:
     assert violations(package, source) == []
 
@@ -117,9 +130,12 @@ def status_definitions(source: str) -> list[str]:
 
 
 def test_status_codes_are_defined_once() -> None:
-    found = [f"{path.relative_to(ROOT)}: {name}" for package, path in tree()
-             if package in (*SERVICES, *LIBRARIES) and path != ROOT / "dicomcore" / "status.py"
-             for name in status_definitions(path.read_text(encoding="utf-8"))]
+    found = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for package, path in tree()
+        if package in (*SERVICES, *LIBRARIES) and path != ROOT / "dicomcore" / "status.py"
+        for name in status_definitions(path.read_text(encoding="utf-8"))
+    ]
     assert found == []
     assert status_definitions("PENDING, CANCEL = 0xFF00, 0xFE00\nOTHER = 1\n") == ["PENDING", "CANCEL"]
 

@@ -10,8 +10,18 @@ import sys
 
 from tests.support import ROOT
 
-SERVICE_PACKAGES = ["common", "dicomcore", "deidentify", "storage_svc", "metadata_svc", "auth_svc", "ingest_svc", "dicomweb_gateway",
-                    "eventbus", "launcher"]
+SERVICE_PACKAGES = [
+    "common",
+    "dicomcore",
+    "deidentify",
+    "storage_svc",
+    "metadata_svc",
+    "auth_svc",
+    "ingest_svc",
+    "dicomweb_gateway",
+    "eventbus",
+    "launcher",
+]
 
 
 def _norm(name: str) -> str:

@@ -35,8 +35,11 @@ def is_open(path: str) -> bool:
 
 
 def is_form_path(path: str) -> bool:
-    return path in FORM_POSTS or path.startswith("/keys/") or (path.startswith("/study/") and (
-        path.endswith("/delete") or path.endswith("/send")))
+    return (
+        path in FORM_POSTS
+        or path.startswith("/keys/")
+        or (path.startswith("/study/") and (path.endswith("/delete") or path.endswith("/send")))
+    )
 
 
 PAGES = ("/study/", "/upload", "/system", "/keys", "/signin", "/signout", PREFIX)

@@ -78,12 +78,21 @@ class OpenIdClient:
     def authorization_url(self, redirect_uri: str) -> tuple[str, dict[str, str]]:
         """Where to send the browser, and what to keep until it comes back."""
         verifier, challenge = pkce_pair()
-        flow = {"state": secrets.token_urlsafe(24), "nonce": secrets.token_urlsafe(24), "verifier": verifier,
-                "redirect_uri": redirect_uri}
+        flow = {
+            "state": secrets.token_urlsafe(24),
+            "nonce": secrets.token_urlsafe(24),
+            "verifier": verifier,
+            "redirect_uri": redirect_uri,
+        }
         params = {
-            "response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri,
-            "scope": self.scopes, "state": flow["state"], "nonce": flow["nonce"],
-            "code_challenge": challenge, "code_challenge_method": "S256",
+            "response_type": "code",
+            "client_id": self.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": self.scopes,
+            "state": flow["state"],
+            "nonce": flow["nonce"],
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
         }
         if self.resource:
             params["resource"] = self.resource
@@ -91,8 +100,13 @@ class OpenIdClient:
 
     def exchange(self, code: str, flow: dict[str, str]) -> dict[str, Any]:
         """The token response for `code`, its ID token checked."""
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": flow["redirect_uri"],
-                "client_id": self.client_id, "code_verifier": flow["verifier"]}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": flow["redirect_uri"],
+            "client_id": self.client_id,
+            "code_verifier": flow["verifier"],
+        }
         if self.resource:
             form["resource"] = self.resource
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
@@ -114,9 +128,15 @@ class OpenIdClient:
             raise OidcError("the identity provider sent no ID token (is 'openid' among the scopes?)")
         try:
             key = self._jwks.get_signing_key_from_jwt(id_token)
-            claims = jwt.decode(id_token, key.key, algorithms=["RS256", "ES256", "PS256", "EdDSA"],
-                                audience=self.client_id, issuer=self.issuer, leeway=30,
-                                options={"require": ["exp", "iat", "sub"]})
+            claims = jwt.decode(
+                id_token,
+                key.key,
+                algorithms=["RS256", "ES256", "PS256", "EdDSA"],
+                audience=self.client_id,
+                issuer=self.issuer,
+                leeway=30,
+                options={"require": ["exp", "iat", "sub"]},
+            )
         except jwt.PyJWTError as exc:
             raise OidcError(f"the ID token is not valid: {exc}") from None
         if claims.get("nonce") != flow["nonce"]:

@@ -194,18 +194,33 @@ async def studies(request: Request) -> Response:
     base = {k: v for k, v in vars(search).items() if v}
 
     def link(**changes: Any) -> str:
-        return "/?" + urlencode({**base, "sort": sort, "order": "desc" if descending else "asc", "page": page,
-                                 **changes})
+        return "/?" + urlencode(
+            {**base, "sort": sort, "order": "desc" if descending else "asc", "page": page, **changes}
+        )
 
     def sort_link(column: str) -> str:
         order = "asc" if column != sort else ("asc" if descending else "desc")
         return link(sort=column, order=order, page=1)
 
     notice = {"deleted": "The study was deleted."}.get(request.query_params.get("notice", ""), "")
-    return render(request, "studies.html", search=search, rows=shown, total=len(rows), truncated=truncated,
-                  page=page, pages=pages, sort=sort, descending=descending, link=link, sort_link=sort_link,
-                  error=error, notice=notice, max_limit=limits.max_limit,
-                  status_code=400 if error and "index" not in error else 200)
+    return render(
+        request,
+        "studies.html",
+        search=search,
+        rows=shown,
+        total=len(rows),
+        truncated=truncated,
+        page=page,
+        pages=pages,
+        sort=sort,
+        descending=descending,
+        link=link,
+        sort_link=sort_link,
+        error=error,
+        notice=notice,
+        max_limit=limits.max_limit,
+        status_code=400 if error and "index" not in error else 200,
+    )
 
 
 # -- one study -----------------------------------------------------------------------
@@ -221,8 +236,12 @@ async def _study(request: Request, uid: str) -> dict[str, Any] | None:
         return None
     obj = loads(result.matches[0])
     row = _study_row(obj)
-    row.update(referring=str(first(obj, "00080090")), birth_date=dicom_date(str(first(obj, "00100030"))),
-               sex=str(first(obj, "00100040")), study_id=str(first(obj, "00200010")))
+    row.update(
+        referring=str(first(obj, "00080090")),
+        birth_date=dicom_date(str(first(obj, "00100030"))),
+        sex=str(first(obj, "00100040")),
+        study_id=str(first(obj, "00200010")),
+    )
     return row
 
 
@@ -246,18 +265,31 @@ async def study(request: Request) -> Response:
     series = []
     for match in result.matches:
         obj = loads(match)
-        series.append({
-            "uid": first(obj, "0020000E"), "number": first(obj, "00200011"), "modality": first(obj, "00080060"),
-            "description": first(obj, "0008103E"), "instances": int(first(obj, "00201209") or 0),
-            "body_part": first(obj, "00180015"), "date": dicom_date(str(first(obj, "00080021"))),
-        })
+        series.append(
+            {
+                "uid": first(obj, "0020000E"),
+                "number": first(obj, "00200011"),
+                "modality": first(obj, "00080060"),
+                "description": first(obj, "0008103E"),
+                "instances": int(first(obj, "00201209") or 0),
+                "body_part": first(obj, "00180015"),
+                "date": dicom_date(str(first(obj, "00080021"))),
+            }
+        )
     try:
         peers = await run_in_threadpool(c.ingest.list_peers, tenant)
     except errors.ServiceError as exc:
         log.warning("console: DIMSE peers not listed: %s", type(exc).__name__)
         peers = None
-    return render(request, "study.html", study=study_row, series=series, peers=peers,
-                  can_delete=has_scope(request, "delete"), can_send=has_scope(request, "write"))
+    return render(
+        request,
+        "study.html",
+        study=study_row,
+        series=series,
+        peers=peers,
+        can_delete=has_scope(request, "delete"),
+        can_send=has_scope(request, "write"),
+    )
 
 
 # -- delete ----------------------------------------------------------------------------
@@ -285,8 +317,12 @@ async def delete_study(request: Request) -> Response:
     except errors.NotFound:
         return error_page(request, 404, "No such study", "This study is not in the archive any more.")
     failed = await run_in_threadpool(reclaim, c.storage, removed)
-    log.info("console DELETE study in tenant %s: %d instance(s) removed, %d object(s) left for the sweeper",
-             tenant, len(removed), failed)
+    log.info(
+        "console DELETE study in tenant %s: %d instance(s) removed, %d object(s) left for the sweeper",
+        tenant,
+        len(removed),
+        failed,
+    )
     return redirect("/?notice=deleted")
 
 
@@ -319,10 +355,17 @@ async def send_study(request: Request) -> Response:
         return error_page(request, 502, "Not sent", "The ingest service ended the send without an answer.")
 
     def as_dict(msg: ingest_pb.SendToPeerResponse) -> dict[str, Any]:
-        return {"total": msg.total, "completed": msg.completed, "failed": msg.failed, "warning": msg.warning,
-                "done": msg.done, "error": msg.error}
+        return {
+            "total": msg.total,
+            "completed": msg.completed,
+            "failed": msg.failed,
+            "warning": msg.warning,
+            "done": msg.done,
+            "error": msg.error,
+        }
 
     if "application/x-ndjson" in request.headers.get("accept", ""):
+
         async def lines() -> AsyncIterator[bytes]:
             yield json.dumps(as_dict(head)).encode() + b"\n"
             try:
@@ -383,7 +426,8 @@ async def _statistics(request: Request, days: int) -> dict[str, Any]:
             return None
 
     index, status, audit = await asyncio.gather(
-        call(c.metadata.statistics, tenants, days), call(c.eventbus.status),
+        call(c.metadata.statistics, tenants, days),
+        call(c.eventbus.status),
         call(c.eventbus.audit_statistics, tenants, days) if has_scope(request, "admin") else asyncio.sleep(0),
     )
     keep: dict[str, Any] = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
@@ -412,19 +456,32 @@ async def system(request: Request) -> Response:
     c = console(request)
     days = _days(request)
     s = c.settings
-    addresses = {"storage": s.storage_addr, "metadata": s.metadata_addr, "auth": s.auth_addr,
-                 "ingest": s.ingest_addr, "eventbus": s.eventbus_addr}
+    addresses = {
+        "storage": s.storage_addr,
+        "metadata": s.metadata_addr,
+        "auth": s.auth_addr,
+        "ingest": s.ingest_addr,
+        "eventbus": s.eventbus_addr,
+    }
     stats, health = await asyncio.gather(_statistics(request, days), run_in_threadpool(_health, addresses))
     health = {"gateway": True, **health}
     index = stats["index"] or {}
     bars = {
-        "instances": [(d["date"][5:], int(d["instances"]), f'{d["date"]}: {d["instances"]} instances')
-                      for d in index.get("days", [])],
-        "studies": [(d["date"][5:], int(d["studies"]), f'{d["date"]}: {d["studies"]} studies')
-                    for d in index.get("days", [])],
-        "modalities": [(m["modality"] or "(none)", int(m["instances"]),
-                        f'{m["modality"] or "(none)"}: {m["instances"]} instances in {m["studies"]} studies')
-                       for m in index.get("modalities", [])[:12]],
+        "instances": [
+            (d["date"][5:], int(d["instances"]), f"{d['date']}: {d['instances']} instances")
+            for d in index.get("days", [])
+        ],
+        "studies": [
+            (d["date"][5:], int(d["studies"]), f"{d['date']}: {d['studies']} studies") for d in index.get("days", [])
+        ],
+        "modalities": [
+            (
+                m["modality"] or "(none)",
+                int(m["instances"]),
+                f"{m['modality'] or '(none)'}: {m['instances']} instances in {m['studies']} studies",
+            )
+            for m in index.get("modalities", [])[:12]
+        ],
     }
     return render(request, "system.html", stats=stats, health=health, days=days, bars=bars)
 
@@ -433,9 +490,14 @@ async def system(request: Request) -> Response:
 
 
 def _key_row(info: auth_pb.ApiKeyInfo) -> dict[str, Any]:
-    return {"key_id": info.key_id, "subject": info.subject, "tenant": info.tenant, "scopes": list(info.scopes),
-            "created": info.created.ToDatetime().strftime("%Y-%m-%d %H:%M UTC") if info.HasField("created") else "",
-            "revoked": info.revoked.ToDatetime().strftime("%Y-%m-%d %H:%M UTC") if info.HasField("revoked") else ""}
+    return {
+        "key_id": info.key_id,
+        "subject": info.subject,
+        "tenant": info.tenant,
+        "scopes": list(info.scopes),
+        "created": info.created.ToDatetime().strftime("%Y-%m-%d %H:%M UTC") if info.HasField("created") else "",
+        "revoked": info.revoked.ToDatetime().strftime("%Y-%m-%d %H:%M UTC") if info.HasField("revoked") else "",
+    }
 
 
 async def _keys_page(request: Request, status_code: int = 200, **values: Any) -> Response:
@@ -449,8 +511,15 @@ async def _keys_page(request: Request, status_code: int = 200, **values: Any) ->
     except errors.ServiceError as exc:
         rows, error = [], values.pop("error", "") or f"The keys cannot be listed: {exc}"
     rows.sort(key=lambda r: (bool(r["revoked"]), r["created"]), reverse=False)
-    return render(request, "keys.html", status_code=status_code, keys=rows, error=error,
-                  tenants=list(access_of(request).principal.tenants), **values)
+    return render(
+        request,
+        "keys.html",
+        status_code=status_code,
+        keys=rows,
+        error=error,
+        tenants=list(access_of(request).principal.tenants),
+        **values,
+    )
 
 
 async def keys(request: Request) -> Response:
@@ -485,10 +554,12 @@ async def revoke_key(request: Request) -> Response:
         return error_page(request, 403, "Not allowed", "API keys are managed by principals with the 'admin' scope.")
     key_id = request.path_params["key_id"][:100]
     try:
-        await run_in_threadpool(c.auth.revoke_api_key, auth_pb.RevokeApiKeyRequest(caller=caller(request),
-                                                                                    key_id=key_id))
+        await run_in_threadpool(
+            c.auth.revoke_api_key, auth_pb.RevokeApiKeyRequest(caller=caller(request), key_id=key_id)
+        )
     except (errors.InvalidArgument, errors.NotFound, errors.PermissionDenied) as exc:
-        return await _keys_page(request, 400 if isinstance(exc, errors.InvalidArgument) else 404,
-                                error=f"The key was not revoked: {exc}")
+        return await _keys_page(
+            request, 400 if isinstance(exc, errors.InvalidArgument) else 404, error=f"The key was not revoked: {exc}"
+        )
     log.info("console: API key %s revoked", key_id)
     return await _keys_page(request, revoked=key_id)

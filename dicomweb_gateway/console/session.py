@@ -100,8 +100,7 @@ def secure(request: Request) -> bool:
 
 
 def set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax",
-                        secure=secure(request))
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax", secure=secure(request))
 
 
 def save(response: Response, request: Request, codec: SessionCodec, session: Session) -> None:
@@ -158,8 +157,9 @@ class SessionMiddleware:
         own_credential = "authorization" in headers or "x-api-key" in headers
         if session.signed_in and not own_credential:
             method = scope["method"]
-            allowed = (method in SAFE_METHODS or session.csrf_ok(headers.get(CSRF_HEADER))
-                       or self.is_form_path(scope["path"]))
+            allowed = (
+                method in SAFE_METHODS or session.csrf_ok(headers.get(CSRF_HEADER)) or self.is_form_path(scope["path"])
+            )
             if allowed:
                 mutable = MutableHeaders(scope=scope)
                 mutable["authorization"] = f"Bearer {session.credential}"

@@ -52,8 +52,14 @@ async def signin_api_key(request: Request) -> Response:
     granted, error = await _check(request, auth_pb.Credential(api_key=key), tenant)
     if granted is None:
         return render(request, "signin.html", status_code=401, next=target, error=error)
-    session = Session(kind="api_key", credential=key, subject=granted.principal.subject, tenant=tenant,
-                      method="api_key", expires=time.time() + console(request).codec.max_age)
+    session = Session(
+        kind="api_key",
+        credential=key,
+        subject=granted.principal.subject,
+        tenant=tenant,
+        method="api_key",
+        expires=time.time() + console(request).codec.max_age,
+    )
     log.info("console sign-in with an API key (subject %s)", granted.principal.subject)
     response = redirect(target)
     save(response, request, console(request).codec, session)
@@ -63,8 +69,11 @@ async def signin_api_key(request: Request) -> Response:
 def _callback_url(request: Request) -> str:
     c = console(request)
     if c.settings.public_url:
-        origin = c.settings.public_url[: -len(c.settings.base_path)] if c.settings.base_path and \
-            c.settings.public_url.endswith(c.settings.base_path) else c.settings.public_url
+        origin = (
+            c.settings.public_url[: -len(c.settings.base_path)]
+            if c.settings.base_path and c.settings.public_url.endswith(c.settings.base_path)
+            else c.settings.public_url
+        )
         return origin.rstrip("/") + "/signin/oidc/callback"
     return str(request.url_for("oidc_callback"))
 
@@ -72,8 +81,13 @@ def _callback_url(request: Request) -> str:
 async def signin_oidc(request: Request) -> Response:
     c = console(request)
     if c.oidc is None:
-        return render(request, "signin.html", status_code=404, next="/",
-                      error="Sign-in with an identity provider is not configured.")
+        return render(
+            request,
+            "signin.html",
+            status_code=404,
+            next="/",
+            error="Sign-in with an identity provider is not configured.",
+        )
     target = safe_next(request.query_params.get("next"))
     try:
         url, flow = await run_in_threadpool(c.oidc.authorization_url, _callback_url(request))
@@ -91,8 +105,13 @@ async def oidc_callback(request: Request) -> Response:
     flow = c.codec.unseal(request.cookies.get(FLOW_COOKIE), FLOW_SECONDS)
     params = request.query_params
     if c.oidc is None or flow is None:
-        return render(request, "signin.html", status_code=400, next="/",
-                      error="This sign-in has expired or was not started here; start again.")
+        return render(
+            request,
+            "signin.html",
+            status_code=400,
+            next="/",
+            error="This sign-in has expired or was not started here; start again.",
+        )
     target = safe_next(flow.get("next"))
 
     def failed(status: int, message: str) -> Response:
@@ -116,9 +135,14 @@ async def oidc_callback(request: Request) -> Response:
     if granted is None:
         return failed(401, error)
     expires = time.time() + float(tokens.get("expires_in") or c.codec.max_age)
-    session = Session(kind="bearer", credential=access_token, subject=granted.principal.subject,
-                      tenant=flow.get("tenant", ""), method="oidc",
-                      expires=min(expires, time.time() + c.codec.max_age))
+    session = Session(
+        kind="bearer",
+        credential=access_token,
+        subject=granted.principal.subject,
+        tenant=flow.get("tenant", ""),
+        method="oidc",
+        expires=min(expires, time.time() + c.codec.max_age),
+    )
     log.info("console sign-in with the identity provider (subject %s)", granted.principal.subject)
     response = redirect(target)
     save(response, request, c.codec, session)

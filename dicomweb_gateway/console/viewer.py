@@ -111,15 +111,13 @@ class Viewer:
         return path
 
     def response(self, request: Request) -> Response:
-        relative = request.url.path[len(PREFIX):].lstrip("/")
+        relative = request.url.path[len(PREFIX) :].lstrip("/")
         if relative == "app-config.js":
-            return Response(self.config, media_type="application/javascript",
-                            headers={"Cache-Control": "no-cache"})
+            return Response(self.config, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
         path = self._file(relative)
         if path is None or relative == "index.html":
             # The single-page app's own routes: /viewer, /viewer/viewer?StudyInstanceUIDs=…
-            return Response(self._index(), media_type="text/html; charset=utf-8",
-                            headers={"Cache-Control": "no-cache"})
+            return Response(self._index(), media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
         if relative in ("sw.js", "init-service-worker.js"):
             # No service worker: it would cache the API's answers.
             return Response(b"", media_type="application/javascript")
@@ -127,11 +125,17 @@ class Viewer:
             # The app's and its web workers' webpack runtimes load chunks from "/".
             if relative not in self._patched:
                 data = path.read_bytes()
-                self._patched[relative] = _PUBLIC_PATH.sub(
-                    b'__webpack_require__.p = "' + PREFIX.encode() + b'/";', data) if _PUBLIC_PATH.search(data) else b""
+                self._patched[relative] = (
+                    _PUBLIC_PATH.sub(b'__webpack_require__.p = "' + PREFIX.encode() + b'/";', data)
+                    if _PUBLIC_PATH.search(data)
+                    else b""
+                )
             if self._patched[relative]:
-                return Response(self._patched[relative], media_type="application/javascript",
-                                headers={"Cache-Control": "public, max-age=3600"})
+                return Response(
+                    self._patched[relative],
+                    media_type="application/javascript",
+                    headers={"Cache-Control": "public, max-age=3600"},
+                )
         return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
 
 

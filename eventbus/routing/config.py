@@ -162,9 +162,11 @@ class Rule(BaseModel):
 
     def admits(self, tenant: str, calling_ae_title: str, sop_class: str) -> bool:
         """The conditions an InstanceStored event answers by itself."""
-        return (tenant == self.tenant
-                and (not self.calling_ae_titles or calling_ae_title in self.calling_ae_titles)
-                and (not self.sop_classes or sop_class in self.sop_classes))
+        return (
+            tenant == self.tenant
+            and (not self.calling_ae_titles or calling_ae_title in self.calling_ae_titles)
+            and (not self.sop_classes or sop_class in self.sop_classes)
+        )
 
 
 def check_walls(destinations: dict[str, DimseDestination | DicomwebDestination], rules: list[Rule]) -> None:

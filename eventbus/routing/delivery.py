@@ -41,9 +41,17 @@ OUTSIDE_WALL = "the destination is not bound to the instance's tenant"
 
 
 class DestinationWorker:
-    def __init__(self, name: str, destination: DimseDestination | DicomwebDestination, sender: Sender,
-                 queue: DeliveryQueue, metadata: MetadataClient, files: ObjectFiles, retry: Retry,
-                 batch: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        destination: DimseDestination | DicomwebDestination,
+        sender: Sender,
+        queue: DeliveryQueue,
+        metadata: MetadataClient,
+        files: ObjectFiles,
+        retry: Retry,
+        batch: int,
+    ) -> None:
         self.name = name
         self.destination = destination
         self.sender = sender
@@ -86,8 +94,11 @@ class DestinationWorker:
             return IDLE if nxt is None else max(0.05, min(IDLE, nxt - now))
         outside = [j for j in jobs if j.tenant not in self.destination.tenants]
         if outside:  # the configuration changed since they were queued
-            log.error("routing to %s: %d deliveries of tenants it is not bound to become dead letters",
-                      self.name, len(outside))
+            log.error(
+                "routing to %s: %d deliveries of tenants it is not bound to become dead letters",
+                self.name,
+                len(outside),
+            )
             self.queue.dead_letter([(j, OUTSIDE_WALL) for j in outside], now)
             jobs = [j for j in jobs if j.tenant in self.destination.tenants]
         locations = self._locate(jobs)
@@ -113,8 +124,13 @@ class DestinationWorker:
                 out[(tenant, loc.ref.sop_instance_uid)] = loc
         return out
 
-    def _record(self, jobs: Sequence[Job], locations: dict[tuple[str, str], dicom_pb2.InstanceLocation],
-                outcome: Outcome, stop: threading.Event) -> float:
+    def _record(
+        self,
+        jobs: Sequence[Job],
+        locations: dict[tuple[str, str], dicom_pb2.InstanceLocation],
+        outcome: Outcome,
+        stop: threading.Event,
+    ) -> float:
         delivered: list[Job] = []
         failures: list[tuple[Job, str]] = []
         for job in jobs:
@@ -133,8 +149,14 @@ class DestinationWorker:
         metrics.SENT.labels(self.name).inc(len(delivered))
         metrics.FAILED.labels(self.name).inc(len(failures))
         if failures:
-            log.warning("routing to %s: %d of %d deliveries failed (%s)%s", self.name, len(failures), len(jobs),
-                        failures[0][1], f"; {len(dead)} became dead letters" if dead else "")
+            log.warning(
+                "routing to %s: %d of %d deliveries failed (%s)%s",
+                self.name,
+                len(failures),
+                len(jobs),
+                failures[0][1],
+                f"; {len(dead)} became dead letters" if dead else "",
+            )
         if outcome.down:
             waiting = [j.attempts + 1 for j, _ in failures if j not in dead]
             if waiting:
@@ -147,8 +169,13 @@ class QuietStudies:
     """Releases the studies "studies" rules matched once they have been quiet:
     every instance of the study, queued for each of the rule's destinations."""
 
-    def __init__(self, rules: Iterable[Rule], queue: DeliveryQueue, metadata: MetadataClient,
-                 notify: Callable[[Iterable[str]], None]) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        queue: DeliveryQueue,
+        metadata: MetadataClient,
+        notify: Callable[[Iterable[str]], None],
+    ) -> None:
         self.rules = {r.name: r for r in rules if r.send == "studies"}
         self.queue = queue
         self.metadata = metadata
@@ -173,9 +200,18 @@ class QuietStudies:
                 locations = self.metadata.locate(study.tenant, study.study)
             except errors.NotFound:
                 locations = []  # deleted meanwhile: nothing to send
-            targets = [Target(d, study.tenant, loc.ref.study_instance_uid, loc.ref.series_instance_uid,
-                              loc.ref.sop_instance_uid, f"rule:{rule.name}")
-                       for loc in locations for d in rule.destinations]
+            targets = [
+                Target(
+                    d,
+                    study.tenant,
+                    loc.ref.study_instance_uid,
+                    loc.ref.series_instance_uid,
+                    loc.ref.sop_instance_uid,
+                    f"rule:{rule.name}",
+                )
+                for loc in locations
+                for d in rule.destinations
+            ]
             if self.queue.release_study(study, targets, time.time()):
                 released += 1
                 self.notify(rule.destinations)
@@ -192,8 +228,9 @@ def refresh_metrics(queue: DeliveryQueue, names: Iterable[str], now: float) -> N
         metrics.LAG.labels(name).set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
 
-def watch_metrics(queue: DeliveryQueue, names: Sequence[str], stop: threading.Event,
-                  interval: float = METRICS_INTERVAL) -> None:
+def watch_metrics(
+    queue: DeliveryQueue, names: Sequence[str], stop: threading.Event, interval: float = METRICS_INTERVAL
+) -> None:
     while True:
         try:
             refresh_metrics(queue, names, time.time())

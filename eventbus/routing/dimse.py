@@ -45,6 +45,7 @@ from eventbus.routing.sending import Outcome
 
 log = logging.getLogger(__name__)
 
+
 def contexts_for(objects: Sequence[ObjectFile]) -> list[PresentationContext]:
     """dicomcore.contexts' proposals; the fallback is offered for objects
     stored in Explicit or Implicit VR Little Endian (pynetdicom converts
@@ -89,8 +90,10 @@ def _as_indexed(obj: ObjectFile, spool_dir: str | None) -> str | None:
     assert obj.path is not None
     loc = obj.location
     meta, offset = split_dataset(Path(obj.path))
-    if (meta.get("MediaStorageSOPInstanceUID") == loc.ref.sop_instance_uid
-            and meta.get("MediaStorageSOPClassUID") == loc.sop_class_uid):
+    if (
+        meta.get("MediaStorageSOPInstanceUID") == loc.ref.sop_instance_uid
+        and meta.get("MediaStorageSOPClassUID") == loc.sop_class_uid
+    ):
         return None
     fixed = FileMetaDataset()
     # pydicom types these UID; assigned a str, it makes the UID itself.
@@ -132,11 +135,19 @@ class DimseSender:
                 outcome.results[o.location.object_key] = o.error
         if not sendable:
             return outcome
-        assoc = ae.associate(dest.host, dest.port, contexts=contexts_for(sendable), ae_title=dest.ae_title,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)])
+        assoc = ae.associate(
+            dest.host,
+            dest.port,
+            contexts=contexts_for(sendable),
+            ae_title=dest.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _on_open)],
+        )
         if not assoc.is_established:
-            outcome.down = "the peer rejected the association" if assoc.is_rejected else \
-                "no association with the peer (refused, aborted or timed out)"
+            outcome.down = (
+                "the peer rejected the association"
+                if assoc.is_rejected
+                else "no association with the peer (refused, aborted or timed out)"
+            )
             return outcome
         held = _HeldReactor()
         assoc._reactor_checkpoint = held

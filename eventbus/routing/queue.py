@@ -169,14 +169,34 @@ class Quiet:
 
 
 def _job(row: QueuedDelivery) -> Job:
-    return Job(row.id, row.destination, row.tenant, row.study_instance_uid, row.series_instance_uid,
-               row.sop_instance_uid, row.origin, row.send_id, row.attempts, row.queued_at)
+    return Job(
+        row.id,
+        row.destination,
+        row.tenant,
+        row.study_instance_uid,
+        row.series_instance_uid,
+        row.sop_instance_uid,
+        row.origin,
+        row.send_id,
+        row.attempts,
+        row.queued_at,
+    )
 
 
 def _queued(target: Target, now: float, send_id: int | None = None) -> dict[str, object]:
-    return {"destination": target.destination, "tenant": target.tenant, "study_instance_uid": target.study,
-            "series_instance_uid": target.series, "sop_instance_uid": target.sop, "origin": target.origin,
-            "send_id": send_id, "attempts": 0, "queued_at": now, "next_attempt_at": now, "last_error": ""}
+    return {
+        "destination": target.destination,
+        "tenant": target.tenant,
+        "study_instance_uid": target.study,
+        "series_instance_uid": target.series,
+        "sop_instance_uid": target.sop,
+        "origin": target.origin,
+        "send_id": send_id,
+        "attempts": 0,
+        "queued_at": now,
+        "next_attempt_at": now,
+        "last_error": "",
+    }
 
 
 class DeliveryQueue:
@@ -208,20 +228,25 @@ class DeliveryQueue:
             if quiet:
                 insert = _insert(s)
                 for q in quiet:
-                    stmt = insert(QuietStudy).values(rule=q.rule, tenant=q.tenant, study_instance_uid=q.study,
-                                                     last_event_at=q.last_event_at)
+                    stmt = insert(QuietStudy).values(
+                        rule=q.rule, tenant=q.tenant, study_instance_uid=q.study, last_event_at=q.last_event_at
+                    )
                     newer = func.max if s.get_bind().dialect.name == "sqlite" else func.greatest
-                    s.execute(stmt.on_conflict_do_update(
-                        index_elements=[QuietStudy.rule, QuietStudy.tenant, QuietStudy.study_instance_uid],
-                        set_={"last_event_at": newer(QuietStudy.last_event_at, stmt.excluded.last_event_at)}))
+                    s.execute(
+                        stmt.on_conflict_do_update(
+                            index_elements=[QuietStudy.rule, QuietStudy.tenant, QuietStudy.study_instance_uid],
+                            set_={"last_event_at": newer(QuietStudy.last_event_at, stmt.excluded.last_event_at)},
+                        )
+                    )
 
     def quiet_studies(self, quiet_seconds: dict[str, float], now: float) -> list[Quiet]:
         """Noted studies of these rules whose newest event is at least their rule's quiet time old."""
         out: list[Quiet] = []
         with Session(self.engine) as s:
             for rule, seconds in quiet_seconds.items():
-                rows = s.execute(select(QuietStudy).where(QuietStudy.rule == rule,
-                                                          QuietStudy.last_event_at <= now - seconds)).scalars()
+                rows = s.execute(
+                    select(QuietStudy).where(QuietStudy.rule == rule, QuietStudy.last_event_at <= now - seconds)
+                ).scalars()
                 out += [Quiet(r.rule, r.tenant, r.study_instance_uid, r.last_event_at) for r in rows]
         return out
 
@@ -230,9 +255,14 @@ class DeliveryQueue:
         newer event of it arrived meanwhile (then nothing happens: it is
         released when it is quiet again). Returns whether it was released."""
         with Session(self.engine) as s, s.begin():
-            gone = s.execute(delete(QuietStudy).where(
-                QuietStudy.rule == study.rule, QuietStudy.tenant == study.tenant,
-                QuietStudy.study_instance_uid == study.study, QuietStudy.last_event_at == study.last_event_at))
+            gone = s.execute(
+                delete(QuietStudy).where(
+                    QuietStudy.rule == study.rule,
+                    QuietStudy.tenant == study.tenant,
+                    QuietStudy.study_instance_uid == study.study,
+                    QuietStudy.last_event_at == study.last_event_at,
+                )
+            )
             if gone.rowcount != 1:  # type: ignore[attr-defined]
                 return False
             if targets:
@@ -246,19 +276,33 @@ class DeliveryQueue:
             result = s.execute(delete(QuietStudy).where(QuietStudy.rule.not_in(keep)))
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
-    def create_send(self, tenant: str, destination: str, study: str, series: str, sop: str,
-                    targets: Sequence[Target], now: float) -> SendRow:
+    def create_send(
+        self, tenant: str, destination: str, study: str, series: str, sop: str, targets: Sequence[Target], now: float
+    ) -> SendRow:
         """A manual send and its deliveries, in one transaction."""
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
-            row = SendRow(tenant=tenant, destination=destination, study_instance_uid=study,
-                          series_instance_uid=series, sop_instance_uid=sop, total=len(targets), sent=0, failed=0,
-                          skipped=0, created_at=now)
+            row = SendRow(
+                tenant=tenant,
+                destination=destination,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                sop_instance_uid=sop,
+                total=len(targets),
+                sent=0,
+                failed=0,
+                skipped=0,
+                created_at=now,
+            )
             s.add(row)
             s.flush()
             origin = f"send:{row.id}"
-            s.execute(_table(QueuedDelivery).insert(), [
-                _queued(Target(t.destination, t.tenant, t.study, t.series, t.sop, origin), now, row.id)
-                for t in targets])
+            s.execute(
+                _table(QueuedDelivery).insert(),
+                [
+                    _queued(Target(t.destination, t.tenant, t.study, t.series, t.sop, origin), now, row.id)
+                    for t in targets
+                ],
+            )
         return row
 
     def get_send(self, tenant: str, send_id: int) -> SendRow | None:
@@ -270,15 +314,22 @@ class DeliveryQueue:
     def due(self, destination: str, now: float, limit: int) -> list[Job]:
         """The oldest deliveries of a destination that may be tried now."""
         with Session(self.engine) as s:
-            rows = s.execute(select(QueuedDelivery).where(
-                QueuedDelivery.destination == destination, QueuedDelivery.next_attempt_at <= now,
-            ).order_by(QueuedDelivery.id).limit(limit)).scalars()
+            rows = s.execute(
+                select(QueuedDelivery)
+                .where(
+                    QueuedDelivery.destination == destination,
+                    QueuedDelivery.next_attempt_at <= now,
+                )
+                .order_by(QueuedDelivery.id)
+                .limit(limit)
+            ).scalars()
             return [_job(r) for r in rows]
 
     def next_due(self, destination: str) -> float | None:
         with Session(self.engine) as s:
-            return s.scalar(select(func.min(QueuedDelivery.next_attempt_at))
-                            .where(QueuedDelivery.destination == destination))
+            return s.scalar(
+                select(func.min(QueuedDelivery.next_attempt_at)).where(QueuedDelivery.destination == destination)
+            )
 
     def delivered(self, jobs: Sequence[Job]) -> None:
         self._finish(jobs, "sent")
@@ -315,8 +366,11 @@ class DeliveryQueue:
                 if attempts >= retry.max_attempts:
                     dead.append((job, error))
                     continue
-                s.execute(update(QueuedDelivery).where(QueuedDelivery.id == job.id).values(
-                    attempts=attempts, next_attempt_at=now + retry.delay(attempts), last_error=error[:2000]))
+                s.execute(
+                    update(QueuedDelivery)
+                    .where(QueuedDelivery.id == job.id)
+                    .values(attempts=attempts, next_attempt_at=now + retry.delay(attempts), last_error=error[:2000])
+                )
             self._bury(s, dead, now, extra_attempt=True)
         return [job for job, _ in dead]
 
@@ -328,12 +382,25 @@ class DeliveryQueue:
     def _bury(self, s: Session, failures: Sequence[tuple[Job, str]], now: float, extra_attempt: bool) -> None:
         if not failures:
             return
-        s.execute(_table(DeadDelivery).insert(), [
-            {"destination": j.destination, "tenant": j.tenant, "study_instance_uid": j.study,
-             "series_instance_uid": j.series, "sop_instance_uid": j.sop, "origin": j.origin, "send_id": j.send_id,
-             "attempts": j.attempts + (1 if extra_attempt else 0), "queued_at": j.queued_at, "failed_at": now,
-             "error": error[:2000]}
-            for j, error in failures])
+        s.execute(
+            _table(DeadDelivery).insert(),
+            [
+                {
+                    "destination": j.destination,
+                    "tenant": j.tenant,
+                    "study_instance_uid": j.study,
+                    "series_instance_uid": j.series,
+                    "sop_instance_uid": j.sop,
+                    "origin": j.origin,
+                    "send_id": j.send_id,
+                    "attempts": j.attempts + (1 if extra_attempt else 0),
+                    "queued_at": j.queued_at,
+                    "failed_at": now,
+                    "error": error[:2000],
+                }
+                for j, error in failures
+            ],
+        )
         s.execute(delete(QueuedDelivery).where(QueuedDelivery.id.in_([j.id for j, _ in failures])))
         self._count(s, (j for j, _ in failures), "failed", +1)
 
@@ -349,8 +416,10 @@ class DeliveryQueue:
                 d = d.where(DeadDelivery.tenant == tenant)
             queued = {name: (n, oldest) for name, n, oldest in s.execute(q.group_by(QueuedDelivery.destination))}
             dead = {name: n for name, n in s.execute(d.group_by(DeadDelivery.destination))}
-        return {name: QueueStats(queued.get(name, (0, None))[0], queued.get(name, (0, None))[1], dead.get(name, 0))
-                for name in set(queued) | set(dead)}
+        return {
+            name: QueueStats(queued.get(name, (0, None))[0], queued.get(name, (0, None))[1], dead.get(name, 0))
+            for name in set(queued) | set(dead)
+        }
 
     def dead_letters(self, tenant: str, destination: str, after_id: int, limit: int) -> tuple[list[DeadDelivery], bool]:
         with Session(self.engine, expire_on_commit=False) as s:
@@ -360,8 +429,9 @@ class DeliveryQueue:
             rows = list(s.execute(stmt.order_by(DeadDelivery.id).limit(limit + 1)).scalars())
         return rows[:limit], len(rows) > limit
 
-    def replay(self, tenant: str, ids: Sequence[int], destination: str, destinations: Iterable[str],
-               now: float) -> list[str]:
+    def replay(
+        self, tenant: str, ids: Sequence[int], destination: str, destinations: Iterable[str], now: float
+    ) -> list[str]:
         """Moves the tenant's dead letters (these ids, or all of `destination`,
         or all) back to the end of their queues, if their destination is one
         of `destinations`; returns the destination of each replayed one."""
@@ -375,10 +445,29 @@ class DeliveryQueue:
             rows = list(s.execute(stmt.order_by(DeadDelivery.id).with_for_update()).scalars())
             if not rows:
                 return []
-            s.execute(_table(QueuedDelivery).insert(), [
-                _queued(Target(r.destination, r.tenant, r.study_instance_uid, r.series_instance_uid,
-                               r.sop_instance_uid, r.origin), now, r.send_id) for r in rows])
+            s.execute(
+                _table(QueuedDelivery).insert(),
+                [
+                    _queued(
+                        Target(
+                            r.destination,
+                            r.tenant,
+                            r.study_instance_uid,
+                            r.series_instance_uid,
+                            r.sop_instance_uid,
+                            r.origin,
+                        ),
+                        now,
+                        r.send_id,
+                    )
+                    for r in rows
+                ],
+            )
             s.execute(delete(DeadDelivery).where(DeadDelivery.id.in_([r.id for r in rows])))
-            self._count(s, (Job(r.id, r.destination, r.tenant, "", "", "", r.origin, r.send_id, 0, 0.0) for r in rows),
-                        "failed", -1)
+            self._count(
+                s,
+                (Job(r.id, r.destination, r.tenant, "", "", "", r.origin, r.send_id, 0, 0.0) for r in rows),
+                "failed",
+                -1,
+            )
             return [r.destination for r in rows]

@@ -33,8 +33,9 @@ def sender_for(destination: DimseDestination | DicomwebDestination, settings: Ev
 
 
 class Routing:
-    def __init__(self, settings: EventbusSettings, engine: Engine, metadata_channel: grpc.Channel,
-                 storage_channel: grpc.Channel) -> None:
+    def __init__(
+        self, settings: EventbusSettings, engine: Engine, metadata_channel: grpc.Channel, storage_channel: grpc.Channel
+    ) -> None:
         if settings.log_level.upper() != "DEBUG":
             # pynetdicom logs every message at INFO; its warnings and errors say why a peer failed.
             logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -45,11 +46,21 @@ class Routing:
         files = ObjectFiles(StorageClient(storage_channel), settings.routing_spool_dir)
         self.workers: dict[str, DestinationWorker] = {}
         for name, dest in self.destinations.items():
-            retry = Retry(dest.max_attempts or settings.routing_max_attempts,
-                          settings.routing_backoff if dest.backoff is None else dest.backoff,
-                          settings.routing_max_backoff if dest.max_backoff is None else dest.max_backoff)
-            self.workers[name] = DestinationWorker(name, dest, sender_for(dest, settings), self.queue, self.metadata,
-                                                   files, retry, dest.batch or settings.routing_batch)
+            retry = Retry(
+                dest.max_attempts or settings.routing_max_attempts,
+                settings.routing_backoff if dest.backoff is None else dest.backoff,
+                settings.routing_max_backoff if dest.max_backoff is None else dest.max_backoff,
+            )
+            self.workers[name] = DestinationWorker(
+                name,
+                dest,
+                sender_for(dest, settings),
+                self.queue,
+                self.metadata,
+                files,
+                retry,
+                dest.batch or settings.routing_batch,
+            )
         self.matcher = RuleMatcher(self.rules, self.queue, metadata_channel, self.notify)
         self.quiet = QuietStudies(self.rules, self.queue, self.metadata, self.notify)
         self.service = RoutingService(self.destinations, self.queue, self.metadata, self.notify)
@@ -58,8 +69,10 @@ class Routing:
             log.warning("routing: %d noted studies of rules no longer configured are forgotten", forgotten)
         orphans = {n: s.queued for n, s in self.queue.stats().items() if n not in self.destinations and s.queued}
         if orphans:
-            log.warning("routing: deliveries queued for destinations no longer configured stay queued: %s",
-                        ", ".join(f"{n} ({q})" for n, q in sorted(orphans.items())))
+            log.warning(
+                "routing: deliveries queued for destinations no longer configured stay queued: %s",
+                ", ".join(f"{n} ({q})" for n, q in sorted(orphans.items())),
+            )
 
     def notify(self, destinations: Iterable[str]) -> None:
         for name in destinations:
@@ -75,6 +88,9 @@ class Routing:
         if self.quiet.rules:
             out.append(threading.Thread(target=self.quiet.run, args=(stop,), name="route-quiet-studies"))
         if self.destinations:
-            out.append(threading.Thread(target=watch_metrics, args=(self.queue, list(self.destinations), stop),
-                                        name="route-metrics"))
+            out.append(
+                threading.Thread(
+                    target=watch_metrics, args=(self.queue, list(self.destinations), stop), name="route-metrics"
+                )
+            )
         return out

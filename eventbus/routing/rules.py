@@ -45,8 +45,13 @@ class RuleMatcher:
     """The routing consumer's handler (eventbus.handlers.Handler), with a
     batch form the consumer loop prefers."""
 
-    def __init__(self, rules: Sequence[Rule], queue: DeliveryQueue, channel: grpc.Channel,
-                 notify: Callable[[Iterable[str]], None]) -> None:
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        queue: DeliveryQueue,
+        channel: grpc.Channel,
+        notify: Callable[[Iterable[str]], None],
+    ) -> None:
         self.rules = list(rules)
         self.queue = queue
         self._metadata = MetadataClient(channel)
@@ -59,16 +64,22 @@ class RuleMatcher:
         self.handle_many([event])
 
     def handle_many(self, events: Sequence[events_pb2.Event]) -> None:
-        stored: list[Stored] = [(ev, ev.instance_stored) for ev in events
-                                if ev.WhichOneof("kind") == "instance_stored" and ev.sequence > self.since]
+        stored: list[Stored] = [
+            (ev, ev.instance_stored)
+            for ev in events
+            if ev.WhichOneof("kind") == "instance_stored" and ev.sequence > self.since
+        ]
         if not stored:
             return
         targets: dict[tuple[str, str, str], Target] = {}
         quiet: dict[tuple[str, str, str], Quiet] = {}
         now = time.time()
         for rule in self.rules:
-            matches = [(ev, st) for ev, st in stored
-                       if rule.admits(ev.tenant, st.source.calling_ae_title, st.location.sop_class_uid)]
+            matches = [
+                (ev, st)
+                for ev, st in stored
+                if rule.admits(ev.tenant, st.source.calling_ae_title, st.location.sop_class_uid)
+            ]
             if matches and rule.needs_index:
                 matches = self._indexed(rule, matches)
             for ev, st in matches:
@@ -80,9 +91,17 @@ class RuleMatcher:
                         quiet[key] = Quiet(rule.name, ev.tenant, ref.study_instance_uid, at)
                     continue
                 for dest in rule.destinations:
-                    targets.setdefault((dest, ev.tenant, ref.sop_instance_uid), Target(
-                        dest, ev.tenant, ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid,
-                        f"rule:{rule.name}"))
+                    targets.setdefault(
+                        (dest, ev.tenant, ref.sop_instance_uid),
+                        Target(
+                            dest,
+                            ev.tenant,
+                            ref.study_instance_uid,
+                            ref.series_instance_uid,
+                            ref.sop_instance_uid,
+                            f"rule:{rule.name}",
+                        ),
+                    )
         if targets or quiet:
             self.queue.add(list(targets.values()), list(quiet.values()), now)
             self._notify({t.destination for t in targets.values()})
@@ -96,9 +115,12 @@ class RuleMatcher:
         for i in range(0, len(uids), QUERY_CHUNK):
             chunk = uids[i : i + QUERY_CHUNK]
             request = md_pb.QueryRequest(
-                tenant=rule.tenant, level=dicom_pb2.QUERY_LEVEL_INSTANCE,
+                tenant=rule.tenant,
+                level=dicom_pb2.QUERY_LEVEL_INSTANCE,
                 filters=[*filters, md_pb.Filter(tag=SOP_INSTANCE_UID, uid_list=md_pb.ValueList(values=chunk))],
-                include_fields=[MODALITY] if rule.modalities else [], limit=len(chunk))
+                include_fields=[MODALITY] if rule.modalities else [],
+                limit=len(chunk),
+            )
             while True:
                 page = self._metadata.query(request, timeout=30)
                 for raw in page.matches:
@@ -126,8 +148,14 @@ def check_rules(channel: grpc.Channel, rules: Sequence[Rule]) -> None:
         if not rule.needs_index:
             continue
         try:
-            metadata.query(md_pb.QueryRequest(
-                tenant=rule.tenant, level=dicom_pb2.QUERY_LEVEL_INSTANCE,
-                filters=[*rule.filters, md_pb.Filter(tag=SOP_INSTANCE_UID, equal="1.2")], limit=1), timeout=10)
+            metadata.query(
+                md_pb.QueryRequest(
+                    tenant=rule.tenant,
+                    level=dicom_pb2.QUERY_LEVEL_INSTANCE,
+                    filters=[*rule.filters, md_pb.Filter(tag=SOP_INSTANCE_UID, equal="1.2")],
+                    limit=1,
+                ),
+                timeout=10,
+            )
         except InvalidArgument as err:
             raise ValueError(f"routing rule {rule.name}: {err}") from None

@@ -61,22 +61,45 @@ def _time(seconds: float | None) -> Timestamp | None:
 
 def progress(row: SendRow) -> pb.SendProgress:
     return pb.SendProgress(
-        id=row.id, destination=row.destination, study_instance_uid=row.study_instance_uid,
-        series_instance_uid=row.series_instance_uid, sop_instance_uid=row.sop_instance_uid, total=row.total,
-        sent=row.sent, failed=row.failed, skipped=row.skipped, created=_time(row.created_at))
+        id=row.id,
+        destination=row.destination,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        sop_instance_uid=row.sop_instance_uid,
+        total=row.total,
+        sent=row.sent,
+        failed=row.failed,
+        skipped=row.skipped,
+        created=_time(row.created_at),
+    )
 
 
 def dead_letter(row: DeadDelivery) -> pb.RoutingDeadLetter:
     return pb.RoutingDeadLetter(
-        id=row.id, destination=row.destination, origin=row.origin, attempts=row.attempts, error=row.error,
-        ref=dicom_pb2.InstanceRef(tenant=row.tenant, study_instance_uid=row.study_instance_uid,
-                                  series_instance_uid=row.series_instance_uid, sop_instance_uid=row.sop_instance_uid),
-        queued=_time(row.queued_at), failed=_time(row.failed_at))
+        id=row.id,
+        destination=row.destination,
+        origin=row.origin,
+        attempts=row.attempts,
+        error=row.error,
+        ref=dicom_pb2.InstanceRef(
+            tenant=row.tenant,
+            study_instance_uid=row.study_instance_uid,
+            series_instance_uid=row.series_instance_uid,
+            sop_instance_uid=row.sop_instance_uid,
+        ),
+        queued=_time(row.queued_at),
+        failed=_time(row.failed_at),
+    )
 
 
 class RoutingService(pb_grpc.RoutingServiceServicer):
-    def __init__(self, destinations: dict[str, DimseDestination | DicomwebDestination], queue: DeliveryQueue,
-                 metadata: MetadataClient, notify: Callable[[Iterable[str]], None]) -> None:
+    def __init__(
+        self,
+        destinations: dict[str, DimseDestination | DicomwebDestination],
+        queue: DeliveryQueue,
+        metadata: MetadataClient,
+        notify: Callable[[Iterable[str]], None],
+    ) -> None:
         self.destinations = destinations
         self.queue = queue
         self.metadata = metadata
@@ -86,19 +109,25 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         return [name for name, d in self.destinations.items() if tenant in d.tenants]
 
     @_mapped_errors
-    def ListDestinations(self, request: pb.ListDestinationsRequest,
-                         context: grpc.ServicerContext) -> pb.ListDestinationsResponse:
+    def ListDestinations(
+        self, request: pb.ListDestinationsRequest, context: grpc.ServicerContext
+    ) -> pb.ListDestinationsResponse:
         tenant = check_tenant(request.tenant)
         stats = self.queue.stats(tenant)
         out = []
         for name in self._bound(tenant):
             dest = self.destinations[name]
             s = stats.get(name)
-            out.append(pb.RoutingDestination(
-                name=name, address=dest.address,
-                kind=pb.DESTINATION_KIND_DIMSE if dest.type == "dimse" else pb.DESTINATION_KIND_DICOMWEB,
-                queued=s.queued if s else 0, oldest_queued=_time(s.oldest_queued_at if s else None),
-                dead_letters=s.dead_letters if s else 0))
+            out.append(
+                pb.RoutingDestination(
+                    name=name,
+                    address=dest.address,
+                    kind=pb.DESTINATION_KIND_DIMSE if dest.type == "dimse" else pb.DESTINATION_KIND_DICOMWEB,
+                    queued=s.queued if s else 0,
+                    oldest_queued=_time(s.oldest_queued_at if s else None),
+                    dead_letters=s.dead_letters if s else 0,
+                )
+            )
         return pb.ListDestinationsResponse(destinations=out)
 
     @_mapped_errors
@@ -116,8 +145,17 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         except errors.NotFound:
             raise errors.NotFound("nothing to send: no such study, series or instance") from None
         origin = "send"  # create_send names it send:<id>
-        targets = [Target(request.destination, tenant, loc.ref.study_instance_uid, loc.ref.series_instance_uid,
-                          loc.ref.sop_instance_uid, origin) for loc in locations]
+        targets = [
+            Target(
+                request.destination,
+                tenant,
+                loc.ref.study_instance_uid,
+                loc.ref.series_instance_uid,
+                loc.ref.sop_instance_uid,
+                origin,
+            )
+            for loc in locations
+        ]
         row = self.queue.create_send(tenant, request.destination, study, series, sop, targets, time.time())
         self.notify([request.destination])
         log.info("send %d: %d instances queued for %s", row.id, len(targets), request.destination)
@@ -131,20 +169,23 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         return pb.GetSendResponse(send=progress(row))
 
     @_mapped_errors
-    def ListDeadLetters(self, request: pb.ListDeadLettersRequest,
-                        context: grpc.ServicerContext) -> pb.ListDeadLettersResponse:
+    def ListDeadLetters(
+        self, request: pb.ListDeadLettersRequest, context: grpc.ServicerContext
+    ) -> pb.ListDeadLettersResponse:
         tenant = check_tenant(request.tenant)
         if not 0 <= request.limit <= MAX_LIMIT:
             raise InvalidValue(f"limit must be from 1 to {MAX_LIMIT}")
         if request.destination and request.destination not in self._bound(tenant):
             raise errors.NotFound(NO_DESTINATION)
-        rows, truncated = self.queue.dead_letters(tenant, request.destination, request.after_id,
-                                                  request.limit or DEFAULT_LIMIT)
+        rows, truncated = self.queue.dead_letters(
+            tenant, request.destination, request.after_id, request.limit or DEFAULT_LIMIT
+        )
         return pb.ListDeadLettersResponse(dead_letters=[dead_letter(r) for r in rows], truncated=truncated)
 
     @_mapped_errors
-    def ReplayDeadLetters(self, request: pb.ReplayDeadLettersRequest,
-                          context: grpc.ServicerContext) -> pb.ReplayDeadLettersResponse:
+    def ReplayDeadLetters(
+        self, request: pb.ReplayDeadLettersRequest, context: grpc.ServicerContext
+    ) -> pb.ReplayDeadLettersResponse:
         tenant = check_tenant(request.tenant)
         bound = self._bound(tenant)
         if request.destination and request.destination not in bound:

@@ -83,9 +83,14 @@ class StowSender:
         }
         try:
             resp = self._http.request(
-                "POST", f"{self.destination.url}/studies", body=_body(heads, sendable, tail), headers=headers,
+                "POST",
+                f"{self.destination.url}/studies",
+                body=_body(heads, sendable, tail),
+                headers=headers,
                 timeout=urllib3.Timeout(connect=self.destination.timeout, read=self.destination.timeout),
-                preload_content=True, chunked=False)
+                preload_content=True,
+                chunked=False,
+            )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             outcome.down = f"no answer from the endpoint ({type(exc).__name__})"
             return outcome
@@ -96,8 +101,9 @@ class StowSender:
         for o in sendable:
             uid, key = o.location.ref.sop_instance_uid, o.location.object_key
             if uid in failed:
-                outcome.results[key] = f"STOW-RS failed with reason 0x{failed[uid]:04X}" if failed[uid] \
-                    else "STOW-RS failed"
+                outcome.results[key] = (
+                    f"STOW-RS failed with reason 0x{failed[uid]:04X}" if failed[uid] else "STOW-RS failed"
+                )
             elif resp.status == 409:
                 outcome.results[key] = "STOW-RS answered 409 (nothing stored)"
             else:

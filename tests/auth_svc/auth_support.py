@@ -50,8 +50,14 @@ def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
 def auth_process(data_dir: Path, **settings: str) -> Iterator[AuthClient]:
     """`python -m auth_svc` on a free loopback port, once it answers."""
     address = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "auth_svc"], cwd=ROOT, env=service_env(
-        data_dir, auth_addr=address, **settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auth_svc"],
+        cwd=ROOT,
+        env=service_env(data_dir, auth_addr=address, **settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ch = channel(address)
     client = AuthClient(ch)
     try:

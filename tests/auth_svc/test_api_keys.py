@@ -29,12 +29,15 @@ def _configured(key: str, subject: str, tenants: list[str], scopes: list[str]) -
     return ApiKey(sha256=hashlib.sha256(key.encode()).hexdigest(), subject=subject, tenants=tenants, scopes=scopes)
 
 
-SETTINGS = AuthSettings(auth_enabled=True, api_keys=[
-    _configured(ADMIN_A, "admin-a", ["a"], ["read", "write", "delete", "admin"]),
-    _configured(ADMIN_B, "admin-b", ["b"], ["read", "write", "delete", "admin"]),
-    _configured(READER_A, "reader-a", ["a"], ["read", "write"]),
-    _configured(LIMITED_ADMIN, "limited", ["a"], ["read", "admin"]),
-])
+SETTINGS = AuthSettings(
+    auth_enabled=True,
+    api_keys=[
+        _configured(ADMIN_A, "admin-a", ["a"], ["read", "write", "delete", "admin"]),
+        _configured(ADMIN_B, "admin-b", ["b"], ["read", "write", "delete", "admin"]),
+        _configured(READER_A, "reader-a", ["a"], ["read", "write"]),
+        _configured(LIMITED_ADMIN, "limited", ["a"], ["read", "admin"]),
+    ],
+)
 _tenants = itertools.count()
 
 
@@ -61,10 +64,16 @@ def client(store: KeyStore) -> Iterator[AuthClient]:
         yield c
 
 
-def create(client: AuthClient, admin: str = ADMIN_A, tenant: str = "a", subject: str = "modality-x",
-           scopes: tuple[str, ...] = ("read",)) -> pb.CreateApiKeyResponse:
-    return client.create_api_key(pb.CreateApiKeyRequest(caller=caller(admin), subject=subject, tenant=tenant,
-                                                        scopes=scopes))
+def create(
+    client: AuthClient,
+    admin: str = ADMIN_A,
+    tenant: str = "a",
+    subject: str = "modality-x",
+    scopes: tuple[str, ...] = ("read",),
+) -> pb.CreateApiKeyResponse:
+    return client.create_api_key(
+        pb.CreateApiKeyRequest(caller=caller(admin), subject=subject, tenant=tenant, scopes=scopes)
+    )
 
 
 def test_create_use_revoke_refused_at_once(client: AuthClient) -> None:
@@ -91,7 +100,7 @@ def test_create_use_revoke_refused_at_once(client: AuthClient) -> None:
 def test_unknown_and_tampered_keys_are_refused_alike(client: AuthClient) -> None:
     made = create(client)
     key_id = made.info.key_id
-    secret = made.api_key[len(f"dsk_{key_id}_"):]
+    secret = made.api_key[len(f"dsk_{key_id}_") :]
     tampered = [
         f"dsk_{key_id}_{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}",  # the right id, a wrong secret
         f"dsk_{'Z' * 12}_{secret}",  # an unknown id
@@ -143,8 +152,9 @@ def test_admin_rpcs_need_the_admin_scope(client: AuthClient, key: str | None) ->
         client.list_api_keys(pb.ListApiKeysRequest(caller=credential))
     with pytest.raises(Unauthenticated):
         client.create_api_key(pb.CreateApiKeyRequest(caller=caller("wrong"), subject="x", tenant="a"))
-    assert not [k for k in client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_A)))
-                if k.key_id == target][0].HasField("revoked")
+    assert not [k for k in client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_A))) if k.key_id == target][
+        0
+    ].HasField("revoked")
 
 
 def test_an_admin_of_one_tenant_cannot_touch_another(client: AuthClient) -> None:
@@ -158,8 +168,9 @@ def test_an_admin_of_one_tenant_cannot_touch_another(client: AuthClient) -> None
     for key_id in (of_b, "Q" * 12):
         with pytest.raises(NotFound, match="^unknown API key id$"):
             client.revoke_api_key(pb.RevokeApiKeyRequest(caller=caller(ADMIN_A), key_id=key_id))
-    assert not [k for k in client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_B)))
-                if k.key_id == of_b][0].HasField("revoked")
+    assert not [k for k in client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_B))) if k.key_id == of_b][
+        0
+    ].HasField("revoked")
     with pytest.raises(PermissionDenied, match="^no access to tenant$"):
         client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_A), tenant="b"))
     listed_a = client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_A)))
@@ -187,8 +198,9 @@ def test_an_admin_cannot_grant_scopes_it_lacks(client: AuthClient) -> None:
         ("ok", "a", ("read", "Read"), "unknown scope"),
     ],
 )
-def test_bad_arguments_change_nothing(client: AuthClient, subject: str, tenant: str, scopes: tuple[str, ...],
-                                      reason: str) -> None:
+def test_bad_arguments_change_nothing(
+    client: AuthClient, subject: str, tenant: str, scopes: tuple[str, ...], reason: str
+) -> None:
     before = client.list_api_keys(pb.ListApiKeysRequest(caller=caller(ADMIN_A)))
     with pytest.raises(InvalidArgument, match=reason):
         create(client, subject=subject, tenant=tenant, scopes=scopes)
@@ -250,15 +262,15 @@ def test_an_unreachable_key_database_fails_closed_as_unavailable() -> None:
 
 
 def test_a_dimse_peer_cannot_administer_keys(tmp_path: Path) -> None:
-    settings = AuthSettings(auth_enabled=True,
-                            dimse_rules=[DimseRule(calling_ae_title="PACS", tenant="a", scopes=["read", "admin"])])
+    settings = AuthSettings(
+        auth_enabled=True, dimse_rules=[DimseRule(calling_ae_title="PACS", tenant="a", scopes=["read", "admin"])]
+    )
     keys = KeyStore.open(f"sqlite:///{tmp_path / 'auth.sqlite3'}")
     try:
         with serving(settings, keys) as client:
             dimse = pb.Credential(dimse_peer=pb.DimsePeer(calling_ae_title="PACS", peer_address="10.0.0.1"))
             with pytest.raises(PermissionDenied, match="DIMSE peer"):
-                client.create_api_key(pb.CreateApiKeyRequest(caller=dimse, subject="x", tenant="a",
-                                                             scopes=["read"]))
+                client.create_api_key(pb.CreateApiKeyRequest(caller=dimse, subject="x", tenant="a", scopes=["read"]))
             with pytest.raises(PermissionDenied, match="DIMSE peer"):
                 client.list_api_keys(pb.ListApiKeysRequest(caller=dimse))
         assert keys.list_keys() == []

@@ -22,16 +22,21 @@ SECRET = "development-secret-of-32-bytes!!"
 READER_KEY, MULTI_KEY = "reader-key-for-tenant-a", "key-of-tenants-a-and-b"
 KEYS = [
     ApiKey(sha256=hashlib.sha256(READER_KEY.encode()).hexdigest(), subject="reader", tenants=["a"], scopes=["read"]),
-    ApiKey(sha256=hashlib.sha256(MULTI_KEY.encode()).hexdigest(), subject="multi", tenants=["a", "b"],
-           scopes=["read", "write"]),
+    ApiKey(
+        sha256=hashlib.sha256(MULTI_KEY.encode()).hexdigest(),
+        subject="multi",
+        tenants=["a", "b"],
+        scopes=["read", "write"],
+    ),
 ]
 ALL_ACTIONS = [pb.ACTION_READ, pb.ACTION_WRITE, pb.ACTION_DELETE, pb.ACTION_ADMIN]
 
 
 def token(**claims: Any) -> str:
     now = int(time.time())
-    return jwt.encode({"sub": "alice", "exp": now + 300, "tenants": ["a"], "scope": "dicom.read", **claims},
-                      SECRET, "HS256")
+    return jwt.encode(
+        {"sub": "alice", "exp": now + 300, "tenants": ["a"], "scope": "dicom.read", **claims}, SECRET, "HS256"
+    )
 
 
 def key(value: str) -> pb.Credential:
@@ -53,8 +58,11 @@ def auth_off() -> Iterator[AuthClient]:
 def test_auth_off_no_credential_is_anonymous_in_the_default_tenant_with_every_scope(auth_off: AuthClient) -> None:
     for action in ALL_ACTIONS:
         answer = auth_off.check(None, action)
-        assert (answer.principal.subject, list(answer.principal.tenants), answer.tenant) == ("anonymous", ["home"],
-                                                                                              "home")
+        assert (answer.principal.subject, list(answer.principal.tenants), answer.tenant) == (
+            "anonymous",
+            ["home"],
+            "home",
+        )
     assert auth_off.check(pb.Credential(), pb.ACTION_DELETE, "home").tenant == "home"
 
 
@@ -94,9 +102,15 @@ def test_auth_on_without_credentials_is_unauthenticated(auth_on: AuthClient) -> 
 
 @pytest.mark.parametrize(
     "credential",
-    [key("wrong"), pb.Credential(bearer_token=token(exp=int(time.time()) - 60)),
-     pb.Credential(bearer_token=jwt.encode({"sub": "x", "exp": 2**40, "tenants": ["a"]}, "another-secret-of-32-bytes!!!!!!",
-                                           "HS256"))],
+    [
+        key("wrong"),
+        pb.Credential(bearer_token=token(exp=int(time.time()) - 60)),
+        pb.Credential(
+            bearer_token=jwt.encode(
+                {"sub": "x", "exp": 2**40, "tenants": ["a"]}, "another-secret-of-32-bytes!!!!!!", "HS256"
+            )
+        ),
+    ],
 )
 def test_auth_on_bad_credentials_are_unauthenticated(auth_on: AuthClient, credential: pb.Credential) -> None:
     with pytest.raises(Unauthenticated):
@@ -106,7 +120,11 @@ def test_auth_on_bad_credentials_are_unauthenticated(auth_on: AuthClient, creden
 def test_one_tenant_is_chosen_when_none_is_asked_for(auth_on: AuthClient) -> None:
     answer = auth_on.check(key(READER_KEY), pb.ACTION_READ)
     assert (answer.principal.subject, list(answer.principal.tenants), list(answer.principal.scopes), answer.tenant) == (
-        "reader", ["a"], ["read"], "a")
+        "reader",
+        ["a"],
+        ["read"],
+        "a",
+    )
     assert auth_on.check(key(READER_KEY), pb.ACTION_READ, "a").tenant == "a"
     assert auth_on.check(pb.Credential(bearer_token=token()), pb.ACTION_READ).tenant == "a"
 
@@ -167,6 +185,7 @@ def test_describe_policy(auth_on: AuthClient, auth_off: AuthClient) -> None:
 
 
 def test_dimse_peer_is_a_credential_too(auth_off: AuthClient) -> None:
-    answer = auth_off.check(pb.Credential(dimse_peer=pb.DimsePeer(calling_ae_title="CT1", peer_address="127.0.0.1")),
-                            pb.ACTION_WRITE)
+    answer = auth_off.check(
+        pb.Credential(dimse_peer=pb.DimsePeer(calling_ae_title="CT1", peer_address="127.0.0.1")), pb.ACTION_WRITE
+    )
     assert (answer.principal.subject, answer.tenant) == ("ae:CT1", "home")

@@ -27,15 +27,20 @@ RULES = [
     {"calling_ae_title": "CT1", "networks": ["10.0.0.0/8"], "tenant": "second-site", "scopes": ["read"]},
     {"calling_ae_title": "MR1", "networks": ["fd00:1::/32", "192.168.7.0/24"], "tenant": "mri"},
     {"calling_ae_title": "ANYWHERE", "tenant": "roaming", "scopes": ["write"]},
-    {"calling_ae_title": "*", "networks": ["127.0.0.1/32", "::1/128"], "tenant": "local",
-     "scopes": ["read", "write", "delete"]},
+    {
+        "calling_ae_title": "*",
+        "networks": ["127.0.0.1/32", "::1/128"],
+        "tenant": "local",
+        "scopes": ["read", "write", "delete"],
+    },
 ]
 NO_RULE = "^no DIMSE rule admits this calling AE title from this address$"
 
 
 def peer(ae: str, address: str) -> pb.Credential:
-    return pb.Credential(dimse_peer=pb.DimsePeer(calling_ae_title=ae, called_ae_title="DICOMSERVER",
-                                                 peer_address=address))
+    return pb.Credential(
+        dimse_peer=pb.DimsePeer(calling_ae_title=ae, called_ae_title="DICOMSERVER", peer_address=address)
+    )
 
 
 def rules(*extra: dict[str, Any]) -> list[DimseRule]:
@@ -156,10 +161,16 @@ def test_bad_rules_are_refused(rule: dict[str, Any], reason: str) -> None:
 
 def test_auth_svc_refuses_to_start_with_a_bad_rule(tmp_path: Path) -> None:
     bad = json.dumps([RULES[0], {"calling_ae_title": "CT2", "networks": ["10.0.0.0/33"], "tenant": "a"}])
-    done = subprocess.run([sys.executable, "-m", "auth_svc"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env=service_env(tmp_path, dimse_rules=bad))
+    done = subprocess.run(
+        [sys.executable, "-m", "auth_svc"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=service_env(tmp_path, dimse_rules=bad),
+    )
     assert done.returncode == 2
-    line, = done.stderr.strip().splitlines()
+    (line,) = done.stderr.strip().splitlines()
     assert line.startswith("auth_svc: refusing to start: invalid settings: DICOMSERVER_DIMSE_RULES[1].networks: ")
     assert "'10.0.0.0/33' is not a network in CIDR notation" in line
     assert not (tmp_path / "auth.sqlite3").exists()

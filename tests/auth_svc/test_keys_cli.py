@@ -19,14 +19,30 @@ from tests.support import ROOT
 
 
 def keys_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "auth_svc.keys", *args], cwd=ROOT, env=service_env(data_dir),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "auth_svc.keys", *args],
+        cwd=ROOT,
+        env=service_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_create_list_revoke_honoured_by_the_running_service(tmp_path: Path) -> None:
     with auth_process(tmp_path, auth_enabled="true") as client:
-        made = keys_cli(tmp_path, "create", "--tenant", "ward-7", "--subject", "bootstrap admin",
-                        "--scope", "admin", "--scope", "read")
+        made = keys_cli(
+            tmp_path,
+            "create",
+            "--tenant",
+            "ward-7",
+            "--subject",
+            "bootstrap admin",
+            "--scope",
+            "admin",
+            "--scope",
+            "read",
+        )
         assert made.returncode == 0, made.stderr
         key = made.stdout.strip()
         assert made.stdout == key + "\n" and key.startswith("dsk_")
@@ -35,19 +51,33 @@ def test_create_list_revoke_honoured_by_the_running_service(tmp_path: Path) -> N
 
         answer = client.check(pb.Credential(api_key=key), pb.ACTION_READ)
         assert (answer.principal.subject, answer.tenant, list(answer.principal.scopes)) == (
-            "bootstrap admin", "ward-7", ["read", "admin"])
+            "bootstrap admin",
+            "ward-7",
+            ["read", "admin"],
+        )
         # The bootstrapped admin administers its tenant through the RPCs.
-        other = client.create_api_key(pb.CreateApiKeyRequest(caller=pb.Credential(api_key=key), subject="viewer",
-                                                             tenant="ward-7", scopes=["read"]))
+        other = client.create_api_key(
+            pb.CreateApiKeyRequest(
+                caller=pb.Credential(api_key=key), subject="viewer", tenant="ward-7", scopes=["read"]
+            )
+        )
 
         listed = keys_cli(tmp_path, "list")
         assert listed.returncode == 0
         rows = [line.split("\t") for line in listed.stdout.splitlines()[1:]]
-        assert sorted((r[0], r[1], r[2], r[4], r[5]) for r in rows) == sorted([
-            (key_id, "ward-7", "read,admin", "-", "bootstrap admin"),
-            (other.info.key_id, "ward-7", "read", "-", "viewer")])
-        for secret in (key, key.split("_", 2)[2], hashlib.sha256(key.encode()).hexdigest(), other.api_key,
-                       hashlib.sha256(other.api_key.encode()).hexdigest()):
+        assert sorted((r[0], r[1], r[2], r[4], r[5]) for r in rows) == sorted(
+            [
+                (key_id, "ward-7", "read,admin", "-", "bootstrap admin"),
+                (other.info.key_id, "ward-7", "read", "-", "viewer"),
+            ]
+        )
+        for secret in (
+            key,
+            key.split("_", 2)[2],
+            hashlib.sha256(key.encode()).hexdigest(),
+            other.api_key,
+            hashlib.sha256(other.api_key.encode()).hexdigest(),
+        ):
             assert secret not in listed.stdout + listed.stderr
         assert keys_cli(tmp_path, "list", "--tenant", "elsewhere").stdout.splitlines()[1:] == []
 
@@ -58,8 +88,9 @@ def test_create_list_revoke_honoured_by_the_running_service(tmp_path: Path) -> N
         assert client.check(pb.Credential(api_key=other.api_key), pb.ACTION_READ).tenant == "ward-7"
         again = keys_cli(tmp_path, "revoke", key_id)
         assert again.returncode == 0 and "already revoked" in again.stderr
-        assert [r for r in keys_cli(tmp_path, "list").stdout.splitlines() if r.startswith(key_id)][0].split(
-            "\t")[4] != "-"
+        assert [r for r in keys_cli(tmp_path, "list").stdout.splitlines() if r.startswith(key_id)][0].split("\t")[
+            4
+        ] != "-"
 
 
 @pytest.mark.parametrize(
@@ -75,8 +106,9 @@ def test_create_list_revoke_honoured_by_the_running_service(tmp_path: Path) -> N
         (["rotate"], 2),
     ],
 )
-def test_exit_status_and_nothing_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str], args: list[str], status: int) -> None:
+def test_exit_status_and_nothing_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], status: int
+) -> None:
     """In process (the subprocess test above covers the real entry point)."""
     for name in [n for n in os.environ if n.startswith("DICOMSERVER_")]:
         monkeypatch.delenv(name)

@@ -59,17 +59,30 @@ def jwks() -> Iterator[Jwks]:
 
 
 def settings(jwks: Jwks, **overrides: Any) -> AuthSettings:
-    values: dict[str, Any] = dict(auth_enabled=True, jwks_url=jwks.url, jwt_hs256_secret=SECRET,
-                                  jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_leeway_seconds=0,
-                                  jwks_refresh_cooldown_seconds=0)
+    values: dict[str, Any] = dict(
+        auth_enabled=True,
+        jwks_url=jwks.url,
+        jwt_hs256_secret=SECRET,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+        jwt_leeway_seconds=0,
+        jwks_refresh_cooldown_seconds=0,
+    )
     values.update(overrides)
     return AuthSettings(**values)
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    base = {"sub": "alice", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300,
-            "tenants": ["hospital-a"], "scope": "dicom.read dicom.write openid"}
+    base = {
+        "sub": "alice",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 300,
+        "tenants": ["hospital-a"],
+        "scope": "dicom.read dicom.write openid",
+    }
     base.update(overrides)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -86,7 +99,9 @@ def test_rs256_and_es256_from_jwks_and_a_rotated_key(jwks: Jwks) -> None:
     policy = Policy(settings(jwks))
     p = authenticate(policy, jwt.encode(claims(), rsa_key, "RS256", headers={"kid": "rsa-1"}))
     assert (p.subject, list(p.tenants), list(p.scopes)) == ("alice", ["hospital-a"], ["read", "write"])
-    assert authenticate(policy, jwt.encode(claims(sub="bob"), ec_key, "ES256", headers={"kid": "ec-1"})).subject == "bob"
+    assert (
+        authenticate(policy, jwt.encode(claims(sub="bob"), ec_key, "ES256", headers={"kid": "ec-1"})).subject == "bob"
+    )
     # The identity provider rotates to a new key while we run: no restart needed.
     rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwks.publish(rotated, "rsa-2", "RS256")
@@ -115,8 +130,11 @@ def test_hs256_with_the_configured_secret(jwks: Jwks) -> None:
 
 def test_keycloak_realm_roles_as_scopes(jwks: Jwks) -> None:
     policy = Policy(settings(jwks, jwt_scopes_claim="realm_access.roles", jwt_tenants_claim="org.tenants"))
-    token = jwt.encode(claims(scope=None, tenants=None, realm_access={"roles": ["dicom.read", "admin", "x"]},
-                              org={"tenants": ["b"]}), SECRET, "HS256")
+    token = jwt.encode(
+        claims(scope=None, tenants=None, realm_access={"roles": ["dicom.read", "admin", "x"]}, org={"tenants": ["b"]}),
+        SECRET,
+        "HS256",
+    )
     p = authenticate(policy, token)
     assert (list(p.tenants), list(p.scopes)) == (["b"], ["admin", "read"])
 
@@ -139,8 +157,15 @@ def _forged(jwks: Jwks) -> str:
         (lambda j: jwt.encode(claims(tenants=[]), SECRET, "HS256"), "no tenant"),
         (lambda j: jwt.encode(claims(sub=None), SECRET, "HS256"), "'sub'"),
         (_forged, "rejected"),
-        (lambda j: jwt.encode(claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048),
-                              "RS256", headers={"kid": "nobody-knows"}), "unknown key"),
+        (
+            lambda j: jwt.encode(
+                claims(),
+                rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                "RS256",
+                headers={"kid": "nobody-knows"},
+            ),
+            "unknown key",
+        ),
         (lambda j: "not.a.jwt", "malformed"),
         (lambda j: "", "malformed"),
     ],

@@ -35,8 +35,18 @@ def test_quick_run_against_ours_only(tmp_path: Path) -> None:
     work.mkdir()
     res = subprocess.run(
         [
-            sys.executable, "-m", "bench", "--quick", "--only", "ours",
-            "--cache-dir", str(tmp_path / "cache"), "--work-dir", str(work), "--json", str(out),
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "ours",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--work-dir",
+            str(work),
+            "--json",
+            str(out),
         ],
         cwd=ROOT,
         capture_output=True,

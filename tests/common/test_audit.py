@@ -54,20 +54,32 @@ class MetadataProcess:
 
     def __init__(self, data_dir: Path) -> None:
         self.addr = f"127.0.0.1:{free_port()}"
-        self.env = {**os.environ, "DICOMSERVER_DATA_DIR": str(data_dir), "DICOMSERVER_METADATA_ADDR": self.addr,
-                    "DICOMSERVER_LOG_LEVEL": "WARNING"}
+        self.env = {
+            **os.environ,
+            "DICOMSERVER_DATA_DIR": str(data_dir),
+            "DICOMSERVER_METADATA_ADDR": self.addr,
+            "DICOMSERVER_LOG_LEVEL": "WARNING",
+        }
         self.log = data_dir / "metadata.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "metadata_svc"], cwd=ROOT, env=self.env,
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "metadata_svc"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
         with grpc.insecure_channel(self.addr) as ch:
+
             def serving() -> bool:
                 assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
                 try:
-                    return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status \
+                    return (
+                        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
                         == health_pb2.HealthCheckResponse.SERVING
+                    )
                 except grpc.RpcError:
                     return False
 
@@ -83,8 +95,9 @@ class MetadataProcess:
         events: list[events_pb2.Event] = []
         with grpc.insecure_channel(self.addr) as ch:
             stub = md_grpc.MetadataServiceStub(ch)
-            while page := stub.ReadOutbox(md_pb.ReadOutboxRequest(
-                    after_sequence=events[-1].sequence if events else 0, limit=1000)).events:
+            while page := stub.ReadOutbox(
+                md_pb.ReadOutboxRequest(after_sequence=events[-1].sequence if events else 0, limit=1000)
+            ).events:
                 events.extend(page)
         return [e for e in events if e.HasField("audit") and e.audit.request_id.startswith(prefix)]
 
@@ -115,14 +128,27 @@ def prefix() -> str:
 
 
 def numbered(n: int, prefix: str = "") -> Audit:
-    return Audit(tenant="t", subject="alice", edge="dicomweb", action=Audit.ACTION_READ,
-                 outcome=Audit.OUTCOME_SUCCESS, status=200, operation="GET /studies", request_id=f"{prefix}r{n}")
+    return Audit(
+        tenant="t",
+        subject="alice",
+        edge="dicomweb",
+        action=Audit.ACTION_READ,
+        outcome=Audit.OUTCOME_SUCCESS,
+        status=200,
+        operation="GET /studies",
+        request_id=f"{prefix}r{n}",
+    )
 
 
 def test_records_wait_out_a_stopped_metadata_service(metadata_process: MetadataProcess) -> None:
     metadata_process.start()
-    log = AuditLog(MetadataClient(channel(metadata_process.addr)), flush_interval=0.05, retry_backoff=0.05,
-                   max_backoff=0.2, call_timeout=2)
+    log = AuditLog(
+        MetadataClient(channel(metadata_process.addr)),
+        flush_interval=0.05,
+        retry_backoff=0.05,
+        max_backoff=0.2,
+        call_timeout=2,
+    )
     try:
         for n in range(3):
             log.record(numbered(n))
@@ -171,8 +197,9 @@ def test_records_after_a_quiet_spell_go_out_without_a_flush(running_metadata: Me
                 time.sleep(0.05)
             assert log.pending == 0, f"record {n} was not sent"
             wait_until_waiting(log)  # the sender sleeps again before the next record
-        assert [r for r in running_metadata.audit_request_ids() if r.startswith(prefix)] == \
-            [f"{prefix}r{n}" for n in range(3)]
+        assert [r for r in running_metadata.audit_request_ids() if r.startswith(prefix)] == [
+            f"{prefix}r{n}" for n in range(3)
+        ]
     finally:
         log.close(5)
 
@@ -181,8 +208,15 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(metadata_process: Metadat
     """Nothing is sent until flush() (a long interval, a large batch): the
     queue bound alone decides what is kept."""
     before = dropped("queue_full")
-    log = AuditLog(MetadataClient(channel(metadata_process.addr)), queue_size=5, batch_size=200,
-                   flush_interval=3600, retry_backoff=0.05, max_backoff=0.2, call_timeout=2)
+    log = AuditLog(
+        MetadataClient(channel(metadata_process.addr)),
+        queue_size=5,
+        batch_size=200,
+        flush_interval=3600,
+        retry_backoff=0.05,
+        max_backoff=0.2,
+        call_timeout=2,
+    )
     try:
         for n in range(8):
             log.record(numbered(n))
@@ -195,8 +229,9 @@ def test_a_full_queue_drops_the_oldest_and_counts_them(metadata_process: Metadat
         log.close(5)
 
 
-def test_flush_sends_at_once_on_a_freshly_booted_machine(running_metadata: MetadataProcess, prefix: str,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flush_sends_at_once_on_a_freshly_booted_machine(
+    running_metadata: MetadataProcess, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The monotonic clock counts from boot: one second after boot, with an
     hour's flush interval, flush() still sends what is queued at once (it
     once meant "due" as time 0.0 and waited until the uptime passed the
@@ -218,8 +253,7 @@ def test_flush_sends_at_once_on_a_freshly_booted_machine(running_metadata: Metad
         log.close(5)
 
 
-def test_close_delivers_what_is_queued_then_drops_later_records(running_metadata: MetadataProcess,
-                                                                 prefix: str) -> None:
+def test_close_delivers_what_is_queued_then_drops_later_records(running_metadata: MetadataProcess, prefix: str) -> None:
     log = AuditLog(MetadataClient(channel(running_metadata.addr)), flush_interval=3600)
     for n in range(250):  # more than one batch
         log.record(numbered(n, prefix))
@@ -249,23 +283,40 @@ def test_record_never_raises_and_fixes_what_it_can(running_metadata: MetadataPro
         log.record(action="no such action")
         assert dropped("invalid") == invalid + 3
         # Over-long and malformed values from a hostile request still make a record.
-        log.record(tenant="Not/A/Tenant", study_instance_uid="1." * 200, operation="GET /studies/\x00\n",
-                   detail="refused", request_id=prefix + "hostile", action="read", outcome="denied", status=400)
-        log.record(Audit(tenant="t", request_id=prefix + "named", action=Audit.ACTION_WRITE), outcome="failure",
-                   time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        log.record(
+            tenant="Not/A/Tenant",
+            study_instance_uid="1." * 200,
+            operation="GET /studies/\x00\n",
+            detail="refused",
+            request_id=prefix + "hostile",
+            action="read",
+            outcome="denied",
+            status=400,
+        )
+        log.record(
+            Audit(tenant="t", request_id=prefix + "named", action=Audit.ACTION_WRITE),
+            outcome="failure",
+            time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        )
         assert log.flush(30)
         hostile, named = running_metadata.audit_events(prefix)
         assert hostile.tenant == "" and hostile.audit.tenant == ""
         assert hostile.audit.study_instance_uid == ("1." * 32)
         assert hostile.audit.operation == "GET /studies/\ufffd\ufffd"
         assert hostile.audit.detail == "refused (the tenant asked for is malformed)"
-        assert (hostile.audit.edge, hostile.audit.action, hostile.audit.outcome, hostile.audit.status) \
-            == ("dimse", Audit.ACTION_READ, Audit.OUTCOME_DENIED, 400)
+        assert (hostile.audit.edge, hostile.audit.action, hostile.audit.outcome, hostile.audit.status) == (
+            "dimse",
+            Audit.ACTION_READ,
+            Audit.OUTCOME_DENIED,
+            400,
+        )
         assert hostile.audit.time.seconds > 0
-        assert (named.tenant, named.audit.action, named.audit.outcome) == ("t", Audit.ACTION_WRITE,
-                                                                         Audit.OUTCOME_FAILURE)
-        assert named.audit.time.ToDatetime(tzinfo=UTC) == datetime(2026, 1, 2, 3, 4, 5,
-                                                                            tzinfo=UTC)
+        assert (named.tenant, named.audit.action, named.audit.outcome) == (
+            "t",
+            Audit.ACTION_WRITE,
+            Audit.OUTCOME_FAILURE,
+        )
+        assert named.audit.time.ToDatetime(tzinfo=UTC) == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     finally:
         log.close(5)
 
@@ -324,25 +375,49 @@ def test_through_the_archive_to_the_audit_table(archive: Archive) -> None:
     request_id = uuid.uuid4().hex
     when = datetime(2026, 11, 26, 12, 0, 1, 250000, tzinfo=UTC)
     log = AuditLog(MetadataClient(channel(archive.grpc_addrs["metadata"])), edge="dicomweb")
-    log.record(tenant="default", subject="alice", source_address="198.51.100.4:55001",
-               action=Audit.ACTION_DELETE, operation="DELETE /studies/{study}/series/{series}",
-               outcome=Audit.OUTCOME_SUCCESS, status=204, study_instance_uid="1.2.840.1",
-               series_instance_uid="1.2.840.1.2", sop_instance_uid="", detail="", request_id=request_id, time=when)
-    log.record(source_address="198.51.100.9:40000", action="authenticate", operation="GET /studies",
-               outcome="denied", status=401, detail="bearer token expired", request_id=request_id + "-denied",
-               time=when)
+    log.record(
+        tenant="default",
+        subject="alice",
+        source_address="198.51.100.4:55001",
+        action=Audit.ACTION_DELETE,
+        operation="DELETE /studies/{study}/series/{series}",
+        outcome=Audit.OUTCOME_SUCCESS,
+        status=204,
+        study_instance_uid="1.2.840.1",
+        series_instance_uid="1.2.840.1.2",
+        sop_instance_uid="",
+        detail="",
+        request_id=request_id,
+        time=when,
+    )
+    log.record(
+        source_address="198.51.100.9:40000",
+        action="authenticate",
+        operation="GET /studies",
+        outcome="denied",
+        status=401,
+        detail="bearer token expired",
+        request_id=request_id + "-denied",
+        time=when,
+    )
     log.close(30)
     assert log.delivered == 2
 
     engine = create_engine(f"sqlite:///{archive.data_dir / 'eventbus.sqlite3'}")
-    columns = ("tenant, kind, subject, source_address, edge, action, operation, outcome, status,"
-               " study_instance_uid, series_instance_uid, sop_instance_uid, detail, request_id, event_time")
+    columns = (
+        "tenant, kind, subject, source_address, edge, action, operation, outcome, status,"
+        " study_instance_uid, series_instance_uid, sop_instance_uid, detail, request_id, event_time"
+    )
 
     def rows() -> list[Any]:
         try:
             with engine.connect() as conn:
-                return list(conn.execute(text(f"SELECT {columns} FROM audit_log WHERE request_id LIKE :r"
-                                              " ORDER BY sequence"), {"r": request_id + "%"}))
+                return list(
+                    conn.execute(
+                        text(f"SELECT {columns} FROM audit_log WHERE request_id LIKE :r ORDER BY sequence"),
+                        {"r": request_id + "%"},
+                    )
+                )
         except Exception:  # the table is being written
             return []
 
@@ -350,11 +425,40 @@ def test_through_the_archive_to_the_audit_table(archive: Archive) -> None:
         wait_until("the audit consumer's entries", lambda: len(rows()) == 2)
         stamp = when.replace(tzinfo=None)
         assert [tuple(r[:-1]) + (datetime.fromisoformat(str(r[-1])).replace(tzinfo=None),) for r in rows()] == [
-            ("default", "audit", "alice", "198.51.100.4:55001", "dicomweb", "delete",
-             "DELETE /studies/{study}/series/{series}", "success", 204, "1.2.840.1", "1.2.840.1.2", "", "",
-             request_id, stamp),
-            ("", "audit", "", "198.51.100.9:40000", "dicomweb", "authenticate", "GET /studies", "denied", 401,
-             "", "", "", "bearer token expired", request_id + "-denied", stamp),
+            (
+                "default",
+                "audit",
+                "alice",
+                "198.51.100.4:55001",
+                "dicomweb",
+                "delete",
+                "DELETE /studies/{study}/series/{series}",
+                "success",
+                204,
+                "1.2.840.1",
+                "1.2.840.1.2",
+                "",
+                "",
+                request_id,
+                stamp,
+            ),
+            (
+                "",
+                "audit",
+                "",
+                "198.51.100.9:40000",
+                "dicomweb",
+                "authenticate",
+                "GET /studies",
+                "denied",
+                401,
+                "",
+                "",
+                "",
+                "bearer token expired",
+                request_id + "-denied",
+                stamp,
+            ),
         ]
     finally:
         engine.dispose()

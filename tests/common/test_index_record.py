@@ -18,11 +18,26 @@ from common.ingest import Rejected, read_record
 from dicomcore.status import CANNOT_UNDERSTAND
 
 VALUES = {
-    "PatientID": "PID-7", "PatientName": "Doe^Jane", "PatientBirthDate": "19700101", "PatientSex": "F",
-    "IssuerOfPatientID": "HOSP", "StudyDate": "20240102", "StudyTime": "101112", "AccessionNumber": "ACC9",
-    "StudyID": "S1", "StudyDescription": "CT chest", "ReferringPhysicianName": "Who^Doctor", "Modality": "CT",
-    "SeriesNumber": "3", "SeriesDescription": "axial", "SeriesDate": "20240102", "SeriesTime": "101500",
-    "BodyPartExamined": "CHEST", "InstanceNumber": "12", "ContentDate": "20240102", "ContentTime": "101600",
+    "PatientID": "PID-7",
+    "PatientName": "Doe^Jane",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "F",
+    "IssuerOfPatientID": "HOSP",
+    "StudyDate": "20240102",
+    "StudyTime": "101112",
+    "AccessionNumber": "ACC9",
+    "StudyID": "S1",
+    "StudyDescription": "CT chest",
+    "ReferringPhysicianName": "Who^Doctor",
+    "Modality": "CT",
+    "SeriesNumber": "3",
+    "SeriesDescription": "axial",
+    "SeriesDate": "20240102",
+    "SeriesTime": "101500",
+    "BodyPartExamined": "CHEST",
+    "InstanceNumber": "12",
+    "ContentDate": "20240102",
+    "ContentTime": "101600",
     "SpecificCharacterSet": "ISO_IR 192",
 }
 
@@ -52,23 +67,40 @@ def part10(**overrides: object) -> bytes:
 def test_every_searched_attribute_carries_the_object_s_value() -> None:
     data = part10()
     r = read_record(data, len(data), "t1")
-    assert (r.location.ref.tenant, r.location.ref.study_instance_uid, r.location.ref.series_instance_uid,
-            r.location.ref.sop_instance_uid) == ("t1", "1.2.3", "1.2.3.4", "1.2.3.4.5")
-    assert (r.location.sop_class_uid, r.location.transfer_syntax_uid, r.location.size) == \
-        (CTImageStorage, ExplicitVRLittleEndian, len(data))
+    assert (
+        r.location.ref.tenant,
+        r.location.ref.study_instance_uid,
+        r.location.ref.series_instance_uid,
+        r.location.ref.sop_instance_uid,
+    ) == ("t1", "1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert (r.location.sop_class_uid, r.location.transfer_syntax_uid, r.location.size) == (
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        len(data),
+    )
     assert r.specific_character_set == "ISO_IR 192"
     got = {
-        "PatientID": r.patient.patient_id, "PatientName": r.patient.patient_name,
-        "PatientBirthDate": r.patient.patient_birth_date, "PatientSex": r.patient.patient_sex,
+        "PatientID": r.patient.patient_id,
+        "PatientName": r.patient.patient_name,
+        "PatientBirthDate": r.patient.patient_birth_date,
+        "PatientSex": r.patient.patient_sex,
         "IssuerOfPatientID": r.patient.issuer_of_patient_id,
-        "StudyDate": r.study.study_date, "StudyTime": r.study.study_time,
-        "AccessionNumber": r.study.accession_number, "StudyID": r.study.study_id,
-        "StudyDescription": r.study.study_description, "ReferringPhysicianName": r.study.referring_physician_name,
-        "Modality": r.series.modality, "SeriesNumber": r.series.series_number,
-        "SeriesDescription": r.series.series_description, "SeriesDate": r.series.series_date,
-        "SeriesTime": r.series.series_time, "BodyPartExamined": r.series.body_part_examined,
-        "InstanceNumber": r.instance.instance_number, "ContentDate": r.instance.content_date,
-        "ContentTime": r.instance.content_time, "SpecificCharacterSet": r.specific_character_set,
+        "StudyDate": r.study.study_date,
+        "StudyTime": r.study.study_time,
+        "AccessionNumber": r.study.accession_number,
+        "StudyID": r.study.study_id,
+        "StudyDescription": r.study.study_description,
+        "ReferringPhysicianName": r.study.referring_physician_name,
+        "Modality": r.series.modality,
+        "SeriesNumber": r.series.series_number,
+        "SeriesDescription": r.series.series_description,
+        "SeriesDate": r.series.series_date,
+        "SeriesTime": r.series.series_time,
+        "BodyPartExamined": r.series.body_part_examined,
+        "InstanceNumber": r.instance.instance_number,
+        "ContentDate": r.instance.content_date,
+        "ContentTime": r.instance.content_time,
+        "SpecificCharacterSet": r.specific_character_set,
     }
     assert got == VALUES
     assert (r.instance.rows, r.instance.columns) == (2, 3)
@@ -81,11 +113,14 @@ def test_bulk_data_uris_point_at_the_instance() -> None:
     assert pixel == {"vr": "OW", "BulkDataURI": "studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/bulkdata/7FE00010"}
 
 
-@pytest.mark.parametrize(("keyword", "value", "reason"), [
-    ("StudyInstanceUID", None, "StudyInstanceUID is missing"),
-    ("SeriesInstanceUID", "1.2.abc", "SeriesInstanceUID is not a valid UID"),
-    ("SOPInstanceUID", "", "SOPInstanceUID is missing"),
-])
+@pytest.mark.parametrize(
+    ("keyword", "value", "reason"),
+    [
+        ("StudyInstanceUID", None, "StudyInstanceUID is missing"),
+        ("SeriesInstanceUID", "1.2.abc", "SeriesInstanceUID is not a valid UID"),
+        ("SOPInstanceUID", "", "SOPInstanceUID is missing"),
+    ],
+)
 def test_an_object_without_valid_identifying_uids_is_refused(keyword: str, value: str | None, reason: str) -> None:
     data = part10(**{keyword: value})
     with pytest.raises(Rejected) as refused:

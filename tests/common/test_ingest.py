@@ -35,8 +35,11 @@ from storage_svc.service import StorageService
 from tests.support import small_ct
 
 TENANT = "default"
-OVERWRITE, KEEP_FIRST, REJECT = (md_pb.DUPLICATE_POLICY_OVERWRITE, md_pb.DUPLICATE_POLICY_KEEP_FIRST,
-                                 md_pb.DUPLICATE_POLICY_REJECT)
+OVERWRITE, KEEP_FIRST, REJECT = (
+    md_pb.DUPLICATE_POLICY_OVERWRITE,
+    md_pb.DUPLICATE_POLICY_KEEP_FIRST,
+    md_pb.DUPLICATE_POLICY_REJECT,
+)
 
 
 @dataclass
@@ -91,21 +94,28 @@ def test_a_stored_object_is_committed_indexed_and_served_as_sent(services: Servi
     ds, data = small_ct(PatientName="Pipeline^One")
     outcome = store(pipeline, data, calling_ae_title="MODALITY")
     assert (outcome.status, outcome.dicom_status, outcome.index_outcome) == (
-        ingest_pb.STORE_STATUS_STORED, SUCCESS, md_pb.INDEX_OUTCOME_CREATED)
+        ingest_pb.STORE_STATUS_STORED,
+        SUCCESS,
+        md_pb.INDEX_OUTCOME_CREATED,
+    )
     assert outcome.ref.sop_instance_uid == ds.SOPInstanceUID and outcome.sop_class_uid == ds.SOPClassUID
     assert services.stored() == [data] == services.served(ds.StudyInstanceUID)
     (loc,) = services.metadata.locate(TENANT, ds.StudyInstanceUID)
     assert (loc.ref.series_instance_uid, loc.size) == (ds.SeriesInstanceUID, len(data))
 
 
-@pytest.mark.parametrize(("data", "expected", "status"), [
-    (b"not dicom at all" * 40, {}, CANNOT_UNDERSTAND),
-    (small_ct("1.2.3.4")[1], {"expected_study": "1.2.3.5"}, DATASET_MISMATCH),
-    (small_ct()[1], {"expected_sop_class": "1.2.840.10008.5.1.4.1.1.4"}, DATASET_MISMATCH),
-    (small_ct()[1], {"expected_sop_instance": "1.2.3.999"}, DATASET_MISMATCH),
-])
-def test_a_refused_object_leaves_nothing(services: Services, data: bytes, expected: dict[str, str],
-                                         status: int) -> None:
+@pytest.mark.parametrize(
+    ("data", "expected", "status"),
+    [
+        (b"not dicom at all" * 40, {}, CANNOT_UNDERSTAND),
+        (small_ct("1.2.3.4")[1], {"expected_study": "1.2.3.5"}, DATASET_MISMATCH),
+        (small_ct()[1], {"expected_sop_class": "1.2.840.10008.5.1.4.1.1.4"}, DATASET_MISMATCH),
+        (small_ct()[1], {"expected_sop_instance": "1.2.3.999"}, DATASET_MISMATCH),
+    ],
+)
+def test_a_refused_object_leaves_nothing(
+    services: Services, data: bytes, expected: dict[str, str], status: int
+) -> None:
     pipeline = IngestPipeline(services.storage, services.metadata)
     outcome = store(pipeline, data, **expected)
     assert (outcome.status, outcome.dicom_status) == (ingest_pb.STORE_STATUS_FAILED, status), outcome.reason
@@ -114,13 +124,17 @@ def test_a_refused_object_leaves_nothing(services: Services, data: bytes, expect
     assert [p for p in services.objects.rglob("*") if p.is_file()] == [], "a staged part was left behind"
 
 
-@pytest.mark.parametrize(("policy", "kept", "index_outcome", "status"), [
-    (OVERWRITE, "second", md_pb.INDEX_OUTCOME_REPLACED, SUCCESS),
-    (KEEP_FIRST, "first", md_pb.INDEX_OUTCOME_KEPT_EXISTING, SUCCESS),
-    (REJECT, "first", md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE, DUPLICATE_INSTANCE),
-])
-def test_a_second_object_with_the_same_uid_follows_the_policy(services: Services, policy: int, kept: str,
-                                                              index_outcome: int, status: int) -> None:
+@pytest.mark.parametrize(
+    ("policy", "kept", "index_outcome", "status"),
+    [
+        (OVERWRITE, "second", md_pb.INDEX_OUTCOME_REPLACED, SUCCESS),
+        (KEEP_FIRST, "first", md_pb.INDEX_OUTCOME_KEPT_EXISTING, SUCCESS),
+        (REJECT, "first", md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE, DUPLICATE_INSTANCE),
+    ],
+)
+def test_a_second_object_with_the_same_uid_follows_the_policy(
+    services: Services, policy: int, kept: str, index_outcome: int, status: int
+) -> None:
     pipeline = IngestPipeline(services.storage, services.metadata)
     first = variant("1.2.826.0.1.3680043.8.498.7", "1.2.826.0.1.3680043.8.498.8", "First^Copy")
     second = variant("1.2.826.0.1.3680043.8.498.7", "1.2.826.0.1.3680043.8.498.8", "Second^Copy")
@@ -147,8 +161,12 @@ def test_an_index_that_cannot_be_reached_fails_the_object_and_keeps_its_bytes_fo
     with pytest.raises(errors.NotFound):
         services.metadata.locate(TENANT, ds.StudyInstanceUID)
     assert services.stored() == [data]
-    assert services.metadata.referenced_objects([p.relative_to(services.objects).as_posix()
-                                                 for p in services.objects.rglob("*.dcm")]) == []
+    assert (
+        services.metadata.referenced_objects(
+            [p.relative_to(services.objects).as_posix() for p in services.objects.rglob("*.dcm")]
+        )
+        == []
+    )
 
 
 def test_storage_that_cannot_be_reached_fails_the_object_with_its_uids(tmp_path: Path) -> None:

@@ -21,10 +21,31 @@ from dicomcore import dataset_json
 from tests.dicomcore import reference_support as ingest
 
 KEYWORDS = [
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientName",
-    "PatientBirthDate", "PatientSex", "IssuerOfPatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-    "StudyDescription", "ReferringPhysicianName", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate",
-    "SeriesTime", "BodyPartExamined", "InstanceNumber", "ContentDate", "ContentTime", "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "IssuerOfPatientID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesDate",
+    "SeriesTime",
+    "BodyPartExamined",
+    "InstanceNumber",
+    "ContentDate",
+    "ContentTime",
+    "SpecificCharacterSet",
 ]
 INT_KEYWORDS = ["Rows", "Columns", "NumberOfFrames", "BitsAllocated", "SamplesPerPixel"]
 
@@ -116,8 +137,9 @@ _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "
 _TEXT_PAD = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
 
 
-def element(tag: int, vr: str, value: bytes, *, implicit: bool = False, little: bool = True,
-            undefined: bool = False) -> bytes:
+def element(
+    tag: int, vr: str, value: bytes, *, implicit: bool = False, little: bool = True, undefined: bool = False
+) -> bytes:
     """One data element; an odd value gets its padding byte."""
     e = "<" if little else ">"
     if len(value) % 2:
@@ -138,8 +160,15 @@ def item(body: bytes, *, undefined: bool = False, little: bool = True) -> bytes:
     return struct.pack(e + "HHL", 0xFFFE, 0xE000, len(body)) + body
 
 
-def sequence(tag: int, items: list[bytes], *, implicit: bool = False, little: bool = True, undefined: bool = False,
-             vr: str = "SQ") -> bytes:
+def sequence(
+    tag: int,
+    items: list[bytes],
+    *,
+    implicit: bool = False,
+    little: bool = True,
+    undefined: bool = False,
+    vr: str = "SQ",
+) -> bytes:
     e = "<" if little else ">"
     body = b"".join(items)
     if undefined:
@@ -149,11 +178,14 @@ def sequence(tag: int, items: list[bytes], *, implicit: bool = False, little: bo
 
 def part10(body: bytes, transfer_syntax: str = "1.2.840.10008.1.2.1") -> bytes:
     """A Part 10 object: preamble, file meta information, then `body` as it is."""
+
     def meta_element(elem: int, vr: str, value: bytes) -> bytes:
         return element(0x00020000 | elem, vr, value + (b"\0" if len(value) % 2 else b""))
 
-    meta = (meta_element(0x0001, "OB", b"\0\1")
-            + meta_element(0x0002, "UI", b"1.2.840.10008.5.1.4.1.1.7")
-            + meta_element(0x0003, "UI", b"1.2.826.0.1.3680043.8.498.6")
-            + meta_element(0x0010, "UI", transfer_syntax.encode()))
+    meta = (
+        meta_element(0x0001, "OB", b"\0\1")
+        + meta_element(0x0002, "UI", b"1.2.840.10008.5.1.4.1.1.7")
+        + meta_element(0x0003, "UI", b"1.2.826.0.1.3680043.8.498.6")
+        + meta_element(0x0010, "UI", transfer_syntax.encode())
+    )
     return bytes(128) + b"DICM" + element(0x00020000, "UL", struct.pack("<L", len(meta))) + meta + body

@@ -78,8 +78,12 @@ def _cut_short(ds: Dataset) -> bool:
     indexed with cut-off values (a Series Instance UID cut to a valid prefix)."""
     for tag in ds.keys():
         raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.value is not None and raw.length != 0xFFFFFFFF \
-                and len(raw.value) < raw.length:
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.value is not None
+            and raw.length != 0xFFFFFFFF
+            and len(raw.value) < raw.length
+        ):
             return True
     return False
 
@@ -103,7 +107,10 @@ def parse_header(f: BinaryIO, size: int) -> tuple[Dataset, int]:
         complete = None  # positions in the file are not positions in the dataset
     else:
         complete = _pixel_data_complete(
-            f, header_end, size, little_endian=ts.is_little_endian if ts.is_transfer_syntax else True,
+            f,
+            header_end,
+            size,
+            little_endian=ts.is_little_endian if ts.is_transfer_syntax else True,
             implicit=ts.is_implicit_VR if ts.is_transfer_syntax else False,
         )
     if complete is False:

@@ -17,7 +17,9 @@ def uncompressed(ts: str) -> bool:
 def test_each_stored_pair_alone_then_the_fallbacks_it_lacks() -> None:
     stored = [(CT, EXPLICIT), (CT, J2K), (CT, EXPLICIT), (MR, J2K)]
     assert proposals(stored, uncompressed) == [
-        (CT, [EXPLICIT]), (CT, [J2K]), (MR, [J2K]),
+        (CT, [EXPLICIT]),
+        (CT, [J2K]),
+        (MR, [J2K]),
         (CT, [IMPLICIT]),  # CT has an uncompressed object; MR has none, so no fallback
     ]
 

@@ -30,8 +30,14 @@ _UID_0123 = (
 KEPT: dict[str, dict[str, str]] = {
     **{
         f"test_files/{name}": {"300C0002": _UID_0123}
-        for name in ("rtdose.dcm", "rtdose_1frame.dcm", "rtdose_expb.dcm", "rtdose_expb_1frame.dcm",
-                     "rtdose_rle.dcm", "rtdose_rle_1frame.dcm")
+        for name in (
+            "rtdose.dcm",
+            "rtdose_1frame.dcm",
+            "rtdose_expb.dcm",
+            "rtdose_expb_1frame.dcm",
+            "rtdose_rle.dcm",
+            "rtdose_rle_1frame.dcm",
+        )
     },
     "test_files/badVR.dcm": {
         "300C0002": _UID_0123,

@@ -81,8 +81,15 @@ def test_multi_frame_native() -> None:
     assert header.pixel.frame_bits == 10 * 10 * 32 and header.pixel.bits_allocated == 32
 
 
-def _object(pixel_data: bytes, frames: int, *, encapsulated: bool = True, bits: int = 8, rows: int = 4,
-            extended: tuple[bytes, bytes] | None = None) -> bytes:
+def _object(
+    pixel_data: bytes,
+    frames: int,
+    *,
+    encapsulated: bool = True,
+    bits: int = 8,
+    rows: int = 4,
+    extended: tuple[bytes, bytes] | None = None,
+) -> bytes:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if encapsulated else ExplicitVRLittleEndian
@@ -153,8 +160,9 @@ def test_extended_offset_table_as_pydicom_writes_it() -> None:
     data = _object(encapsulated, 4, extended=(offsets, lengths))
     header = dicomcore.read_header(data)
     assert header.pixel is not None and header.pixel.frame_first_fragment == (0, 1, 2, 3)
-    assert _frames(data, header) == list(generate_frames(encapsulated, number_of_frames=4,
-                                                         extended_offsets=(offsets, lengths)))
+    assert _frames(data, header) == list(
+        generate_frames(encapsulated, number_of_frames=4, extended_offsets=(offsets, lengths))
+    )
 
 
 def test_one_fragment_a_frame_without_offset_table() -> None:

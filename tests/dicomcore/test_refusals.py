@@ -55,7 +55,7 @@ def _boundaries(data: bytes) -> set[int]:
         ts = meta.TransferSyntaxUID
         if ts == "1.2.840.10008.1.2.1.99":  # any cut after the end of the deflate stream
             inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-            inflate.decompress(data[f.tell():])
+            inflate.decompress(data[f.tell() :])
             return set(range(len(data) - len(inflate.unused_data), len(data) + 1))
         implicit, little = ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
         pixel = {0x7FE00010, 0x7FE00008, 0x7FE00009}
@@ -121,8 +121,9 @@ def test_native_pixel_data_shorter_than_its_frames_is_refused() -> None:
     assert result.reason.startswith("pixel data is shorter than Rows x Columns")
 
 
-def _native(pixel_data: bytes, *, rows: int, columns: int, bits: int, frames: int, tag: int = 0x7FE00010,
-            samples: int = 1) -> bytes:
+def _native(
+    pixel_data: bytes, *, rows: int, columns: int, bits: int, frames: int, tag: int = 0x7FE00010, samples: int = 1
+) -> bytes:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -152,8 +153,9 @@ def _native(pixel_data: bytes, *, rows: int, columns: int, bits: int, frames: in
         (3, 3, 1, 1, 1, 2, False),  # 9 bits: 2 bytes
     ],
 )
-def test_short_native_pixel_data(rows: int, columns: int, bits: int, frames: int, samples: int, length: int,
-                                 refused: bool) -> None:
+def test_short_native_pixel_data(
+    rows: int, columns: int, bits: int, frames: int, samples: int, length: int, refused: bool
+) -> None:
     result = _read(_native(bytes(length), rows=rows, columns=columns, bits=bits, frames=frames, samples=samples))
     if refused:
         assert isinstance(result, dicomcore.Rejected) and result.status == DATASET_MISMATCH
@@ -186,7 +188,9 @@ def test_a_file_shorter_than_its_stated_size_is_truncated() -> None:
         dicomcore.read_header(io.BytesIO(data[:-10]), len(data))
 
 
-@pytest.mark.parametrize("data", [b"", b"\0", b"DICM", bytes(132), bytes(128) + b"DICM", bytes(128) + b"DICM" + bytes(7)])
+@pytest.mark.parametrize(
+    "data", [b"", b"\0", b"DICM", bytes(132), bytes(128) + b"DICM", bytes(128) + b"DICM" + bytes(7)]
+)
 def test_empty_and_tiny_input(data: bytes) -> None:
     result = _read(data)
     assert isinstance(result, dicomcore.Rejected) and result.status == CANNOT_UNDERSTAND
@@ -210,8 +214,16 @@ def test_garbage_after_a_valid_file_meta() -> None:
             result.json_bytes()  # random bytes can be a valid dataset; writing it must work
 
 
-@pytest.mark.parametrize("name", ["test_files/rtplan.dcm", "test_files/CT_small.dcm", "charset_files/chrSQEncoding.dcm",
-                                  "test_files/SC_rgb_rle_2frame.dcm", "test_files/MR_small_bigendian.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "test_files/rtplan.dcm",
+        "test_files/CT_small.dcm",
+        "charset_files/chrSQEncoding.dcm",
+        "test_files/SC_rgb_rle_2frame.dcm",
+        "test_files/MR_small_bigendian.dcm",
+    ],
+)
 def test_damaged_bytes(name: str) -> None:
     data = Path(FILES[name]).read_bytes()
     rng = random.Random(name)
@@ -229,8 +241,13 @@ def test_damaged_bytes(name: str) -> None:
 def test_sequences_nested_too_deeply() -> None:
     def sequence(depth: int) -> bytes:  # explicit VR LE, undefined lengths
         inner = b"" if depth == 0 else sequence(depth - 1)
-        return (b"\x09\x00\x10\x10SQ\0\0\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + inner
-                + b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0")
+        return (
+            b"\x09\x00\x10\x10SQ\0\0\xff\xff\xff\xff"
+            + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+            + inner
+            + b"\xfe\xff\x0d\xe0\0\0\0\0"
+            + b"\xfe\xff\xdd\xe0\0\0\0\0"
+        )
 
     data = _native(b"", rows=0, columns=0, bits=8, frames=1)
     meta_end = 132 + 12 + struct.unpack_from("<L", data, 140)[0]

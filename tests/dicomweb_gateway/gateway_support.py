@@ -96,7 +96,9 @@ def multipart_body(parts: list[tuple[str | None, bytes]], boundary: str) -> byte
     return out + f"--{boundary}--\r\n".encode()
 
 
-def multipart_parts(content: bytes, content_type: str, part_type: str | None = None) -> list[tuple[dict[str, str], bytes]]:
+def multipart_parts(
+    content: bytes, content_type: str, part_type: str | None = None
+) -> list[tuple[dict[str, str], bytes]]:
     """The parts of a multipart/related answer (headers, bytes); `part_type`: the type= it must name."""
     media = parse_media_type(content_type)
     assert media.essence == "multipart/related"

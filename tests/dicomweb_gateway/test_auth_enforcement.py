@@ -62,14 +62,23 @@ class Sink:
 @pytest.fixture
 def auth_on(tmp_path: Path) -> Iterator[str]:
     settings = AuthSettings(
-        data_dir=tmp_path, auth_enabled=True, jwt_hs256_secret=SECRET,
-        api_keys=[{"sha256": hashlib.sha256(READER_KEY.encode()).hexdigest(), "subject": "viewer",
-                   "tenants": ["alpha"], "scopes": ["read"]}],
+        data_dir=tmp_path,
+        auth_enabled=True,
+        jwt_hs256_secret=SECRET,
+        api_keys=[
+            {
+                "sha256": hashlib.sha256(READER_KEY.encode()).hexdigest(),
+                "subject": "viewer",
+                "tenants": ["alpha"],
+                "scopes": ["read"],
+            }
+        ],
     )
     service = AuthService(Policy(settings))
     name = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
     server, _health, port = build_server(
-        lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, s), [name], "127.0.0.1:0")
+        lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, s), [name], "127.0.0.1:0"
+    )
     yield f"127.0.0.1:{port}"
     server.stop(None).wait()
 
@@ -110,17 +119,29 @@ def test_no_credentials_is_401_with_a_challenge_and_stores_nothing(api: TestClie
     assert not any(backend.objects.rglob("*.dcm"))
 
 
-@pytest.mark.parametrize("header", [
-    {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
-    {"Authorization": "Bearer"},
-    {"Authorization": "Bearer not.a.jwt"},
-    {"Authorization": "Bearer " + jwt.encode({"sub": "x", "tenants": ["alpha"], "exp": int(time.time()) + 60},
-                                             "another-secret-another-secret-another", algorithm="HS256")},
-    {"Authorization": "Bearer " + jwt.encode({"sub": "x", "tenants": ["alpha"], "exp": int(time.time()) - 3600},
-                                             SECRET, algorithm="HS256")},
-    {"Authorization": "Bearer dsk_unknownkey0_" + "x" * 43},
-    {"X-API-Key": ""},
-], ids=["basic", "empty-bearer", "garbage", "forged", "expired", "unknown-api-key", "empty-api-key"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Authorization": "Basic YWxpY2U6c2VjcmV0"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer not.a.jwt"},
+        {
+            "Authorization": "Bearer "
+            + jwt.encode(
+                {"sub": "x", "tenants": ["alpha"], "exp": int(time.time()) + 60},
+                "another-secret-another-secret-another",
+                algorithm="HS256",
+            )
+        },
+        {
+            "Authorization": "Bearer "
+            + jwt.encode({"sub": "x", "tenants": ["alpha"], "exp": int(time.time()) - 3600}, SECRET, algorithm="HS256")
+        },
+        {"Authorization": "Bearer dsk_unknownkey0_" + "x" * 43},
+        {"X-API-Key": ""},
+    ],
+    ids=["basic", "empty-bearer", "garbage", "forged", "expired", "unknown-api-key", "empty-api-key"],
+)
 def test_bad_credentials_are_401(api: TestClient, header: dict[str, str]) -> None:
     r = api.get("/dicomweb/studies", headers=header)
     assert r.status_code == 401, r.text
@@ -155,9 +176,11 @@ def test_a_principal_of_several_tenants_chooses_by_header_or_path(api: TestClien
     assert studies(api, {**bearer(both), "X-Tenant": "alpha"}) == []
     # URLs in answers keep the tenant the path chose.
     ds, data = make_instance(study=study)
-    r = api.post(f"/dicomweb/tenants/beta/studies/{study}", headers={
-        **bearer(both), "Content-Type": f'multipart/related; type="{DICOM}"; boundary=b0undary'},
-        content=multipart_body([(DICOM, data)], "b0undary"))
+    r = api.post(
+        f"/dicomweb/tenants/beta/studies/{study}",
+        headers={**bearer(both), "Content-Type": f'multipart/related; type="{DICOM}"; boundary=b0undary'},
+        content=multipart_body([(DICOM, data)], "b0undary"),
+    )
     assert r.json()["00081190"]["Value"][0] == f"http://testserver/dicomweb/tenants/beta/studies/{study}"
     assert api.get("/dicomweb/tenants/beta/studies", headers={**bearer(both), "X-Tenant": "alpha"}).status_code == 400
     assert api.get("/dicomweb/tenants/../studies", headers=bearer(both)).status_code in (400, 404)
@@ -180,9 +203,14 @@ def test_scopes_limit_actions(api: TestClient, backend: Backend) -> None:
 def test_probes_openapi_and_preflight_need_no_credentials(api: TestClient) -> None:
     assert api.get("/healthz").status_code == 200
     assert api.get("/dicomweb/openapi.json").status_code == 200
-    r = api.options("/dicomweb/studies", headers={
-        "Origin": "http://viewer.test", "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
+    r = api.options(
+        "/dicomweb/studies",
+        headers={
+            "Origin": "http://viewer.test",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert r.status_code == 200
     # A browser can read a refusal: CORS headers ride on the 401 too.
     r = api.get("/dicomweb/studies", headers={"Origin": "http://viewer.test"})
@@ -246,7 +274,8 @@ def test_grants_are_reused_for_a_short_while_refusals_never(backend: Backend, tm
     service = AuthService(Policy(settings))
     name = auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
     server, _health, port = build_server(
-        lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, s), [name], "127.0.0.1:0")
+        lambda s: auth_service_pb2_grpc.add_AuthServiceServicer_to_server(service, s), [name], "127.0.0.1:0"
+    )
     app = create_app(make_settings(backend, auth_addr=f"127.0.0.1:{port}", auth_cache_seconds=1.0))
     good = bearer(token(["alpha"]))
     with TestClient(app) as client:

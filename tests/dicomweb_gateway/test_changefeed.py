@@ -12,13 +12,18 @@ def test_feed_lists_creates_and_deletes_in_order(client: TestClient) -> None:
     first, data1 = make_instance()
     second, data2 = make_instance()
     for data in (data1, data2):
-        assert client.post("/dicomweb/studies", content=data, headers={"Content-Type": "application/dicom"}).status_code == 200
+        assert (
+            client.post("/dicomweb/studies", content=data, headers={"Content-Type": "application/dicom"}).status_code
+            == 200
+        )
     study_url = f"/dicomweb/studies/{first.StudyInstanceUID}"
     assert client.delete(study_url).status_code == 204
 
     feed = client.get("/dicomweb/changefeed", params={"offset": start, "limit": 100}).json()
     assert [(e["Action"], e["SopInstanceUid"]) for e in feed] == [
-        ("Create", first.SOPInstanceUID), ("Create", second.SOPInstanceUID), ("Delete", first.SOPInstanceUID)
+        ("Create", first.SOPInstanceUID),
+        ("Create", second.SOPInstanceUID),
+        ("Delete", first.SOPInstanceUID),
     ]
     sequences = [e["Sequence"] for e in feed]
     assert sequences == sorted(sequences) and sequences[0] > start

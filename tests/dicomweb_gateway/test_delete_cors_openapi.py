@@ -109,7 +109,9 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     described = {(path, method) for path, ops in doc["paths"].items() for method in ops}
     served = {
         (re.sub(r"{(\w+):\w+}", r"{\1}", r.path), m.lower())
-        for r in routes() if isinstance(r, Route) for m in (r.methods or set()) - {"HEAD"}
+        for r in routes()
+        if isinstance(r, Route)
+        for m in (r.methods or set()) - {"HEAD"}
     }
     assert described == served
     assert ("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", "get") in described

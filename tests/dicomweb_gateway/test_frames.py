@@ -89,6 +89,7 @@ def test_compressed_frame_in_its_own_media_type(client: TestClient) -> None:
     ((headers, body),) = multipart_parts(r.content, r.headers["content-type"])
     assert headers["content-type"] == "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90"
     import openjpeg
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert np.array_equal(openjpeg.decode(body), pixel_array(dcmread(io.BytesIO(data)), index=0))
@@ -161,7 +162,10 @@ def test_retrieve_transcoded(client: TestClient, name: str, target: str) -> None
         warnings.simplefilter("ignore")
         original = dcmread(io.BytesIO(data))
         assert got.SOPInstanceUID == original.SOPInstanceUID
-        if not original.file_meta.TransferSyntaxUID.is_compressed or "Lossless" in original.file_meta.TransferSyntaxUID.name:
+        if (
+            not original.file_meta.TransferSyntaxUID.is_compressed
+            or "Lossless" in original.file_meta.TransferSyntaxUID.name
+        ):
             assert np.array_equal(got.pixel_array, original.pixel_array)
         else:
             assert got.pixel_array.shape == original.pixel_array.shape
@@ -172,6 +176,8 @@ def test_transfer_syntax_star_is_untouched_and_unknown_syntax_is_406(client: Tes
     r = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert [b for _, b in multipart_parts(r.content, r.headers["content-type"], "application/dicom")] == [data]
     # A syntax no installed encoder makes (JPEG Extended) is refused.
-    r = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.51'})
+    r = client.get(
+        url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.51'}
+    )
     assert r.status_code == 406
     assert "transcoding" in r.json()["error"]

@@ -30,8 +30,11 @@ def urls(client: TestClient) -> dict[str, tuple[str, str]]:
         "bulkdata": (f"{instance}/bulkdata/7FE00010", OCTETS),
         "metadata": (f"{instance}/metadata", "application/dicom+json"),
         "rendered": (f"{instance}/rendered", "image/jpeg"),
-        "wado-uri": (f"/dicomweb/wado?requestType=WADO&studyUID={ds.StudyInstanceUID}&seriesUID="
-                     f"{ds.SeriesInstanceUID}&objectUID={ds.SOPInstanceUID}&contentType=application/dicom", "*/*"),
+        "wado-uri": (
+            f"/dicomweb/wado?requestType=WADO&studyUID={ds.StudyInstanceUID}&seriesUID="
+            f"{ds.SeriesInstanceUID}&objectUID={ds.SOPInstanceUID}&contentType=application/dicom",
+            "*/*",
+        ),
     }
 
 
@@ -40,10 +43,12 @@ def _body(r):  # type: ignore[no-untyped-def]
     return [body for _, body in multipart_parts(r.content, ctype)] if ctype.startswith("multipart/") else r.content
 
 
-@pytest.mark.parametrize("what", ["study", "series", "instance", "frames", "bulkdata", "metadata", "rendered",
-                                  "wado-uri"])
-def test_a_range_header_is_ignored_and_the_whole_answer_served(client: TestClient, urls: dict[str, tuple[str, str]],
-                                                               what: str) -> None:
+@pytest.mark.parametrize(
+    "what", ["study", "series", "instance", "frames", "bulkdata", "metadata", "rendered", "wado-uri"]
+)
+def test_a_range_header_is_ignored_and_the_whole_answer_served(
+    client: TestClient, urls: dict[str, tuple[str, str]], what: str
+) -> None:
     url, accept = urls[what]
     whole = client.get(url, headers={"Accept": accept})
     assert whole.status_code == 200, whole.text

@@ -62,8 +62,17 @@ def test_rendered_grey_with_windowing(client: TestClient) -> None:
     assert image_of(r.content).size == (16, 16)
 
 
-@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm", "JPEG2000.dcm", "image_dfl.dcm",
-                                  "MR_small_bigendian.dcm", "ExplVR_BigEnd.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "SC_rgb_rle_2frame.dcm",
+        "JPEG2000.dcm",
+        "image_dfl.dcm",
+        "MR_small_bigendian.dcm",
+        "ExplVR_BigEnd.dcm",
+    ],
+)
 def test_rendered_decodes_every_stored_syntax(client: TestClient, name: str) -> None:
     url, data = store_file(client, name)
     with warnings.catch_warnings():
@@ -152,8 +161,14 @@ def test_a_multi_frame_instance_renders_as_all_its_frames(client: TestClient) ->
 
 @pytest.mark.parametrize(
     "query, status",
-    [("window=1", 400), ("window=a,b", 400), ("window=0,0", 400), ("viewport=0,10", 400), ("quality=101", 400),
-     ("bogus=1", 400)],
+    [
+        ("window=1", 400),
+        ("window=a,b", 400),
+        ("window=0,0", 400),
+        ("viewport=0,10", 400),
+        ("quality=101", 400),
+        ("bogus=1", 400),
+    ],
 )
 def test_rendered_bad_parameters(client: TestClient, query: str, status: int) -> None:
     url = store_bytes(client, grey_instance()[1])

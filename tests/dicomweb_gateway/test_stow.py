@@ -90,14 +90,17 @@ def test_single_part_application_dicom(client: TestClient, backend: Backend) -> 
     "ctype",
     [
         f"multipart/related; type=application/dicom; boundary={BOUNDARY}",  # unquoted type
-        f"multipart/related; boundary=\"{BOUNDARY}\"",  # no type: parts decide
+        f'multipart/related; boundary="{BOUNDARY}"',  # no type: parts decide
         f'Multipart/Related; Type="Application/DICOM"; boundary={BOUNDARY}',
     ],
 )
 def test_content_type_variants(client: TestClient, ctype: str) -> None:
     _, data = make_instance()
-    r = post(client, multipart_body([("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", data)], BOUNDARY),
-             ctype=ctype)
+    r = post(
+        client,
+        multipart_body([("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", data)], BOUNDARY),
+        ctype=ctype,
+    )
     assert r.status_code == 200, r.text
 
 
@@ -196,8 +199,10 @@ def _twins() -> tuple[Dataset, bytes, bytes]:
 
 
 def _served(client: TestClient, ds: Dataset) -> bytes:
-    r = client.get(f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                   f"/instances/{ds.SOPInstanceUID}", headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    r = client.get(
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
     assert r.status_code == 200, r.text
     ((_, body),) = multipart_parts(r.content, r.headers["content-type"])
     return body

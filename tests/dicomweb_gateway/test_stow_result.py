@@ -12,8 +12,9 @@ URLS = Urls("http://h/dicomweb/")
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def stored(study: str, sop: str, status: int = ingest_pb.STORE_STATUS_STORED, code: int = 0,
-           reason: str = "") -> ingest_pb.InstanceOutcome:
+def stored(
+    study: str, sop: str, status: int = ingest_pb.STORE_STATUS_STORED, code: int = 0, reason: str = ""
+) -> ingest_pb.InstanceOutcome:
     return ingest_pb.InstanceOutcome(
         status=status,
         ref=dicom_pb2.InstanceRef(tenant="t", study_instance_uid=study, series_instance_uid="9", sop_instance_uid=sop),

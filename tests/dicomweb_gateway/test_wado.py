@@ -111,7 +111,9 @@ def test_object_missing_from_storage_is_skipped(
             path.unlink()
     r = client.get(f"/dicomweb/studies/{uid}")
     assert r.status_code == 200
-    assert [d for _, d in multipart_parts(r.content, r.headers["content-type"], "application/dicom")] == [d for _, d in stored[1:]]
+    assert [d for _, d in multipart_parts(r.content, r.headers["content-type"], "application/dicom")] == [
+        d for _, d in stored[1:]
+    ]
 
 
 def test_metadata_with_absolute_bulkdata_uris(
@@ -180,11 +182,20 @@ def test_metadata_of_objects_indexed_before_root_relative_uris(client: TestClien
     root hold them relative to their instance ("bulkdata/…"): still absolute."""
     ds, data = make_instance()
     record = read_record(data, len(data), "default")
-    record.dicom_json = record.dicom_json.replace(b"studies/" + ds.StudyInstanceUID.encode() + b"/series/"
-                                                  + ds.SeriesInstanceUID.encode() + b"/instances/"
-                                                  + ds.SOPInstanceUID.encode() + b"/bulkdata/", b"bulkdata/")
+    record.dicom_json = record.dicom_json.replace(
+        b"studies/"
+        + ds.StudyInstanceUID.encode()
+        + b"/series/"
+        + ds.SeriesInstanceUID.encode()
+        + b"/instances/"
+        + ds.SOPInstanceUID.encode()
+        + b"/bulkdata/",
+        b"bulkdata/",
+    )
     assert b'"BulkDataURI":"bulkdata/' in record.dicom_json
-    record.location.object_key = f"default/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}_0123456789abcdef.dcm"
+    record.location.object_key = (
+        f"default/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}_0123456789abcdef.dcm"
+    )
     MetadataClient(channel(backend.storage_addr)).index([record])
     (meta,) = client.get(f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata").json()
     instance_url = f"{BASE}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"

@@ -50,9 +50,11 @@ def write_sparse(chunks: object, path: Path) -> int:
 
 def test_zip64_past_4_gib_at_constant_memory(tmp_path: Path) -> None:
     sizes = {"small-a": 3 * 1024 * 1024 + 17, "big": 4 * GIB + 5 * 1024 * 1024, "small-b": 123}
-    members = [("P (1)/S/1 CT/0001.dcm", loc("small-a", sizes["small-a"])),
-               ("P (1)/S/1 CT/0002.dcm", loc("big", sizes["big"])),
-               ("P (1)/S/1 CT/0003.dcm", loc("small-b", sizes["small-b"]))]
+    members = [
+        ("P (1)/S/1 CT/0001.dcm", loc("small-a", sizes["small-a"])),
+        ("P (1)/S/1 CT/0002.dcm", loc("big", sizes["big"])),
+        ("P (1)/S/1 CT/0003.dcm", loc("small-b", sizes["small-b"])),
+    ]
     out = tmp_path / "big.zip"
     tracemalloc.start()
     try:
@@ -74,15 +76,18 @@ def test_zip64_past_4_gib_at_constant_memory(tmp_path: Path) -> None:
         assert zf.testzip() is None  # every CRC, the 4 GiB member's too
 
 
-@pytest.mark.parametrize("accept, expected", [
-    ("application/zip", "*"),
-    ("application/zip; transfer-syntax=*", "*"),
-    ('multipart/related; type="application/dicom", application/zip; q=0.5', None),
-    ('application/zip, multipart/related; type="application/dicom"; q=0.5', "*"),
-    ("*/*", None),
-    (None, None),
-    ("application/zip; transfer-syntax=1.2.840.10008.1.2.1", "*"),  # what is stored
-])
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        ("application/zip", "*"),
+        ("application/zip; transfer-syntax=*", "*"),
+        ('multipart/related; type="application/dicom", application/zip; q=0.5', None),
+        ('application/zip, multipart/related; type="application/dicom"; q=0.5', "*"),
+        ("*/*", None),
+        (None, None),
+        ("application/zip; transfer-syntax=1.2.840.10008.1.2.1", "*"),  # what is stored
+    ],
+)
 def test_which_accept_asks_for_a_zip(accept: str | None, expected: str | None) -> None:
     assert zip_download.zip_target(accept, {"1.2.840.10008.1.2.1"}) == expected
 
@@ -104,8 +109,11 @@ def test_the_api_description_names_the_link_form() -> None:
     from dicomweb_gateway.openapi import build
 
     doc = build(routes(), "/dicomweb")
-    for path in ("/studies/{study}", "/studies/{study}/series/{series}",
-                 "/studies/{study}/series/{series}/instances/{sop}"):
+    for path in (
+        "/studies/{study}",
+        "/studies/{study}/series/{series}",
+        "/studies/{study}/series/{series}/instances/{sop}",
+    ):
         get = doc["paths"][path]["get"]
         assert "application/zip" in get["summary"]
         (param,) = [p for p in get["parameters"] if p["in"] == "query"]

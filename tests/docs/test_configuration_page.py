@@ -16,8 +16,14 @@ from storage_svc.settings import StorageSettings
 from tests.support import ROOT
 
 MODELS: list[type[CommonSettings]] = [
-    CommonSettings, StorageSettings, MetadataSettings, AuthSettings, IngestSettings, GatewaySettings,
-    EventbusSettings, LauncherSettings,
+    CommonSettings,
+    StorageSettings,
+    MetadataSettings,
+    AuthSettings,
+    IngestSettings,
+    GatewaySettings,
+    EventbusSettings,
+    LauncherSettings,
 ]
 # Read from the environment directly, not through a settings model.
 NOT_FIELDS = {"DICOMSERVER_CONFIG_FILE"}

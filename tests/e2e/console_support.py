@@ -23,8 +23,12 @@ from tests.support import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 # A copy of every screenshot for people to look at; tmp_path keeps the test's own.
 SHARED_ARTIFACTS = Path(os.environ.get("DICOMSERVER_CONSOLE_ARTIFACTS", "/work/artifacts/console"))
@@ -81,9 +85,12 @@ class StoreScp:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.proc = subprocess.Popen(["storescp", "-aet", self.ae_title, "+xa", "-od", str(self.folder),
-                                      str(self.port)], env=dcmtk_env(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.ae_title, "+xa", "-od", str(self.folder), str(self.port)],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

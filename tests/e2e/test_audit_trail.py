@@ -27,21 +27,35 @@ DICOM = "application/dicom"
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
-    server = Archive(tmp_path_factory.mktemp("audit"), extra_env={
-        "DICOMSERVER_AUTH_ENABLED": "true",
-        "DICOMSERVER_JWT_HS256_SECRET": SECRET,
-        "DICOMSERVER_DIMSE_RULES": json.dumps([
-            {"calling_ae_title": MODALITY, "networks": ["127.0.0.0/8"], "tenant": "alpha", "scopes": ["read", "write"]},
-        ]),
-    })
+    server = Archive(
+        tmp_path_factory.mktemp("audit"),
+        extra_env={
+            "DICOMSERVER_AUTH_ENABLED": "true",
+            "DICOMSERVER_JWT_HS256_SECRET": SECRET,
+            "DICOMSERVER_DIMSE_RULES": json.dumps(
+                [
+                    {
+                        "calling_ae_title": MODALITY,
+                        "networks": ["127.0.0.0/8"],
+                        "tenant": "alpha",
+                        "scopes": ["read", "write"],
+                    },
+                ]
+            ),
+        },
+    )
     server.start()
     yield server
     assert server.stop() == 0, "".join(server.output)
 
 
 def bearer(tenants: list[str], subject: str = "dr-who") -> dict[str, str]:
-    claims = {"sub": subject, "tenants": tenants, "scope": "dicom.read dicom.write dicom.delete",
-              "exp": int(time.time()) + 300}
+    claims = {
+        "sub": subject,
+        "tenants": tenants,
+        "scope": "dicom.read dicom.write dicom.delete",
+        "exp": int(time.time()) + 300,
+    }
     return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
 
 
@@ -61,8 +75,12 @@ def audit_rows(data_dir: Path, want: int, timeout: float = 60) -> list[dict[str,
             with sqlite3.connect(db) as conn:
                 conn.row_factory = sqlite3.Row
                 try:
-                    rows = [dict(r) for r in conn.execute(
-                        "SELECT * FROM audit_log WHERE kind = 'audit' AND subject <> 'ae:LAUNCHER' ORDER BY sequence")]
+                    rows = [
+                        dict(r)
+                        for r in conn.execute(
+                            "SELECT * FROM audit_log WHERE kind = 'audit' AND subject <> 'ae:LAUNCHER' ORDER BY sequence"
+                        )
+                    ]
                 except sqlite3.OperationalError:
                     rows = []
             if len(rows) >= want:
@@ -76,11 +94,16 @@ def test_both_edges_leave_an_audit_trail(secured: Archive) -> None:
     study = generate_uid()
     _, data = part10(study)
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b--\r\n"
-    r = httpx.post(f"{base}/studies", content=body, headers={
-        **bearer(["alpha"]), "Content-Type": f'multipart/related; type="{DICOM}"; boundary=b'})
+    r = httpx.post(
+        f"{base}/studies",
+        content=body,
+        headers={**bearer(["alpha"]), "Content-Type": f'multipart/related; type="{DICOM}"; boundary=b'},
+    )
     assert r.status_code == 200, r.text
     assert httpx.get(f"{base}/studies/{study}/metadata", headers=bearer(["alpha"])).status_code == 200
-    assert httpx.get(f"{base}/studies?PatientName=Audit*", headers={"Authorization": "Bearer forged"}).status_code == 401
+    assert (
+        httpx.get(f"{base}/studies?PatientName=Audit*", headers={"Authorization": "Bearer forged"}).status_code == 401
+    )
     assert httpx.get(f"{base}/studies", headers={**bearer(["beta"]), "X-Tenant": "alpha"}).status_code == 403
 
     ae = AE(ae_title=MODALITY)
@@ -101,18 +124,21 @@ def test_both_edges_leave_an_audit_trail(secured: Archive) -> None:
     assert httpx.delete(f"{base}/studies/{study}", headers=bearer(["alpha"])).status_code == 204
 
     rows = audit_rows(secured.data_dir, 8)
-    got = sorted((r["edge"], r["operation"], r["action"], r["outcome"], r["status"], r["tenant"], r["subject"])
-                 for r in rows)
-    assert got == sorted([
-        ("dicomweb", "POST /studies", "write", "success", 200, "alpha", "dr-who"),
-        ("dicomweb", "GET /studies/{study}/metadata", "read", "success", 200, "alpha", "dr-who"),
-        ("dicomweb", "GET /dicomweb/studies", "authenticate", "denied", 401, "", ""),
-        ("dicomweb", "GET /dicomweb/studies", "read", "denied", 403, "", ""),
-        ("dimse", "C-STORE", "write", "success", 0, "alpha", f"ae:{MODALITY}"),
-        ("dimse", "C-FIND", "read", "success", 0, "alpha", f"ae:{MODALITY}"),
-        ("dimse", "A-ASSOCIATE", "authenticate", "denied", 0, "", "ae:STRANGER"),
-        ("dicomweb", "DELETE /studies/{study}", "delete", "success", 204, "alpha", "dr-who"),
-    ])
+    got = sorted(
+        (r["edge"], r["operation"], r["action"], r["outcome"], r["status"], r["tenant"], r["subject"]) for r in rows
+    )
+    assert got == sorted(
+        [
+            ("dicomweb", "POST /studies", "write", "success", 200, "alpha", "dr-who"),
+            ("dicomweb", "GET /studies/{study}/metadata", "read", "success", 200, "alpha", "dr-who"),
+            ("dicomweb", "GET /dicomweb/studies", "authenticate", "denied", 401, "", ""),
+            ("dicomweb", "GET /dicomweb/studies", "read", "denied", 403, "", ""),
+            ("dimse", "C-STORE", "write", "success", 0, "alpha", f"ae:{MODALITY}"),
+            ("dimse", "C-FIND", "read", "success", 0, "alpha", f"ae:{MODALITY}"),
+            ("dimse", "A-ASSOCIATE", "authenticate", "denied", 0, "", "ae:STRANGER"),
+            ("dicomweb", "DELETE /studies/{study}", "delete", "success", 204, "alpha", "dr-who"),
+        ]
+    )
     by_op = {r["operation"]: r for r in rows}
     assert by_op["GET /studies/{study}/metadata"]["study_instance_uid"] == study
     assert by_op["C-FIND"]["study_instance_uid"] == study

@@ -36,15 +36,32 @@ from tests.support import ROOT, Archive, bench_ct
 # Native ones of several kinds (8/16-bit, grey, RGB, palette, big endian), and
 # ones the policy leaves: 1-bit and 32-bit pixels (no JPEG-LS for them),
 # no pixels, deflated, compressed, too small to shrink (SC_rgb_small_odd, 3x3).
-STOWED = ["MR_small.dcm", "ExplVR_BigEnd.dcm", "SC_rgb_small_odd.dcm", "examples_overlay.dcm",
-          "examples_palette.dcm", "examples_rgb_color.dcm", "liver_1frame.dcm", "rtdose.dcm", "rtplan.dcm",
-          "image_dfl.dcm", "JPEG2000.dcm"]
-CONVERTED = {"MR_small.dcm", "ExplVR_BigEnd.dcm", "examples_overlay.dcm",
-             "examples_palette.dcm", "examples_rgb_color.dcm"}
+STOWED = [
+    "MR_small.dcm",
+    "ExplVR_BigEnd.dcm",
+    "SC_rgb_small_odd.dcm",
+    "examples_overlay.dcm",
+    "examples_palette.dcm",
+    "examples_rgb_color.dcm",
+    "liver_1frame.dcm",
+    "rtdose.dcm",
+    "rtplan.dcm",
+    "image_dfl.dcm",
+    "JPEG2000.dcm",
+]
+CONVERTED = {
+    "MR_small.dcm",
+    "ExplVR_BigEnd.dcm",
+    "examples_overlay.dcm",
+    "examples_palette.dcm",
+    "examples_rgb_color.dcm",
+}
 HTJ2K, JPEG_LS = "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.80"
-RULES = [{"tenant": "default", "calling_ae_title": "CTSCAN", "compress": "htj2k"},
-         {"tenant": "default", "calling_ae_title": "KEEPER", "compress": "keep"},
-         {"tenant": "default", "compress": "jpeg-ls"}]
+RULES = [
+    {"tenant": "default", "calling_ae_title": "CTSCAN", "compress": "htj2k"},
+    {"tenant": "default", "calling_ae_title": "KEEPER", "compress": "keep"},
+    {"tenant": "default", "compress": "jpeg-ls"},
+]
 
 
 def _ct_series() -> list[Path]:
@@ -64,16 +81,26 @@ class Bus:
     def __init__(self, data_dir: Path, archive: Archive) -> None:
         data_dir.mkdir(exist_ok=True)
         self.log = data_dir / "eventbus.log"
-        self.env = {**os.environ, "DICOMSERVER_DATA_DIR": str(data_dir), "DICOMSERVER_LOG_LEVEL": "INFO",
-                    "DICOMSERVER_METADATA_ADDR": archive.grpc_addrs["metadata"],
-                    "DICOMSERVER_STORAGE_ADDR": archive.grpc_addrs["storage"],
-                    "DICOMSERVER_CONSUMERS": "compression", "DICOMSERVER_CONSUMER_BATCH": "10",
-                    "DICOMSERVER_COMPRESSION_RULES": json.dumps(RULES)}
+        self.env = {
+            **os.environ,
+            "DICOMSERVER_DATA_DIR": str(data_dir),
+            "DICOMSERVER_LOG_LEVEL": "INFO",
+            "DICOMSERVER_METADATA_ADDR": archive.grpc_addrs["metadata"],
+            "DICOMSERVER_STORAGE_ADDR": archive.grpc_addrs["storage"],
+            "DICOMSERVER_CONSUMERS": "compression",
+            "DICOMSERVER_CONSUMER_BATCH": "10",
+            "DICOMSERVER_COMPRESSION_RULES": json.dumps(RULES),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "eventbus"], cwd=ROOT, env=self.env,
-                                     stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventbus"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -104,9 +131,13 @@ def test_compression_policy_survives_kills_and_keeps_pixels(archive: Archive, tm
     # The CT series from AE CTSCAN, one object from AE KEEPER.
     keeper = Path(get_testdata_file("CT_small.dcm", download=False))
     for aet, files in (("CTSCAN", ct_files), ("KEEPER", [keeper])):
-        proc = subprocess.run(["dcmsend", "-aet", aet, "-aec", archive.ae_title, "127.0.0.1",
-                               str(archive.dimse_port), *map(str, files)], env=dcmtk_env(), capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            ["dcmsend", "-aet", aet, "-aec", archive.ae_title, "127.0.0.1", str(archive.dimse_port), *map(str, files)],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
     for f in [*ct_files, keeper]:
         data = f.read_bytes()
@@ -119,8 +150,9 @@ def test_compression_policy_survives_kills_and_keeps_pixels(archive: Archive, tm
         data = f.read_bytes()
         if f.name in CONVERTED:
             expected.add(dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
-        r = httpx.post(f"{archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"},
-                       timeout=60)
+        r = httpx.post(
+            f"{archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"}, timeout=60
+        )
         assert r.status_code == 200, r.text
         originals[dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID] = data
     studies = {dcmread(io.BytesIO(d), stop_before_pixels=True).StudyInstanceUID for d in originals.values()}
@@ -148,8 +180,10 @@ def test_compression_policy_survives_kills_and_keeps_pixels(archive: Archive, tm
     wait_for("20 conversions", lambda: converted() >= 20)
     bus.kill()
     bus.start()
-    wait_for("the CT series converted", lambda: all(
-        loc.HasField("conversion") for sop, loc in _locations(md, studies).items() if sop in ct_sops))
+    wait_for(
+        "the CT series converted",
+        lambda: all(loc.HasField("conversion") for sop, loc in _locations(md, studies).items() if sop in ct_sops),
+    )
 
     def done() -> bool:
         latest = outbox.ReadOutbox(md_pb.ReadOutboxRequest(after_sequence=0, limit=1)).latest_sequence
@@ -167,9 +201,12 @@ def test_compression_policy_survives_kills_and_keeps_pixels(archive: Archive, tm
     assert set(locations) == set(originals)
     saved = {"CTSCAN": [0, 0], "STOW": [0, 0]}
     for sop, loc in locations.items():
-        r = httpx.get(f"{archive.dicomweb}/studies/{loc.ref.study_instance_uid}/series/"
-                      f"{loc.ref.series_instance_uid}/instances/{sop}",
-                      headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}, timeout=60)
+        r = httpx.get(
+            f"{archive.dicomweb}/studies/{loc.ref.study_instance_uid}/series/"
+            f"{loc.ref.series_instance_uid}/instances/{sop}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+            timeout=60,
+        )
         assert r.status_code == 200
         boundary = r.headers["content-type"].split("boundary=")[1].strip('"').encode()
         body = r.content.split(b"--" + boundary)[1].split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
@@ -188,10 +225,14 @@ def test_compression_policy_survives_kills_and_keeps_pixels(archive: Archive, tm
         assert loc.transfer_syntax_uid == (HTJ2K if sop in ct_sops else JPEG_LS)
         assert dcmread(io.BytesIO(body), stop_before_pixels=True).file_meta.TransferSyntaxUID == loc.transfer_syntax_uid
         # dcmsend may send in another native syntax than the file's.
-        assert loc.conversion.original_transfer_syntax_uid == (received_ts if sop not in ct_sops else
-                                                              loc.conversion.original_transfer_syntax_uid)
-        assert loc.conversion.original_transfer_syntax_uid in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1",
-                                                              "1.2.840.10008.1.2.2")
+        assert loc.conversion.original_transfer_syntax_uid == (
+            received_ts if sop not in ct_sops else loc.conversion.original_transfer_syntax_uid
+        )
+        assert loc.conversion.original_transfer_syntax_uid in (
+            "1.2.840.10008.1.2",
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2.2",
+        )
         # The received object's size (its file meta aside, the file's).
         assert abs(loc.conversion.original_size - len(original)) < 512 and loc.size == len(body) < len(original)
         bucket = saved["CTSCAN" if sop in ct_sops else "STOW"]
@@ -206,6 +247,8 @@ def test_compression_policy_survives_kills_and_keeps_pixels(archive: Archive, tm
     keys = {str(p.relative_to(objects)) for p in files}
     assert keys == {loc.object_key for loc in locations.values()}
     assert not list((objects / ".staging").glob("*.part"))
-    print(f"\nstorage saved: bench CT series (HTJ2K) {saved['CTSCAN'][0]} -> {saved['CTSCAN'][1]} bytes; "
-          f"pydicom images (JPEG-LS) {saved['STOW'][0]} -> {saved['STOW'][1]} bytes")
+    print(
+        f"\nstorage saved: bench CT series (HTJ2K) {saved['CTSCAN'][0]} -> {saved['CTSCAN'][1]} bytes; "
+        f"pydicom images (JPEG-LS) {saved['STOW'][0]} -> {saved['STOW'][1]} bytes"
+    )
     md_channel.close()

@@ -49,10 +49,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("console")
     peer = StoreScp(root / "storescp")
     peer.start()
-    archive = Archive(root / "archive", extra_env={
-        "DICOMSERVER_DIMSE_PEERS": json.dumps({peer.ae_title: {"host": "127.0.0.1", "port": peer.port}}),
-        "DICOMSERVER_LAG_INTERVAL": "1", "DICOMSERVER_CONSUMER_LINGER": "0.2",
-    })
+    archive = Archive(
+        root / "archive",
+        extra_env={
+            "DICOMSERVER_DIMSE_PEERS": json.dumps({peer.ae_title: {"host": "127.0.0.1", "port": peer.port}}),
+            "DICOMSERVER_LAG_INTERVAL": "1",
+            "DICOMSERVER_CONSUMER_LINGER": "0.2",
+        },
+    )
     archive.start()
     files = root / "files"
     files.mkdir()
@@ -71,8 +75,13 @@ def _stored_sops(served: Served) -> set[str]:
 
 def _upload_files(served: Served) -> tuple[list[Path], str]:
     """The corpus, a non-ASCII name and a text file; the Müller study's UID."""
-    ds, data = small_ct(PatientName="Müller^Jürgen", PatientID="NA-1", SpecificCharacterSet="ISO_IR 192",
-                        StudyDescription="Knie links", StudyDate="20240131")
+    ds, data = small_ct(
+        PatientName="Müller^Jürgen",
+        PatientID="NA-1",
+        SpecificCharacterSet="ISO_IR 192",
+        StudyDescription="Knie links",
+        StudyDate="20240131",
+    )
     muller = served.files / "mueller.dcm"
     muller.write_bytes(data)
     text = served.files / "notes.txt"
@@ -94,14 +103,18 @@ def test_console_pages_end_to_end(served: Served, tmp_path: Path) -> None:
         files, muller_study = _upload_files(served)
         page.goto(base + "/upload")
         page.set_input_files("#files", [str(f) for f in files])
-        page.wait_for_function(f"document.getElementById('upload-summary').textContent.startsWith('{len(files)} of')",
-                               timeout=60_000)
-        outcomes = {row.locator("td").nth(0).inner_text(): row.locator("td").nth(2).inner_text()
-                    for row in page.locator("#uploads tbody tr").all()}
+        page.wait_for_function(
+            f"document.getElementById('upload-summary').textContent.startsWith('{len(files)} of')", timeout=60_000
+        )
+        outcomes = {
+            row.locator("td").nth(0).inner_text(): row.locator("td").nth(2).inner_text()
+            for row in page.locator("#uploads tbody tr").all()
+        }
         shots.take(page, "02-upload")
         assert outcomes["notes.txt"].startswith("failed:"), outcomes
-        assert all(o.startswith(("stored", "stored with a warning")) for f, o in outcomes.items()
-                   if f != "notes.txt"), outcomes
+        assert all(
+            o.startswith(("stored", "stored with a warning")) for f, o in outcomes.items() if f != "notes.txt"
+        ), outcomes
         expected = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files[:-1]}
         assert expected <= _stored_sops(served)
 
@@ -109,9 +122,22 @@ def test_console_pages_end_to_end(served: Served, tmp_path: Path) -> None:
         _, extra = small_ct(PatientName="Modality^Sent", PatientID="MOD-1")
         sent = served.files / "modality.dcm"
         sent.write_bytes(extra)
-        proc = subprocess.run(["storescu", "-aet", "MODALITY1", "-aec", served.archive.ae_title, "127.0.0.1",
-                               str(served.archive.dimse_port), str(sent)], env=dcmtk_env(), capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                "storescu",
+                "-aet",
+                "MODALITY1",
+                "-aec",
+                served.archive.ae_title,
+                "127.0.0.1",
+                str(served.archive.dimse_port),
+                str(sent),
+            ],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
 
         # The study list, sorted by patient name.
@@ -250,14 +276,19 @@ def test_bad_console_requests_change_nothing(served: Served) -> None:
     client = httpx.Client(base_url=served.url)
     if not httpx.get(f"{served.archive.dicomweb}/studies", params={"StudyInstanceUID": CT_STUDY}).content.strip(b"[]"):
         data = corpus_paths()[0].read_bytes()
-        assert httpx.post(f"{served.archive.dicomweb}/studies", content=data,
-                          headers={"Content-Type": "application/dicom"}).status_code == 200
+        assert (
+            httpx.post(
+                f"{served.archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"}
+            ).status_code
+            == 200
+        )
     client.get("/")  # an anonymous session with its CSRF token
     assert "dicomserver_session" in client.cookies
     r = client.post(f"/study/{CT_STUDY}/delete", data={"csrf_token": "forged"})
     assert r.status_code == 403 and "expired" in r.json()["error"]
-    r = client.post(f"/study/{CT_STUDY}/delete", content=b"",
-                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = client.post(
+        f"/study/{CT_STUDY}/delete", content=b"", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     assert r.status_code == 403
     r = client.post(f"/study/{CT_STUDY}/delete", content=b"{}", headers={"Content-Type": "application/json"})
     assert r.status_code == 415
@@ -283,4 +314,3 @@ def test_viewer_is_configured_for_this_origin(served: Served) -> None:
     assert '__webpack_require__.p = "/viewer/";' in httpx.get(served.url + bundle).text
     outside = httpx.get(served.url + "/viewer/..%2Fpackage.json")
     assert outside.status_code == 200 and outside.text.startswith("<!doctype html>")  # the app's page, not the file
-

@@ -35,8 +35,14 @@ def _make_key(data_dir: Path, *scopes: str) -> str:
     args = [sys.executable, "-m", "auth_svc.keys", "create", "--tenant", "default", "--subject", "console-admin"]
     for scope in scopes:
         args += ["--scope", scope]
-    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True,
-                         env={**os.environ, "DICOMSERVER_DATA_DIR": str(data_dir)}).stdout
+    out = subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DICOMSERVER_DATA_DIR": str(data_dir)},
+    ).stdout
     match = re.search(r"dsk_\S+", out)
     assert match, out
     return match.group(0)
@@ -52,8 +58,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Archive,
     archive = Archive(data, extra_env={"DICOMSERVER_AUTH_ENABLED": "true"})
     archive.start()
     try:
-        r = httpx.post(f"{archive.dicomweb}/studies", content=CT.read_bytes(),
-                       headers={"Content-Type": "application/dicom", "X-API-Key": key})
+        r = httpx.post(
+            f"{archive.dicomweb}/studies",
+            content=CT.read_bytes(),
+            headers={"Content-Type": "application/dicom", "X-API-Key": key},
+        )
         assert r.status_code == 200, r.text
         yield archive, key
     finally:
@@ -70,33 +79,40 @@ def test_sign_in_with_an_api_key(secured: tuple[Archive, str], tmp_path: Path) -
         page.goto(base + f"/study/{CT_STUDY}")
         assert page.url.startswith(base + "/signin?next=")
         page.locator("input[name=api_key]").fill("dsk_wrong")
-        page.locator("form[action=\"/signin\"] button").click()
+        page.locator('form[action="/signin"] button').click()
         assert page.get_by_text("unknown or revoked API key").is_visible()
         shots.take(page, "20-signin-refused")
         page.locator("input[name=api_key]").fill(key)
-        page.locator("form[action=\"/signin\"] button").click()
+        page.locator('form[action="/signin"] button').click()
         assert page.url == f"{base}/study/{CT_STUDY}"  # back where the person wanted to go
         assert "console-admin · default" in page.locator("header .who").inner_text()
         shots.take(page, "21-signed-in-study")
 
-        cookie, = [c for c in page.context.cookies() if c["name"] == "dicomserver_session"]
+        (cookie,) = [c for c in page.context.cookies() if c["name"] == "dicomserver_session"]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and key not in cookie["value"]
 
         # A script on the page: reads get the session's credential, a
         # change without the CSRF token does not; with it, it does.
-        status = page.evaluate("""async () => {
+        status = page.evaluate(
+            """async () => {
             const qido = await fetch('/dicomweb/studies');
-            const bare = await fetch('/dicomweb/studies/""" + CT_STUDY + """', {method: 'DELETE'});
+            const bare = await fetch('/dicomweb/studies/"""
+            + CT_STUDY
+            + """', {method: 'DELETE'});
             return [qido.status, bare.status];
-        }""")
+        }"""
+        )
         assert status == [200, 401], status
         body = list(CT.read_bytes())
-        status = page.evaluate("""async (body) => {
+        status = page.evaluate(
+            """async (body) => {
             const token = document.querySelector('meta[name="csrf-token"]').content;
             const r = await fetch('/dicomweb/studies', {method: 'POST', body: new Uint8Array(body),
                 headers: {'Content-Type': 'application/dicom', 'X-CSRF-Token': token}});
             return r.status;
-        }""", body)
+        }""",
+            body,
+        )
         assert status == 200
 
         # The viewer works with the same session.
@@ -118,10 +134,19 @@ def provider(secured: tuple[Archive, str]) -> Iterator[str]:
     subprocess.run([str(OIDC / "install.sh")], check=True)
     port = free_port()
     archive, _ = secured
-    proc = subprocess.Popen(["node", "provider.mjs", str(port),
-                             f"http://127.0.0.1:{archive.http_port}/signin/oidc/callback",
-                             "http://127.0.0.1/dicomweb"], cwd=OIDC, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            "node",
+            "provider.mjs",
+            str(port),
+            f"http://127.0.0.1:{archive.http_port}/signin/oidc/callback",
+            "http://127.0.0.1/dicomweb",
+        ],
+        cwd=OIDC,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("ready "), line
@@ -136,11 +161,15 @@ def oidc_archive(secured: tuple[Archive, str], provider: str) -> Iterator[tuple[
     """The secured archive restarted with the provider configured (its port stays)."""
     archive, key = secured
     assert archive.stop() == 0
-    archive.extra_env.update({
-        "DICOMSERVER_JWKS_URL": provider + "/jwks", "DICOMSERVER_JWT_ISSUER": provider,
-        "DICOMSERVER_JWT_AUDIENCE": "http://127.0.0.1/dicomweb", "DICOMSERVER_OIDC_RESOURCE": "http://127.0.0.1/dicomweb",
-        "DICOMSERVER_OIDC_SCOPES": "openid dicom.read dicom.write dicom.delete admin",
-    })
+    archive.extra_env.update(
+        {
+            "DICOMSERVER_JWKS_URL": provider + "/jwks",
+            "DICOMSERVER_JWT_ISSUER": provider,
+            "DICOMSERVER_JWT_AUDIENCE": "http://127.0.0.1/dicomweb",
+            "DICOMSERVER_OIDC_RESOURCE": "http://127.0.0.1/dicomweb",
+            "DICOMSERVER_OIDC_SCOPES": "openid dicom.read dicom.write dicom.delete admin",
+        }
+    )
     archive.output.clear()
     archive.start()
     yield archive, key
@@ -182,4 +211,3 @@ def test_sign_in_with_openid_connect(oidc_archive: tuple[Archive, str], provider
         assert page.get_by_text("start again").first.is_visible()
         page.goto(base + "/")
         assert page.url.startswith(base + "/signin")
-

@@ -60,8 +60,9 @@ class Services:
 
     def start(self, name: str) -> None:
         log = (self.data_dir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", name], cwd=ROOT, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", name], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 60
         with grpc.insecure_channel(self.addrs[name]) as ch:
             while True:
@@ -187,8 +188,11 @@ def test_nothing_acknowledged_is_lost_when_services_are_killed(tmp_path: Path) -
         objects_dir = tmp_path / "objects"
         leftovers = [p for p in (objects_dir / ".staging").iterdir()] + [p for p in (objects_dir / ".tmp").iterdir()]
         assert not leftovers, f"staging files outlived the sweep: {leftovers[:3]}"
-        files = [str(p.relative_to(objects_dir)) for p in objects_dir.rglob("*.dcm")
-                 if not p.relative_to(objects_dir).parts[0].startswith(".")]
+        files = [
+            str(p.relative_to(objects_dir))
+            for p in objects_dir.rglob("*.dcm")
+            if not p.relative_to(objects_dir).parts[0].startswith(".")
+        ]
         referenced = set()
         for i in range(0, len(files), 1000):
             referenced |= set(metadata.referenced_objects(files[i : i + 1000]))

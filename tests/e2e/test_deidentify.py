@@ -38,8 +38,11 @@ from deidentify.profile import Option
 from tests.support import Archive
 
 OPTIONS = frozenset(Option)
-PB_OPTIONS = [pb.DEIDENTIFY_OPTION_RETAIN_PATIENT_CHARACTERISTICS,
-              pb.DEIDENTIFY_OPTION_RETAIN_LONGITUDINAL_MODIFIED_DATES, pb.DEIDENTIFY_OPTION_CLEAN_DESCRIPTORS]
+PB_OPTIONS = [
+    pb.DEIDENTIFY_OPTION_RETAIN_PATIENT_CHARACTERISTICS,
+    pb.DEIDENTIFY_OPTION_RETAIN_LONGITUDINAL_MODIFIED_DATES,
+    pb.DEIDENTIFY_OPTION_CLEAN_DESCRIPTORS,
+]
 # VRs whose values are easy to make recognisable.
 _TEXT = {"LO", "SH", "LT", "ST", "UT", "PN", "UC"}
 _SKIP = {0x00100010, 0x00100020, 0x0020000D, 0x0020000E, 0x00080018, 0x00080016}  # identity, set apart
@@ -114,8 +117,9 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Archive:
 
 
 def _stow(archive: Archive, data: bytes) -> None:
-    r = httpx.post(f"{archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"},
-                   timeout=60)
+    r = httpx.post(
+        f"{archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"}, timeout=60
+    )
     assert r.status_code == 200, r.text
 
 
@@ -141,9 +145,14 @@ def test_deidentified_copy_follows_the_table(archive: Archive) -> None:
 
     stub = pb_grpc.DeidentifyServiceStub(grpc.insecure_channel(archive.grpc_addrs["ingest"]))
     request = pb.DeidentifyRequest(
-        tenant="default", study_instance_uids=[study], target_tenant="research", project_key="project-alpha",
-        options=PB_OPTIONS, subject="test",
-        safe_private_tags=[pb.SafePrivateTag(creator="ACME SAFE", group=0x0029, element_offset=0x10)])
+        tenant="default",
+        study_instance_uids=[study],
+        target_tenant="research",
+        project_key="project-alpha",
+        options=PB_OPTIONS,
+        subject="test",
+        safe_private_tags=[pb.SafePrivateTag(creator="ACME SAFE", group=0x0029, element_offset=0x10)],
+    )
     first = stub.Deidentify(request, timeout=120)
     assert first.copied == 2 and first.failed == 0
     assert list(first.refused_burned_in) == [burned.SOPInstanceUID]
@@ -219,10 +228,16 @@ def test_deidentified_copy_follows_the_table(archive: Archive) -> None:
     assert ds.PixelData == original.PixelData  # pixels are not touched
 
     # The zip over HTTP: the same UIDs (same project key), the burned-in object left out.
-    r = httpx.post(f"{archive.dicomweb}/deidentify", headers={"Accept": "application/zip"}, timeout=120,
-                   json={"studies": [study], "project_key": "project-alpha",
-                         "options": ["retain_patient_characteristics", "retain_longitudinal_modified_dates",
-                                     "clean_descriptors"]})
+    r = httpx.post(
+        f"{archive.dicomweb}/deidentify",
+        headers={"Accept": "application/zip"},
+        timeout=120,
+        json={
+            "studies": [study],
+            "project_key": "project-alpha",
+            "options": ["retain_patient_characteristics", "retain_longitudinal_modified_dates", "clean_descriptors"],
+        },
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
         names = sorted(zf.namelist())
@@ -231,8 +246,12 @@ def test_deidentified_copy_follows_the_table(archive: Archive) -> None:
             member = dcmread(io.BytesIO(zf.read(name)))
             assert member.PatientID == ds.PatientID and b"Johnathan" not in zf.read(name)
     # A query's result: the studies of a patient.
-    r = httpx.post(f"{archive.dicomweb}/deidentify", headers={"Accept": "application/zip"}, timeout=120,
-                   json={"query": {"PatientID": "PID-77123"}, "project_key": "project-alpha"})
+    r = httpx.post(
+        f"{archive.dicomweb}/deidentify",
+        headers={"Accept": "application/zip"},
+        timeout=120,
+        json={"query": {"PatientID": "PID-77123"}, "project_key": "project-alpha"},
+    )
     assert r.status_code == 200, r.text
     with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
         assert len(zf.namelist()) == 2
@@ -260,4 +279,3 @@ def _iso(da: str) -> str:
 
 def _mapped(response: pb.DeidentifyResponse, uid: str) -> str:
     return {s.study_instance_uid: s.copy_study_instance_uid for s in response.studies}.get(uid, "")
-

@@ -48,9 +48,13 @@ def test_store_search_retrieve_delete(client: DICOMwebClient, archive: Archive) 
     (found,) = client.search_for_studies(search_filters={"StudyInstanceUID": study})
     assert found["00201208"]["Value"] == [2]
     assert {s["0020000E"]["Value"][0] for s in client.search_for_series(study)} == {
-        ct.SeriesInstanceUID, rle.SeriesInstanceUID}
-    assert [i["00080018"]["Value"][0] for i in client.search_for_instances(
-        study, search_filters={"SOPInstanceUID": ct.SOPInstanceUID})] == [ct.SOPInstanceUID]
+        ct.SeriesInstanceUID,
+        rle.SeriesInstanceUID,
+    }
+    assert [
+        i["00080018"]["Value"][0]
+        for i in client.search_for_instances(study, search_filters={"SOPInstanceUID": ct.SOPInstanceUID})
+    ] == [ct.SOPInstanceUID]
 
     got = client.retrieve_instance(study, ct.SeriesInstanceUID, ct.SOPInstanceUID)
     assert got.PixelData == ct.PixelData and got.PatientName == ct.PatientName
@@ -58,20 +62,28 @@ def test_store_search_retrieve_delete(client: DICOMwebClient, archive: Archive) 
 
     # Transcoded on request: the RLE object decompressed to Explicit VR Little Endian.
     native = client.retrieve_instance(
-        study, rle.SeriesInstanceUID, rle.SOPInstanceUID,
-        media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+        study, rle.SeriesInstanceUID, rle.SOPInstanceUID, media_types=(("application/dicom", "1.2.840.10008.1.2.1"),)
+    )
     assert native.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert np.array_equal(native.pixel_array, rle.pixel_array)
 
     # Frames: compressed as stored, and decoded to native.
     stored_frames = list(generate_frames(rle.PixelData, number_of_frames=2))
     frames = client.retrieve_instance_frames(
-        study, rle.SeriesInstanceUID, rle.SOPInstanceUID, frame_numbers=[2, 1],
-        media_types=(("application/octet-stream", "*"),))
+        study,
+        rle.SeriesInstanceUID,
+        rle.SOPInstanceUID,
+        frame_numbers=[2, 1],
+        media_types=(("application/octet-stream", "*"),),
+    )
     assert frames == [stored_frames[1], stored_frames[0]]
     (decoded,) = client.retrieve_instance_frames(
-        study, rle.SeriesInstanceUID, rle.SOPInstanceUID, frame_numbers=[2],
-        media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),))
+        study,
+        rle.SeriesInstanceUID,
+        rle.SOPInstanceUID,
+        frame_numbers=[2],
+        media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),),
+    )
     assert decoded == np.ascontiguousarray(rle.pixel_array[1]).tobytes()
     (ct_frame,) = client.retrieve_instance_frames(study, ct.SeriesInstanceUID, ct.SOPInstanceUID, frame_numbers=[1])
     assert ct_frame == ct.PixelData
@@ -89,8 +101,7 @@ def test_store_search_retrieve_delete(client: DICOMwebClient, archive: Archive) 
     assert len(client.retrieve_study_metadata(study)) == 2
 
     # Rendered.
-    png = client.retrieve_instance_rendered(study, ct.SeriesInstanceUID, ct.SOPInstanceUID,
-                                            media_types=("image/png",))
+    png = client.retrieve_instance_rendered(study, ct.SeriesInstanceUID, ct.SOPInstanceUID, media_types=("image/png",))
     assert Image.open(io.BytesIO(png)).size == (ct.Columns, ct.Rows)
 
     client.delete_instance(study, rle.SeriesInstanceUID, rle.SOPInstanceUID)
@@ -117,24 +128,41 @@ def _bytes(ds: Dataset) -> bytes:
 
 BAD_CASES = [
     # name: (content type, body builder(data) -> bytes, expected status)
-    ("malformed multipart", 'multipart/related; type="application/dicom"; boundary=b0undary',
-     lambda d: b"--b0undary\r\nContent-Type: application/dicom\r\n" + d[:100], 400),
-    ("wrong boundary", 'multipart/related; type="application/dicom"; boundary=other',
-     lambda d: boundary_body([d]), 400),
+    (
+        "malformed multipart",
+        'multipart/related; type="application/dicom"; boundary=b0undary',
+        lambda d: b"--b0undary\r\nContent-Type: application/dicom\r\n" + d[:100],
+        400,
+    ),
+    (
+        "wrong boundary",
+        'multipart/related; type="application/dicom"; boundary=other',
+        lambda d: boundary_body([d]),
+        400,
+    ),
     ("no boundary", 'multipart/related; type="application/dicom"', lambda d: boundary_body([d]), 400),
-    ("non-DICOM part", 'multipart/related; type="application/dicom"; boundary=b0undary',
-     lambda d: boundary_body([b"this is not DICOM" * 20]), 409),
+    (
+        "non-DICOM part",
+        'multipart/related; type="application/dicom"; boundary=b0undary',
+        lambda d: boundary_body([b"this is not DICOM" * 20]),
+        409,
+    ),
     ("truncated object", "application/dicom", lambda d: d[: len(d) - 1000], 409),
     ("wrong media type", "text/plain", lambda d: d, 415),
-    ("wrong multipart type", 'multipart/related; type="image/jpeg"; boundary=b0undary',
-     lambda d: boundary_body([d]), 415),
+    (
+        "wrong multipart type",
+        'multipart/related; type="image/jpeg"; boundary=b0undary',
+        lambda d: boundary_body([d]),
+        415,
+    ),
     ("empty body", "application/dicom", lambda d: b"", 400),
 ]
 
 
 @pytest.mark.parametrize("name, content_type, build, status", BAD_CASES, ids=[c[0] for c in BAD_CASES])
-def test_bad_stow_input_stores_nothing(archive: Archive, name: str, content_type: str, build: object,
-                                       status: int) -> None:
+def test_bad_stow_input_stores_nothing(
+    archive: Archive, name: str, content_type: str, build: object, status: int
+) -> None:
     ds = fresh("CT_small.dcm")
     body = build(_bytes(ds))  # type: ignore[operator]
     r = httpx.post(f"{archive.dicomweb}/studies", content=body, headers={"Content-Type": content_type})
@@ -146,8 +174,9 @@ def test_bad_stow_input_stores_nothing(archive: Archive, name: str, content_type
 def test_wrong_study_in_url_stores_nothing(archive: Archive) -> None:
     ds = fresh("CT_small.dcm")
     other = generate_uid()
-    r = httpx.post(f"{archive.dicomweb}/studies/{other}", content=_bytes(ds),
-                   headers={"Content-Type": "application/dicom"})
+    r = httpx.post(
+        f"{archive.dicomweb}/studies/{other}", content=_bytes(ds), headers={"Content-Type": "application/dicom"}
+    )
     assert r.status_code == 409
     assert r.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
     for uid in (ds.StudyInstanceUID, other):

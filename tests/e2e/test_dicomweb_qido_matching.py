@@ -56,8 +56,11 @@ def stored(archive: Archive) -> Iterator[dict[str, str]]:
     with httpx.Client(base_url=archive.dicomweb) as http:
         for label, spec in STUDIES.items():
             for modality in spec[6]:
-                r = http.post("/studies", content=part10(label, uids[label], generate_uid(), modality),
-                              headers={"Content-Type": "application/dicom"})
+                r = http.post(
+                    "/studies",
+                    content=part10(label, uids[label], generate_uid(), modality),
+                    headers={"Content-Type": "application/dicom"},
+                )
                 assert r.status_code == 200, r.text
         yield uids
         for uid in uids.values():
@@ -129,16 +132,19 @@ def test_series_and_instance_levels(archive: Archive, stored: dict[str, str]) ->
     assert len(instances) == 1
     sop = instances[0]["00080018"]["Value"][0]
     assert httpx.get(f"{base}/instances?SOPInstanceUID={sop}").json()[0]["0020000E"]["Value"] == [sr]
-    assert httpx.get(f"{base}/studies/{stored['C']}/instances?InstanceNumber=1&Modality=SR").json()[0][
-        "00080018"]["Value"] == [sop]
+    assert httpx.get(f"{base}/studies/{stored['C']}/instances?InstanceNumber=1&Modality=SR").json()[0]["00080018"][
+        "Value"
+    ] == [sop]
 
 
 def test_computed_attributes_and_includefield(archive: Archive, stored: dict[str, str]) -> None:
     (c,) = httpx.get(f"{archive.dicomweb}/studies?StudyInstanceUID={stored['C']}").json()
     assert c["00080061"]["Value"] == ["CT", "SR"]
     assert c["00201206"]["Value"] == [2] and c["00201208"]["Value"] == [2]
-    (a,) = httpx.get(f"{archive.dicomweb}/studies?StudyInstanceUID={stored['A']}&includefield=00080090"
-                     f"&includefield=IssuerOfPatientID,StudyID").json()
+    (a,) = httpx.get(
+        f"{archive.dicomweb}/studies?StudyInstanceUID={stored['A']}&includefield=00080090"
+        f"&includefield=IssuerOfPatientID,StudyID"
+    ).json()
     assert a["00080090"]["Value"][0]["Alphabetic"] == "Doe^John"
     (full,) = httpx.get(f"{archive.dicomweb}/studies?StudyInstanceUID={stored['A']}&includefield=all").json()
     assert full["00081030"]["Value"] == ["Chest CT"]
@@ -179,9 +185,12 @@ def test_malformed_values_are_400_naming_the_parameter(archive: Archive, query: 
     assert parameter in r.json()["error"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="metadata_svc matches a person name as one string: no per-group "
-                          "(alphabetic/ideographic/phonetic) matching yet")
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="metadata_svc matches a person name as one string: no per-group "
+    "(alphabetic/ideographic/phonetic) matching yet",
+)
 @pytest.mark.parametrize("query", ["PatientName=山田^太郎", "PatientName=やまだ^たろう", "PatientName=Yamada^Tarou"])
 def test_ideographic_and_phonetic_groups(archive: Archive, stored: dict[str, str], query: str) -> None:
     r = httpx.get(f"{archive.dicomweb}/studies?{SCOPE}&{query}")

@@ -90,8 +90,9 @@ def pydicom_json(data: bytes) -> tuple[dict[str, Any], set[str]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = dcmread(io.BytesIO(data))
-        attrs = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda e: "x",
-                                suppress_invalid_tags=True)
+        attrs = ds.to_json_dict(
+            bulk_data_threshold=1024, bulk_data_element_handler=lambda e: "x", suppress_invalid_tags=True
+        )
     return without_bulk(attrs), {f"{tag:08X}" for tag in ds.keys()} - set(attrs)
 
 

@@ -93,7 +93,9 @@ def dimse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dimse]:
     port = free_port()
     storescp = subprocess.Popen(
         ["storescp", "-aet", PEER, "+xa", "-od", str(destination), str(port)],
-        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     archive = Archive(
         root / "archive",
@@ -107,8 +109,19 @@ def dimse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dimse]:
     corpus = root / "corpus"
     corpus.mkdir()
     datasets = make_corpus(corpus)
-    proc = run(["dcmsend", "-v", "--decompress-never", "-aec", archive.ae_title, "+sd",
-                "127.0.0.1", str(archive.dimse_port), str(corpus)])
+    proc = run(
+        [
+            "dcmsend",
+            "-v",
+            "--decompress-never",
+            "-aec",
+            archive.ae_title,
+            "+sd",
+            "127.0.0.1",
+            str(archive.dimse_port),
+            str(corpus),
+        ]
+    )
     try:
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log
@@ -143,10 +156,18 @@ def test_echoscu(dimse: Dimse) -> None:
 
 def test_findscu_patient_level_with_wildcard(dimse: Dimse, tmp_path: Path) -> None:
     tag = next(iter(dimse.datasets.values())).PatientID.split("-")[1]
-    found = find(dimse, tmp_path, "-P", [
-        "QueryRetrieveLevel=PATIENT", f"PatientID=*-{tag}", "PatientName=Doe*", "PatientBirthDate=",
-        "NumberOfPatientRelatedStudies=",
-    ])
+    found = find(
+        dimse,
+        tmp_path,
+        "-P",
+        [
+            "QueryRetrieveLevel=PATIENT",
+            f"PatientID=*-{tag}",
+            "PatientName=Doe*",
+            "PatientBirthDate=",
+            "NumberOfPatientRelatedStudies=",
+        ],
+    )
     assert [str(ds.PatientName) for ds in found] == ["Doe^Jane"]
     (ds,) = found
     assert ds.PatientID == f"PAT1-{tag}"
@@ -157,10 +178,20 @@ def test_findscu_patient_level_with_wildcard(dimse: Dimse, tmp_path: Path) -> No
 
 def test_findscu_study_level_with_date_range_and_uid_list(dimse: Dimse, tmp_path: Path) -> None:
     studies = sorted(of_corpus(dimse, "StudyInstanceUID"))
-    found = find(dimse, tmp_path, "-S", [
-        "QueryRetrieveLevel=STUDY", "StudyInstanceUID=" + "\\".join(studies), "StudyDate=20200101-20211231",
-        "PatientName=", "ModalitiesInStudy=", "NumberOfStudyRelatedInstances=", "AccessionNumber=",
-    ])
+    found = find(
+        dimse,
+        tmp_path,
+        "-S",
+        [
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID=" + "\\".join(studies),
+            "StudyDate=20200101-20211231",
+            "PatientName=",
+            "ModalitiesInStudy=",
+            "NumberOfStudyRelatedInstances=",
+            "AccessionNumber=",
+        ],
+    )
     by_study = {ds.StudyInstanceUID: ds for ds in found}
     assert set(by_study) == set(studies[:2])
     first = by_study[studies[0]]
@@ -172,22 +203,45 @@ def test_findscu_study_level_with_date_range_and_uid_list(dimse: Dimse, tmp_path
 
 def test_findscu_series_level_in_study_root(dimse: Dimse, tmp_path: Path) -> None:
     study = sorted(of_corpus(dimse, "StudyInstanceUID"))[1]
-    found = find(dimse, tmp_path, "-S", [
-        "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={study}", "Modality=MR", "SeriesInstanceUID=",
-        "NumberOfSeriesRelatedInstances=",
-    ])
-    expected = {ds.SeriesInstanceUID for ds in dimse.datasets.values()
-                if ds.StudyInstanceUID == study and ds.Modality == "MR"}
+    found = find(
+        dimse,
+        tmp_path,
+        "-S",
+        [
+            "QueryRetrieveLevel=SERIES",
+            f"StudyInstanceUID={study}",
+            "Modality=MR",
+            "SeriesInstanceUID=",
+            "NumberOfSeriesRelatedInstances=",
+        ],
+    )
+    expected = {
+        ds.SeriesInstanceUID for ds in dimse.datasets.values() if ds.StudyInstanceUID == study and ds.Modality == "MR"
+    }
     assert {ds.SeriesInstanceUID for ds in found} == expected
     assert [ds.NumberOfSeriesRelatedInstances for ds in found] == [2]
 
 
 def test_findscu_image_level_in_patient_root(dimse: Dimse, tmp_path: Path) -> None:
-    ds0 = next(ds for ds in dimse.datasets.values() if ds.Modality == "MR" and "JPEG" not in ds.file_meta.TransferSyntaxUID.name)
-    found = find(dimse, tmp_path, "-P", [
-        "QueryRetrieveLevel=IMAGE", f"PatientID={ds0.PatientID}", f"StudyInstanceUID={ds0.StudyInstanceUID}",
-        f"SeriesInstanceUID={ds0.SeriesInstanceUID}", "SOPInstanceUID=", "SOPClassUID=", "InstanceNumber=",
-    ])
+    ds0 = next(
+        ds
+        for ds in dimse.datasets.values()
+        if ds.Modality == "MR" and "JPEG" not in ds.file_meta.TransferSyntaxUID.name
+    )
+    found = find(
+        dimse,
+        tmp_path,
+        "-P",
+        [
+            "QueryRetrieveLevel=IMAGE",
+            f"PatientID={ds0.PatientID}",
+            f"StudyInstanceUID={ds0.StudyInstanceUID}",
+            f"SeriesInstanceUID={ds0.SeriesInstanceUID}",
+            "SOPInstanceUID=",
+            "SOPClassUID=",
+            "InstanceNumber=",
+        ],
+    )
     expected = {uid for uid, ds in dimse.datasets.items() if ds.SeriesInstanceUID == ds0.SeriesInstanceUID}
     assert {ds.SOPInstanceUID for ds in found} == expected
     for ds in found:
@@ -197,8 +251,21 @@ def test_findscu_image_level_in_patient_root(dimse: Dimse, tmp_path: Path) -> No
 
 def test_findscu_with_a_bad_level_fails(dimse: Dimse) -> None:
     # Study Root has no PATIENT level.
-    proc = run(["findscu", "-v", "-S", "-aec", dimse.archive.ae_title, "-k", "QueryRetrieveLevel=PATIENT",
-                "-k", "PatientName=", "127.0.0.1", str(dimse.archive.dimse_port)])
+    proc = run(
+        [
+            "findscu",
+            "-v",
+            "-S",
+            "-aec",
+            dimse.archive.ae_title,
+            "-k",
+            "QueryRetrieveLevel=PATIENT",
+            "-k",
+            "PatientName=",
+            "127.0.0.1",
+            str(dimse.archive.dimse_port),
+        ]
+    )
     assert "Final Find Response (Error: DataSetDoesNotMatchSOPClass)" in proc.stdout + proc.stderr
 
 
@@ -247,8 +314,18 @@ def test_movescu_of_every_transfer_syntax(dimse: Dimse) -> None:
     for old in dimse.destination.iterdir():
         old.unlink()
     studies = sorted(of_corpus(dimse, "StudyInstanceUID"))
-    args = ["movescu", "-S", "-aec", dimse.archive.ae_title, "-aem", PEER, "-k", "QueryRetrieveLevel=STUDY",
-            "-k", "StudyInstanceUID=" + "\\".join(studies)]
+    args = [
+        "movescu",
+        "-S",
+        "-aec",
+        dimse.archive.ae_title,
+        "-aem",
+        PEER,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        "StudyInstanceUID=" + "\\".join(studies),
+    ]
     proc = run([*args, "127.0.0.1", str(dimse.archive.dimse_port)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = moved(dimse, set(dimse.datasets))
@@ -259,18 +336,51 @@ def test_movescu_of_every_transfer_syntax(dimse: Dimse) -> None:
 
 def test_movescu_to_an_unknown_destination_fails(dimse: Dimse) -> None:
     ds0 = next(iter(dimse.datasets.values()))
-    proc = run(["movescu", "-S", "-aec", dimse.archive.ae_title, "-aem", "NOWHERE", "-k", "QueryRetrieveLevel=STUDY",
-                "-k", f"StudyInstanceUID={ds0.StudyInstanceUID}", "127.0.0.1", str(dimse.archive.dimse_port)])
+    proc = run(
+        [
+            "movescu",
+            "-S",
+            "-aec",
+            dimse.archive.ae_title,
+            "-aem",
+            "NOWHERE",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={ds0.StudyInstanceUID}",
+            "127.0.0.1",
+            str(dimse.archive.dimse_port),
+        ]
+    )
     log = proc.stdout + proc.stderr
     assert "(Refused: MoveDestinationUnknown)" in log, log
 
 
-@pytest.mark.parametrize("option,syntax_name", [("+xe", "Explicit VR Little Endian"), ("+xt", "JPEG-LS Lossless Image Compression")])
-def test_getscu_stores_back_on_the_same_association(dimse: Dimse, tmp_path: Path, option: str, syntax_name: str) -> None:
+@pytest.mark.parametrize(
+    "option,syntax_name", [("+xe", "Explicit VR Little Endian"), ("+xt", "JPEG-LS Lossless Image Compression")]
+)
+def test_getscu_stores_back_on_the_same_association(
+    dimse: Dimse, tmp_path: Path, option: str, syntax_name: str
+) -> None:
     ds0 = next(ds for ds in dimse.datasets.values() if ds.file_meta.TransferSyntaxUID.name == syntax_name)
-    proc = run(["getscu", "-v", option, "-S", "-aec", dimse.archive.ae_title, "-od", str(tmp_path),
-                "-k", "QueryRetrieveLevel=SERIES", "-k", f"SeriesInstanceUID={ds0.SeriesInstanceUID}",
-                "127.0.0.1", str(dimse.archive.dimse_port)])
+    proc = run(
+        [
+            "getscu",
+            "-v",
+            option,
+            "-S",
+            "-aec",
+            dimse.archive.ae_title,
+            "-od",
+            str(tmp_path),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"SeriesInstanceUID={ds0.SeriesInstanceUID}",
+            "127.0.0.1",
+            str(dimse.archive.dimse_port),
+        ]
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
     got = {ds.SOPInstanceUID: ds for ds in (pydicom.dcmread(p) for p in tmp_path.iterdir())}

@@ -164,7 +164,8 @@ def test_values_pydicom_calls_invalid_are_kept_as_sent(archive2: Archive, tmp_pa
     stored = StorageClient(channel(archive2.grpc_addrs["storage"])).get_bytes(loc.object_key)
     assert split_part10(stored)[1] == split_part10(raw)[1]
     (header,) = MetadataClient(channel(archive2.grpc_addrs["metadata"])).get_metadata(
-        "default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        "default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
     assert json.loads(header)["00200013"] == {"vr": "IS", "Value": ["X"]}
 
 
@@ -184,8 +185,11 @@ def test_c_cancel_stops_a_find(archive2: Archive, tmp_path: Path) -> None:
         for status, _ in responses:
             statuses.append(status.Status)
             if len(statuses) == 1:
-                cx = next(c for c in assoc.accepted_contexts
-                          if c.abstract_syntax == StudyRootQueryRetrieveInformationModelFind)
+                cx = next(
+                    c
+                    for c in assoc.accepted_contexts
+                    if c.abstract_syntax == StudyRootQueryRetrieveInformationModelFind
+                )
                 assoc.send_c_cancel(7, cx.context_id)
     finally:
         assoc.release()
@@ -274,8 +278,9 @@ def test_storage_commitment_after_release_comes_on_a_new_association(
 
     listener = AE(ae_title=COMMIT_SCU)
     listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-    server = listener.start_server(("127.0.0.1", commit_port), block=False,
-                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    server = listener.start_server(
+        ("127.0.0.1", commit_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
     try:
         path, ds = ct(tmp_path)
         assert store(archive2, path) == 0x0000
@@ -304,9 +309,13 @@ def test_c_get_returns_the_stored_bytes(archive2: Archive, tmp_path: Path) -> No
     ae = AE(ae_title=SCU)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-    assoc = ae.associate("127.0.0.1", archive2.dimse_port, ae_title=archive2.ae_title,
-                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = ae.associate(
+        "127.0.0.1",
+        archive2.dimse_port,
+        ae_title=archive2.ae_title,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
     assert assoc.is_established
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
@@ -354,10 +363,17 @@ def test_a_silent_connection_does_not_hold_up_shutdown(tmp_path: Path) -> None:
     from tests.support import ROOT, free_port
 
     port = free_port()
-    env = {**os.environ, "DICOMSERVER_DIMSE_PORT": str(port), "DICOMSERVER_INGEST_ADDR": f"127.0.0.1:{free_port()}",
-           "DICOMSERVER_DATA_DIR": str(tmp_path), "DICOMSERVER_SHUTDOWN_GRACE": "1", "DICOMSERVER_ACSE_TIMEOUT": "120"}
-    proc = subprocess.Popen([sys.executable, "-m", "ingest_svc"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "DICOMSERVER_DIMSE_PORT": str(port),
+        "DICOMSERVER_INGEST_ADDR": f"127.0.0.1:{free_port()}",
+        "DICOMSERVER_DATA_DIR": str(tmp_path),
+        "DICOMSERVER_SHUTDOWN_GRACE": "1",
+        "DICOMSERVER_ACSE_TIMEOUT": "120",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest_svc"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

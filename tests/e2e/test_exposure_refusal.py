@@ -24,8 +24,9 @@ from tests.support import ROOT
 
 def env_for(data_dir: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMSERVER_")}
-    env.update({"DICOMSERVER_DATA_DIR": str(data_dir), "DICOMSERVER_LOG_LEVEL": "INFO",
-                "DICOMSERVER_SHUTDOWN_GRACE": "0.5"})
+    env.update(
+        {"DICOMSERVER_DATA_DIR": str(data_dir), "DICOMSERVER_LOG_LEVEL": "INFO", "DICOMSERVER_SHUTDOWN_GRACE": "0.5"}
+    )
     env.update({f"DICOMSERVER_{k.upper()}": v for k, v in settings.items()})
     return env
 
@@ -33,8 +34,11 @@ def env_for(data_dir: Path, **settings: str) -> dict[str, str]:
 @contextmanager
 def auth_svc(data_dir: Path, enabled: bool) -> Iterator[str]:
     address = f"127.0.0.1:{free_port()}"
-    proc = subprocess.Popen([sys.executable, "-m", "auth_svc"], cwd=ROOT,
-                            env=env_for(data_dir, auth_addr=address, auth_enabled=str(enabled).lower()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auth_svc"],
+        cwd=ROOT,
+        env=env_for(data_dir, auth_addr=address, auth_enabled=str(enabled).lower()),
+    )
     try:
         with channel(address) as ch:
             deadline = time.monotonic() + 60
@@ -52,16 +56,25 @@ def auth_svc(data_dir: Path, enabled: bool) -> Iterator[str]:
 
 EDGES = {
     "dicomweb_gateway": lambda port: {"http_host": "0.0.0.0", "http_port": str(port)},
-    "ingest_svc": lambda port: {"dimse_host": "0.0.0.0", "dimse_port": str(port),
-                                "ingest_addr": f"127.0.0.1:{free_port()}"},
+    "ingest_svc": lambda port: {
+        "dimse_host": "0.0.0.0",
+        "dimse_port": str(port),
+        "ingest_addr": f"127.0.0.1:{free_port()}",
+    },
 }
 
 
 @pytest.mark.parametrize("edge", EDGES)
 def test_an_edge_on_a_network_address_refuses_to_start_with_auth_off(edge: str, tmp_path: Path) -> None:
     with auth_svc(tmp_path, enabled=False) as auth:
-        proc = subprocess.run([sys.executable, "-m", edge], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                              env=env_for(tmp_path, auth_addr=auth, **EDGES[edge](free_port())))
+        proc = subprocess.run(
+            [sys.executable, "-m", edge],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env_for(tmp_path, auth_addr=auth, **EDGES[edge](free_port())),
+        )
     assert proc.returncode != 0
     assert "authentication is off" in proc.stderr and "0.0.0.0 is not loopback" in proc.stderr, proc.stderr
 
@@ -70,8 +83,13 @@ def test_an_edge_on_a_network_address_refuses_to_start_with_auth_off(edge: str, 
 def test_an_edge_on_a_network_address_starts_with_auth_on(edge: str, tmp_path: Path) -> None:
     port = free_port()
     with auth_svc(tmp_path, enabled=True) as auth:
-        proc = subprocess.Popen([sys.executable, "-m", edge], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                                env=env_for(tmp_path, auth_addr=auth, **EDGES[edge](port)))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", edge],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env_for(tmp_path, auth_addr=auth, **EDGES[edge](port)),
+        )
         try:
             deadline = time.monotonic() + 60
             while True:

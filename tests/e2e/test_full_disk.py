@@ -80,10 +80,21 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(disk: Path, tmp_path
         late_sop, late = one_mb_ct(study)
         assert c_store(archive, late) == 0xA700
         boundary = "full-disk"
-        body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + d + b"\r\n"
-                        for d in refused[:2]) + b"--" + boundary.encode() + b"--\r\n"
-        r = httpx.post(f"{archive.dicomweb}/studies", content=body, timeout=60, headers={
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        body = (
+            b"".join(
+                b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + d + b"\r\n"
+                for d in refused[:2]
+            )
+            + b"--"
+            + boundary.encode()
+            + b"--\r\n"
+        )
+        r = httpx.post(
+            f"{archive.dicomweb}/studies",
+            content=body,
+            timeout=60,
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        )
         assert r.status_code == 507, r.text
 
         # Nothing of the refused is left; everything acknowledged is served as sent.
@@ -93,8 +104,10 @@ def test_a_full_disk_refuses_what_does_not_fit_and_recovers(disk: Path, tmp_path
         assert len([f for f in files if f.endswith(".dcm")]) == len(acknowledged)
         r = httpx.get(f"{archive.dicomweb}/studies/{study}", headers={"Accept": WADO_AS_STORED}, timeout=60)
         boundary = r.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"').encode()
-        served = {split_part10(p.partition(b"\r\n\r\n")[2].removesuffix(b"\r\n"))[1]
-                  for p in r.content.split(b"--" + boundary)[1:-1]}
+        served = {
+            split_part10(p.partition(b"\r\n\r\n")[2].removesuffix(b"\r\n"))[1]
+            for p in r.content.split(b"--" + boundary)[1:-1]
+        }
         assert served == {split_part10(d)[1] for d in acknowledged.values()}
 
         # Space returns: the same objects go in.

@@ -34,8 +34,13 @@ def read_only(pg: Postgres, url: str, on: bool) -> None:
     engine = create_engine(pg.url(), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}'))
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND pid <> pg_backend_pid()"
+            ),
+            {"name": name},
+        )
     engine.dispose()
 
 
@@ -49,14 +54,19 @@ def test_an_index_that_fails_after_storage_leaves_nothing(postgres: Postgres, tm
     archive.start()
     try:
         kept_ds, kept = small_ct()
-        assert httpx.post(f"{archive.dicomweb}/studies", content=kept,
-                          headers={"Content-Type": "application/dicom"}).status_code == 200
+        assert (
+            httpx.post(
+                f"{archive.dicomweb}/studies", content=kept, headers={"Content-Type": "application/dicom"}
+            ).status_code
+            == 200
+        )
         before_files = archive.stored_files()
 
         read_only(postgres, url, True)
         (stow_ds, stow_data), (dimse_ds, dimse_data) = small_ct(), small_ct()
-        r = httpx.post(f"{archive.dicomweb}/studies", content=stow_data,
-                       headers={"Content-Type": "application/dicom"}, timeout=120)
+        r = httpx.post(
+            f"{archive.dicomweb}/studies", content=stow_data, headers={"Content-Type": "application/dicom"}, timeout=120
+        )
         assert r.status_code in (409, 503), r.text
         if r.status_code == 409:
             (failed,) = r.json()["00081198"]["Value"]
@@ -76,8 +86,12 @@ def test_an_index_that_fails_after_storage_leaves_nothing(postgres: Postgres, tm
         assert httpx.get(f"{archive.dicomweb}/studies/{stow_ds.StudyInstanceUID}").status_code == 404
 
         # Writes again: the same objects go in.
-        assert httpx.post(f"{archive.dicomweb}/studies", content=stow_data,
-                          headers={"Content-Type": "application/dicom"}).status_code == 200
+        assert (
+            httpx.post(
+                f"{archive.dicomweb}/studies", content=stow_data, headers={"Content-Type": "application/dicom"}
+            ).status_code
+            == 200
+        )
         assert c_store(archive, dimse_data) == 0x0000
         assert set(archive.listed()) == {kept_ds.SOPInstanceUID, stow_ds.SOPInstanceUID, dimse_ds.SOPInstanceUID}
     finally:

@@ -16,12 +16,19 @@ def test_example_stores_and_finds_an_instance(archive: Archive) -> None:
     path = get_testdata_file("MR_small.dcm", download=False)
     proc = subprocess.run(
         [
-            sys.executable, "examples/store_and_query.py",
-            "--ingest", archive.grpc_addrs["ingest"],
-            "--metadata", archive.grpc_addrs["metadata"],
+            sys.executable,
+            "examples/store_and_query.py",
+            "--ingest",
+            archive.grpc_addrs["ingest"],
+            "--metadata",
+            archive.grpc_addrs["metadata"],
             path,
         ],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID

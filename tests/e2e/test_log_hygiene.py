@@ -28,8 +28,12 @@ def instance(study: str) -> bytes:
 
 def stow(base: str, parts: list[bytes]) -> httpx.Response:
     body = b"".join(b"--xx\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in parts) + b"--xx--\r\n"
-    return httpx.post(f"{base}/studies", content=body,
-                      headers={"Content-Type": f'multipart/related; type="{DICOM}"; boundary=xx'}, timeout=30)
+    return httpx.post(
+        f"{base}/studies",
+        content=body,
+        headers={"Content-Type": f'multipart/related; type="{DICOM}"; boundary=xx'},
+        timeout=30,
+    )
 
 
 @pytest.mark.timeout(300)
@@ -45,11 +49,19 @@ def test_patient_data_never_reaches_info_logs(tmp_path_factory: pytest.TempPathF
         # whose study differs from the path's.
         assert stow(base, [good[: len(good) - 40]]).status_code in (400, 409)
         body = b"--xx\r\nContent-Type: application/dicom\r\n\r\n" + instance(generate_uid()) + b"\r\n--xx--\r\n"
-        r = httpx.post(f"{base}/studies/{study}", content=body,
-                       headers={"Content-Type": f'multipart/related; type="{DICOM}"; boundary=xx'})
+        r = httpx.post(
+            f"{base}/studies/{study}",
+            content=body,
+            headers={"Content-Type": f'multipart/related; type="{DICOM}"; boundary=xx'},
+        )
         assert r.status_code == 409
-        for query in (f"PatientName={NAME}*", f"PatientID={PATIENT_ID}", f"PatientName={NAME}&NoSuchKey={NAME}",
-                      f"PatientBirthDate={NAME}", f"fuzzymatching=true&PatientName={GIVEN}"):
+        for query in (
+            f"PatientName={NAME}*",
+            f"PatientID={PATIENT_ID}",
+            f"PatientName={NAME}&NoSuchKey={NAME}",
+            f"PatientBirthDate={NAME}",
+            f"fuzzymatching=true&PatientName={GIVEN}",
+        ):
             assert httpx.get(f"{base}/studies?{query}").status_code in (200, 204, 400)
         assert httpx.get(f"{base}/studies/{study}/metadata").status_code == 200
 
@@ -74,4 +86,5 @@ def test_patient_data_never_reaches_info_logs(tmp_path_factory: pytest.TempPathF
     assert " INFO " in logs or '"INFO"' in logs, "the services did not log at INFO"
     leaked = [s for s in SECRETS if s in logs]
     assert not leaked, f"patient data {leaked} in the logs:\n" + "\n".join(
-        line for line in logs.splitlines() if any(s in line for s in SECRETS))
+        line for line in logs.splitlines() if any(s in line for s in SECRETS)
+    )

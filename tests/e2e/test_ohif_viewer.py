@@ -32,8 +32,12 @@ DIST = OHIF / "node_modules" / "@ohif" / "app" / "dist"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 # file: its patient name as the study list shows it
 STUDIES = {
@@ -157,10 +161,14 @@ def test_ohif_lists_opens_and_renders(viewer: tuple[str, Archive, dict[str, str]
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text[:300]}") if m.type == "error" else None)
+            page.on(
+                "console", lambda m: problems.append(f"console {m.type}: {m.text[:300]}") if m.type == "error" else None
+            )
             page.on("pageerror", lambda e: problems.append(f"page error: {str(e)[:300]}"))
             page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url[:200]} {r.failure}"))
-            page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url[:200]}") if r.status >= 400 else None)
+            page.on(
+                "response", lambda r: problems.append(f"HTTP {r.status}: {r.url[:200]}") if r.status >= 400 else None
+            )
 
             page.goto(origin + "/")
             for patient in STUDIES.values():

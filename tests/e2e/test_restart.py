@@ -74,8 +74,14 @@ def sweep(archive: Archive) -> None:
 
 def test_a_restart_keeps_objects_index_feed_positions_and_api_keys(tmp_path: Path) -> None:
     env = {**os.environ, "DICOMSERVER_DATA_DIR": str(tmp_path), "DICOMSERVER_LOG_LEVEL": "WARNING"}
-    made = subprocess.run([sys.executable, "-m", "auth_svc.keys", "create", "--tenant", "default", "--subject",
-                           "restart-test"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        [sys.executable, "-m", "auth_svc.keys", "create", "--tenant", "default", "--subject", "restart-test"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = {"X-API-Key": made.stdout.strip()}
     archive = Archive(tmp_path, extra_env={"DICOMSERVER_AUTH_ENABLED": "true"})
     archive.start()
@@ -84,8 +90,11 @@ def test_a_restart_keeps_objects_index_feed_positions_and_api_keys(tmp_path: Pat
         sent = [small_ct(study, PatientName=f"Restart^{n}", PatientID="RST")[1] for n in range(4)]
         for data in sent:
             assert archive.stow(data, key).status_code == 200
-        before = (archive.listed(key), archive.served(study, key),
-                  httpx.get(f"{archive.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json())
+        before = (
+            archive.listed(key),
+            archive.served(study, key),
+            httpx.get(f"{archive.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json(),
+        )
         assert len(before[0]) == 4 and len(before[2]) == 4
     finally:
         assert archive.stop() == 0, "".join(archive.output[-30:])
@@ -94,8 +103,11 @@ def test_a_restart_keeps_objects_index_feed_positions_and_api_keys(tmp_path: Pat
     again.start()
     try:
         assert httpx.get(f"{again.dicomweb}/studies").status_code == 401  # still closed to anonymous callers
-        after = (again.listed(key), again.served(study, key),
-                 httpx.get(f"{again.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json())
+        after = (
+            again.listed(key),
+            again.served(study, key),
+            httpx.get(f"{again.dicomweb}/changefeed", params={"limit": "100"}, headers=key).json(),
+        )
         assert after == before
         assert sorted(split_part10(d)[1] for d in sent) == after[1]  # the very bytes sent
         # The feed goes on from where it was: no position is given twice.
@@ -209,8 +221,11 @@ def test_a_stop_during_an_open_c_store_finishes_or_refuses_that_object(tmp_path:
     sender = threading.Thread(target=send_big)
     sender.start()
     staging = tmp_path / "objects" / ".staging"
-    wait_for("the big object being received",
-             lambda: staging.exists() and any(p.stat().st_size > 0 for p in staging.iterdir()), timeout=60)
+    wait_for(
+        "the big object being received",
+        lambda: staging.exists() and any(p.stat().st_size > 0 for p in staging.iterdir()),
+        timeout=60,
+    )
     archive.proc.send_signal(signal.SIGTERM)
     sender.join(120)
     assert not sender.is_alive()
@@ -240,8 +255,9 @@ def test_a_part_left_by_a_sigkill_mid_write_is_never_served_and_is_swept(tmp_pat
     archive = Archive(tmp_path)
     archive.start()
     assert archive.proc is not None
-    (gateway,) = [k for k in children(archive.proc.pid)
-                  if "dicomweb_gateway" in Path(f"/proc/{k}/cmdline").read_bytes().decode()]
+    (gateway,) = [
+        k for k in children(archive.proc.pid) if "dicomweb_gateway" in Path(f"/proc/{k}/cmdline").read_bytes().decode()
+    ]
     sop, data = big_ct(small_ct()[0].StudyInstanceUID, 8)
     half = threading.Event()
 
@@ -253,14 +269,17 @@ def test_a_part_left_by_a_sigkill_mid_write_is_never_served_and_is_swept(tmp_pat
 
     def post() -> None:
         with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"{archive.dicomweb}/studies", content=body(), timeout=60,
-                       headers={"Content-Type": "application/dicom"})
+            httpx.post(
+                f"{archive.dicomweb}/studies", content=body(), timeout=60, headers={"Content-Type": "application/dicom"}
+            )
 
     sender = threading.Thread(target=post, daemon=True)
     sender.start()
     staging = tmp_path / "objects" / ".staging"
-    wait_for("half the object staged",
-             lambda: half.is_set() and staging.exists() and any(p.stat().st_size > 0 for p in staging.iterdir()))
+    wait_for(
+        "half the object staged",
+        lambda: half.is_set() and staging.exists() and any(p.stat().st_size > 0 for p in staging.iterdir()),
+    )
     os.kill(gateway, signal.SIGKILL)
     assert archive.proc.wait(60) == 1
     archive.stop()

@@ -45,17 +45,32 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         seaweed = SeaweedS3(root / "seaweed")
         seaweed.data_dir.mkdir()
         seaweed.start()
-        archive = Archive(root / "archive", extra_env={
-            "DICOMSERVER_DATABASE_URL": new_database(pg, "race"),
-            "DICOMSERVER_STORAGE_BACKEND": "s3", "DICOMSERVER_S3_ENDPOINT_URL": seaweed.endpoint,
-            "DICOMSERVER_S3_BUCKET": seaweed.bucket, "DICOMSERVER_S3_ACCESS_KEY_ID": ACCESS_KEY,
-            "DICOMSERVER_S3_SECRET_ACCESS_KEY": SECRET_KEY, "DICOMSERVER_S3_CREATE_BUCKET": "true"})
-        s3 = boto3.client("s3", endpoint_url=seaweed.endpoint, aws_access_key_id=ACCESS_KEY,
-                          aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+        archive = Archive(
+            root / "archive",
+            extra_env={
+                "DICOMSERVER_DATABASE_URL": new_database(pg, "race"),
+                "DICOMSERVER_STORAGE_BACKEND": "s3",
+                "DICOMSERVER_S3_ENDPOINT_URL": seaweed.endpoint,
+                "DICOMSERVER_S3_BUCKET": seaweed.bucket,
+                "DICOMSERVER_S3_ACCESS_KEY_ID": ACCESS_KEY,
+                "DICOMSERVER_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+                "DICOMSERVER_S3_CREATE_BUCKET": "true",
+            },
+        )
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=seaweed.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
 
         def objects() -> list[bytes]:
-            keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=seaweed.bucket)
-                    for o in page.get("Contents", [])]
+            keys = [
+                o["Key"]
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=seaweed.bucket)
+                for o in page.get("Contents", [])
+            ]
             return [s3.get_object(Bucket=seaweed.bucket, Key=k)["Body"].read() for k in keys]
 
         try:
@@ -99,8 +114,10 @@ def check_one_copy(setup: Setup, study: str, sop: str, sent: list[bytes]) -> Non
     base = setup.archive.dicomweb
     rows = httpx.get(f"{base}/instances", params={"SOPInstanceUID": sop, "includefield": "00100010"}).json()
     assert len(rows) == 1, rows
-    r = httpx.get(f"{base}/studies/{study}/series/{rows[0]['0020000E']['Value'][0]}/instances/{sop}",
-                  headers={"Accept": WADO_AS_STORED})
+    r = httpx.get(
+        f"{base}/studies/{study}/series/{rows[0]['0020000E']['Value'][0]}/instances/{sop}",
+        headers={"Accept": WADO_AS_STORED},
+    )
     assert r.status_code == 200
     body = r.content.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
     datasets = {split_part10(s)[1] for s in sent}  # C-STORE gets a file meta of the archive's making
@@ -117,9 +134,17 @@ def test_two_stow_requests_with_one_sop_uid(setup: Setup) -> None:
     for _ in range(ROUNDS):
         study, sop = small_ct()[0].StudyInstanceUID, small_ct()[0].SOPInstanceUID
         sent = twins(study, sop)
-        answers = at_once([lambda data=data: httpx.post(
-            f"{setup.archive.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom"},
-            timeout=60) for data in sent])
+        answers = at_once(
+            [
+                lambda data=data: httpx.post(
+                    f"{setup.archive.dicomweb}/studies",
+                    content=data,
+                    headers={"Content-Type": "application/dicom"},
+                    timeout=60,
+                )
+                for data in sent
+            ]
+        )
         assert [a.status_code for a in answers] == [200, 200]  # type: ignore[attr-defined]
         check_one_copy(setup, study, sop, sent)
 
@@ -133,8 +158,12 @@ def test_two_associations_with_one_sop_uid(setup: Setup) -> None:
         for _ in range(ROUNDS):
             study, sop = small_ct()[0].StudyInstanceUID, small_ct()[0].SOPInstanceUID
             sent = twins(study, sop)
-            statuses = at_once([lambda a=a, data=data: a.send_c_store(dcmread(DicomBytesIO(data))).Status
-                                for a, data in zip(assocs, sent, strict=True)])
+            statuses = at_once(
+                [
+                    lambda a=a, data=data: a.send_c_store(dcmread(DicomBytesIO(data))).Status
+                    for a, data in zip(assocs, sent, strict=True)
+                ]
+            )
             assert statuses == [0x0000, 0x0000]
             check_one_copy(setup, study, sop, sent)
     finally:

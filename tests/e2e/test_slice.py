@@ -35,8 +35,7 @@ def content(ds: pydicom.Dataset) -> dict[int, object]:
 
 def retrieve_instance(archive: Archive, ds: pydicom.Dataset) -> tuple[dict[str, str], bytes]:
     url = (
-        f"{archive.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
+        f"{archive.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
     )
     r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
     assert r.status_code == 200, r.text
@@ -65,7 +64,10 @@ def with_new_uids(path: Path, out: Path) -> pydicom.Dataset:
 def test_echoscu(archive: Archive) -> None:
     proc = subprocess.run(
         ["echoscu", "-aec", archive.ae_title, "127.0.0.1", str(archive.dimse_port)],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=60,
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
 
@@ -73,7 +75,10 @@ def test_echoscu(archive: Archive) -> None:
 def test_echoscu_wrong_called_ae_is_rejected(archive: Archive) -> None:
     proc = subprocess.run(
         ["echoscu", "-aec", "NOT_US", "127.0.0.1", str(archive.dimse_port)],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=60,
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "Rejected" in proc.stdout + proc.stderr
@@ -87,8 +92,21 @@ def test_dcmsend_folder_then_qido_and_wado(archive: Archive, tmp_path: Path) -> 
         shutil.copy(path, folder / path.name)
         sent[path.name] = pydicom.dcmread(path, stop_before_pixels=True)
     proc = subprocess.run(
-        ["dcmsend", "-v", "--decompress-never", "-aec", archive.ae_title, "+sd", "127.0.0.1", str(archive.dimse_port), str(folder)],
-        capture_output=True, text=True, env=DCMTK_ENV, timeout=120,
+        [
+            "dcmsend",
+            "-v",
+            "--decompress-never",
+            "-aec",
+            archive.ae_title,
+            "+sd",
+            "127.0.0.1",
+            str(archive.dimse_port),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+        env=DCMTK_ENV,
+        timeout=120,
     )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log
@@ -182,7 +200,8 @@ def test_wado_unknown_study_is_404(archive: Archive) -> None:
 def test_series_metadata_is_the_stored_header_with_bulk_data_uris(archive: Archive, tmp_path: Path) -> None:
     ds = with_new_uids(Path(get_testdata_file("CT_small.dcm", download=False)), tmp_path / "ct.dcm")
     r = httpx.post(
-        f"{archive.dicomweb}/studies", content=(tmp_path / "ct.dcm").read_bytes(),
+        f"{archive.dicomweb}/studies",
+        content=(tmp_path / "ct.dcm").read_bytes(),
         headers={"Content-Type": "application/dicom"},
     )
     assert r.status_code == 200, r.text

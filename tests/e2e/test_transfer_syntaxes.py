@@ -21,8 +21,7 @@ from tests.support import Archive, bench_ct
 
 def _parts(r: httpx.Response) -> list[bytes]:
     boundary = r.headers["content-type"].split("boundary=")[1].strip('"').encode()
-    return [p.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
-            for p in r.content.split(b"--" + boundary)[1:-1]]
+    return [p.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0] for p in r.content.split(b"--" + boundary)[1:-1]]
 
 
 @pytest.mark.parametrize("target", sorted(codecs.encodable()))
@@ -36,12 +35,19 @@ def test_bench_ct_series_in_every_offered_syntax(archive: Archive, target: str) 
     study, series = ds.StudyInstanceUID, ds.SeriesInstanceUID
     found = httpx.get(f"{archive.dicomweb}/studies/{study}/series/{series}/instances", timeout=30)
     if found.status_code != 200 or len(found.json()) < len(files):
-        proc = subprocess.run(["dcmsend", "-aec", archive.ae_title, "127.0.0.1", str(archive.dimse_port),
-                               *map(str, files)], env=dcmtk_env(), capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            ["dcmsend", "-aec", archive.ae_title, "127.0.0.1", str(archive.dimse_port), *map(str, files)],
+            env=dcmtk_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr
-    r = httpx.get(f"{archive.dicomweb}/studies/{study}/series/{series}",
-                  headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={target}'},
-                  timeout=300)
+    r = httpx.get(
+        f"{archive.dicomweb}/studies/{study}/series/{series}",
+        headers={"Accept": f'multipart/related; type="application/dicom"; transfer-syntax={target}'},
+        timeout=300,
+    )
     assert r.status_code == 200, r.text
     parts = _parts(r)
     assert len(parts) == len(files)

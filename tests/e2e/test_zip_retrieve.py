@@ -33,25 +33,36 @@ TENANT_A, TENANT_B = "zip-a", "zip-b"
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
-    server = Archive(tmp_path_factory.mktemp("zip"), extra_env={
-        "DICOMSERVER_AUTH_ENABLED": "true",
-        "DICOMSERVER_JWT_HS256_SECRET": SECRET,
-    })
+    server = Archive(
+        tmp_path_factory.mktemp("zip"),
+        extra_env={
+            "DICOMSERVER_AUTH_ENABLED": "true",
+            "DICOMSERVER_JWT_HS256_SECRET": SECRET,
+        },
+    )
     server.start()
     yield server
     assert server.stop() == 0, "".join(server.output)
 
 
 def bearer(tenant: str) -> dict[str, str]:
-    claims = {"sub": f"zip-{tenant}", "tenants": [tenant], "scope": "dicom.read dicom.write",
-              "exp": int(time.time()) + 3600}
+    claims = {
+        "sub": f"zip-{tenant}",
+        "tenants": [tenant],
+        "scope": "dicom.read dicom.write",
+        "exp": int(time.time()) + 3600,
+    }
     return {"Authorization": "Bearer " + jwt.encode(claims, SECRET, algorithm="HS256")}
 
 
 def stow(server: Archive, tenant: str, objects: list[bytes]) -> None:
     body = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\n" + o + b"\r\n" for o in objects) + b"--b--\r\n"
-    r = httpx.post(f"{server.dicomweb}/studies", content=body, timeout=120, headers={
-        **bearer(tenant), "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    r = httpx.post(
+        f"{server.dicomweb}/studies",
+        content=body,
+        timeout=120,
+        headers={**bearer(tenant), "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -86,9 +97,14 @@ def audited_zips(server: Archive, study: str, want: int, timeout: float = 60) ->
             with sqlite3.connect(db) as conn:
                 conn.row_factory = sqlite3.Row
                 try:
-                    rows = [dict(r) for r in conn.execute(
-                        "SELECT * FROM audit_log WHERE kind = 'audit' AND operation = 'GET /studies/{study}' "
-                        "AND study_instance_uid = ?", (study,))]
+                    rows = [
+                        dict(r)
+                        for r in conn.execute(
+                            "SELECT * FROM audit_log WHERE kind = 'audit' AND operation = 'GET /studies/{study}' "
+                            "AND study_instance_uid = ?",
+                            (study,),
+                        )
+                    ]
                 except sqlite3.OperationalError:
                     rows = []
             if len(rows) >= want:
@@ -106,8 +122,14 @@ def unzip(data: bytes) -> dict[str, bytes]:
 def test_a_study_unzips_to_the_stored_objects_in_readable_folders(secured: Archive) -> None:
     study = generate_uid()
     s1, s2 = sorted([generate_uid(), generate_uid()])  # of two alike series, the second UID gets "(2)"
-    common = {"PatientName": "Zip^Zoë", "PatientID": "ZIP/1", "StudyDate": "20240229",
-              "StudyDescription": "Thorax: CT?", "SeriesNumber": 3, "SeriesDescription": "Lung"}
+    common = {
+        "PatientName": "Zip^Zoë",
+        "PatientID": "ZIP/1",
+        "StudyDate": "20240229",
+        "StudyDescription": "Thorax: CT?",
+        "SeriesNumber": 3,
+        "SeriesDescription": "Lung",
+    }
     objects = {
         "Zip Zoë (ZIP_1)/2024-02-29 Thorax_ CT_/3 CT Lung/0001.dcm": ct(study, s1, 1, **common),
         "Zip Zoë (ZIP_1)/2024-02-29 Thorax_ CT_/3 CT Lung/0002.dcm": ct(study, s1, 2, **common),
@@ -123,14 +145,18 @@ def test_a_study_unzips_to_the_stored_objects_in_readable_folders(secured: Archi
     assert unzip(r.content) == objects
 
     # A series, by link (no Accept header a browser link could not send).
-    r = httpx.get(f"{secured.dicomweb}/studies/{study}/series/{s2}?accept=application/zip",
-                  headers=bearer(TENANT_A), timeout=60)
+    r = httpx.get(
+        f"{secured.dicomweb}/studies/{study}/series/{s2}?accept=application/zip", headers=bearer(TENANT_A), timeout=60
+    )
     assert r.status_code == 200, r.text
     # Names are unique within one zip: alone, the series needs no "(2)".
     assert unzip(r.content) == {k.replace(" (2)", ""): v for k, v in objects.items() if "(2)" in k}
     # Multipart first, zip second: multipart.
-    r = httpx.get(f"{secured.dicomweb}/studies/{study}/series/{s2}", timeout=60, headers={
-        **bearer(TENANT_A), "Accept": f'multipart/related; type="application/dicom", {ZIP}; q=0.5'})
+    r = httpx.get(
+        f"{secured.dicomweb}/studies/{study}/series/{s2}",
+        timeout=60,
+        headers={**bearer(TENANT_A), "Accept": f'multipart/related; type="application/dicom", {ZIP}; q=0.5'},
+    )
     assert r.headers["content-type"].startswith("multipart/related")
 
 
@@ -140,8 +166,13 @@ def test_every_transfer_syntax_unzips_byte_identical(secured: Archive) -> None:
     got: dict[str, bytes] = {}
     for data in sent.values():
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        r = httpx.get(f"{secured.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                      f"/instances/{ds.SOPInstanceUID}", params={"accept": ZIP}, headers=bearer(TENANT_A), timeout=60)
+        r = httpx.get(
+            f"{secured.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}",
+            params={"accept": ZIP},
+            headers=bearer(TENANT_A),
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         (member,) = unzip(r.content).values()
         got[next(k for k, v in sent.items() if v is data)] = member
@@ -155,8 +186,10 @@ def test_a_tenant_cannot_zip_another_tenants_study(secured: Archive) -> None:
     url = f"{secured.dicomweb}/studies/{study}"
     assert unzip(httpx.get(url, headers={**bearer(TENANT_B), "Accept": ZIP}).content) != {}
     ghost = f"{secured.dicomweb}/studies/{generate_uid()}"
-    for variant in ({"headers": {**bearer(TENANT_A), "Accept": ZIP}},
-                    {"headers": bearer(TENANT_A), "params": {"accept": ZIP}}):
+    for variant in (
+        {"headers": {**bearer(TENANT_A), "Accept": ZIP}},
+        {"headers": bearer(TENANT_A), "params": {"accept": ZIP}},
+    ):
         theirs = httpx.get(url, **variant)  # type: ignore[arg-type]
         nowhere = httpx.get(ghost, **variant)  # type: ignore[arg-type]
         assert theirs.status_code == nowhere.status_code == 404
@@ -167,7 +200,10 @@ def test_a_tenant_cannot_zip_another_tenants_study(secured: Archive) -> None:
     # Audited like any retrieve: who, which study, the outcome.
     rows = audited_zips(secured, study, 3)
     assert sorted((r["tenant"], r["outcome"], r["status"]) for r in rows) == [
-        (TENANT_A, "failure", 404), (TENANT_A, "failure", 404), (TENANT_B, "success", 200)]
+        (TENANT_A, "failure", 404),
+        (TENANT_A, "failure", 404),
+        (TENANT_B, "success", 200),
+    ]
 
 
 def _gateway_pid(server: Archive) -> int:

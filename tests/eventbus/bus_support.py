@@ -31,8 +31,10 @@ def index_study(index, tenant: str, study: str, series: int, per_series: int) ->
     for se in range(1, series + 1):
         for n in range(1, per_series + 1):
             sop = f"{study}.{se}.{n}"
-            index.index([record(make_ds(study, f"{study}.{se}", sop, series_number=str(se),
-                                        instance_number=str(n)), tenant)], md_pb.DUPLICATE_POLICY_OVERWRITE)
+            index.index(
+                [record(make_ds(study, f"{study}.{se}", sop, series_number=str(se), instance_number=str(n)), tenant)],
+                md_pb.DUPLICATE_POLICY_OVERWRITE,
+            )
             sops.append(sop)
     return sops
 
@@ -51,16 +53,26 @@ class Bus:
 
     def __init__(self, data_dir: Path, metadata_addr: str, **env: str) -> None:
         self.data_dir = data_dir
-        self.env = {**os.environ, "DICOMSERVER_DATA_DIR": str(data_dir), "DICOMSERVER_METADATA_ADDR": metadata_addr,
-                    # Its RoutingService on a free port: several buses may run at once.
-                    "DICOMSERVER_EVENTBUS_ADDR": "127.0.0.1:0",
-                    "DICOMSERVER_LOG_LEVEL": "WARNING", **{f"DICOMSERVER_{k.upper()}": v for k, v in env.items()}}
+        self.env = {
+            **os.environ,
+            "DICOMSERVER_DATA_DIR": str(data_dir),
+            "DICOMSERVER_METADATA_ADDR": metadata_addr,
+            # Its RoutingService on a free port: several buses may run at once.
+            "DICOMSERVER_EVENTBUS_ADDR": "127.0.0.1:0",
+            "DICOMSERVER_LOG_LEVEL": "WARNING",
+            **{f"DICOMSERVER_{k.upper()}": v for k, v in env.items()},
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.db = create_engine(f"sqlite:///{data_dir / 'eventbus.sqlite3'}")
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "eventbus"], cwd=ROOT, env=self.env,
-                                     stdout=open(self.data_dir / "eventbus.log", "ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventbus"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=open(self.data_dir / "eventbus.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -86,8 +98,12 @@ class Bus:
 
     def audit(self) -> list[tuple[int, str, int]]:
         with self.db.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(
-                "SELECT sequence, sop_instance_uid, deliveries FROM audit_log ORDER BY sequence"))]  # type: ignore[misc]
+            return [
+                tuple(r)
+                for r in conn.execute(
+                    text("SELECT sequence, sop_instance_uid, deliveries FROM audit_log ORDER BY sequence")
+                )
+            ]  # type: ignore[misc]
 
 
 def metadata_sops(index, tenant: str, study: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -96,8 +112,14 @@ def metadata_sops(index, tenant: str, study: str) -> list[str]:  # type: ignore[
 
 def read_topic(kafka: Kafka, topic: str, expected: int, timeout: float = 60) -> list[Any]:
     """Every message of a topic, with a throwaway consumer group."""
-    consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     messages: list[Any] = []
     deadline = time.monotonic() + timeout

@@ -24,8 +24,15 @@ from tests.support import CORPUS_FILES, Archive, split_part10
 DCMTK_ENV = dcmtk_env()
 
 
-def make_objects(folder: Path, names: list[str] | None = None, *, study: str = "", patient_id: str = "P1",
-                 description: str = "", copies: int = 1) -> dict[str, Path]:
+def make_objects(
+    folder: Path,
+    names: list[str] | None = None,
+    *,
+    study: str = "",
+    patient_id: str = "P1",
+    description: str = "",
+    copies: int = 1,
+) -> dict[str, Path]:
     """pydicom's test files (one per stored transfer syntax by default) as
     objects of one study with fresh UIDs, each saved in its own syntax;
     returns SOP Instance UID -> file."""
@@ -94,9 +101,12 @@ class StoreScp:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(["storescp", "-aet", self.aet, "+B", "+xa", "-od", str(self.folder),
-                                      str(self.port)], env=DCMTK_ENV, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.aet, "+B", "+xa", "-od", str(self.folder), str(self.port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(f"storescp {self.aet}", self._listening, timeout=20, every=0.05)
 
     def _listening(self) -> bool:
@@ -123,8 +133,14 @@ class StoreScp:
         return out
 
     def destination(self, tenants: list[str], **more: Any) -> dict[str, Any]:
-        return {"type": "dimse", "host": "127.0.0.1", "port": self.port, "ae_title": self.aet, "tenants": tenants,
-                **more}
+        return {
+            "type": "dimse",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "ae_title": self.aet,
+            "tenants": tenants,
+            **more,
+        }
 
 
 @dataclass
@@ -142,8 +158,9 @@ class ScuPeer:
         ae = AE(ae_title=self.aet)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -155,10 +172,19 @@ class ScuPeer:
         return self.status
 
     def destination(self, tenants: list[str], **more: Any) -> dict[str, Any]:
-        return {"type": "dimse", "host": "127.0.0.1", "port": self.port, "ae_title": self.aet, "tenants": tenants,
-                **more}
+        return {
+            "type": "dimse",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "ae_title": self.aet,
+            "tenants": tenants,
+            **more,
+        }
 
 
 def routing_env(destinations: dict[str, Any], rules: list[dict[str, Any]], **more: str) -> dict[str, str]:
-    return {"DICOMSERVER_ROUTING_DESTINATIONS": json.dumps(destinations),
-            "DICOMSERVER_ROUTING_RULES": json.dumps(rules), **more}
+    return {
+        "DICOMSERVER_ROUTING_DESTINATIONS": json.dumps(destinations),
+        "DICOMSERVER_ROUTING_RULES": json.dumps(rules),
+        **more,
+    }

@@ -24,9 +24,19 @@ def _stored(seq: int) -> events_pb2.Event:
 
 
 def _audit(seq: int) -> events_pb2.Event:
-    return events_pb2.Event(sequence=seq, tenant="t", audit=Record(
-        tenant="t", edge="dimse", subject="ae:CT1", action=Record.ACTION_WRITE, outcome=Record.OUTCOME_SUCCESS,
-        status=0xB000, study_instance_uid="1.2"))
+    return events_pb2.Event(
+        sequence=seq,
+        tenant="t",
+        audit=Record(
+            tenant="t",
+            edge="dimse",
+            subject="ae:CT1",
+            action=Record.ACTION_WRITE,
+            outcome=Record.OUTCOME_SUCCESS,
+            status=0xB000,
+            study_instance_uid="1.2",
+        ),
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,9 +49,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 def _rows(store: Store) -> dict[int, tuple[str, str, str, str, int, int]]:
     with store.engine.connect() as conn:
-        rows = conn.execute(select(AuditEntry.sequence, AuditEntry.kind, AuditEntry.subject,
-                                   AuditEntry.sop_instance_uid, AuditEntry.outcome, AuditEntry.status,
-                                   AuditEntry.deliveries))
+        rows = conn.execute(
+            select(
+                AuditEntry.sequence,
+                AuditEntry.kind,
+                AuditEntry.subject,
+                AuditEntry.sop_instance_uid,
+                AuditEntry.outcome,
+                AuditEntry.status,
+                AuditEntry.deliveries,
+            )
+        )
         return {r[0]: tuple(r[1:]) for r in rows}  # type: ignore[misc]
 
 

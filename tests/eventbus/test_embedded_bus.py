@@ -37,13 +37,18 @@ def metadata(request: pytest.FixtureRequest) -> MetadataServer:
 def test_both_consumers_apply_every_event_once(metadata: MetadataServer, tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'bus.sqlite3'}")
     ch = channel(metadata.addr)
-    loops = [ConsumerLoop("metadata", EmbeddedLog("metadata", ch, store), metadata_precompute(ch), batch=4),
-             ConsumerLoop("audit", EmbeddedLog("audit", ch, store), audit_sink(store), batch=4)]
+    loops = [
+        ConsumerLoop("metadata", EmbeddedLog("metadata", ch, store), metadata_precompute(ch), batch=4),
+        ConsumerLoop("audit", EmbeddedLog("audit", ch, store), audit_sink(store), batch=4),
+    ]
     sops = index_study(metadata.index, "a", "1.1", 2, 3) + index_study(metadata.index, "b", "1.2", 1, 2)
     drain(*loops)
     with store.engine.connect() as conn:
-        audit = conn.execute(select(AuditEntry.sequence, AuditEntry.sop_instance_uid, AuditEntry.deliveries)
-                             .order_by(AuditEntry.sequence)).all()
+        audit = conn.execute(
+            select(AuditEntry.sequence, AuditEntry.sop_instance_uid, AuditEntry.deliveries).order_by(
+                AuditEntry.sequence
+            )
+        ).all()
     assert [sop for _, sop, _ in audit] == sops and {d for _, _, d in audit} == {1}
     # Every series precomputed, current, and what /metadata serves.
     assert metadata.index.refresh_metadata("a", "1.1") == 0 and metadata.index.refresh_metadata("b", "1.2") == 0
@@ -56,8 +61,9 @@ def test_both_consumers_apply_every_event_once(metadata: MetadataServer, tmp_pat
     drain(*fresh)
     assert fresh[0].handled == 1
     with store.engine.connect() as conn:
-        assert conn.execute(select(AuditEntry.sop_instance_uid).order_by(AuditEntry.sequence.desc())).first() \
-            == (more[0],)
+        assert conn.execute(select(AuditEntry.sop_instance_uid).order_by(AuditEntry.sequence.desc())).first() == (
+            more[0],
+        )
     store.dispose()
 
 
@@ -80,8 +86,10 @@ def test_failing_event_is_retried_then_dead_lettered(metadata_sqlite: MetadataSe
     drain(loop)
     assert attempts == {sops[0]: 1, sops[1]: 3, sops[2]: 2}
     with store.engine.connect() as conn:
-        assert [r for (r,) in conn.execute(select(AuditEntry.sop_instance_uid).order_by(AuditEntry.sequence))] \
-            == [sops[0], sops[2]]
+        assert [r for (r,) in conn.execute(select(AuditEntry.sop_instance_uid).order_by(AuditEntry.sequence))] == [
+            sops[0],
+            sops[2],
+        ]
         (dead,) = conn.execute(select(DeadLetter.consumer, DeadLetter.error, DeadLetter.payload)).all()
     assert dead[0] == "audit" and "cannot handle this one" in dead[1]
     assert events_pb2.Event.FromString(dead[2]).instance_stored.location.ref.sop_instance_uid == sops[1]
@@ -108,9 +116,9 @@ def test_an_outage_is_waited_out_not_dead_lettered(metadata_sqlite: MetadataServ
     store.dispose()
 
 
-
-
-def test_outbox_lag_gauge_counts_what_each_reader_has_not_handled(metadata_sqlite: MetadataServer, tmp_path: Path) -> None:
+def test_outbox_lag_gauge_counts_what_each_reader_has_not_handled(
+    metadata_sqlite: MetadataServer, tmp_path: Path
+) -> None:
     import threading
     import time
 
@@ -128,6 +136,7 @@ def test_outbox_lag_gauge_counts_what_each_reader_has_not_handled(metadata_sqlit
     watcher = threading.Thread(target=lag.watch, args=(ch, store, ["consumer:audit", "consumer:idle"], 0.05, stop))
     watcher.start()
     try:
+
         def gauge(reader: str) -> float | None:
             return REGISTRY.get_sample_value("dicomserver_outbox_lag_events", {"reader": reader})
 

@@ -34,20 +34,39 @@ def client(tmp_path: Path) -> Iterator[EventBusClient]:
     events = [
         _event(1, "a", edge="dimse", subject="ae:CT1", source_address="10.0.0.5:4001", action=Record.ACTION_WRITE),
         _event(2, "a", edge="dimse", subject="ae:CT1", source_address="10.0.0.5:4002", action=Record.ACTION_WRITE),
-        _event(3, "a", edge="dimse", subject="ae:MR2", source_address="10.0.0.6:4003", action=Record.ACTION_READ,
-               outcome=Record.OUTCOME_SUCCESS, study_instance_uid="1.2.1"),
+        _event(
+            3,
+            "a",
+            edge="dimse",
+            subject="ae:MR2",
+            source_address="10.0.0.6:4003",
+            action=Record.ACTION_READ,
+            outcome=Record.OUTCOME_SUCCESS,
+            study_instance_uid="1.2.1",
+        ),
         _event(4, "a", source_address="::1:5000", study_instance_uid="1.2.1", **read),
         _event(5, "a", source_address="::1:5001", study_instance_uid="1.2.2", **read),
-        _event(6, "a", source_address="::1:5002", study_instance_uid="1.2.1", **{**read, "outcome": Record.OUTCOME_FAILURE}),
+        _event(
+            6, "a", source_address="::1:5002", study_instance_uid="1.2.1", **{**read, "outcome": Record.OUTCOME_FAILURE}
+        ),
         _event(7, "a", age_days=40, source_address="::1:5003", study_instance_uid="1.2.3", **read),
-        _event(8, "b", edge="dimse", subject="ae:OTHER", source_address="10.9.9.9:1", study_instance_uid="1.2.1", **{
-            k: v for k, v in read.items() if k != "edge"}),
+        _event(
+            8,
+            "b",
+            edge="dimse",
+            subject="ae:OTHER",
+            source_address="10.9.9.9:1",
+            study_instance_uid="1.2.1",
+            **{k: v for k, v in read.items() if k != "edge"},
+        ),
     ]
     store.audit_many(events)
     service = EventBusService(store, MetadataClient(channel("127.0.0.1:1")), "embedded", ["audit"], ["consumer:audit"])
     server, _, port = build_server(
         lambda srv: eventbus_service_pb2_grpc.add_EventBusServiceServicer_to_server(service, srv),
-        ["dicomserver.v1.EventBusService"], "127.0.0.1:0")
+        ["dicomserver.v1.EventBusService"],
+        "127.0.0.1:0",
+    )
     ch = channel(f"127.0.0.1:{port}")
     try:
         yield EventBusClient(ch)
@@ -92,5 +111,3 @@ def test_source_host() -> None:
     assert source_host("::1:4242") == "::1"
     assert source_host("[::1]:4242") == "::1"
     assert source_host("host") == "host"
-
-

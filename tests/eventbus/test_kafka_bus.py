@@ -36,8 +36,7 @@ def outbox_sequences(metadata: Any) -> list[int]:
 def bus_for(tmp_path: Path, metadata: Any, kafka: Kafka | None, topic: str, **env: str) -> Bus:
     settings = {"consumer_batch": "50", "kafka_partitions": str(PARTITIONS), **env}
     if kafka is not None:
-        settings.update(kafka_bootstrap=kafka.bootstrap, kafka_topic=topic,
-                        kafka_dead_letter_topic=topic + ".dlq")
+        settings.update(kafka_bootstrap=kafka.bootstrap, kafka_topic=topic, kafka_dead_letter_topic=topic + ".dlq")
     return Bus(tmp_path, metadata.addr, **settings)
 
 
@@ -65,9 +64,10 @@ def test_relay_keys_and_orders_events_per_study(kafka: Kafka, metadata_pg: Any, 
         assert all(seqs == sorted(seqs) for seqs in by_key.values())
         assert {len({m.partition() for m in messages if m.key() == k}) for k in by_key} == {1}
         # The metadata consumer's work is what /metadata serves.
-        wait_until("precomputed metadata",
-                   lambda: all(metadata_pg.index.refresh_metadata("k", f"{s}.{r}") == 0
-                               for s in sops for r in range(4)))
+        wait_until(
+            "precomputed metadata",
+            lambda: all(metadata_pg.index.refresh_metadata("k", f"{s}.{r}") == 0 for s in sops for r in range(4)),
+        )
         assert metadata_sops(metadata_pg.index, "k", "7.2.3") == ["7.2.3.1.1", "7.2.3.1.2"]
     finally:
         assert bus.stop() == 0, bus.log()
@@ -76,8 +76,10 @@ def test_relay_keys_and_orders_events_per_study(kafka: Kafka, metadata_pg: Any, 
 def _committed(bus: Bus, kafka: Kafka | None, topic: str) -> int:
     """How many events the audit consumer has committed (all applied)."""
     if kafka is None:
-        return bus.scalar("SELECT count(*) FROM audit_log WHERE sequence <= "
-                          "coalesce((SELECT sequence FROM offsets WHERE name = 'consumer:audit'), 0)")
+        return bus.scalar(
+            "SELECT count(*) FROM audit_log WHERE sequence <= "
+            "coalesce((SELECT sequence FROM offsets WHERE name = 'consumer:audit'), 0)"
+        )
     consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": f"{topic}.audit"})
     try:
         parts = consumer.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
@@ -98,8 +100,7 @@ def kill_mid_batch(bus: Bus, kafka: Kafka | None, topic: str, total: int) -> int
     landed just after a commit, and the test then showed nothing."""
     assert bus.proc is not None
     for _ in range(2000):
-        wait_until("the first audit entries", lambda: bus.scalar("SELECT count(*) FROM audit_log") >= 40,
-                   every=0.002)
+        wait_until("the first audit entries", lambda: bus.scalar("SELECT count(*) FROM audit_log") >= 40, every=0.002)
         bus.proc.send_signal(signal.SIGSTOP)
         wait_until("the bus stopped", lambda: _state(bus.proc.pid) == "T", every=0.001)  # SIGSTOP lands later
         applied = bus.scalar("SELECT count(*) FROM audit_log")
@@ -130,14 +131,14 @@ def test_consumer_killed_mid_batch_loses_nothing_and_applies_once(
     try:
         wait_until("every event audited", lambda: bus.scalar("SELECT count(*) FROM audit_log") == total)
         # Those applied but not committed before the kill come again first.
-        wait_until("the redeliveries", lambda: bus.scalar("SELECT sum(deliveries) FROM audit_log")
-                   >= total + uncommitted)
+        wait_until(
+            "the redeliveries", lambda: bus.scalar("SELECT sum(deliveries) FROM audit_log") >= total + uncommitted
+        )
     finally:
         assert bus.stop() == 0, bus.log()
     audit = bus.audit()
     assert [seq for seq, _, _ in audit] == outbox_sequences(metadata_pg)  # each once, none missing
-    assert sorted(sop for _, sop, _ in audit) == sorted(f"8.1.{se}.{n}" for se in (1, 2, 3)
-                                                        for n in range(1, 101))
+    assert sorted(sop for _, sop, _ in audit) == sorted(f"8.1.{se}.{n}" for se in (1, 2, 3) for n in range(1, 101))
     # Those applied but not committed before the kill were delivered again,
     # and had no second effect.
     assert sum(d for _, _, d in audit) >= total + uncommitted
@@ -174,16 +175,22 @@ def test_kafka_down_for_30_s_during_ingest(kafka: Kafka, metadata_pg: Any, tmp_p
         kafka.start()
         # Ingest goes on while the relay catches up.
         try:
-            wait_until("Kafka taking events again",
-                       lambda: bus.scalar("SELECT count(*) FROM audit_log") > relayed_during, timeout=240)
+            wait_until(
+                "Kafka taking events again",
+                lambda: bus.scalar("SELECT count(*) FROM audit_log") > relayed_during,
+                timeout=240,
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the bus said:\n{bus.log()[-4000:]}") from None
         stop.set()
         writer.join()
         assert outage_acks > 50  # ingest kept acknowledging; the outbox grew
         assert relayed_during < len(acknowledged)
-        wait_until("every acknowledged instance through Kafka and the consumers",
-                   lambda: bus.scalar("SELECT count(*) FROM audit_log") >= len(acknowledged), timeout=240)
+        wait_until(
+            "every acknowledged instance through Kafka and the consumers",
+            lambda: bus.scalar("SELECT count(*) FROM audit_log") >= len(acknowledged),
+            timeout=240,
+        )
     finally:
         stop.set()
         if kafka.proc is None:

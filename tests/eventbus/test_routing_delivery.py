@@ -49,11 +49,14 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
     root = tmp_path_factory.mktemp("routing")
     peer, studies_peer = StoreScp("PEER", root / "peer"), StoreScp("STUDIES", root / "studies")
     poison = ScuPeer("POISON", status=0xA700)
-    remote = Archive(root / "remote", extra_env={
-        "DICOMSERVER_AUTH_ENABLED": "true",
-        "DICOMSERVER_API_KEYS": f'[{{"sha256": "{hashlib.sha256(REMOTE_KEY.encode()).hexdigest()}", '
-                                f'"subject": "router", "tenants": ["default"], "scopes": ["read", "write"]}}]',
-    })
+    remote = Archive(
+        root / "remote",
+        extra_env={
+            "DICOMSERVER_AUTH_ENABLED": "true",
+            "DICOMSERVER_API_KEYS": f'[{{"sha256": "{hashlib.sha256(REMOTE_KEY.encode()).hexdigest()}", '
+            f'"subject": "router", "tenants": ["default"], "scopes": ["read", "write"]}}]',
+        },
+    )
     token = root / "secrets" / "remote-api-key"
     token.parent.mkdir()
     token.write_text(REMOTE_KEY + "\n")
@@ -61,20 +64,40 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Routed]:
         "PEER": peer.destination(["default"]),
         "STUDIES": studies_peer.destination(["default"]),
         "POISON": poison.destination(["default"], max_attempts=3, backoff=0.2, max_backoff=0.5),
-        "REMOTE": {"type": "dicomweb", "url": remote.dicomweb, "auth": "api_key", "token_file": str(token),
-                   "tenants": ["default"]},
+        "REMOTE": {
+            "type": "dicomweb",
+            "url": remote.dicomweb,
+            "auth": "api_key",
+            "token_file": str(token),
+            "tenants": ["default"],
+        },
     }
     rules = [
         {"name": "from-modality", "tenant": "default", "calling_ae_titles": ["MODALITY"], "destinations": ["PEER"]},
-        {"name": "ct-to-remote", "tenant": "default", "modalities": ["CT"], "match": {"PatientID": "REMOTE*"},
-         "destinations": ["REMOTE"]},
+        {
+            "name": "ct-to-remote",
+            "tenant": "default",
+            "modalities": ["CT"],
+            "match": {"PatientID": "REMOTE*"},
+            "destinations": ["REMOTE"],
+        },
         {"name": "poisoned", "tenant": "default", "calling_ae_titles": ["POISONER"], "destinations": ["POISON"]},
-        {"name": "quiet-ct-studies", "tenant": "default", "modalities": ["CT"],
-         "match": {"StudyDescription": "QUIET*"}, "send": "studies", "quiet_seconds": 4,
-         "destinations": ["STUDIES"]},
+        {
+            "name": "quiet-ct-studies",
+            "tenant": "default",
+            "modalities": ["CT"],
+            "match": {"StudyDescription": "QUIET*"},
+            "send": "studies",
+            "quiet_seconds": 4,
+            "destinations": ["STUDIES"],
+        },
     ]
-    archive = Archive(root / "archive", extra_env=routing_env(destinations, rules, DICOMSERVER_ROUTING_BACKOFF="0.5",
-                                                              DICOMSERVER_ROUTING_MAX_BACKOFF="2"))
+    archive = Archive(
+        root / "archive",
+        extra_env=routing_env(
+            destinations, rules, DICOMSERVER_ROUTING_BACKOFF="0.5", DICOMSERVER_ROUTING_MAX_BACKOFF="2"
+        ),
+    )
     for p in (peer, studies_peer):
         p.start()
     poison.start()
@@ -129,7 +152,8 @@ def test_a_poison_destination_ends_in_dead_letters_and_replay_delivers(routed: R
     dead = wait_for("two dead letters", lambda: len(d := _dead_letters(routed, "POISON")) == 2 and d)
     assert {d["instance"] for d in dead} == set(objects)
     assert {(d["attempts"], d["error"], d["origin"]) for d in dead} == {
-        (3, "C-STORE failed with status 0xA700", "rule:poisoned")}
+        (3, "C-STORE failed with status 0xA700", "rule:poisoned")
+    }
     assert routed.poison.calls == 6 and routed.poison.received == {}
     assert _destination(routed, "POISON")["dead_letters"] == 2 and _queued(routed, "POISON") == 0
     routed.poison.status = 0x0000  # the peer is fixed
@@ -155,16 +179,16 @@ def test_a_manual_send_over_http_takes_the_same_path(routed: Routed) -> None:
     sent = r.json()
     assert (sent["total"], sent["study"], sent["destination"]) == (4, study, "STUDIES")
     assert r.headers["Location"].endswith(f"/dicomweb/routing/sends/{sent['id']}")
-    progress = wait_for("the send to finish", lambda: (p := httpx.get(r.headers["Location"]).json())["sent"] == 4
-                        and p)
+    progress = wait_for("the send to finish", lambda: (p := httpx.get(r.headers["Location"]).json())["sent"] == 4 and p)
     assert (progress["failed"], progress["skipped"], progress["queued"]) == (0, 0, 0)
     got = routed.studies_peer.received()
     for uid, path in objects.items():
         assert dataset_bytes(got[uid]) == dataset_bytes(path)
     # One series, one instance.
     ds = pydicom.dcmread(next(iter(objects.values())), stop_before_pixels=True)
-    r = routed.http.post(f"/routing/destinations/STUDIES/studies/{study}/series/{ds.SeriesInstanceUID}"
-                         f"/instances/{ds.SOPInstanceUID}")
+    r = routed.http.post(
+        f"/routing/destinations/STUDIES/studies/{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
     assert r.status_code == 202 and r.json()["total"] == 1, r.text
     # What cannot be sent.
     assert routed.http.post(f"/routing/destinations/NOPE/studies/{study}").status_code == 404
@@ -202,7 +226,10 @@ def test_a_studies_rule_sends_the_whole_study_once_it_is_quiet(routed: Routed) -
     # Not before the study has been quiet for 4 s; then all of it, the report too.
     time.sleep(2)
     assert not set(routed.studies_peer.received()) & (set(ct) | set(report))
-    got = wait_for("the whole study", lambda: (r := routed.studies_peer.received()).keys() >= ct.keys() | report.keys()
-                   and r, timeout=60)
+    got = wait_for(
+        "the whole study",
+        lambda: (r := routed.studies_peer.received()).keys() >= ct.keys() | report.keys() and r,
+        timeout=60,
+    )
     for uid, path in {**ct, **report}.items():
         assert dataset_bytes(got[uid]) == dataset_bytes(path)

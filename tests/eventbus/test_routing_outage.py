@@ -40,9 +40,12 @@ def queues(archive: Archive) -> dict[str, tuple[int, int]]:
 def test_a_destination_down_for_30_s_gets_everything_after_it_comes_back_across_a_restart(tmp_path: Path) -> None:
     late, up = StoreScp("LATE", tmp_path / "late"), StoreScp("UP", tmp_path / "up")
     env = routing_env(
-        {"LATE": late.destination(["default"], backoff=1, max_backoff=4, max_attempts=40),
-         "UP": up.destination(["default"])},
-        [{"name": "everything", "tenant": "default", "destinations": ["LATE", "UP"]}])
+        {
+            "LATE": late.destination(["default"], backoff=1, max_backoff=4, max_attempts=40),
+            "UP": up.destination(["default"]),
+        },
+        [{"name": "everything", "tenant": "default", "destinations": ["LATE", "UP"]}],
+    )
     up.start()
     archive = Archive(tmp_path / "archive", extra_env=env)
     archive.start()
@@ -83,11 +86,21 @@ def test_routing_on_kafka(kafka: Kafka, tmp_path: Path) -> None:
     topic = f"routing-{uuid.uuid4().hex[:8]}"
     env = routing_env(
         {"PEER": peer.destination(["default"])},
-        [{"name": "ct-from-modality", "tenant": "default", "calling_ae_titles": ["MODALITY"], "modalities": ["CT"],
-          "destinations": ["PEER"]}],
-        DICOMSERVER_KAFKA_BOOTSTRAP=kafka.bootstrap, DICOMSERVER_KAFKA_TOPIC=topic,
-        DICOMSERVER_KAFKA_AUDIT_TOPIC=f"{topic}.audit", DICOMSERVER_KAFKA_DEAD_LETTER_TOPIC=f"{topic}.dead-letter",
-        DICOMSERVER_KAFKA_PARTITIONS="3")
+        [
+            {
+                "name": "ct-from-modality",
+                "tenant": "default",
+                "calling_ae_titles": ["MODALITY"],
+                "modalities": ["CT"],
+                "destinations": ["PEER"],
+            }
+        ],
+        DICOMSERVER_KAFKA_BOOTSTRAP=kafka.bootstrap,
+        DICOMSERVER_KAFKA_TOPIC=topic,
+        DICOMSERVER_KAFKA_AUDIT_TOPIC=f"{topic}.audit",
+        DICOMSERVER_KAFKA_DEAD_LETTER_TOPIC=f"{topic}.dead-letter",
+        DICOMSERVER_KAFKA_PARTITIONS="3",
+    )
     peer.start()
     archive = Archive(tmp_path / "archive", extra_env=env)
     archive.start()
@@ -100,6 +113,7 @@ def test_routing_on_kafka(kafka: Kafka, tmp_path: Path) -> None:
             assert dataset_bytes(got[uid]) == dataset_bytes(path)
         wait_for("an empty queue", lambda: queues(archive)["PEER"] == (0, 0))
         assert not set(mr) & set(peer.received())
+
         # It was the routing consumer group on the events topic that read them
         # all (the MR's event too); its offsets are committed after the work,
         # so they may trail the empty queue a little.

@@ -55,10 +55,22 @@ class World:
     queue: DeliveryQueue
     notified: set[str]
 
-    def index(self, tenant: str, study: str, sop: str, *, series: str = "", ae: str = "", modality: str = "CT",
-              sop_class: str = CT, description: str = "", study_date: str = "") -> None:
-        ds = make_ds(study, series or f"{study}.1", sop, modality=modality, description=description,
-                     study_date=study_date)
+    def index(
+        self,
+        tenant: str,
+        study: str,
+        sop: str,
+        *,
+        series: str = "",
+        ae: str = "",
+        modality: str = "CT",
+        sop_class: str = CT,
+        description: str = "",
+        study_date: str = "",
+    ) -> None:
+        ds = make_ds(
+            study, series or f"{study}.1", sop, modality=modality, description=description, study_date=study_date
+        )
         ds.SOPClassUID = sop_class
         rec = record(ds, tenant)
         rec.source.calling_ae_title = ae
@@ -102,8 +114,9 @@ def test_rules_match_tenant_calling_ae_modality_sop_class_and_indexed_attributes
     world.index("a", "1.2", "1.2.1", ae="MR1", modality="MR", sop_class=MR, description="KNEE")
     world.index("a", "1.3", "1.3.1", ae="CT1", modality="OT", sop_class=SC, description="HEAD", study_date="20230101")
     # Tenant b's instance meets every condition of tenant a's rules.
-    world.index("b", "2.1", "2.1.1", ae="CT1", modality="MR", sop_class=MR, description="HEAD CT",
-                study_date="20240505")
+    world.index(
+        "b", "2.1", "2.1.1", ae="CT1", modality="MR", sop_class=MR, description="HEAD CT", study_date="20240505"
+    )
     world.matcher(
         rule("from-ct1", "a", "D1", calling_ae_titles=["CT1"]),
         rule("mr", "a", "D2", modalities=["MR"]),
@@ -208,20 +221,30 @@ def test_queue_retries_with_exponential_backoff_then_dead_letters_and_replays(bu
     store.dispose()
 
 
-@pytest.mark.parametrize("destinations, rules, message", [
-    ({"P": dimse("a")}, [{"name": "r", "tenant": "b", "destinations": ["P"]}], "not bound to tenant b"),
-    ({"P": dimse("a")}, [{"name": "r", "tenant": "a", "destinations": ["Q"]}], "no destination named Q"),
-    ({"P": dimse("a")}, [{"name": "r", "tenant": "a", "destinations": ["P"]}] * 2, "two routing rules"),
-    ({"P": dimse("a")}, [{"name": "r", "tenant": "a", "destinations": ["P"], "match": {"StudyDate": "2024-13"}}],
-     "not a valid DA value"),
-    ({"P": dimse("a")}, [{"name": "r", "tenant": "a", "destinations": ["P"], "match": {"NoSuchThing": "x"}}],
-     "unknown attribute"),
-    ({"P": {**dimse("a"), "tenants": []}}, [], "at least 1 item"),
-    ({"P": {"type": "dicomweb", "url": "http://x", "auth": "bearer", "tenants": ["a"]}}, [], "token_file"),
-    ({"bad name": dimse("a")}, [], "destination name"),
-])
-def test_settings_keep_rules_within_their_tenant(destinations: dict[str, Any], rules: list[dict[str, Any]],
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    "destinations, rules, message",
+    [
+        ({"P": dimse("a")}, [{"name": "r", "tenant": "b", "destinations": ["P"]}], "not bound to tenant b"),
+        ({"P": dimse("a")}, [{"name": "r", "tenant": "a", "destinations": ["Q"]}], "no destination named Q"),
+        ({"P": dimse("a")}, [{"name": "r", "tenant": "a", "destinations": ["P"]}] * 2, "two routing rules"),
+        (
+            {"P": dimse("a")},
+            [{"name": "r", "tenant": "a", "destinations": ["P"], "match": {"StudyDate": "2024-13"}}],
+            "not a valid DA value",
+        ),
+        (
+            {"P": dimse("a")},
+            [{"name": "r", "tenant": "a", "destinations": ["P"], "match": {"NoSuchThing": "x"}}],
+            "unknown attribute",
+        ),
+        ({"P": {**dimse("a"), "tenants": []}}, [], "at least 1 item"),
+        ({"P": {"type": "dicomweb", "url": "http://x", "auth": "bearer", "tenants": ["a"]}}, [], "token_file"),
+        ({"bad name": dimse("a")}, [], "destination name"),
+    ],
+)
+def test_settings_keep_rules_within_their_tenant(
+    destinations: dict[str, Any], rules: list[dict[str, Any]], message: str
+) -> None:
     with pytest.raises(ValidationError, match=message):
         EventbusSettings(routing_destinations=destinations, routing_rules=rules)
 
@@ -237,10 +260,14 @@ def test_routing_service_sends_lists_and_replays_within_the_tenant(world: World)
     world.index("a", "1.1", "1.1.2")
     world.index("b", "2.1", "2.1.1")
     settings = EventbusSettings(routing_destinations={"PA": dimse("a"), "PB": dimse("b"), "PAB": dimse("a", "b")})
-    service = RoutingService(settings.routing_destinations, world.queue, MetadataClient(world.ch),
-                             world.notified.update)
-    server, _health, port = build_server(lambda s: rt_grpc.add_RoutingServiceServicer_to_server(service, s),
-                                         ["dicomserver.v1.RoutingService"], "127.0.0.1:0")
+    service = RoutingService(
+        settings.routing_destinations, world.queue, MetadataClient(world.ch), world.notified.update
+    )
+    server, _health, port = build_server(
+        lambda s: rt_grpc.add_RoutingServiceServicer_to_server(service, s),
+        ["dicomserver.v1.RoutingService"],
+        "127.0.0.1:0",
+    )
     client = RoutingClient(channel(f"127.0.0.1:{port}"))
     try:
         assert [d.name for d in client.list_destinations("a")] == ["PA", "PAB"]
@@ -250,9 +277,11 @@ def test_routing_service_sends_lists_and_replays_within_the_tenant(world: World)
         (pa,) = [d for d in client.list_destinations("a") if d.name == "PA"]
         assert pa.queued == 2 and pa.HasField("oldest_queued") and pa.address == "PEER@127.0.0.1:104"
         # Tenant walls: b's destination, b's study, a's send, as seen from the other side.
-        for request in (rt_pb.SendRequest(tenant="a", destination="PB", study_instance_uid="1.1"),
-                        rt_pb.SendRequest(tenant="a", destination="NOPE", study_instance_uid="1.1"),
-                        rt_pb.SendRequest(tenant="a", destination="PAB", study_instance_uid="2.1")):
+        for request in (
+            rt_pb.SendRequest(tenant="a", destination="PB", study_instance_uid="1.1"),
+            rt_pb.SendRequest(tenant="a", destination="NOPE", study_instance_uid="1.1"),
+            rt_pb.SendRequest(tenant="a", destination="PAB", study_instance_uid="2.1"),
+        ):
             with pytest.raises(errors.NotFound):
                 client.send(request)
         with pytest.raises(errors.NotFound):

@@ -63,8 +63,9 @@ class Peer:
         ae = AE(ae_title="PEER")
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, self.syntaxes)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -96,10 +97,12 @@ class Env:
         return str(outcome.ref.sop_instance_uid)
 
     def worker(self, peer: Peer, name: str, retry: Retry) -> DestinationWorker:
-        dest = DimseDestination(type="dimse", host="127.0.0.1", port=peer.port, ae_title="PEER", tenants=["default"],
-                                timeout=5)
-        return DestinationWorker(name, dest, DimseSender(dest, "ROUTER"), self.queue, self.metadata, self.files,
-                                 retry, batch=10)
+        dest = DimseDestination(
+            type="dimse", host="127.0.0.1", port=peer.port, ae_title="PEER", tenants=["default"], timeout=5
+        )
+        return DestinationWorker(
+            name, dest, DimseSender(dest, "ROUTER"), self.queue, self.metadata, self.files, retry, batch=10
+        )
 
     def queue_all(self, destination: str) -> None:
         targets = []
@@ -116,9 +119,16 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     if request.param == "s3":
         seaweed = SeaweedS3(root / "seaweed")
         seaweed.start()
-        store = open_store(StorageSettings(
-            storage_backend="s3", s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
-            s3_access_key_id=ACCESS_KEY, s3_secret_access_key=SECRET_KEY, s3_create_bucket=True))
+        store = open_store(
+            StorageSettings(
+                storage_backend="s3",
+                s3_endpoint_url=seaweed.endpoint,
+                s3_bucket=seaweed.bucket,
+                s3_access_key_id=ACCESS_KEY,
+                s3_secret_access_key=SECRET_KEY,
+                s3_create_bucket=True,
+            )
+        )
     else:
         store = FilesystemStore(root / "objects", fsync=False)
     db = Database.from_url(f"sqlite:///{root / 'index.sqlite3'}")
@@ -127,16 +137,24 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         st_grpc.add_StorageServiceServicer_to_server(StorageService(store), server)
         md_grpc.add_MetadataServiceServicer_to_server(MetadataService(MetadataIndex(db)), server)
 
-    server, _health, port = build_server(register, ["dicomserver.v1.StorageService",
-                                                    "dicomserver.v1.MetadataService"], "127.0.0.1:0")
+    server, _health, port = build_server(
+        register, ["dicomserver.v1.StorageService", "dicomserver.v1.MetadataService"], "127.0.0.1:0"
+    )
     ch = channel(f"127.0.0.1:{port}")
     storage, metadata = StorageClient(ch), MetadataClient(ch)
     pipeline = IngestPipeline(storage, metadata, Blobs(storage, spool_dir=str(root)))
     bus = Store(f"sqlite:///{root / 'bus.sqlite3'}")
     spool = root / "spool"
     spool.mkdir()
-    e = Env(f"127.0.0.1:{port}", DeliveryQueue(bus.engine), metadata, storage, pipeline,
-            ObjectFiles(storage, str(spool)), spool)
+    e = Env(
+        f"127.0.0.1:{port}",
+        DeliveryQueue(bus.engine),
+        metadata,
+        storage,
+        pipeline,
+        ObjectFiles(storage, str(spool)),
+        spool,
+    )
     for name in FILES:
         path = Path(get_testdata_file(name, download=False))
         e.stored[e.ingest(path)] = path
@@ -208,7 +226,8 @@ def test_a_peer_that_is_down_makes_its_worker_back_off_then_receives_everything(
 
 
 def test_a_peer_without_the_stored_syntax_gets_little_endian_objects_re_encoded_and_no_other(
-        env: Env, request: Any) -> None:
+    env: Env, request: Any
+) -> None:
     name = f"implicit-{request.node.callspec.id}"
     peer = Peer(syntaxes=[ImplicitVRLittleEndian])
     peer.start()
@@ -217,8 +236,7 @@ def test_a_peer_without_the_stored_syntax_gets_little_endian_objects_re_encoded_
         worker = env.worker(peer, name, Retry(max_attempts=1, backoff=0, max_backoff=0))
         env.queue_all(name)
         worker.run_once(stop)
-        syntax = {uid: dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID
-                  for uid, p in env.stored.items()}
+        syntax = {uid: dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID for uid, p in env.stored.items()}
         others = {uid for uid, ts in syntax.items() if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)}
         assert len(others) == 2 and set(peer.received) == set(env.stored) - others  # JPEG-LS, big endian
         assert {syntax for syntax, _ in peer.received.values()} == {ImplicitVRLittleEndian}
@@ -233,7 +251,8 @@ def test_a_peer_without_the_stored_syntax_gets_little_endian_objects_re_encoded_
 
 
 def test_an_indexed_object_storage_lost_becomes_a_dead_letter_and_holds_up_nothing(
-        env: Env, request: Any, tmp_path: Path) -> None:
+    env: Env, request: Any, tmp_path: Path
+) -> None:
     name = f"lost-{request.node.callspec.id}"
     ds = dcmread(get_testdata_file("CT_small.dcm", download=False))
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -245,8 +264,9 @@ def test_an_indexed_object_storage_lost_becomes_a_dead_letter_and_holds_up_nothi
     peer.start()
     try:
         worker = env.worker(peer, name, Retry(max_attempts=1, backoff=0, max_backoff=0))
-        env.queue.add([Target(name, "default", ds.StudyInstanceUID, ds.SeriesInstanceUID, lost, "test")],
-                      now=time.time())
+        env.queue.add(
+            [Target(name, "default", ds.StudyInstanceUID, ds.SeriesInstanceUID, lost, "test")], now=time.time()
+        )
         env.queue_all(name)
         assert worker.run_once(threading.Event()) == 0.0
         assert set(peer.received) == set(env.stored)

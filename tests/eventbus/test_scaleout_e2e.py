@@ -40,8 +40,9 @@ def own_redis() -> Iterator[Redis]:
 
 
 @pytest.fixture(scope="module")
-def scaled(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Kafka,
-           own_redis: Redis) -> Iterator[tuple[Archive, dict[str, str]]]:
+def scaled(
+    tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Kafka, own_redis: Redis
+) -> Iterator[tuple[Archive, dict[str, str]]]:
     env = {
         "DICOMSERVER_DATABASE_URL": new_database(postgres, "e2e"),
         "DICOMSERVER_REDIS_URL": own_redis.url,
@@ -70,8 +71,12 @@ def uid() -> str:
 
 
 def stow(archive: Archive, path: Path) -> None:
-    r = httpx.post(f"{archive.dicomweb}/studies", content=path.read_bytes(),
-                   headers={"Content-Type": "application/dicom"}, timeout=30)
+    r = httpx.post(
+        f"{archive.dicomweb}/studies",
+        content=path.read_bytes(),
+        headers={"Content-Type": "application/dicom"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
 
 
@@ -81,8 +86,9 @@ def qido_studies(archive: Archive) -> list[str]:
     return sorted(s["0020000D"]["Value"][0] for s in r.json())
 
 
-def test_ingest_to_kafka_to_metadata_and_change_feed(scaled: tuple[Archive, dict[str, str]], kafka: Kafka,
-                                                     tmp_path: Path) -> None:
+def test_ingest_to_kafka_to_metadata_and_change_feed(
+    scaled: tuple[Archive, dict[str, str]], kafka: Kafka, tmp_path: Path
+) -> None:
     archive, env = scaled
     study_a, series_a, study_b, series_b = uid(), uid(), uid(), uid()
     sops_a = [uid() for _ in range(3)]
@@ -114,8 +120,10 @@ def test_ingest_to_kafka_to_metadata_and_change_feed(scaled: tuple[Archive, dict
 
     # The metadata consumer's precomputed series is what /metadata serves.
     db = create_engine(env["DICOMSERVER_DATABASE_URL"])
-    current = text("SELECT m.payload FROM series s JOIN series_metadata m ON m.series_pk = s.id "
-                   "AND m.revision = s.revision WHERE s.series_instance_uid = :uid")
+    current = text(
+        "SELECT m.payload FROM series s JOIN series_metadata m ON m.series_pk = s.id "
+        "AND m.revision = s.revision WHERE s.series_instance_uid = :uid"
+    )
 
     def precomputed(series: str) -> Any:
         with db.connect() as conn:
@@ -134,16 +142,20 @@ def test_ingest_to_kafka_to_metadata_and_change_feed(scaled: tuple[Archive, dict
     # tenant's own count of changes.
     with grpc.insecure_channel(archive.grpc_addrs["metadata"]) as ch:
         feed = md_grpc.MetadataServiceStub(ch).ReadChangeFeed(
-            md_pb.ReadChangeFeedRequest(tenant="default", after_sequence=0, limit=100))
+            md_pb.ReadChangeFeedRequest(tenant="default", after_sequence=0, limit=100)
+        )
     listed = [e.instance_stored.location.ref.sop_instance_uid for e in feed.events]
-    in_outbox_order = [e.instance_stored.location.ref.sop_instance_uid
-                       for e in sorted((e for m in by_study.values() for e in m), key=lambda e: e.sequence)]
+    in_outbox_order = [
+        e.instance_stored.location.ref.sop_instance_uid
+        for e in sorted((e for m in by_study.values() for e in m), key=lambda e: e.sequence)
+    ]
     assert listed == in_outbox_order and sorted(listed) == sorted(sops_a + sops_b)
     assert [e.sequence for e in feed.events] == list(range(1, len(listed) + 1))
 
 
-def test_redis_stopped_during_queries_answers_stay_correct(scaled: tuple[Archive, dict[str, str]],
-                                                           own_redis: Redis, tmp_path: Path) -> None:
+def test_redis_stopped_during_queries_answers_stay_correct(
+    scaled: tuple[Archive, dict[str, str]], own_redis: Redis, tmp_path: Path
+) -> None:
     archive, _ = scaled
     before = qido_studies(archive)
     assert qido_studies(archive) == before  # cached now

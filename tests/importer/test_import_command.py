@@ -46,16 +46,34 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
 
 def run_import(server: Archive, *paths: Path, report: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "importer", "import", *map(str, paths), "--workers", "2", "--tenant", TENANT,
-         "--ingest", server.grpc_addrs["ingest"], "--metadata", server.grpc_addrs["metadata"],
-         "--report", str(report)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "importer",
+            "import",
+            *map(str, paths),
+            "--workers",
+            "2",
+            "--tenant",
+            TENANT,
+            "--ingest",
+            server.grpc_addrs["ingest"],
+            "--metadata",
+            server.grpc_addrs["metadata"],
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "COLUMNS": "200"},
     )
 
 
 def outcomes(report: Path) -> dict[str, tuple[str, str]]:
     lines = [json.loads(line) for line in report.read_text().splitlines()]
+
     def short(name: str) -> str:  # "…/bundle.zip!inner/z0.dcm" -> "bundle.zip!inner/z0.dcm"
         outer, bang, member = name.partition("!")
         return Path(outer).name + bang + member
@@ -115,8 +133,14 @@ def test_a_mixed_folder_a_zip_and_a_medium(server: Archive, tmp_path: Path) -> N
     first = run_import(server, folder, medium / "DICOMDIR", report=report)
     assert first.returncode == 1, first.stdout + first.stderr  # not everything went in
     got = outcomes(report)
-    for name in ("a.dcm", "b.dcm", "no-extension", "ct_small.dcm", "bundle.zip!inner/z0.dcm",
-                 "bundle.zip!inner/z1.dcm"):
+    for name in (
+        "a.dcm",
+        "b.dcm",
+        "no-extension",
+        "ct_small.dcm",
+        "bundle.zip!inner/z0.dcm",
+        "bundle.zip!inner/z1.dcm",
+    ):
         assert got[name][0] == "stored", (name, got[name])
     assert got["copy-of-a.dcm"][0] == "duplicate in this import"
     assert got["corrupt.dcm"][0] == "failed" and got["corrupt.dcm"][1]
@@ -128,8 +152,16 @@ def test_a_mixed_folder_a_zip_and_a_medium(server: Archive, tmp_path: Path) -> N
     counts = Counter(o for o, _ in got.values())
     assert counts["stored"] == 6 + len(referenced) - 1
     # The summary table and the progress line, as a person sees them.
-    for text in ("stored", "duplicate in this import", "failed", "unreadable", "not DICOM", "files/s", "ETA",
-                 "3 DICOM file(s) did not go in"):
+    for text in (
+        "stored",
+        "duplicate in this import",
+        "failed",
+        "unreadable",
+        "not DICOM",
+        "files/s",
+        "ETA",
+        "3 DICOM file(s) did not go in",
+    ):
         assert text in first.stdout, text
 
     # What went in is what was sent, byte for byte (a zip download brings it back).
@@ -161,8 +193,23 @@ def test_a_mixed_folder_a_zip_and_a_medium(server: Archive, tmp_path: Path) -> N
 
 def test_an_archive_that_does_not_answer(tmp_path: Path) -> None:
     (tmp_path / "a.dcm").write_bytes(small_ct()[1])
-    res = subprocess.run([sys.executable, "-m", "importer", "import", str(tmp_path), "--ingest", "127.0.0.1:1",
-                          "--metadata", "127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "importer",
+            "import",
+            str(tmp_path),
+            "--ingest",
+            "127.0.0.1:1",
+            "--metadata",
+            "127.0.0.1:1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 3 and "does not answer" in res.stdout
 
 
@@ -179,8 +226,7 @@ def test_file_meta() -> None:
 
 def test_batches_hold_few_files_and_few_bytes() -> None:
     items = [Item(str(i), size, lambda: io.BytesIO()) for i, size in enumerate([10, 10, 10, 100, 10])]
-    assert [[i.name for i in b] for b in batches(items, max_files=2, max_bytes=50)] == [
-        ["0", "1"], ["2"], ["3"], ["4"]]
+    assert [[i.name for i in b] for b in batches(items, max_files=2, max_bytes=50)] == [["0", "1"], ["2"], ["3"], ["4"]]
 
 
 class NothingStored:
@@ -217,14 +263,25 @@ def test_an_unavailable_archive_is_tried_again_with_the_whole_files(tmp_path: Pa
     with Sources() as sources:
         items = list(sources.items([tmp_path]))
         ingest = FlakyIngest(failures=2)
-        results = Importer(ingest, NothingStored(), TENANT, workers=1,  # type: ignore[arg-type]
-                           retry_pauses=(0, 0)).run(items)
+        results = Importer(
+            ingest,
+            NothingStored(),
+            TENANT,
+            workers=1,  # type: ignore[arg-type]
+            retry_pauses=(0, 0),
+        ).run(items)
     assert [r.outcome for r in results] == [Outcome.STORED, Outcome.STORED]
     assert ingest.calls == 3 and sorted(ingest.received) == sorted([big, (tmp_path / "small.dcm").read_bytes()])
 
     with Sources() as sources:
         items = list(sources.items([tmp_path]))
-        results = Importer(FlakyIngest(failures=5), NothingStored(), TENANT, workers=1,  # type: ignore[arg-type]
-                           retry_pauses=(0, 0)).run(items)
+        results = Importer(
+            FlakyIngest(failures=5),
+            NothingStored(),
+            TENANT,
+            workers=1,  # type: ignore[arg-type]
+            retry_pauses=(0, 0),
+        ).run(items)
     assert {(r.outcome, r.reason) for r in results} == {
-        (Outcome.FAILED, "the archive did not answer: ingest is restarting")}
+        (Outcome.FAILED, "the archive did not answer: ingest is restarting")
+    }

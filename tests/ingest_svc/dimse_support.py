@@ -78,15 +78,23 @@ class FakePipeline:
         fd, path = tempfile.mkstemp(suffix=".part", dir=self.folder)
         return StagedObject(os.fdopen(fd, "w+b"), path, "", None)  # type: ignore[arg-type]
 
-    def store(self, staged: StagedObject, tenant: str, expected_study: str = "", policy: int = 0,
-              expected_sop_class: str = "", expected_sop_instance: str = "",
-              calling_ae_title: str = "") -> ingest_pb.InstanceOutcome:
+    def store(
+        self,
+        staged: StagedObject,
+        tenant: str,
+        expected_study: str = "",
+        policy: int = 0,
+        expected_sop_class: str = "",
+        expected_sop_instance: str = "",
+        calling_ae_title: str = "",
+    ) -> ingest_pb.InstanceOutcome:
         try:
             staged.file.flush()
             staged.file.seek(0)
             with self.lock:
-                self.stored.append(Stored(staged.file.read(), tenant, expected_sop_class, expected_sop_instance,
-                                          calling_ae_title))
+                self.stored.append(
+                    Stored(staged.file.read(), tenant, expected_sop_class, expected_sop_instance, calling_ae_title)
+                )
         finally:
             staged.discard()
         return ingest_pb.InstanceOutcome(status=ingest_pb.STORE_STATUS_STORED, dicom_status=0)
@@ -168,19 +176,29 @@ def element(tag: int, value: bytes) -> bytes:
 
 def store_rq(sop_class: bytes, sop_instance: bytes, message_id: int = 7) -> bytes:
     """A C-STORE-RQ command set with the UI values exactly as given."""
-    body = b"".join((
-        element(0x0002, sop_class), element(0x0100, struct.pack("<H", 0x0001)),
-        element(0x0110, struct.pack("<H", message_id)), element(0x0700, struct.pack("<H", 0)),
-        element(0x0800, struct.pack("<H", 0x0000)), element(0x1000, sop_instance),
-    ))
+    body = b"".join(
+        (
+            element(0x0002, sop_class),
+            element(0x0100, struct.pack("<H", 0x0001)),
+            element(0x0110, struct.pack("<H", message_id)),
+            element(0x0700, struct.pack("<H", 0)),
+            element(0x0800, struct.pack("<H", 0x0000)),
+            element(0x1000, sop_instance),
+        )
+    )
     return element(0x0000, struct.pack("<I", len(body))) + body
 
 
 Contexts = list[tuple[int, str, list[str]]]
 
 
-def request(contexts: Contexts, calling: str = "STORESCU", called: str = "DICOMSERVER", max_pdu: int = 16384,
-            extra: list[Any] | None = None) -> bytes:
+def request(
+    contexts: Contexts,
+    calling: str = "STORESCU",
+    called: str = "DICOMSERVER",
+    max_pdu: int = 16384,
+    extra: list[Any] | None = None,
+) -> bytes:
     """An A-ASSOCIATE-RQ PDU, encoded by pynetdicom."""
     rq = A_ASSOCIATE()
     rq.application_context_name = "1.2.840.10008.3.1.1.1"
@@ -216,5 +234,5 @@ def store_messages(path: Path, context_id: int = 1, fragment: int = 1000, messag
     out = [p_data(context_id, 0x03, store_rq(ds.SOPClassUID.encode(), ds.SOPInstanceUID.encode(), message_id))]
     for start in range(0, len(data_set), fragment):
         last = start + fragment >= len(data_set)
-        out.append(p_data(context_id, 0x02 if last else 0x00, data_set[start:start + fragment]))
+        out.append(p_data(context_id, 0x02 if last else 0x00, data_set[start : start + fragment]))
     return b"".join(out)

@@ -73,7 +73,9 @@ class World:
         real_auth, storage, metadata = self.clients
         auth = auth or real_auth
         values = {
-            "dimse_port": free_port(), "ae_title": "DICOMSERVER", "dimse_lean_query_retrieve": lean,
+            "dimse_port": free_port(),
+            "ae_title": "DICOMSERVER",
+            "dimse_lean_query_retrieve": lean,
             "dimse_peers": {aet: {"host": "127.0.0.1", "port": p.port} for aet, p in self.peers.items()},
             **settings,
         }
@@ -91,8 +93,13 @@ class World:
 # What each series holds, in its stored transfer syntaxes.
 PLAN = {
     "explicit": [("ct", ExplicitVRLittleEndian)] * 3,
-    "mixed": [("ct", ExplicitVRLittleEndian), ("ct", ImplicitVRLittleEndian), ("mr", JPEGLSLossless),
-              ("ct", DeflatedExplicitVRLittleEndian), ("ct", ExplicitVRBigEndian)],
+    "mixed": [
+        ("ct", ExplicitVRLittleEndian),
+        ("ct", ImplicitVRLittleEndian),
+        ("mr", JPEGLSLossless),
+        ("ct", DeflatedExplicitVRLittleEndian),
+        ("ct", ExplicitVRBigEndian),
+    ],
     "long": [("ct", ExplicitVRLittleEndian)] * 12,
 }
 
@@ -113,8 +120,7 @@ def save(ds: Dataset, folder: Path, syntax: str) -> Path:
         for _ in ds.iterall():  # every element decoded, so that it is written anew in big endian
             pass
         ds.set_original_encoding(False, False, ds.original_character_set)
-    ds.save_as(path, implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian,
-               enforce_file_format=True)
+    ds.save_as(path, implicit_vr=syntax.is_implicit_VR, little_endian=syntax.is_little_endian, enforce_file_format=True)
     return path
 
 
@@ -123,8 +129,10 @@ def store_as_encoded(archive: Archive, paths: list[Path]) -> None:
     before = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=SCU)
-    for pair in dict.fromkeys((m.MediaStorageSOPClassUID, m.TransferSyntaxUID)
-                              for m in (pydicom.dcmread(p, stop_before_pixels=True).file_meta for p in paths)):
+    for pair in dict.fromkeys(
+        (m.MediaStorageSOPClassUID, m.TransferSyntaxUID)
+        for m in (pydicom.dcmread(p, stop_before_pixels=True).file_meta for p in paths)
+    ):
         ae.add_requested_context(*pair)
     assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
     try:
@@ -147,12 +155,19 @@ def world(root: Path) -> Iterator[World]:
         folder = root / aet
         folder.mkdir(parents=True)
         port = free_port()
-        proc = subprocess.Popen(["storescp", "-aet", aet, "+B", "-od", str(folder), *opts, str(port)],
-                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["storescp", "-aet", aet, "+B", "-od", str(folder), *opts, str(port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         peers[aet] = StoreScp(aet, port, folder, proc)
-    archive = Archive(root / "archive", extra_env={
-        "DICOMSERVER_AE_TENANTS": json.dumps({OTHER_AE: "other"}),
-    })
+    archive = Archive(
+        root / "archive",
+        extra_env={
+            "DICOMSERVER_AE_TENANTS": json.dumps({OTHER_AE: "other"}),
+        },
+    )
     archive.start()
     try:
         corpus = root / "corpus"
@@ -173,8 +188,11 @@ def world(root: Path) -> Iterator[World]:
                 series[name][path.stem] = path
         store_as_encoded(archive, [p for s in series.values() for p in s.values()])
         addrs = archive.grpc_addrs
-        clients = (AuthClient(channel(addrs["auth"])), StorageClient(channel(addrs["storage"])),
-                   MetadataClient(channel(addrs["metadata"])))
+        clients = (
+            AuthClient(channel(addrs["auth"])),
+            StorageClient(channel(addrs["storage"])),
+            MetadataClient(channel(addrs["metadata"])),
+        )
         yield World(archive, peers, study, series, uids, patient, clients)
     finally:
         for peer in peers.values():

@@ -125,10 +125,28 @@ def run(args: list[str], ok: tuple[int, ...] = (0,)) -> str:
 
 
 def movescu(setup: Setup, name: str, destination: str) -> str:
-    return run(["movescu", "-v", "-S", "-aet", SCU, "-aec", setup.archive.ae_title, "-aem", destination,
-                "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={setup.study}",
-                "-k", f"SeriesInstanceUID={series_uid(setup, name)}",
-                "127.0.0.1", str(setup.archive.dimse_port)], ok=(0, 68))  # 68: a warning status
+    return run(
+        [
+            "movescu",
+            "-v",
+            "-S",
+            "-aet",
+            SCU,
+            "-aec",
+            setup.archive.ae_title,
+            "-aem",
+            destination,
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={setup.study}",
+            "-k",
+            f"SeriesInstanceUID={series_uid(setup, name)}",
+            "127.0.0.1",
+            str(setup.archive.dimse_port),
+        ],
+        ok=(0, 68),
+    )  # 68: a warning status
 
 
 class GetScu:
@@ -141,17 +159,22 @@ class GetScu:
         ae = AE(ae_title=SCU)
         ae.add_requested_context(GET)
         for sop_class in (CTImageStorage, MRImageStorage):
-            for offered in ([[s] for s in syntaxes] if each_alone else [syntaxes]):
+            for offered in [[s] for s in syntaxes] if each_alone else [syntaxes]:
                 ae.add_requested_context(sop_class, offered)
         self.assoc = ae.associate(
-            "127.0.0.1", setup.archive.dimse_port, ae_title=setup.archive.ae_title,
+            "127.0.0.1",
+            setup.archive.dimse_port,
+            ae_title=setup.archive.ae_title,
             ext_neg=[build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)],
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+        )
         assert self.assoc.is_established
 
     def _on_store(self, event: evt.Event) -> int:
         self.received[str(event.request.AffectedSOPInstanceUID)] = (
-            str(event.context.transfer_syntax), event.encoded_dataset(include_meta=False))
+            str(event.context.transfer_syntax),
+            event.encoded_dataset(include_meta=False),
+        )
         if self.on_first is not None and len(self.received) == 1:
             self.on_first()
         return 0x0000

@@ -53,13 +53,16 @@ def pynetdicom_part10(command: bytes, transfer_syntax: str) -> bytes:
     return event.encoded_dataset(include_meta=True)
 
 
-@pytest.mark.parametrize("sop_class,sop_instance", [
-    (b"1.2.840.10008.5.1.4.1.1.2\x00", b"1.2.3.4"),  # even and odd lengths
-    (b"1.2.840.10008.5.1.4.1.1.2\x00", b"1.2.3.45\x00"),
-    (b"1.2.840.10008.5.1.4.1.1.2 ", b"1.2.3.45 "),  # space padding (not the standard's, but sent)
-    (b"1.2.3.4.5.6.7", b"2.25.123456789012345678901234567890123456789"),  # a private class, a long UUID UID
-    (b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3.4\x00\x00"),
-])
+@pytest.mark.parametrize(
+    "sop_class,sop_instance",
+    [
+        (b"1.2.840.10008.5.1.4.1.1.2\x00", b"1.2.3.4"),  # even and odd lengths
+        (b"1.2.840.10008.5.1.4.1.1.2\x00", b"1.2.3.45\x00"),
+        (b"1.2.840.10008.5.1.4.1.1.2 ", b"1.2.3.45 "),  # space padding (not the standard's, but sent)
+        (b"1.2.3.4.5.6.7", b"2.25.123456789012345678901234567890123456789"),  # a private class, a long UUID UID
+        (b"1.2.840.10008.5.1.4.1.1.2", b"1.2.3.4\x00\x00"),
+    ],
+)
 @pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless])
 def test_file_meta_is_byte_for_byte_pynetdicoms(sop_class: bytes, sop_instance: bytes, transfer_syntax: str) -> None:
     command = store_rq(sop_class, sop_instance)
@@ -115,23 +118,31 @@ def test_a_request_encoded_by_pynetdicom_is_read() -> None:
     pdata = next(iter(message.encode_msg(1, 16384)))
     ((_, data),) = pdata.presentation_data_value_list
     assert command_set.parse(data[1:]) == command_set.Command(
-        field=command_set.C_STORE_RQ, message_id=65535, has_data_set=True, sop_class=CTImageStorage,
-        sop_instance="1.2.3.4")
+        field=command_set.C_STORE_RQ,
+        message_id=65535,
+        has_data_set=True,
+        sop_class=CTImageStorage,
+        sop_instance="1.2.3.4",
+    )
 
 
-@pytest.mark.parametrize("data", [
-    store_rq(b"1.2", b"1.3")[:-3],  # cut inside a value
-    store_rq(b"1.2", b"1.3")[:5],  # cut inside a header
-    struct.pack("<HHI", 8, 0x16, 2) + b"1\x00",  # not group 0000
-    element(0x0110, b"\x01\x00"),  # no Command Field
-    element(0x0100, b"\x01"),  # a US of one byte
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        store_rq(b"1.2", b"1.3")[:-3],  # cut inside a value
+        store_rq(b"1.2", b"1.3")[:5],  # cut inside a header
+        struct.pack("<HHI", 8, 0x16, 2) + b"1\x00",  # not group 0000
+        element(0x0110, b"\x01\x00"),  # no Command Field
+        element(0x0100, b"\x01"),  # a US of one byte
+    ],
+)
 def test_unreadable_command_sets_are_refused(data: bytes) -> None:
     with pytest.raises(InvalidCommand):
         command_set.parse(data)
 
 
 # ---- the query/retrieve commands of the lean path ----------------------------------------
+
 
 @pytest.mark.parametrize("originator", [None, ("MOVER", 9), ("ODDAE", 65535), ("SIXTEEN_CHARS_AE", 1)])
 @pytest.mark.parametrize("sop_instance", ["1.2.3.4", "1.2.3.45"])
@@ -153,11 +164,14 @@ COUNTS = [(None, None, None, None), (3, 1, 0, 0), (None, 0, 1, 0), (0, 50, 0, 0)
 
 
 @pytest.mark.parametrize("counts", COUNTS)
-@pytest.mark.parametrize("status,with_data", [(0xFF00, False), (0x0000, False), (0xB000, True), (0xFE00, True),
-                                              (0xA900, True), (0xA801, False)])
+@pytest.mark.parametrize(
+    "status,with_data",
+    [(0xFF00, False), (0x0000, False), (0xB000, True), (0xFE00, True), (0xA900, True), (0xA801, False)],
+)
 @pytest.mark.parametrize("kind", ["get", "move"])
-def test_retrieve_responses_are_pynetdicoms(counts: tuple[int | None, ...], status: int, with_data: bool,
-                                            kind: str) -> None:
+def test_retrieve_responses_are_pynetdicoms(
+    counts: tuple[int | None, ...], status: int, with_data: bool, kind: str
+) -> None:
     primitive, message_class, field, sop_class = {
         "get": (C_GET(), C_GET_RSP, command_set.C_GET_RSP, "1.2.840.10008.5.1.4.1.2.2.3"),
         "move": (C_MOVE(), C_MOVE_RSP, command_set.C_MOVE_RSP, "1.2.840.10008.5.1.4.1.2.2.2"),
@@ -170,7 +184,8 @@ def test_retrieve_responses_are_pynetdicoms(counts: tuple[int | None, ...], stat
     if with_data:
         primitive.Identifier = io.BytesIO(b"\x08\x00\x58\x00UI\x00\x00")
     assert command_set.qr_response(field, 17, status, sop_class, with_data, counts) == pynetdicom_command(
-        primitive, message_class)
+        primitive, message_class
+    )
 
 
 @pytest.mark.parametrize("status,with_data", [(0xFF00, True), (0x0000, False), (0xA900, False), (0xFE00, False)])
@@ -180,8 +195,9 @@ def test_find_responses_are_pynetdicoms(status: int, with_data: bool) -> None:
     primitive.AffectedSOPClassUID, primitive.Status = "1.2.840.10008.5.1.4.1.2.1.1", status
     if with_data:
         primitive.Identifier = io.BytesIO(b"\x08\x00\x52\x00CS\x06\x00STUDY ")
-    assert command_set.qr_response(command_set.C_FIND_RSP, 2, status, "1.2.840.10008.5.1.4.1.2.1.1",
-                                   with_data) == pynetdicom_command(primitive, C_FIND_RSP)
+    assert command_set.qr_response(
+        command_set.C_FIND_RSP, 2, status, "1.2.840.10008.5.1.4.1.2.1.1", with_data
+    ) == pynetdicom_command(primitive, C_FIND_RSP)
 
 
 def pynetdicom_command(primitive: object, message_class: type) -> bytes:
@@ -198,7 +214,11 @@ def test_requests_and_responses_encoded_by_pynetdicom_are_read() -> None:
     move.MoveDestination, move.Identifier = "STORESCP", io.BytesIO(b"x")
     parsed = command_set.parse(pynetdicom_command(move, C_MOVE_RQ))
     assert (parsed.field, parsed.message_id, parsed.move_destination, parsed.has_data_set) == (
-        command_set.C_MOVE_RQ, 3, "STORESCP", True)
+        command_set.C_MOVE_RQ,
+        3,
+        "STORESCP",
+        True,
+    )
     cancel = C_CANCEL()
     cancel.MessageIDBeingRespondedTo = 3
     parsed = command_set.parse(pynetdicom_command(cancel, C_CANCEL_RQ))
@@ -208,4 +228,8 @@ def test_requests_and_responses_encoded_by_pynetdicom_are_read() -> None:
     store.AffectedSOPClassUID, store.AffectedSOPInstanceUID = CTImageStorage, "1.2.3"
     parsed = command_set.parse(pynetdicom_command(store, C_STORE_RSP))
     assert (parsed.field, parsed.responded_to, parsed.status, parsed.message_id) == (
-        command_set.C_STORE_RSP, 44, 0xB007, 0)
+        command_set.C_STORE_RSP,
+        44,
+        0xB007,
+        0,
+    )

@@ -28,26 +28,45 @@ def identifier(level: str, **keys: object) -> Dataset:
 
 def test_each_key_becomes_one_filter_and_one_returned_field() -> None:
     query = build_query(
-        identifier("STUDY", StudyDate="20200101-20201231", PatientName="Doe*", StudyInstanceUID="1.2.3\\1.2.4",
-                   AccessionNumber="", ModalitiesInStudy="CT"),
-        "default", StudyRootQueryRetrieveInformationModelFind,
+        identifier(
+            "STUDY",
+            StudyDate="20200101-20201231",
+            PatientName="Doe*",
+            StudyInstanceUID="1.2.3\\1.2.4",
+            AccessionNumber="",
+            ModalitiesInStudy="CT",
+        ),
+        "default",
+        StudyRootQueryRetrieveInformationModelFind,
     )
     assert query.request.level == dicom_pb2.QUERY_LEVEL_STUDY
     kinds = {f.tag: f.WhichOneof("constraint") for f in query.request.filters}
-    assert kinds == {"00080020": "range", "00100010": "wildcard", "0020000D": "uid_list", "00080050": "universal",
-                     "00080061": "equal"}
+    assert kinds == {
+        "00080020": "range",
+        "00100010": "wildcard",
+        "0020000D": "uid_list",
+        "00080050": "universal",
+        "00080061": "equal",
+    }
     assert set(query.request.include_fields) == set(kinds)
 
 
 def test_a_lone_star_is_universal_even_for_uids() -> None:
-    query = build_query(identifier("SERIES", SeriesInstanceUID="*"), "default", StudyRootQueryRetrieveInformationModelFind)
+    query = build_query(
+        identifier("SERIES", SeriesInstanceUID="*"), "default", StudyRootQueryRetrieveInformationModelFind
+    )
     (flt,) = query.request.filters
     assert flt.universal
 
 
-@pytest.mark.parametrize("model,level", [(StudyRootQueryRetrieveInformationModelFind, "PATIENT"),
-                                         (PatientRootQueryRetrieveInformationModelFind, "FRAME"),
-                                         (PatientRootQueryRetrieveInformationModelFind, "")])
+@pytest.mark.parametrize(
+    "model,level",
+    [
+        (StudyRootQueryRetrieveInformationModelFind, "PATIENT"),
+        (PatientRootQueryRetrieveInformationModelFind, "FRAME"),
+        (PatientRootQueryRetrieveInformationModelFind, ""),
+    ],
+)
 def test_levels_outside_the_model_do_not_match_the_sop_class(model: str, level: str) -> None:
     with pytest.raises(BadIdentifier) as err:
         build_query(identifier(level, PatientName=""), "default", model)
@@ -56,15 +75,24 @@ def test_levels_outside_the_model_do_not_match_the_sop_class(model: str, level: 
 
 def test_malformed_values_cannot_be_processed() -> None:
     with pytest.raises(BadIdentifier) as err:
-        build_query(identifier("STUDY", StudyDate="2020-01-01-x"), "default", StudyRootQueryRetrieveInformationModelFind)
+        build_query(
+            identifier("STUDY", StudyDate="2020-01-01-x"), "default", StudyRootQueryRetrieveInformationModelFind
+        )
     assert err.value.status == 0xC000
 
 
 def test_response_has_every_requested_key_and_nothing_else() -> None:
-    query = build_query(identifier("STUDY", PatientName="", StudyDescription="", ReferencedStudySequence=[]),
-                        "default", StudyRootQueryRetrieveInformationModelFind)
-    match = json.dumps({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]},
-                        "00100020": {"vr": "LO", "Value": ["not requested"]}}).encode()
+    query = build_query(
+        identifier("STUDY", PatientName="", StudyDescription="", ReferencedStudySequence=[]),
+        "default",
+        StudyRootQueryRetrieveInformationModelFind,
+    )
+    match = json.dumps(
+        {
+            "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}]},
+            "00100020": {"vr": "LO", "Value": ["not requested"]},
+        }
+    ).encode()
     ds = response(query, match)
     assert ds.SpecificCharacterSet == "ISO_IR 192"
     assert str(ds.PatientName) == "Müller^Jürgen"

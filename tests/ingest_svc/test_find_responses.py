@@ -20,8 +20,10 @@ from ingest_svc.find import build_query, response
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 MATCH = {
-    "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎",
-                                        "Phonetic": "やまだ^たろう"}]},
+    "00100010": {
+        "vr": "PN",
+        "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
+    },
     "00080090": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Jürgen"}, {"Alphabetic": "Roe"}]},
     "00100020": {"vr": "LO", "Value": ["PID-1"]},
     "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
@@ -40,9 +42,20 @@ MATCH = {
 def query() -> object:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
-    for keyword in ("PatientName", "ReferringPhysicianName", "PatientID", "StudyInstanceUID", "ModalitiesInStudy",
-                    "NumberOfStudyRelatedInstances", "PixelSpacing", "Rows", "DimensionIndexPointer",
-                    "DiffusionGradientOrientation", "StudyDescription", "AccessionNumber"):
+    for keyword in (
+        "PatientName",
+        "ReferringPhysicianName",
+        "PatientID",
+        "StudyInstanceUID",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "PixelSpacing",
+        "Rows",
+        "DimensionIndexPointer",
+        "DiffusionGradientOrientation",
+        "StudyDescription",
+        "AccessionNumber",
+    ):
         setattr(ds, keyword, None)
     ds.ReferencedStudySequence = []
     ds.ProcedureCodeSequence = []

@@ -93,9 +93,15 @@ def series_id(qr: World, name: str, **keys: Any) -> Dataset:
     return identifier("SERIES", StudyInstanceUID=qr.study, SeriesInstanceUID=qr.series_uids[name], **keys)
 
 
-def exchange(scp: Scp, contexts: list[tuple[int, str, list[str]]], requests: list[tuple[int, Any]],
-             calling: str = SCU, max_pdu: int = 16384, extra: list[Any] | None = None,
-             store_status: int = 0x0000) -> tuple[bytes, list[list[Received]], Peer]:
+def exchange(
+    scp: Scp,
+    contexts: list[tuple[int, str, list[str]]],
+    requests: list[tuple[int, Any]],
+    calling: str = SCU,
+    max_pdu: int = 16384,
+    extra: list[Any] | None = None,
+    store_status: int = 0x0000,
+) -> tuple[bytes, list[list[Received]], Peer]:
     """Associates, sends each (context ID, request) and reads its messages
     to the final response (answering C-STOREs), releases."""
     peer, ac = Peer.associate(scp.port, request(contexts, calling=calling, max_pdu=max_pdu, extra=extra))
@@ -125,20 +131,39 @@ def same_exchange(lean: Scp, plain: Scp, *args: Any, **kwargs: Any) -> tuple[lis
 # ---- negotiation ---------------------------------------------------------------------
 
 NEGOTIATIONS: dict[str, tuple[list[tuple[int, str, list[str]]], list[Any]]] = {
-    "find": ([(1, FIND, [ImplicitVRLittleEndian]), (3, PatientRootQueryRetrieveInformationModelFind,
-                                                   UNCOMPRESSED)], []),
+    "find": (
+        [(1, FIND, [ImplicitVRLittleEndian]), (3, PatientRootQueryRetrieveInformationModelFind, UNCOMPRESSED)],
+        [],
+    ),
     "find in a compressed syntax": ([(1, FIND, [JPEGLSLossless]), (3, FIND, [ExplicitVRLittleEndian])], []),
-    "get with storage roles": ([(1, GET, [ExplicitVRLittleEndian]), (3, CTImageStorage, [ExplicitVRLittleEndian]),
-                                (5, MRImageStorage, [JPEGLSLossless, ExplicitVRLittleEndian])],
-                               [role(CTImageStorage, False, True), role(MRImageStorage, True, True)]),
+    "get with storage roles": (
+        [
+            (1, GET, [ExplicitVRLittleEndian]),
+            (3, CTImageStorage, [ExplicitVRLittleEndian]),
+            (5, MRImageStorage, [JPEGLSLossless, ExplicitVRLittleEndian]),
+        ],
+        [role(CTImageStorage, False, True), role(MRImageStorage, True, True)],
+    ),
     "get, a role for a class not proposed": ([(1, GET, [ExplicitVRLittleEndian])], [role(CTImageStorage, False, True)]),
-    "move, echo and patient root get": ([(1, MOVE, [ImplicitVRLittleEndian]), (3, Verification, UNCOMPRESSED),
-                                         (5, PatientRootQueryRetrieveInformationModelGet, [ExplicitVRBigEndian]),
-                                         (7, PatientRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian])],
-                                        [role(PatientRootQueryRetrieveInformationModelGet, True, False)]),
-    "everything at once": ([(1, FIND, UNCOMPRESSED), (3, GET, UNCOMPRESSED), (5, MOVE, UNCOMPRESSED),
-                            (7, CTImageStorage, UNCOMPRESSED), (9, "1.3.6.1.4.1.99999.1", [ExplicitVRLittleEndian])],
-                           [role(CTImageStorage, True, True), role("1.3.6.1.4.1.99999.1", False, True)]),
+    "move, echo and patient root get": (
+        [
+            (1, MOVE, [ImplicitVRLittleEndian]),
+            (3, Verification, UNCOMPRESSED),
+            (5, PatientRootQueryRetrieveInformationModelGet, [ExplicitVRBigEndian]),
+            (7, PatientRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian]),
+        ],
+        [role(PatientRootQueryRetrieveInformationModelGet, True, False)],
+    ),
+    "everything at once": (
+        [
+            (1, FIND, UNCOMPRESSED),
+            (3, GET, UNCOMPRESSED),
+            (5, MOVE, UNCOMPRESSED),
+            (7, CTImageStorage, UNCOMPRESSED),
+            (9, "1.3.6.1.4.1.99999.1", [ExplicitVRLittleEndian]),
+        ],
+        [role(CTImageStorage, True, True), role("1.3.6.1.4.1.99999.1", False, True)],
+    ),
 }
 
 
@@ -165,8 +190,9 @@ def test_storage_commitment_and_worklists_stay_on_pynetdicom(qr: World) -> None:
     with qr.scp() as scp:
         for uid in (StorageCommitmentPushModel, "1.2.840.10008.5.1.4.31"):
             before = served("pynetdicom")
-            peer, reply = Peer.associate(scp.port, request([(1, FIND, [ExplicitVRLittleEndian]),
-                                                            (3, uid, [ExplicitVRLittleEndian])]))
+            peer, reply = Peer.associate(
+                scp.port, request([(1, FIND, [ExplicitVRLittleEndian]), (3, uid, [ExplicitVRLittleEndian])])
+            )
             assert reply[:1] == b"\x02"
             peer.release()
             assert served("pynetdicom") == before + 1
@@ -188,24 +214,58 @@ def test_query_retrieve_on_pynetdicom_when_switched_off(qr: World) -> None:
 @pytest.mark.parametrize("syntax", UNCOMPRESSED)
 def test_find_responses_are_pynetdicoms(qr: World, syntax: str) -> None:
     queries = [
-        (FIND, identifier("STUDY", StudyInstanceUID="", PatientName="", PatientID=qr.patient_id, StudyDate="",
-                          ModalitiesInStudy="", NumberOfStudyRelatedInstances="")),
-        (FIND, identifier("SERIES", StudyInstanceUID=qr.study, SeriesInstanceUID="", Modality="", SeriesNumber="",
-                          NumberOfSeriesRelatedInstances="")),
-        (FIND, identifier("IMAGE", StudyInstanceUID=qr.study, SeriesInstanceUID=qr.series_uids["mixed"],
-                          SOPInstanceUID="", InstanceNumber="", SOPClassUID="", ReferencedImageSequence=[])),
+        (
+            FIND,
+            identifier(
+                "STUDY",
+                StudyInstanceUID="",
+                PatientName="",
+                PatientID=qr.patient_id,
+                StudyDate="",
+                ModalitiesInStudy="",
+                NumberOfStudyRelatedInstances="",
+            ),
+        ),
+        (
+            FIND,
+            identifier(
+                "SERIES",
+                StudyInstanceUID=qr.study,
+                SeriesInstanceUID="",
+                Modality="",
+                SeriesNumber="",
+                NumberOfSeriesRelatedInstances="",
+            ),
+        ),
+        (
+            FIND,
+            identifier(
+                "IMAGE",
+                StudyInstanceUID=qr.study,
+                SeriesInstanceUID=qr.series_uids["mixed"],
+                SOPInstanceUID="",
+                InstanceNumber="",
+                SOPClassUID="",
+                ReferencedImageSequence=[],
+            ),
+        ),
         (FIND, identifier("PATIENT", PatientID="")),  # not in the study root model: 0xA900
         (FIND, identifier("STUDY", StudyDate="2020-01-01-x")),  # 0xC000
-        (PatientRootQueryRetrieveInformationModelFind, identifier("PATIENT", PatientID=qr.patient_id,
-                                                                  PatientName="", PatientSex="")),
+        (
+            PatientRootQueryRetrieveInformationModelFind,
+            identifier("PATIENT", PatientID=qr.patient_id, PatientName="", PatientSex=""),
+        ),
     ]
     contexts = [(1, FIND, [syntax]), (3, PatientRootQueryRetrieveInformationModelFind, [syntax])]
-    requests = [(1 if model == FIND else 3, find_rq(n, model, ds, UID(syntax))) for n, (model, ds) in
-                enumerate(queries, 1)]
+    requests = [
+        (1 if model == FIND else 3, find_rq(n, model, ds, UID(syntax))) for n, (model, ds) in enumerate(queries, 1)
+    ]
     with both(qr, find_page_size=2) as (lean, plain):  # pages of two: the mixed series is three pages
         answers, _ = same_exchange(lean, plain, contexts, requests)
-        records = [[(r.operation, r.status, r.outcome, r.study_instance_uid, r.tenant) for r in scp.audit.records]
-                   for scp in (lean, plain)]
+        records = [
+            [(r.operation, r.status, r.outcome, r.study_instance_uid, r.tenant) for r in scp.audit.records]
+            for scp in (lean, plain)
+        ]
     finals = [answer[-1].parsed.status for answer in answers]
     assert finals == [0x0000, 0x0000, 0x0000, 0xA900, 0xC000, 0x0000]
     assert [len(answer) - 1 for answer in answers] == [1, 3, 5, 0, 0, 1]
@@ -218,8 +278,12 @@ def test_find_is_cancelled_between_matches(qr: World) -> None:
     with qr.scp(find_page_size=1) as scp:
         peer, ac = Peer.associate(scp.port, request([(1, FIND, [ExplicitVRLittleEndian])]))
         assert ac[:1] == b"\x02"
-        peer.send(1, *find_rq(9, FIND, identifier("IMAGE", StudyInstanceUID=qr.study, SOPInstanceUID=""),
-                              UID(ExplicitVRLittleEndian)))
+        peer.send(
+            1,
+            *find_rq(
+                9, FIND, identifier("IMAGE", StudyInstanceUID=qr.study, SOPInstanceUID=""), UID(ExplicitVRLittleEndian)
+            ),
+        )
         first = peer.read_message()
         assert first.parsed.status == 0xFF00
         peer.send(1, *cancel_rq(9))
@@ -232,9 +296,22 @@ def test_find_is_cancelled_between_matches(qr: World) -> None:
 
 def test_other_tenants_find_nothing(qr: World) -> None:
     with qr.scp() as scp:
-        _, answers, _ = exchange(scp, [(1, FIND, [ExplicitVRLittleEndian])], [
-            (1, find_rq(1, FIND, identifier("STUDY", StudyInstanceUID=qr.study, PatientID=""),
-                        UID(ExplicitVRLittleEndian)))], calling=OTHER_AE)
+        _, answers, _ = exchange(
+            scp,
+            [(1, FIND, [ExplicitVRLittleEndian])],
+            [
+                (
+                    1,
+                    find_rq(
+                        1,
+                        FIND,
+                        identifier("STUDY", StudyInstanceUID=qr.study, PatientID=""),
+                        UID(ExplicitVRLittleEndian),
+                    ),
+                )
+            ],
+            calling=OTHER_AE,
+        )
     assert [m.parsed.status for m in answers[0]] == [0x0000]
 
 
@@ -258,14 +335,25 @@ def stores(peer: Peer) -> list[Received]:
 def accepted_syntaxes(ac: bytes) -> dict[int, str]:
     pdu = A_ASSOCIATE_AC()
     pdu.decode(ac)
-    return {int(cx.context_id): str(cx.transfer_syntax[0])
-            for cx in pdu.to_primitive().presentation_context_definition_results_list if cx.result == 0}
+    return {
+        int(cx.context_id): str(cx.transfer_syntax[0])
+        for cx in pdu.to_primitive().presentation_context_definition_results_list
+        if cx.result == 0
+    }
 
 
 GET_CASES = {
     # One context per stored syntax: everything goes as stored.
-    "each syntax alone": ([[ExplicitVRLittleEndian], [ImplicitVRLittleEndian], [DeflatedExplicitVRLittleEndian],
-                           [ExplicitVRBigEndian], [JPEGLSLossless]], 0),
+    "each syntax alone": (
+        [
+            [ExplicitVRLittleEndian],
+            [ImplicitVRLittleEndian],
+            [DeflatedExplicitVRLittleEndian],
+            [ExplicitVRBigEndian],
+            [JPEGLSLossless],
+        ],
+        0,
+    ),
     # Implicit only: explicit and deflated re-encoded; big endian and JPEG-LS fail.
     "implicit only": ([[ImplicitVRLittleEndian]], 2),
     # One context of several syntaxes: Explicit accepted, the same again.
@@ -281,8 +369,10 @@ def test_get_sends_what_pynetdicom_sends(qr: World, case: str) -> None:
         for syntaxes in offers:
             contexts.append((2 * len(contexts) + 1, sop_class, syntaxes))
     roles = [role(CTImageStorage, False, True), role(MRImageStorage, False, True)]
-    requests = [(1, get_rq(7, GET, series_id(qr, "mixed"), UID(ExplicitVRLittleEndian))),
-                (1, get_rq(65533, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian)))]
+    requests = [
+        (1, get_rq(7, GET, series_id(qr, "mixed"), UID(ExplicitVRLittleEndian))),
+        (1, get_rq(65533, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian))),
+    ]
     with both(qr) as (lean, plain):
         answers, peer = same_exchange(lean, plain, contexts, requests, extra=roles)
         records = [[(r.operation, r.status, r.outcome) for r in scp.audit.records] for scp in (lean, plain)]
@@ -310,6 +400,7 @@ def test_get_sends_what_pynetdicom_sends(qr: World, case: str) -> None:
 
 def file_meta_for(syntax: str, sop_instance: str) -> bytes:
     from ingest_svc.store import file_meta
+
     return file_meta(CTImageStorage, sop_instance, syntax)
 
 
@@ -317,9 +408,14 @@ def file_meta_for(syntax: str, sop_instance: str) -> bytes:
 def test_get_respects_a_small_maximum_pdu(qr: World, max_pdu: int) -> None:
     contexts, roles = get_contexts([ExplicitVRLittleEndian])
     with both(qr) as (lean, plain):
-        answers, peer = same_exchange(lean, plain, contexts, [
-            (1, get_rq(1, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian)))], max_pdu=max_pdu,
-            extra=roles)
+        answers, peer = same_exchange(
+            lean,
+            plain,
+            contexts,
+            [(1, get_rq(1, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian)))],
+            max_pdu=max_pdu,
+            extra=roles,
+        )
     assert answers[0][-1].parsed.status == 0x0000
     assert max(len(pdu) - 6 for pdu in peer.pdus) == max_pdu
     for message in stores(peer):
@@ -337,9 +433,14 @@ def test_get_failures_and_refusals_are_pynetdicoms(qr: World) -> None:
     with both(qr, max_retrieve_instances=10) as (lean, plain):
         answers, _ = same_exchange(lean, plain, contexts, requests, extra=roles)
         # Every sub-operation refused by the peer: 0xA702.
-        refused, _ = same_exchange(lean, plain, contexts, [
-            (1, get_rq(5, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian)))], extra=roles,
-            store_status=0xA700)
+        refused, _ = same_exchange(
+            lean,
+            plain,
+            contexts,
+            [(1, get_rq(5, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian)))],
+            extra=roles,
+            store_status=0xA700,
+        )
     assert [a[-1].parsed.status for a in answers] == [0xA900, 0xA900, 0xA700, 0x0000]
     assert refused[0][-1].parsed.status == 0xA702
 
@@ -347,9 +448,13 @@ def test_get_failures_and_refusals_are_pynetdicoms(qr: World) -> None:
 def test_another_tenant_gets_nothing(qr: World) -> None:
     contexts, roles = get_contexts([ExplicitVRLittleEndian])
     with qr.scp() as scp:
-        _, answers, peer = exchange(scp, contexts, [(1, get_rq(1, GET, series_id(qr, "explicit"),
-                                                               UID(ExplicitVRLittleEndian)))],
-                                    calling=OTHER_AE, extra=roles)
+        _, answers, peer = exchange(
+            scp,
+            contexts,
+            [(1, get_rq(1, GET, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian)))],
+            calling=OTHER_AE,
+            extra=roles,
+        )
     assert answers[0][-1].parsed.status == 0x0000 and stores(peer) == []
 
 
@@ -391,18 +496,32 @@ def test_move_answers_as_pynetdicom_and_the_destination_gets_what_it_got(qr: Wor
         for scp in (lean, plain):
             qr.peers[destination].clear()
             before = served("lean")
-            _, answers, _ = exchange(scp, [(1, MOVE, [ExplicitVRLittleEndian])], [
-                (1, move_rq(3, MOVE, series_id(qr, "mixed"), UID(ExplicitVRLittleEndian), destination))])
+            _, answers, _ = exchange(
+                scp,
+                [(1, MOVE, [ExplicitVRLittleEndian])],
+                [(1, move_rq(3, MOVE, series_id(qr, "mixed"), UID(ExplicitVRLittleEndian), destination))],
+            )
             assert served("lean") == before + (scp is lean)
             final = answers[0][-1].parsed
-            expected = set(objects) if destination == "ALL" else {
-                uid for uid, p in objects.items()
-                if not pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
-                and pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID != ExplicitVRBigEndian}
+            expected = (
+                set(objects)
+                if destination == "ALL"
+                else {
+                    uid
+                    for uid, p in objects.items()
+                    if not pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID.is_compressed
+                    and pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID != ExplicitVRBigEndian
+                }
+            )
             got = received_by(qr, destination, expected)
             time.sleep(0.5)  # anything more would have arrived by now
-            results.append((answers, {uid: split_part10(p.read_bytes())[1] for uid, p in got.items()},
-                            sorted(p.name for p in qr.peers[destination].folder.iterdir())))
+            results.append(
+                (
+                    answers,
+                    {uid: split_part10(p.read_bytes())[1] for uid, p in got.items()},
+                    sorted(p.name for p in qr.peers[destination].folder.iterdir()),
+                )
+            )
             assert final.status == (0x0000 if destination == "ALL" else 0xB000)
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1]
@@ -423,8 +542,11 @@ def test_move_refusals(qr: World) -> None:
 
 def test_move_to_a_destination_that_is_not_there(qr: World) -> None:
     with qr.scp(dimse_peers={"GONE": {"host": "127.0.0.1", "port": free_port_closed()}}) as scp:
-        _, answers, _ = exchange(scp, [(1, MOVE, [ExplicitVRLittleEndian])], [
-            (1, move_rq(1, MOVE, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian), "GONE"))])
+        _, answers, _ = exchange(
+            scp,
+            [(1, MOVE, [ExplicitVRLittleEndian])],
+            [(1, move_rq(1, MOVE, series_id(qr, "explicit"), UID(ExplicitVRLittleEndian), "GONE"))],
+        )
     assert answers[0][-1].parsed.status == 0xA801
 
 
@@ -449,18 +571,51 @@ def test_findscu_getscu_and_movescu_are_served_by_the_lean_path(qr: World, tmp_p
         where = ["-aet", SCU, "-aec", "DICOMSERVER", "127.0.0.1", str(scp.port)]
         found = tmp_path / "found"
         found.mkdir()
-        dcmtk(["findscu", "-S", "-X", "-od", str(found), "-k", "QueryRetrieveLevel=SERIES",
-               "-k", f"StudyInstanceUID={qr.study}", "-k", "SeriesInstanceUID", "-k", "NumberOfSeriesRelatedInstances",
-               *where])
-        counts = {str(ds.SeriesInstanceUID): int(ds.NumberOfSeriesRelatedInstances)
-                  for ds in (pydicom.dcmread(p) for p in found.iterdir())}
+        dcmtk(
+            [
+                "findscu",
+                "-S",
+                "-X",
+                "-od",
+                str(found),
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={qr.study}",
+                "-k",
+                "SeriesInstanceUID",
+                "-k",
+                "NumberOfSeriesRelatedInstances",
+                *where,
+            ]
+        )
+        counts = {
+            str(ds.SeriesInstanceUID): int(ds.NumberOfSeriesRelatedInstances)
+            for ds in (pydicom.dcmread(p) for p in found.iterdir())
+        }
         assert counts == {qr.series_uids[name]: len(objects) for name, objects in qr.series.items()}
 
         # getscu with the smallest maximum PDU it takes, writing what it receives as received
         got = tmp_path / "got"
         got.mkdir()
-        dcmtk(["getscu", "+B", "-pdu", "4096", "-S", "-od", str(got), "-k", "QueryRetrieveLevel=SERIES",
-               "-k", f"StudyInstanceUID={qr.study}", "-k", f"SeriesInstanceUID={qr.series_uids['explicit']}", *where])
+        dcmtk(
+            [
+                "getscu",
+                "+B",
+                "-pdu",
+                "4096",
+                "-S",
+                "-od",
+                str(got),
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={qr.study}",
+                "-k",
+                f"SeriesInstanceUID={qr.series_uids['explicit']}",
+                *where,
+            ]
+        )
         received = by_uid(got)
         assert set(received) == set(qr.series["explicit"])
         for uid, path in received.items():
@@ -468,21 +623,64 @@ def test_findscu_getscu_and_movescu_are_served_by_the_lean_path(qr: World, tmp_p
 
         # movescu to a storescp taking every syntax: each object as stored
         qr.peers["ALL"].clear()
-        dcmtk(["movescu", "-S", "-aem", "ALL", "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={qr.study}",
-               "-k", f"SeriesInstanceUID={qr.series_uids['mixed']}", *where])
+        dcmtk(
+            [
+                "movescu",
+                "-S",
+                "-aem",
+                "ALL",
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={qr.study}",
+                "-k",
+                f"SeriesInstanceUID={qr.series_uids['mixed']}",
+                *where,
+            ]
+        )
         moved = received_by(qr, "ALL", set(qr.series["mixed"]))
         assert set(moved) == set(qr.series["mixed"])
         for uid, path in moved.items():
             assert split_part10(path.read_bytes())[1] == stored_data_set(qr, uid)
 
         # findscu and movescu cancel after the first response
-        out = dcmtk(["findscu", "-v", "-S", "--cancel", "1", "-k", "QueryRetrieveLevel=IMAGE",
-                     "-k", f"StudyInstanceUID={qr.study}", "-k", "SOPInstanceUID", *where])
+        out = dcmtk(
+            [
+                "findscu",
+                "-v",
+                "-S",
+                "--cancel",
+                "1",
+                "-k",
+                "QueryRetrieveLevel=IMAGE",
+                "-k",
+                f"StudyInstanceUID={qr.study}",
+                "-k",
+                "SOPInstanceUID",
+                *where,
+            ]
+        )
         assert "Received Final Find Response (Cancel" in out, out
         qr.peers["UNCOMPR"].clear()
-        out = dcmtk(["movescu", "-v", "-S", "--cancel", "1", "-aem", "UNCOMPR", "-k", "QueryRetrieveLevel=SERIES",
-                     "-k", f"StudyInstanceUID={qr.study}", "-k", f"SeriesInstanceUID={qr.series_uids['long']}",
-                     *where], ok=(0, 68))
+        out = dcmtk(
+            [
+                "movescu",
+                "-v",
+                "-S",
+                "--cancel",
+                "1",
+                "-aem",
+                "UNCOMPR",
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={qr.study}",
+                "-k",
+                f"SeriesInstanceUID={qr.series_uids['long']}",
+                *where,
+            ],
+            ok=(0, 68),
+        )
         assert "Received Final Move Response (Cancel" in out, out
         assert served("lean") == before + 5
 
@@ -519,8 +717,12 @@ def test_the_destination_association_is_requested_as_pynetdicom_requests_it(qr: 
     listener = Listener()
     try:
         with both(qr, dimse_peers={"RAW": {"host": "127.0.0.1", "port": listener.port}}) as (lean, plain):
-            answers, _ = same_exchange(lean, plain, [(1, MOVE, [ExplicitVRLittleEndian])], [
-                (1, move_rq(1, MOVE, series_id(qr, "mixed"), UID(ExplicitVRLittleEndian), "RAW"))])
+            answers, _ = same_exchange(
+                lean,
+                plain,
+                [(1, MOVE, [ExplicitVRLittleEndian])],
+                [(1, move_rq(1, MOVE, series_id(qr, "mixed"), UID(ExplicitVRLittleEndian), "RAW"))],
+            )
     finally:
         listener.close()
     assert answers[0][-1].parsed.status == 0xA801
@@ -528,7 +730,9 @@ def test_the_destination_association_is_requested_as_pynetdicom_requests_it(qr: 
     assert lean_rq == plain_rq
     rq = A_ASSOCIATE_RQ()
     rq.decode(lean_rq)
-    proposed = [(cx.abstract_syntax, list(cx.transfer_syntax)) for cx in rq.to_primitive().presentation_context_definition_list]
+    proposed = [
+        (cx.abstract_syntax, list(cx.transfer_syntax)) for cx in rq.to_primitive().presentation_context_definition_list
+    ]
     assert (CTImageStorage, [ExplicitVRBigEndian]) in proposed and (MRImageStorage, [JPEGLSLossless]) in proposed
 
 
@@ -559,9 +763,15 @@ class Destination:
         for sop_class in (CTImageStorage, MRImageStorage):
             ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.port = free_port_closed()
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
-            (evt.EVT_C_STORE, self._store), (evt.EVT_ABORTED, lambda e: self.ended.append("aborted")),
-            (evt.EVT_RELEASED, lambda e: self.ended.append("released"))])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._store),
+                (evt.EVT_ABORTED, lambda e: self.ended.append("aborted")),
+                (evt.EVT_RELEASED, lambda e: self.ended.append("released")),
+            ],
+        )
 
     def _store(self, event: evt.Event) -> int:
         self.received.append(str(event.request.AffectedSOPInstanceUID))
@@ -576,8 +786,11 @@ def test_a_destination_that_aborts_fails_the_remaining_sub_operations(qr: World)
     dest = Destination(abort_at=2)
     try:
         with qr.scp(dimse_peers={"PYDEST": {"host": "127.0.0.1", "port": dest.port}}) as scp:
-            _, answers, _ = exchange(scp, [(1, MOVE, [ExplicitVRLittleEndian])], [
-                (1, move_rq(1, MOVE, series_id(qr, "long"), UID(ExplicitVRLittleEndian), "PYDEST"))])
+            _, answers, _ = exchange(
+                scp,
+                [(1, MOVE, [ExplicitVRLittleEndian])],
+                [(1, move_rq(1, MOVE, series_id(qr, "long"), UID(ExplicitVRLittleEndian), "PYDEST"))],
+            )
     finally:
         dest.server.shutdown()
     final = answers[0][-1]
@@ -637,6 +850,7 @@ def pynetdicom_counts(command: bytes) -> tuple[int, int, int]:
 
 def decode_identifier(data: bytes | None, implicit: bool = False) -> Dataset:
     from pynetdicom.dsutils import decode
+
     assert data is not None
     return decode(io.BytesIO(data), implicit, True)
 
@@ -664,12 +878,25 @@ def test_auth_svc_grants_are_reused_for_a_short_time(qr: World, ttl: float, expe
     auth = CountingAuth(qr.clients[0])
     with qr.scp(auth=auth, auth_cache_seconds=ttl) as scp:
         for n in range(3):
-            _, answers, _ = exchange(scp, [(1, FIND, [ExplicitVRLittleEndian])], [
-                (1, find_rq(n + 1, FIND, identifier("STUDY", StudyInstanceUID=qr.study), UID(ExplicitVRLittleEndian)))])
+            _, answers, _ = exchange(
+                scp,
+                [(1, FIND, [ExplicitVRLittleEndian])],
+                [
+                    (
+                        1,
+                        find_rq(
+                            n + 1, FIND, identifier("STUDY", StudyInstanceUID=qr.study), UID(ExplicitVRLittleEndian)
+                        ),
+                    )
+                ],
+            )
             assert [m.parsed.status for m in answers[0]] == [0xFF00, 0x0000]
         assert len(auth.calls) == expected
         if ttl:
             time.sleep(ttl + 0.1)  # then asked again
-            exchange(scp, [(1, FIND, [ExplicitVRLittleEndian])], [
-                (1, find_rq(9, FIND, identifier("STUDY", StudyInstanceUID=qr.study), UID(ExplicitVRLittleEndian)))])
+            exchange(
+                scp,
+                [(1, FIND, [ExplicitVRLittleEndian])],
+                [(1, find_rq(9, FIND, identifier("STUDY", StudyInstanceUID=qr.study), UID(ExplicitVRLittleEndian)))],
+            )
             assert auth.calls[expected:] == ["authenticate", "authorize"]

@@ -75,10 +75,15 @@ def bucket() -> Iterator[Bucket]:
 
 
 def locations(keys: list[str]) -> list[dicom_pb2.InstanceLocation]:
-    return [dicom_pb2.InstanceLocation(object_key=k, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                                       transfer_syntax_uid="1.2.840.10008.1.2.1",
-                                       ref=dicom_pb2.InstanceRef(sop_instance_uid=f"1.2.3.{i}"))
-            for i, k in enumerate(keys)]
+    return [
+        dicom_pb2.InstanceLocation(
+            object_key=k,
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            ref=dicom_pb2.InstanceRef(sop_instance_uid=f"1.2.3.{i}"),
+        )
+        for i, k in enumerate(keys)
+    ]
 
 
 def url_grants(bucket: Bucket, keys: list[str]) -> Storage:

@@ -71,13 +71,22 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         folder = root / aet
         folder.mkdir()
         port = free_port()
-        proc = subprocess.Popen(["storescp", "-aet", aet, "+B", "-od", str(folder), *opts, str(port)],
-                                env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            ["storescp", "-aet", aet, "+B", "-od", str(folder), *opts, str(port)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         peers[aet] = StoreScp(aet, port, folder, proc)
-    archive = Archive(root / "archive", extra_env={
-        "DICOMSERVER_DIMSE_PEERS": json.dumps({aet: {"host": "127.0.0.1", "port": p.port} for aet, p in peers.items()}),
-        "DICOMSERVER_MAX_RETRIEVE_INSTANCES": str(LIMIT),
-    })
+    archive = Archive(
+        root / "archive",
+        extra_env={
+            "DICOMSERVER_DIMSE_PEERS": json.dumps(
+                {aet: {"host": "127.0.0.1", "port": p.port} for aet, p in peers.items()}
+            ),
+            "DICOMSERVER_MAX_RETRIEVE_INSTANCES": str(LIMIT),
+        },
+    )
     archive.start()
     try:
         corpus = root / "corpus"
@@ -85,11 +94,13 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         ct = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
         mr = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm", download=False))
         study = generate_uid()
-        plan = {"explicit": [(ct, ExplicitVRLittleEndian)] * 2,
-                "mixed": [(ct, ExplicitVRLittleEndian), (ct, ImplicitVRLittleEndian), (mr, JPEGLSLossless)],
-                "deleted": [(ct, ExplicitVRLittleEndian)] * 2,
-                "long": [(ct, ExplicitVRLittleEndian)] * 12,
-                "too-long": [(ct, ExplicitVRLittleEndian)] * (LIMIT + 1)}
+        plan = {
+            "explicit": [(ct, ExplicitVRLittleEndian)] * 2,
+            "mixed": [(ct, ExplicitVRLittleEndian), (ct, ImplicitVRLittleEndian), (mr, JPEGLSLossless)],
+            "deleted": [(ct, ExplicitVRLittleEndian)] * 2,
+            "long": [(ct, ExplicitVRLittleEndian)] * 12,
+            "too-long": [(ct, ExplicitVRLittleEndian)] * (LIMIT + 1),
+        }
         series: dict[str, dict[str, Path]] = {}
         for name, items in plan.items():
             uid = generate_uid()
@@ -111,9 +122,27 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def test_getscu_receives_the_stored_bytes(setup: Setup, tmp_path: Path) -> None:
-    run(["getscu", "+B", "-S", "-aet", SCU, "-aec", setup.archive.ae_title, "-od", str(tmp_path),
-         "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={setup.study}",
-         "-k", f"SeriesInstanceUID={series_uid(setup, 'explicit')}", "127.0.0.1", str(setup.archive.dimse_port)])
+    run(
+        [
+            "getscu",
+            "+B",
+            "-S",
+            "-aet",
+            SCU,
+            "-aec",
+            setup.archive.ae_title,
+            "-od",
+            str(tmp_path),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={setup.study}",
+            "-k",
+            f"SeriesInstanceUID={series_uid(setup, 'explicit')}",
+            "127.0.0.1",
+            str(setup.archive.dimse_port),
+        ]
+    )
     got = by_uid(tmp_path)
     assert set(got) == set(setup.series["explicit"])
     for uid, path in got.items():
@@ -139,8 +168,11 @@ def test_storescp_taking_implicit_only_gets_implicit_as_stored_and_explicit_re_e
     peer = setup.peers["XI"]
     peer.clear()
     movescu(setup, "mixed", peer.aet)
-    objects = {uid: p for uid, p in setup.series["mixed"].items()
-               if not pydicom.dcmread(p).file_meta.TransferSyntaxUID.is_compressed}
+    objects = {
+        uid: p
+        for uid, p in setup.series["mixed"].items()
+        if not pydicom.dcmread(p).file_meta.TransferSyntaxUID.is_compressed
+    }
     got = peer.received(set(objects))
     assert set(got) == set(objects)
     for uid, path in got.items():
@@ -159,9 +191,17 @@ def test_send_to_peer_sends_the_stored_bytes_with_its_progress(setup: Setup) -> 
     peer.clear()
     objects = setup.series["explicit"]
     stub = ingest_grpc.IngestServiceStub(grpc.insecure_channel(setup.archive.grpc_addrs["ingest"]))
-    replies = list(stub.SendToPeer(ingest_pb.SendToPeerRequest(
-        tenant="default", ae_title=peer.aet, study_instance_uid=setup.study,
-        series_instance_uid=series_uid(setup, "explicit")), timeout=60))
+    replies = list(
+        stub.SendToPeer(
+            ingest_pb.SendToPeerRequest(
+                tenant="default",
+                ae_title=peer.aet,
+                study_instance_uid=setup.study,
+                series_instance_uid=series_uid(setup, "explicit"),
+            ),
+            timeout=60,
+        )
+    )
     last = replies[-1]
     assert (last.done, last.total, last.completed, last.warning, last.failed) == (True, 2, 2, 0, 0), last
     got = peer.received(set(objects))

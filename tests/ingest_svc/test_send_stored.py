@@ -54,7 +54,8 @@ DEST = "DEST"
 
 def test_pynetdicom_is_the_series_the_adapter_was_written_for() -> None:
     assert pynetdicom.__version__.startswith(send_stored.PYNETDICOM_SERIES), (
-        f"pynetdicom {pynetdicom.__version__}: re-check ingest_svc.send_stored against it, then update the pin")
+        f"pynetdicom {pynetdicom.__version__}: re-check ingest_svc.send_stored against it, then update the pin"
+    )
 
 
 def test_the_service_class_sends_handler_datasets_through_the_association() -> None:
@@ -78,8 +79,11 @@ def test_the_reactor_pauses_at_the_checkpoint_send_c_store_clears_and_sets() -> 
     wait, poll = reactor.index("self._reactor_checkpoint.wait()"), reactor.index("self.dimse.get_msg(block=False)")
     assert reactor.index("self._is_paused = True") < wait < poll
     send = inspect.getsource(Association.send_c_store)
-    clear, sent, unpause = (send.index("self._reactor_checkpoint.clear()"), send.index("self.dimse.send_msg(req"),
-                            send.index("self._reactor_checkpoint.set()"))
+    clear, sent, unpause = (
+        send.index("self._reactor_checkpoint.clear()"),
+        send.index("self.dimse.send_msg(req"),
+        send.index("self._reactor_checkpoint.set()"),
+    )
     assert clear < send.index("while not self._is_paused:") < sent < unpause
     assert "self._reactor_checkpoint.set()" in inspect.getsource(Association.kill)
     assert "def is_aborted(self" in inspect.getsource(pynetdicom.acse.ACSE)
@@ -94,7 +98,7 @@ def test_a_path_is_sent_from_its_file_as_encoded() -> None:
     src = inspect.getsource(Association.send_c_store)
     assert "if not _config.STORE_SEND_CHUNKED_DATASET:" in src
     assert "req._dataset_path = (fpath, offset)" in src
-    assert 'allow_conversion = False' in src
+    assert "allow_conversion = False" in src
 
 
 # ---- behaviour between in-process AEs ------------------------------------------
@@ -114,7 +118,9 @@ class Peer:
     def on_store(self, event: evt.Event) -> int:
         cx = event.context
         self.received[str(event.request.AffectedSOPInstanceUID)] = (
-            str(cx.transfer_syntax), event.encoded_dataset(include_meta=False))
+            str(cx.transfer_syntax),
+            event.encoded_dataset(include_meta=False),
+        )
         return 0x0000
 
     def on_pdu(self, event: evt.Event) -> None:
@@ -144,8 +150,9 @@ class Archive:
         yield len(self.objects)
         for i, obj in enumerate(self.objects):
             if i:  # between two C-STOREs: is the destination association's reactor let loose?
-                self.unpaused_between.extend(a._reactor_checkpoint.is_set() for a in self.ae.active_associations
-                                             if a.is_requestor)
+                self.unpaused_between.extend(
+                    a._reactor_checkpoint.is_set() for a in self.ae.active_associations if a.is_requestor
+                )
             yield 0xFF00, obj
 
 
@@ -161,8 +168,11 @@ def archive(monkeypatch: pytest.MonkeyPatch) -> Iterator[Archive]:
     ae.add_supported_context(MOVE)
     port = free_port()
     arch = Archive(ae, port)
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_GET, arch.handle_get), (evt.EVT_C_MOVE, arch.handle_move)])
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_GET, arch.handle_get), (evt.EVT_C_MOVE, arch.handle_move)],
+    )
     yield arch
     server.shutdown()
 
@@ -183,8 +193,11 @@ def stored(tmp_path: Path, name: str, syntax: str | None = None) -> StoredObject
 
 
 def location(obj: StoredObject) -> dicom_pb2.InstanceLocation:
-    return dicom_pb2.InstanceLocation(sop_class_uid=obj.SOPClassUID, transfer_syntax_uid=str(obj.stored_syntax),
-                                      ref=dicom_pb2.InstanceRef(sop_instance_uid=obj.SOPInstanceUID))
+    return dicom_pb2.InstanceLocation(
+        sop_class_uid=obj.SOPClassUID,
+        transfer_syntax_uid=str(obj.stored_syntax),
+        ref=dicom_pb2.InstanceRef(sop_instance_uid=obj.SOPInstanceUID),
+    )
 
 
 def query(objects: list[StoredObject]) -> Dataset:
@@ -201,9 +214,14 @@ def c_get(archive: Archive, peer: Peer, syntaxes: list[str], max_pdu: int = 1638
     for sop_class in (CTImageStorage, MRImageStorage):
         for syntax in syntaxes:
             ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", archive.port, ae_title="ARCHIVE", max_pdu=max_pdu,
-                         ext_neg=[build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)],
-                         evt_handlers=[(evt.EVT_C_STORE, peer.on_store), (evt.EVT_PDU_RECV, peer.on_pdu)])
+    assoc = ae.associate(
+        "127.0.0.1",
+        archive.port,
+        ae_title="ARCHIVE",
+        max_pdu=max_pdu,
+        ext_neg=[build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)],
+        evt_handlers=[(evt.EVT_C_STORE, peer.on_store), (evt.EVT_PDU_RECV, peer.on_pdu)],
+    )
     assert assoc.is_established
     try:
         return [status for status, _ in assoc.send_c_get(query(archive.objects), GET)]
@@ -222,8 +240,7 @@ def c_move(archive: Archive, peer: Peer, syntaxes: list[str]) -> list[tuple[Data
         # Nagle's delay, and its reactor stays paused.
         for assoc in archive.ae.active_associations:
             if assoc.is_requestor:
-                peer.sender_nodelay.append(
-                    assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                peer.sender_nodelay.append(assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
                 peer.reactor_unpaused.append(assoc._reactor_checkpoint.is_set())
                 peer.sender_poll.append(assoc.dul._run_loop_delay)
         if len(peer.received) + 1 == peer.abort_at:
@@ -233,8 +250,9 @@ def c_move(archive: Archive, peer: Peer, syntaxes: list[str]) -> list[tuple[Data
 
     archive.destination_port = free_port()
     archive.contexts = contexts_for([location(o) for o in archive.objects])
-    server = dest.start_server(("127.0.0.1", archive.destination_port), block=False,
-                               evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = dest.start_server(
+        ("127.0.0.1", archive.destination_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
     try:
         scu = AE(ae_title="MOVESCU")
         scu.add_requested_context(MOVE)
@@ -277,8 +295,11 @@ def test_c_get_to_a_peer_that_takes_another_uncompressed_syntax_re_encodes(archi
 def test_c_move_to_a_destination_preferring_implicit_gets_explicit_objects_as_stored(
     archive: Archive, tmp_path: Path
 ) -> None:
-    archive.objects = [stored(tmp_path, "CT_small.dcm"), stored(tmp_path, "CT_small.dcm", ImplicitVRLittleEndian),
-                       stored(tmp_path, "MR_small_jpeg_ls_lossless.dcm")]
+    archive.objects = [
+        stored(tmp_path, "CT_small.dcm"),
+        stored(tmp_path, "CT_small.dcm", ImplicitVRLittleEndian),
+        stored(tmp_path, "MR_small_jpeg_ls_lossless.dcm"),
+    ]
     peer = Peer()
     responses = c_move(archive, peer, [ImplicitVRLittleEndian, ExplicitVRLittleEndian, JPEGLSLossless])
     assert responses[-1][0].Status == 0x0000
@@ -302,7 +323,9 @@ def test_a_destination_that_aborts_ends_the_move_without_waiting(archive: Archiv
     assert time.monotonic() - t0 < 15  # not the DIMSE timeout
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 3)
-    assert failed is not None and list(failed.FailedSOPInstanceUIDList) == [o.SOPInstanceUID for o in archive.objects[1:]]
+    assert failed is not None and list(failed.FailedSOPInstanceUIDList) == [
+        o.SOPInstanceUID for o in archive.objects[1:]
+    ]
 
 
 def test_c_move_re_encodes_uncompressed_objects_and_refuses_compressed_ones(archive: Archive, tmp_path: Path) -> None:
@@ -349,8 +372,14 @@ def proposed(locations: list[dicom_pb2.InstanceLocation]) -> list[tuple[str, lis
 
 
 def test_each_stored_syntax_alone_then_an_uncompressed_fallback() -> None:
-    assert proposed([loc(CTImageStorage, ExplicitVRLittleEndian), loc(CTImageStorage, ExplicitVRLittleEndian),
-                     loc(MRImageStorage, JPEGLSLossless), loc(MRImageStorage, ImplicitVRLittleEndian)]) == [
+    assert proposed(
+        [
+            loc(CTImageStorage, ExplicitVRLittleEndian),
+            loc(CTImageStorage, ExplicitVRLittleEndian),
+            loc(MRImageStorage, JPEGLSLossless),
+            loc(MRImageStorage, ImplicitVRLittleEndian),
+        ]
+    ) == [
         (CTImageStorage, [ExplicitVRLittleEndian]),
         (MRImageStorage, [JPEGLSLossless]),
         (MRImageStorage, [ImplicitVRLittleEndian]),

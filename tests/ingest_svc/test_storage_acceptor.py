@@ -119,17 +119,32 @@ def same_answer(lean: Scp, plain: Scp, rq: bytes) -> bytes:
 
 
 STORAGE_CASES: dict[str, tuple[Contexts, list[Any]]] = {
-    "storage only": ([(1, CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (3, MR, [JPEGBaseline8Bit]),
-                      (5, CT, ["1.2.3.4.5.6"])], []),
-    "with verification": ([(1, Verification, [ImplicitVRLittleEndian]), (3, CT, [ExplicitVRBigEndian]),
-                           (5, MR, [DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian])], []),
+    "storage only": (
+        [
+            (1, CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+            (3, MR, [JPEGBaseline8Bit]),
+            (5, CT, ["1.2.3.4.5.6"]),
+        ],
+        [],
+    ),
+    "with verification": (
+        [
+            (1, Verification, [ImplicitVRLittleEndian]),
+            (3, CT, [ExplicitVRBigEndian]),
+            (5, MR, [DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian]),
+        ],
+        [],
+    ),
     "verification only": ([(1, Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])], []),
     "private class": ([(1, PRIVATE, [ExplicitVRLittleEndian]), (3, CT, [ImplicitVRLittleEndian])], []),
-    "role selection": ([(1, CT, [ExplicitVRLittleEndian]), (3, MR, [ImplicitVRLittleEndian]),
-                        (5, PRIVATE, [ImplicitVRLittleEndian])],
-                       [role(CT, True, True), role(MR, False, True), role(PRIVATE, True, None)]),
-    "identity and async ops ignored": ([(1, CT, [ExplicitVRLittleEndian])], [
-        UserIdentityNegotiation(), AsynchronousOperationsWindowNegotiation()]),
+    "role selection": (
+        [(1, CT, [ExplicitVRLittleEndian]), (3, MR, [ImplicitVRLittleEndian]), (5, PRIVATE, [ImplicitVRLittleEndian])],
+        [role(CT, True, True), role(MR, False, True), role(PRIVATE, True, None)],
+    ),
+    "identity and async ops ignored": (
+        [(1, CT, [ExplicitVRLittleEndian])],
+        [UserIdentityNegotiation(), AsynchronousOperationsWindowNegotiation()],
+    ),
 }
 
 
@@ -151,12 +166,15 @@ def test_negotiation_answers_are_pynetdicoms(tmp_path: Path, accept_unknown: boo
     assert results == {1: 0x00 if accept_unknown else 0x03, 3: 0x00}
 
 
-@pytest.mark.parametrize("calling,called,down,expected", [
-    ("STRANGER", "DICOMSERVER", False, (1, 1, 3)),  # calling AE title not recognised
-    ("STORESCU", "OTHER", False, (1, 1, 7)),  # called AE title not recognised
-    ("STORESCU", "DICOMSERVER", True, (2, 3, 1)),  # auth_svc away: temporary congestion
-    ("STORESCU", " DICOMSERVER", False, None),  # pynetdicom strips AE titles: accepted
-])
+@pytest.mark.parametrize(
+    "calling,called,down,expected",
+    [
+        ("STRANGER", "DICOMSERVER", False, (1, 1, 3)),  # calling AE title not recognised
+        ("STORESCU", "OTHER", False, (1, 1, 7)),  # called AE title not recognised
+        ("STORESCU", "DICOMSERVER", True, (2, 3, 1)),  # auth_svc away: temporary congestion
+        ("STORESCU", " DICOMSERVER", False, None),  # pynetdicom strips AE titles: accepted
+    ],
+)
 def test_rejections_are_pynetdicoms(
     tmp_path: Path, calling: str, called: str, down: bool, expected: tuple[int, int, int] | None
 ) -> None:
@@ -194,9 +212,9 @@ def test_the_association_limit_counts_both_paths_and_answers_as_pynetdicom(tmp_p
 def dimse_exchange(scp: Scp, messages: list[bytes], max_pdu: int = 16384) -> list[bytes]:
     """Associates (CT and Verification), sends each message and reads one
     PDU back for each, releases."""
-    sock, accepted = associate(scp, request([(1, CT, [ExplicitVRLittleEndian]), (3, Verification,
-                                                                               [ImplicitVRLittleEndian])],
-                                            max_pdu=max_pdu))
+    sock, accepted = associate(
+        scp, request([(1, CT, [ExplicitVRLittleEndian]), (3, Verification, [ImplicitVRLittleEndian])], max_pdu=max_pdu)
+    )
     assert accepted[:1] == b"\x02"
     replies = []
     for message in messages:
@@ -207,26 +225,40 @@ def dimse_exchange(scp: Scp, messages: list[bytes], max_pdu: int = 16384) -> lis
 
 
 def echo_rq(message_id: int) -> bytes:
-    body = b"".join(struct.pack("<HHI", 0, tag, len(v)) + v for tag, v in (
-        (0x0002, b"1.2.840.10008.1.1\x00"), (0x0100, b"\x30\x00"), (0x0110, struct.pack("<H", message_id)),
-        (0x0800, b"\x01\x01")))
+    body = b"".join(
+        struct.pack("<HHI", 0, tag, len(v)) + v
+        for tag, v in (
+            (0x0002, b"1.2.840.10008.1.1\x00"),
+            (0x0100, b"\x30\x00"),
+            (0x0110, struct.pack("<H", message_id)),
+            (0x0800, b"\x01\x01"),
+        )
+    )
     return p_data(3, 0x03, struct.pack("<HHII", 0, 0, 4, len(body)) + body)
 
 
 def test_c_echo_and_c_store_responses_are_pynetdicoms(tmp_path: Path) -> None:
     ct = Path(corpus_paths()[0])
     assert ct.name == "CT_small.dcm"
-    messages = [echo_rq(1), store_messages(ct, message_id=2), echo_rq(65535), store_messages(ct, fragment=7,
-                                                                                                message_id=3)]
+    messages = [
+        echo_rq(1),
+        store_messages(ct, message_id=2),
+        echo_rq(65535),
+        store_messages(ct, fragment=7, message_id=3),
+    ]
     with both_paths(tmp_path) as (lean, plain):
         lean_replies, plain_replies = dimse_exchange(lean, messages), dimse_exchange(plain, messages)
         lean_stored, plain_stored = lean.pipeline.stored, plain.pipeline.stored
-        records = [[(r.operation, r.status, r.sop_instance_uid, r.subject, r.tenant) for r in scp.audit.records]
-                   for scp in (lean, plain)]
+        records = [
+            [(r.operation, r.status, r.sop_instance_uid, r.subject, r.tenant) for r in scp.audit.records]
+            for scp in (lean, plain)
+        ]
     assert lean_replies == plain_replies
     assert [s.data for s in lean_stored] == [s.data for s in plain_stored] != []
     assert split_part10(lean_stored[0].data)[1] == split_part10(ct.read_bytes())[1]
-    assert records[0] == records[1] == [("C-STORE", 0, pydicom.dcmread(ct).SOPInstanceUID, "ae:STORESCU", "default")] * 2
+    assert (
+        records[0] == records[1] == [("C-STORE", 0, pydicom.dcmread(ct).SOPInstanceUID, "ae:STORESCU", "default")] * 2
+    )
 
 
 def test_objects_sent_by_pynetdicom_are_stored_as_pynetdicom_stores_them(tmp_path: Path) -> None:
@@ -248,8 +280,12 @@ def test_objects_sent_by_pynetdicom_are_stored_as_pynetdicom_stores_them(tmp_pat
             finally:
                 _config.STORE_SEND_CHUNKED_DATASET = chunked
                 assoc.release()
-            results.append((statuses, [(s.data, s.sop_class, s.sop_instance, s.tenant, s.calling_ae_title)
-                                       for s in scp.pipeline.stored]))
+            results.append(
+                (
+                    statuses,
+                    [(s.data, s.sop_class, s.sop_instance, s.tenant, s.calling_ae_title) for s in scp.pipeline.stored],
+                )
+            )
     assert results[0] == results[1]
     assert results[0][0] == [0] * len(paths)
     # Both paths tell the pipeline who sent the object (routing rules match on it).
@@ -257,21 +293,33 @@ def test_objects_sent_by_pynetdicom_are_stored_as_pynetdicom_stores_them(tmp_pat
 
 
 def test_storescu_and_findscu_are_served_by_the_lean_acceptor_and_storage_commitment_by_pynetdicom(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """(Until query/retrieve went lean too, findscu was pynetdicom's.)"""
     env = dcmtk_env()
     with running_scp(tmp_path) as scp:
         lean, plain = served("lean"), served("pynetdicom")
         files = [str(p) for p in corpus_paths()[:3]]
-        proc = subprocess.run(["storescu", "-aec", "DICOMSERVER", "127.0.0.1", str(scp.port), *files],
-                              env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["storescu", "-aec", "DICOMSERVER", "127.0.0.1", str(scp.port), *files],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
         assert (served("lean"), served("pynetdicom")) == (lean + 1, plain)
         assert len(scp.pipeline.stored) == 3
-        subprocess.run(["findscu", "-S", "-aec", "DICOMSERVER", "-k", "QueryRetrieveLevel=STUDY",
-                        "127.0.0.1", str(scp.port)], env=env, capture_output=True, timeout=60)
+        subprocess.run(
+            ["findscu", "-S", "-aec", "DICOMSERVER", "-k", "QueryRetrieveLevel=STUDY", "127.0.0.1", str(scp.port)],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
         assert (served("lean"), served("pynetdicom")) == (lean + 2, plain)
-        answer(scp, request([(1, StorageCommitmentPushModel, [ImplicitVRLittleEndian]), (3, CT, [ExplicitVRLittleEndian])]))
+        answer(
+            scp, request([(1, StorageCommitmentPushModel, [ImplicitVRLittleEndian]), (3, CT, [ExplicitVRLittleEndian])])
+        )
         assert (served("lean"), served("pynetdicom")) == (lean + 2, plain + 1)
 
 
@@ -329,13 +377,16 @@ def test_a_silent_peer_is_dropped_after_the_acse_timeout(tmp_path: Path, opening
         assert wait_for(lambda: not scp.server.active_associations)
 
 
-@pytest.mark.parametrize("message", [
-    p_data(1, 0x02, b"data before any command"),
-    p_data(7, 0x03, b"on a context never proposed"),
-    request([(1, CT, [ExplicitVRLittleEndian])]),  # a second A-ASSOCIATE-RQ
-    struct.pack(">BxI", 0x09, 4) + bytes(4),  # no such PDU type
-    p_data(1, 0x03, b"\x00\x00\x01\x00\x02\x00\x00\x00\x01\x00"),  # a command set that cannot be read
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        p_data(1, 0x02, b"data before any command"),
+        p_data(7, 0x03, b"on a context never proposed"),
+        request([(1, CT, [ExplicitVRLittleEndian])]),  # a second A-ASSOCIATE-RQ
+        struct.pack(">BxI", 0x09, 4) + bytes(4),  # no such PDU type
+        p_data(1, 0x03, b"\x00\x00\x01\x00\x02\x00\x00\x00\x01\x00"),  # a command set that cannot be read
+    ],
+)
 def test_invalid_or_unexpected_pdus_abort_the_association(tmp_path: Path, message: bytes) -> None:
     with running_scp(tmp_path) as scp:
         sock, _ = associate(scp, request([(1, CT, [ExplicitVRLittleEndian])]))

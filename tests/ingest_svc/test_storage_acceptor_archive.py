@@ -26,14 +26,24 @@ WRITER, READER = "MODALITY", "VIEWER"
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
-    server = Archive(tmp_path_factory.mktemp("lean"), extra_env={
-        "DICOMSERVER_AUTH_ENABLED": "true",
-        "DICOMSERVER_JWT_HS256_SECRET": SECRET,
-        "DICOMSERVER_DIMSE_RULES": json.dumps([
-            {"calling_ae_title": WRITER, "networks": ["127.0.0.0/8"], "tenant": "alpha", "scopes": ["read", "write"]},
-            {"calling_ae_title": READER, "networks": ["127.0.0.0/8"], "tenant": "alpha", "scopes": ["read"]},
-        ]),
-    })
+    server = Archive(
+        tmp_path_factory.mktemp("lean"),
+        extra_env={
+            "DICOMSERVER_AUTH_ENABLED": "true",
+            "DICOMSERVER_JWT_HS256_SECRET": SECRET,
+            "DICOMSERVER_DIMSE_RULES": json.dumps(
+                [
+                    {
+                        "calling_ae_title": WRITER,
+                        "networks": ["127.0.0.0/8"],
+                        "tenant": "alpha",
+                        "scopes": ["read", "write"],
+                    },
+                    {"calling_ae_title": READER, "networks": ["127.0.0.0/8"], "tenant": "alpha", "scopes": ["read"]},
+                ]
+            ),
+        },
+    )
     server.start()
     yield server
     assert server.stop() == 0, "".join(server.output)
@@ -74,9 +84,7 @@ def test_an_ae_that_may_only_read_cannot_store(secured: Archive) -> None:
 
 
 @pytest.mark.parametrize("how", ["abort", "vanish"])
-def test_a_peer_leaving_mid_object_leaves_nothing_staged_or_indexed(
-    secured: Archive, tmp_path: Path, how: str
-) -> None:
+def test_a_peer_leaving_mid_object_leaves_nothing_staged_or_indexed(secured: Archive, tmp_path: Path, how: str) -> None:
     ds, data = small_ct(PatientName="Left^Midway")
     ds.PixelData = bytes(512 * 1024)  # an object of several PDUs
     ds.Rows, ds.Columns, ds.BitsAllocated, ds.SamplesPerPixel = 512, 512, 16, 1

@@ -71,7 +71,7 @@ class Peer:
             done = None
             while pos < len(pdu):
                 length, context_id, header = struct.unpack_from(">IBB", pdu, pos)
-                fragment = pdu[pos + 6:pos + 4 + length]
+                fragment = pdu[pos + 6 : pos + 4 + length]
                 pos += 4 + length
                 key = "command" if header & 0x01 else "data"
                 self._partial.setdefault(key, bytearray()).extend(fragment)
@@ -79,8 +79,11 @@ class Peer:
                 if header & 0x02:
                     if key == "command" and command_set.parse(self._partial["command"]).has_data_set:
                         continue
-                    done = Received(context_id, bytes(self._partial.get("command", b"")),
-                                    bytes(self._partial["data"]) if "data" in self._partial else None)
+                    done = Received(
+                        context_id,
+                        bytes(self._partial.get("command", b"")),
+                        bytes(self._partial["data"]) if "data" in self._partial else None,
+                    )
                     self._partial = {}
             if done is not None:
                 self.messages.append(done)
@@ -95,9 +98,18 @@ class Peer:
             if command.field == command_set.C_STORE_RQ:
                 if self.on_store is not None:
                     self.on_store(message)
-                self.sock.sendall(pdata(message.context_id, command_set.response(
-                    command_set.C_STORE_RSP, command.message_id, self.store_status, command.sop_class,
-                    command.sop_instance)))
+                self.sock.sendall(
+                    pdata(
+                        message.context_id,
+                        command_set.response(
+                            command_set.C_STORE_RSP,
+                            command.message_id,
+                            self.store_status,
+                            command.sop_class,
+                            command.sop_instance,
+                        ),
+                    )
+                )
                 continue
             out.append(message)
             if command.status not in PENDING:

@@ -53,7 +53,10 @@ SETTINGS: dict[str, type[CommonSettings]] = {
 def render(overlay: str) -> list[dict[str, Any]]:
     out = subprocess.run(
         [str(ROOT / "scripts" / "kustomize"), str(ROOT / "k8s" / "overlays" / overlay)],
-        capture_output=True, text=True, check=True, timeout=300,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -88,8 +91,15 @@ def test_overlays_render_and_validate(rendered: tuple[str, list[dict[str, Any]]]
     overlay, docs = rendered
     counts = Counter(doc["kind"] for doc in docs)
     print(f"{overlay}: {len(docs)} objects {dict(sorted(counts.items()))}")
-    for kind in ("Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                 "NetworkPolicy", "Job"):
+    for kind in (
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "Job",
+    ):
         assert counts[kind] >= 1, kind
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -177,8 +187,13 @@ def prod_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
             # As deployed: the migration Job runs before metadata starts.
             (job,) = [d for d in render("prod") if d["kind"] == "Job"]
             (container,) = job["spec"]["template"]["spec"]["containers"]
-            subprocess.run([sys.executable, *container["command"][1:]], cwd=ROOT, check=True, timeout=300,
-                           env={**os.environ, "DICOMSERVER_DATABASE_URL": settings["DICOMSERVER_DATABASE_URL"]})
+            subprocess.run(
+                [sys.executable, *container["command"][1:]],
+                cwd=ROOT,
+                check=True,
+                timeout=300,
+                env={**os.environ, "DICOMSERVER_DATABASE_URL": settings["DICOMSERVER_DATABASE_URL"]},
+            )
             yield settings
         finally:
             s3.stop()
@@ -188,8 +203,9 @@ def _port_map(container: dict[str, Any]) -> dict[int, int]:
     return {p["containerPort"]: free_port() for p in container["ports"]}
 
 
-def _local_env(env: dict[str, str | None], ports: dict[int, int], data_dir: Path,
-               backends: dict[str, str] | None = None) -> dict[str, str]:
+def _local_env(
+    env: dict[str, str | None], ports: dict[int, int], data_dir: Path, backends: dict[str, str] | None = None
+) -> dict[str, str]:
     """The manifest's variables on this machine: loopback, free ports, a temp
     folder, and `backends` for the servers and secrets it names."""
     out = {}
@@ -239,8 +255,12 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for e in selector.get("matchExpressions", []):
         value, op = labels.get(e["key"]), e["operator"]
-        if (op == "In" and value not in e["values"]) or (op == "NotIn" and value in e["values"]) \
-                or (op == "Exists" and value is None) or (op == "DoesNotExist" and value is not None):
+        if (
+            (op == "In" and value not in e["values"])
+            or (op == "NotIn" and value in e["values"])
+            or (op == "Exists" and value is None)
+            or (op == "DoesNotExist" and value is not None)
+        ):
             return False
     return True
 
@@ -252,8 +272,10 @@ def _pods(docs: list[dict[str, Any]]) -> dict[str, tuple[dict[str, str], dict[in
         if d["kind"] == "Deployment":
             template = d["spec"]["template"]
             (c,) = template["spec"]["containers"]
-            out[d["metadata"]["name"]] = (template["metadata"]["labels"],
-                                          {p["containerPort"]: p["name"] for p in c.get("ports", [])})
+            out[d["metadata"]["name"]] = (
+                template["metadata"]["labels"],
+                {p["containerPort"]: p["name"] for p in c.get("ports", [])},
+            )
     return out
 
 
@@ -265,13 +287,16 @@ def test_services_select_one_deployment_and_target_its_ports(rendered: tuple[str
             assert _selects(d["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"]), d["metadata"]["name"]
     for svc in (d for d in docs if d["kind"] == "Service"):
         name = svc["metadata"]["name"]
-        chosen = [dep for dep, (labels, _) in pods.items() if _selects({"matchLabels": svc["spec"]["selector"]}, labels)]
+        chosen = [
+            dep for dep, (labels, _) in pods.items() if _selects({"matchLabels": svc["spec"]["selector"]}, labels)
+        ]
         assert len(chosen) == 1, f"Service {name} selects {chosen}"
         ports = pods[chosen[0]][1]
         for p in svc["spec"]["ports"]:
             target = p.get("targetPort", p["port"])
-            assert target in (ports.values() if isinstance(target, str) else ports), \
+            assert target in (ports.values() if isinstance(target, str) else ports), (
                 f"Service {name} targets {target!r}; {chosen[0]} has {ports}"
+            )
 
 
 def _service_target(docs: list[dict[str, Any]], host: str, port: int) -> tuple[str, int] | None:
@@ -313,10 +338,18 @@ def _allowed(docs: list[dict[str, Any]], source: dict[str, str] | None, target: 
 def _callees(package: str) -> set[str]:
     """The services a package's code calls: the *_addr settings it reads,
     other than its own."""
-    own = {"storage_svc": "storage", "metadata_svc": "metadata", "auth_svc": "auth", "ingest_svc": "ingest",
-           "eventbus": "eventbus"}.get(package)
-    read = {m.group(1) for f in (ROOT / package).rglob("*.py")
-            for m in re.finditer(r"\.(storage|metadata|auth|ingest|eventbus)_addr\b", f.read_text())}
+    own = {
+        "storage_svc": "storage",
+        "metadata_svc": "metadata",
+        "auth_svc": "auth",
+        "ingest_svc": "ingest",
+        "eventbus": "eventbus",
+    }.get(package)
+    read = {
+        m.group(1)
+        for f in (ROOT / package).rglob("*.py")
+        for m in re.finditer(r"\.(storage|metadata|auth|ingest|eventbus)_addr\b", f.read_text())
+    }
     return read - {own}
 
 
@@ -331,8 +364,9 @@ def test_network_policies_open_every_listener_to_its_callers_only(rendered: tupl
         assert selected, f"policy {np_['metadata']['name']} selects no pods"
         for rule in np_["spec"].get("ingress", []):
             for p in rule.get("ports", []):
-                assert any(p["port"] in ports or p["port"] in ports.values() for ports in selected), \
+                assert any(p["port"] in ports or p["port"] in ports.values() for ports in selected), (
                     f"policy {np_['metadata']['name']} opens {p['port']}, where nothing listens"
+                )
     calls = 0
     for doc, container in workloads(docs):
         if doc["kind"] != "Deployment":
@@ -352,16 +386,20 @@ def test_network_policies_open_every_listener_to_its_callers_only(rendered: tupl
         metrics = [p for p, n in ports.items() if n == "metrics"]
         assert metrics and _allowed(docs, None, dep, metrics[0]), f"{dep}: metrics closed to monitoring"
         for port in ports:
-            assert any(_allowed(docs, other[0], dep, port) for other in pods.values()) or ports[port] == "metrics" \
-                or _allowed(docs, None, dep, port), f"{dep}: nothing may reach port {port}"
+            assert (
+                any(_allowed(docs, other[0], dep, port) for other in pods.values())
+                or ports[port] == "metrics"
+                or _allowed(docs, None, dep, port)
+            ), f"{dep}: nothing may reach port {port}"
 
 
 DEPLOYMENTS = [(o, d["metadata"]["name"]) for o in OVERLAYS for d in render(o) if d["kind"] == "Deployment"]
 
 
 @pytest.mark.parametrize(("overlay", "name"), DEPLOYMENTS)
-def test_ports_and_probes_are_what_the_service_serves(overlay: str, name: str, tmp_path: Path,
-                                                      request: pytest.FixtureRequest) -> None:
+def test_ports_and_probes_are_what_the_service_serves(
+    overlay: str, name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     docs = render(overlay)
     backends = request.getfixturevalue("prod_backends") if overlay == "prod" else None
     (doc,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == name]
@@ -369,8 +407,13 @@ def test_ports_and_probes_are_what_the_service_serves(overlay: str, name: str, t
     ports = _port_map(container)
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {**os.environ, **_local_env(container_env(docs, container), ports, tmp_path, backends)}
-    proc = subprocess.Popen([sys.executable, "-m", container["command"][2]], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", container["command"][2]],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe_name not in container:

@@ -15,10 +15,17 @@ from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import metadata_service_pb2 as md_pb
 from testbed.records import make_ds, record
 
-LEVELS = (dicom_pb2.QUERY_LEVEL_PATIENT, dicom_pb2.QUERY_LEVEL_STUDY, dicom_pb2.QUERY_LEVEL_SERIES,
-          dicom_pb2.QUERY_LEVEL_INSTANCE)
-OVERWRITE, KEEP_FIRST, REJECT = (md_pb.DUPLICATE_POLICY_OVERWRITE, md_pb.DUPLICATE_POLICY_KEEP_FIRST,
-                                 md_pb.DUPLICATE_POLICY_REJECT)
+LEVELS = (
+    dicom_pb2.QUERY_LEVEL_PATIENT,
+    dicom_pb2.QUERY_LEVEL_STUDY,
+    dicom_pb2.QUERY_LEVEL_SERIES,
+    dicom_pb2.QUERY_LEVEL_INSTANCE,
+)
+OVERWRITE, KEEP_FIRST, REJECT = (
+    md_pb.DUPLICATE_POLICY_OVERWRITE,
+    md_pb.DUPLICATE_POLICY_KEEP_FIRST,
+    md_pb.DUPLICATE_POLICY_REJECT,
+)
 
 
 def index(stub: Any, *recs: md_pb.InstanceRecord, policy: int = OVERWRITE) -> list[md_pb.IndexResult]:
@@ -78,8 +85,9 @@ def state(stub: Any, tenant: str) -> dict[str, Any]:
         out[f"query {level}"] = [json.loads(m) for m in resp.matches]
     studies = [m["0020000D"]["Value"][0] for m in out[f"query {dicom_pb2.QUERY_LEVEL_STUDY}"]]
     for study in studies:
-        out[f"metadata {study}"] = list(stub.GetMetadata(
-            md_pb.GetMetadataRequest(tenant=tenant, study_instance_uid=study)).instances)
+        out[f"metadata {study}"] = list(
+            stub.GetMetadata(md_pb.GetMetadataRequest(tenant=tenant, study_instance_uid=study)).instances
+        )
         locs = stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid=study)).locations
         out[f"locations {study}"] = [normalized(loc, tenant) for loc in locs]
     events = feed(stub, tenant)
@@ -109,14 +117,19 @@ def test_a_batch_ends_as_sequential_calls(grpc_stub: Any, tenant: str, policy: i
         studies = state(grpc_stub, batched)[f"query {dicom_pb2.QUERY_LEVEL_STUDY}"]
         assert sorted(s["0020000D"]["Value"][0] for s in studies) == ["1.1", "1.2", "1.3", "1.4", "1.5", "1.7", "1.8"]
         assert [(r.outcome, r.unreferenced_object_key) for r in together][1:3] == [
-            (md_pb.INDEX_OUTCOME_CREATED, ""), (md_pb.INDEX_OUTCOME_REPLACED, f"{batched}/b")]
+            (md_pb.INDEX_OUTCOME_CREATED, ""),
+            (md_pb.INDEX_OUTCOME_REPLACED, f"{batched}/b"),
+        ]
         assert together[8].unreferenced_object_key == ""  # the retried record
 
 
 def test_two_tenants_in_one_batch_each_numbered_from_one(grpc_stub: Any, tenant: str) -> None:
     a, b = tenant + "-a", tenant + "-b"
-    first = [rec(t, f"k{n}", "2.1", "2.1.1", f"2.1.1.{n}", instance_number=str(n))
-             for n in range(1, 7) for t in ((a, b) if n % 2 else (b, a))]
+    first = [
+        rec(t, f"k{n}", "2.1", "2.1.1", f"2.1.1.{n}", instance_number=str(n))
+        for n in range(1, 7)
+        for t in ((a, b) if n % 2 else (b, a))
+    ]
     assert [r.outcome for r in index(grpc_stub, *first)] == [md_pb.INDEX_OUTCOME_CREATED] * 12
     second = [rec(b, "k9", "2.1", "2.1.1", "2.1.1.9"), rec(a, "k1", "2.1", "2.1.1", "2.1.1.1")]
     index(grpc_stub, *second)
@@ -134,19 +147,27 @@ def test_two_tenants_in_one_batch_each_numbered_from_one(grpc_stub: Any, tenant:
     assert {loc.ref.tenant for loc in locs} == {a} and len(locs) == 6
 
 
-@pytest.mark.parametrize(("policy", "outcome"), [(KEEP_FIRST, md_pb.INDEX_OUTCOME_KEPT_EXISTING),
-                                                 (REJECT, md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE)])
-def test_keep_first_and_reject_see_earlier_records_of_the_batch(grpc_stub: Any, tenant: str, policy: int,
-                                                                outcome: int) -> None:
+@pytest.mark.parametrize(
+    ("policy", "outcome"),
+    [(KEEP_FIRST, md_pb.INDEX_OUTCOME_KEPT_EXISTING), (REJECT, md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE)],
+)
+def test_keep_first_and_reject_see_earlier_records_of_the_batch(
+    grpc_stub: Any, tenant: str, policy: int, outcome: int
+) -> None:
     index(grpc_stub, rec(tenant, "old", "3.1", "3.1.1", "3.1.1.1"))
-    results = index(grpc_stub,
-                    rec(tenant, "new", "3.1", "3.1.1", "3.1.1.2", description="kept"),
-                    rec(tenant, "dup", "3.1", "3.1.1", "3.1.1.2", description="not kept"),
-                    rec(tenant, "new", "3.1", "3.1.1", "3.1.1.2"),  # a retry of the first: its key is held
-                    rec(tenant, "old", "3.1", "3.1.1", "3.1.1.1"),
-                    policy=policy)
+    results = index(
+        grpc_stub,
+        rec(tenant, "new", "3.1", "3.1.1", "3.1.1.2", description="kept"),
+        rec(tenant, "dup", "3.1", "3.1.1", "3.1.1.2", description="not kept"),
+        rec(tenant, "new", "3.1", "3.1.1", "3.1.1.2"),  # a retry of the first: its key is held
+        rec(tenant, "old", "3.1", "3.1.1", "3.1.1.1"),
+        policy=policy,
+    )
     assert [(r.outcome, r.unreferenced_object_key) for r in results] == [
-        (md_pb.INDEX_OUTCOME_CREATED, ""), (outcome, f"{tenant}/dup"), (outcome, ""), (outcome, ""),
+        (md_pb.INDEX_OUTCOME_CREATED, ""),
+        (outcome, f"{tenant}/dup"),
+        (outcome, ""),
+        (outcome, ""),
     ]
     locs = grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="3.1")).locations
     assert [loc.object_key for loc in locs] == [f"{tenant}/old", f"{tenant}/new"]
@@ -157,10 +178,12 @@ def test_keep_first_and_reject_see_earlier_records_of_the_batch(grpc_stub: Any, 
 
 def test_a_patient_move_inside_a_batch_prunes_the_patient_left(grpc_stub: Any, tenant: str) -> None:
     index(grpc_stub, rec(tenant, "k0", "4.1", "4.1.1", "4.1.1.1", patient_id="OLD"))
-    index(grpc_stub,
-          rec(tenant, "k1", "4.1", "4.1.1", "4.1.1.2", patient_id="NEW", instance_number="2"),
-          rec(tenant, "k2", "4.2", "4.2.1", "4.2.1.1", patient_id="OLD", name="Other^Study"),
-          rec(tenant, "k3", "4.2", "4.2.1", "4.2.1.2", patient_id="LAST", instance_number="2"))
+    index(
+        grpc_stub,
+        rec(tenant, "k1", "4.1", "4.1.1", "4.1.1.2", patient_id="NEW", instance_number="2"),
+        rec(tenant, "k2", "4.2", "4.2.1", "4.2.1.1", patient_id="OLD", name="Other^Study"),
+        rec(tenant, "k3", "4.2", "4.2.1", "4.2.1.2", patient_id="LAST", instance_number="2"),
+    )
     patients = grpc_stub.Query(md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_PATIENT)).matches
     # OLD took study 4.2 for a moment, then lost both of its studies.
     assert sorted(json.loads(p)["00100020"]["Value"][0] for p in patients) == ["LAST", "NEW"]
@@ -169,18 +192,22 @@ def test_a_patient_move_inside_a_batch_prunes_the_patient_left(grpc_stub: Any, t
 def test_a_series_named_under_two_studies_fails_the_whole_batch(grpc_stub: Any, tenant: str) -> None:
     index(grpc_stub, rec(tenant, "k0", "5.1", "5.1.1", "5.1.1.1"))
     with pytest.raises(grpc.RpcError) as err:
-        index(grpc_stub, rec(tenant, "k1", "5.2", "5.2.1", "5.2.1.1"),
-              rec(tenant, "k2", "5.3", "5.2.1", "5.3.1.1"))  # 5.2.1 was made under 5.2 by the record before
+        index(
+            grpc_stub, rec(tenant, "k1", "5.2", "5.2.1", "5.2.1.1"), rec(tenant, "k2", "5.3", "5.2.1", "5.3.1.1")
+        )  # 5.2.1 was made under 5.2 by the record before
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     resp = grpc_stub.Query(md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_STUDY))
     assert [json.loads(m)["0020000D"]["Value"][0] for m in resp.matches] == ["5.1"]
     assert len(feed(grpc_stub, tenant)) == 1
 
 
-@pytest.mark.parametrize(("policy", "outcome"), [(KEEP_FIRST, md_pb.INDEX_OUTCOME_KEPT_EXISTING),
-                                                 (REJECT, md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE)])
-def test_a_duplicate_filed_elsewhere_is_kept_whatever_series_it_names(grpc_stub: Any, tenant: str, policy: int,
-                                                                      outcome: int) -> None:
+@pytest.mark.parametrize(
+    ("policy", "outcome"),
+    [(KEEP_FIRST, md_pb.INDEX_OUTCOME_KEPT_EXISTING), (REJECT, md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE)],
+)
+def test_a_duplicate_filed_elsewhere_is_kept_whatever_series_it_names(
+    grpc_stub: Any, tenant: str, policy: int, outcome: int
+) -> None:
     """As one call at a time: a duplicate is answered before its series is looked at."""
     index(grpc_stub, rec(tenant, "x", "6.1", "6.1.1", "6.1.1.1"), rec(tenant, "y", "6.2", "6.2.1", "6.2.1.1"))
     # 6.2.1 belongs to 6.2, not 6.3; the instance is in 6.1.1.
@@ -188,7 +215,9 @@ def test_a_duplicate_filed_elsewhere_is_kept_whatever_series_it_names(grpc_stub:
     other = rec(tenant, "z", "6.2", "6.2.1", "6.2.1.2")
     results = index(grpc_stub, other, again, policy=policy)
     assert [(r.outcome, r.unreferenced_object_key) for r in results] == [
-        (md_pb.INDEX_OUTCOME_CREATED, ""), (outcome, f"{tenant}/x2")]
+        (md_pb.INDEX_OUTCOME_CREATED, ""),
+        (outcome, f"{tenant}/x2"),
+    ]
     with pytest.raises(grpc.RpcError) as err:
         index(grpc_stub, again, policy=OVERWRITE)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

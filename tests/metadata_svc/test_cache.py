@@ -54,8 +54,7 @@ def sops(svc: MetadataService, tenant: str, study: str) -> list[str]:
 
 
 def store(svc: MetadataService, tenant: str, study: str, sop: str) -> None:
-    svc.IndexInstances(md_pb.IndexInstancesRequest(records=[record(make_ds(study, study + ".1", sop), tenant)]),
-                       Ctx())
+    svc.IndexInstances(md_pb.IndexInstancesRequest(records=[record(make_ds(study, study + ".1", sop), tenant)]), Ctx())
 
 
 def test_hits_and_invalidation_by_writes(service: MetadataService, tenant: str) -> None:
@@ -126,8 +125,20 @@ def test_audit_records_leave_cached_answers_alone(service: MetadataService, tena
     store(service, tenant, "4.1", "4.1.1.1")
     assert studies(service, tenant) == ["4.1"] and sops(service, tenant, "4.1") == ["4.1.1.1"]
     hits = cache.hits
-    service.RecordAudit(md_pb.RecordAuditRequest(records=[events_pb2.AuditRecord(
-        tenant=tenant, subject="alice", operation="GET /studies/{study}/metadata", study_instance_uid="4.1",
-        action=events_pb2.AuditRecord.ACTION_READ, outcome=events_pb2.AuditRecord.OUTCOME_SUCCESS)]), Ctx())
+    service.RecordAudit(
+        md_pb.RecordAuditRequest(
+            records=[
+                events_pb2.AuditRecord(
+                    tenant=tenant,
+                    subject="alice",
+                    operation="GET /studies/{study}/metadata",
+                    study_instance_uid="4.1",
+                    action=events_pb2.AuditRecord.ACTION_READ,
+                    outcome=events_pb2.AuditRecord.OUTCOME_SUCCESS,
+                )
+            ]
+        ),
+        Ctx(),
+    )
     assert studies(service, tenant) == ["4.1"] and sops(service, tenant, "4.1") == ["4.1.1.1"]
     assert cache.hits == hits + 2

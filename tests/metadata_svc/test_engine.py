@@ -26,8 +26,11 @@ from testbed.servers import new_database
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    url = (f"sqlite:///{tmp_path / 'sub' / 'index.sqlite3'}" if request.param == "sqlite"
-           else new_database(request.getfixturevalue("postgres"), "engine"))
+    url = (
+        f"sqlite:///{tmp_path / 'sub' / 'index.sqlite3'}"
+        if request.param == "sqlite"
+        else new_database(request.getfixturevalue("postgres"), "engine")
+    )
     db = Database.from_url(url)
     yield MetadataIndex(db, max_query_limit=3)
     db.dispose()
@@ -56,8 +59,9 @@ def test_settings_default_database_under_data_dir(tmp_path: Path, monkeypatch: p
 
 
 def test_limit_is_capped_by_max_query_limit(index: MetadataIndex) -> None:
-    index.index([record(make_ds(f"1.{n}", f"1.{n}.1", f"1.{n}.1.1", study_date=f"2024010{n}"), "cap")
-                 for n in range(1, 6)], 0)
+    index.index(
+        [record(make_ds(f"1.{n}", f"1.{n}.1", f"1.{n}.1.1", study_date=f"2024010{n}"), "cap") for n in range(1, 6)], 0
+    )
     for limit in (0, 10):
         res = index.query(md_pb.QueryRequest(tenant="cap", level=dicom_pb2.QUERY_LEVEL_STUDY, limit=limit))
         assert [m["0020000D"]["Value"][0] for m in res.matches] == ["1.1", "1.2", "1.3"]
@@ -106,18 +110,26 @@ def test_database_errors_become_unavailable(tmp_path: Path) -> None:
 def test_person_name_matching_is_unicode_case_insensitive(index: MetadataIndex) -> None:
     index.index([record(make_ds("2.1", "2.1.1", "2.1.1.1", name="ÉLODIE^Żaneta"), "pn")], 0)
     for value in ("élodie^żaneta", "ÉLODIE^ŻANETA"):
-        res = index.query(md_pb.QueryRequest(tenant="pn", level=dicom_pb2.QUERY_LEVEL_STUDY,
-                                             filters=[md_pb.Filter(tag="00100010", equal=value)]))
+        res = index.query(
+            md_pb.QueryRequest(
+                tenant="pn", level=dicom_pb2.QUERY_LEVEL_STUDY, filters=[md_pb.Filter(tag="00100010", equal=value)]
+            )
+        )
         assert uids(res.matches, "0020000D") == ["2.1"]
-    res = index.query(md_pb.QueryRequest(tenant="pn", level=dicom_pb2.QUERY_LEVEL_STUDY,
-                                         filters=[md_pb.Filter(tag="00100010", fuzzy="ża")]))
+    res = index.query(
+        md_pb.QueryRequest(
+            tenant="pn", level=dicom_pb2.QUERY_LEVEL_STUDY, filters=[md_pb.Filter(tag="00100010", fuzzy="ża")]
+        )
+    )
     assert uids(res.matches, "0020000D") == ["2.1"]
 
 
 def test_hostile_filter_text_is_data(index: MetadataIndex) -> None:
     index.index([record(make_ds("3.1", "3.1.1", "3.1.1.1", description="A'; DROP TABLE studies;--"), "sql")], 0)
-    for f in (md_pb.Filter(tag="00081030", equal="A'; DROP TABLE studies;--"),
-              md_pb.Filter(tag="00081030", wildcard="A'; DROP*")):
+    for f in (
+        md_pb.Filter(tag="00081030", equal="A'; DROP TABLE studies;--"),
+        md_pb.Filter(tag="00081030", wildcard="A'; DROP*"),
+    ):
         res = index.query(md_pb.QueryRequest(tenant="sql", level=dicom_pb2.QUERY_LEVEL_STUDY, filters=[f]))
         assert uids(res.matches, "0020000D") == ["3.1"]
 
@@ -133,8 +145,11 @@ def test_wildcard_pattern_escapes_like_specials(value: str, pattern: str) -> Non
 @pytest.mark.parametrize(
     ("tag", "value", "expected"),
     [
-        ("00100010", "Yamada^Tarou=山田^太郎", {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou",
-                                                                      "Ideographic": "山田^太郎"}]}),
+        (
+            "00100010",
+            "Yamada^Tarou=山田^太郎",
+            {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎"}]},
+        ),
         ("00200011", "7", {"vr": "IS", "Value": [7]}),
         ("00080060", "", {"vr": "CS"}),
         ("00280010", 0, {"vr": "US"}),

@@ -45,20 +45,24 @@ def test_real_files_index_locate_and_metadata(grpc_stub: Any, tenant: str) -> No
     assert [r.outcome for r in index(grpc_stub, *recs)] == [md_pb.INDEX_OUTCOME_CREATED] * 3
     assert study_uids(grpc_stub, tenant) == {CT_STUDY, MR_STUDY, RT_STUDY}
 
-    (loc,) = grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid=CT_STUDY)).locations
+    (loc,) = grpc_stub.LocateInstances(
+        md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid=CT_STUDY)
+    ).locations
     assert loc == recs[0].location
 
     (header,) = grpc_stub.GetMetadata(
-        md_pb.GetMetadataRequest(tenant=tenant, study_instance_uid=CT_STUDY, series_instance_uid=CT_SERIES,
-                                 sop_instance_uid=CT_SOP)
+        md_pb.GetMetadataRequest(
+            tenant=tenant, study_instance_uid=CT_STUDY, series_instance_uid=CT_SERIES, sop_instance_uid=CT_SOP
+        )
     ).instances
     assert json.loads(header) == json.loads(recs[0].dicom_json)
     assert json.loads(header)["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^CT1"}]
 
 
 def test_metadata_and_locate_of_a_series_in_instance_order(grpc_stub: Any, tenant: str) -> None:
-    index(grpc_stub, *(record(make_ds("2.1", "2.1.1", f"2.1.1.{n}", instance_number=str(n)), tenant)
-                       for n in (2, 3, 1)))
+    index(
+        grpc_stub, *(record(make_ds("2.1", "2.1.1", f"2.1.1.{n}", instance_number=str(n)), tenant) for n in (2, 3, 1))
+    )
     index(grpc_stub, record(make_ds("2.1", "2.1.2", "2.1.2.1", series_number="2"), tenant))
     req = md_pb.GetMetadataRequest(tenant=tenant, study_instance_uid="2.1", series_instance_uid="2.1.1")
     headers = [json.loads(h) for h in grpc_stub.GetMetadata(req).instances]
@@ -72,9 +76,11 @@ def test_not_found(grpc_stub: Any, tenant: str) -> None:
     for call in (
         lambda: grpc_stub.GetMetadata(md_pb.GetMetadataRequest(tenant=tenant, study_instance_uid="3.2")),
         lambda: grpc_stub.LocateInstances(
-            md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="3.1", series_instance_uid="3.1.2")),
+            md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="3.1", series_instance_uid="3.1.2")
+        ),
         lambda: grpc_stub.DeleteInstances(
-            md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="3.1", sop_instance_uid="3.1.1.2")),
+            md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="3.1", sop_instance_uid="3.1.1.2")
+        ),
     ):
         assert code_of(call) == grpc.StatusCode.NOT_FOUND
 
@@ -117,16 +123,24 @@ def test_duplicate_inside_one_request(grpc_stub: Any, tenant: str) -> None:
     b = record(make_ds("6.1", "6.1.1", "6.1.1.1"), tenant, key="b")
     results = index(grpc_stub, a, b, policy=md_pb.DUPLICATE_POLICY_REJECT)
     assert [(r.outcome, r.unreferenced_object_key) for r in results] == [
-        (md_pb.INDEX_OUTCOME_CREATED, ""), (md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE, "b"),
+        (md_pb.INDEX_OUTCOME_CREATED, ""),
+        (md_pb.INDEX_OUTCOME_REJECTED_DUPLICATE, "b"),
     ]
 
 
 def test_newest_instance_updates_study_patient_and_series(grpc_stub: Any, tenant: str) -> None:
     index(grpc_stub, record(make_ds("7.1", "7.1.1", "7.1.1.1", patient_id="OLD", name="Old^Name"), tenant))
-    index(grpc_stub, record(make_ds("7.1", "7.1.1", "7.1.1.2", patient_id="NEW", name="New^Name",
-                                    description="updated", modality="MR"), tenant))
-    (study,) = [json.loads(m) for m in grpc_stub.Query(
-        md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_STUDY)).matches]
+    index(
+        grpc_stub,
+        record(
+            make_ds("7.1", "7.1.1", "7.1.1.2", patient_id="NEW", name="New^Name", description="updated", modality="MR"),
+            tenant,
+        ),
+    )
+    (study,) = [
+        json.loads(m)
+        for m in grpc_stub.Query(md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_STUDY)).matches
+    ]
     assert study["00100020"]["Value"] == ["NEW"]
     assert study["00081030"]["Value"] == ["updated"]
     assert study["00080061"]["Value"] == ["MR"]
@@ -178,26 +192,44 @@ def test_invalid_records(grpc_stub: Any, tenant: str, breakage: str) -> None:
 
 
 def test_delete_levels_prune_and_emit_events(grpc_stub: Any, tenant: str) -> None:
-    index(grpc_stub, *(record(make_ds("11.1", f"11.1.{s}", f"11.1.{s}.{n}", series_number=str(s),
-                                      instance_number=str(n), patient_id="PX"), tenant, key=f"k{s}{n}")
-                       for s in (1, 2) for n in (1, 2)))
+    index(
+        grpc_stub,
+        *(
+            record(
+                make_ds(
+                    "11.1", f"11.1.{s}", f"11.1.{s}.{n}", series_number=str(s), instance_number=str(n), patient_id="PX"
+                ),
+                tenant,
+                key=f"k{s}{n}",
+            )
+            for s in (1, 2)
+            for n in (1, 2)
+        ),
+    )
     index(grpc_stub, record(make_ds("11.2", "11.2.1", "11.2.1.1", patient_id="PX"), tenant, key="other"))
 
-    one = grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(
-        tenant=tenant, study_instance_uid="11.1", series_instance_uid="11.1.1", sop_instance_uid="11.1.1.1"))
+    one = grpc_stub.DeleteInstances(
+        md_pb.DeleteInstancesRequest(
+            tenant=tenant, study_instance_uid="11.1", series_instance_uid="11.1.1", sop_instance_uid="11.1.1.1"
+        )
+    )
     assert [loc.object_key for loc in one.removed] == ["k11"]
-    series = grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(
-        tenant=tenant, study_instance_uid="11.1", series_instance_uid="11.1.2"))
+    series = grpc_stub.DeleteInstances(
+        md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="11.1", series_instance_uid="11.1.2")
+    )
     assert [loc.object_key for loc in series.removed] == ["k21", "k22"]
-    remaining = grpc_stub.Query(md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_SERIES,
-                                                   study_instance_uid="11.1")).matches
+    remaining = grpc_stub.Query(
+        md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_SERIES, study_instance_uid="11.1")
+    ).matches
     assert uids(remaining, "0020000E") == ["11.1.1"]  # the emptied series is gone
 
     study = grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="11.1"))
     assert [loc.ref.sop_instance_uid for loc in study.removed] == ["11.1.1.2"]
     assert study_uids(grpc_stub, tenant) == {"11.2"}
-    (patient,) = [json.loads(m) for m in grpc_stub.Query(
-        md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_PATIENT)).matches]
+    (patient,) = [
+        json.loads(m)
+        for m in grpc_stub.Query(md_pb.QueryRequest(tenant=tenant, level=dicom_pb2.QUERY_LEVEL_PATIENT)).matches
+    ]
     assert patient["00201200"]["Value"] == [1] and patient["00201204"]["Value"] == [1]
 
     grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="11.2"))
@@ -230,10 +262,18 @@ def test_change_feed_and_lookups_are_per_tenant(grpc_stub: Any, tenant: str) -> 
     rec = record(make_ds("13.1", "13.1.1", "13.1.1.1"), tenant, key="mine")
     index(grpc_stub, rec)
     assert feed(grpc_stub, other).events == [] and feed(grpc_stub, other).latest_sequence == 0
-    assert code_of(lambda: grpc_stub.LocateInstances(
-        md_pb.LocateInstancesRequest(tenant=other, study_instance_uid="13.1"))) == grpc.StatusCode.NOT_FOUND
-    assert code_of(lambda: grpc_stub.DeleteInstances(
-        md_pb.DeleteInstancesRequest(tenant=other, study_instance_uid="13.1"))) == grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(
+            lambda: grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=other, study_instance_uid="13.1"))
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        code_of(
+            lambda: grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=other, study_instance_uid="13.1"))
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
     # The same UIDs in another tenant are another instance, not a duplicate.
     theirs = record(make_ds("13.1", "13.1.1", "13.1.1.1"), other, key="theirs")
     assert index(grpc_stub, theirs, policy=md_pb.DUPLICATE_POLICY_REJECT)[0].outcome == md_pb.INDEX_OUTCOME_CREATED
@@ -246,7 +286,9 @@ def test_change_feed_and_lookups_are_per_tenant(grpc_stub: Any, tenant: str) -> 
     [
         lambda s: s.ReadChangeFeed(md_pb.ReadChangeFeedRequest(tenant="UPPER")),
         lambda s: s.LocateInstances(md_pb.LocateInstancesRequest(tenant="t", study_instance_uid="")),
-        lambda s: s.GetMetadata(md_pb.GetMetadataRequest(tenant="t", study_instance_uid="1.2", series_instance_uid="x")),
+        lambda s: s.GetMetadata(
+            md_pb.GetMetadataRequest(tenant="t", study_instance_uid="1.2", series_instance_uid="x")
+        ),
         lambda s: s.DeleteInstances(md_pb.DeleteInstancesRequest(tenant="", study_instance_uid="1.2")),
     ],
 )
@@ -265,13 +307,17 @@ def test_event_payload_matches_record(grpc_stub: Any, tenant: str) -> None:
     assert event.instance_stored.source.calling_ae_title == "MR_SCANNER"
 
 
-
 def test_locate_by_sop_uids_across_studies(grpc_stub: Any, tenant: str) -> None:
-    index(grpc_stub, record(make_ds("7.1", "7.1.1", "7.1.1.1"), tenant), record(make_ds("7.2", "7.2.1", "7.2.1.1"), tenant))
+    index(
+        grpc_stub,
+        record(make_ds("7.1", "7.1.1", "7.1.1.1"), tenant),
+        record(make_ds("7.2", "7.2.1", "7.2.1.1"), tenant),
+    )
     req = md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["7.1.1.1", "7.2.1.1", "7.9.9.9"])
     locs = grpc_stub.LocateInstances(req).locations
     assert sorted((loc.ref.study_instance_uid, loc.ref.sop_instance_uid) for loc in locs) == [
-        ("7.1", "7.1.1.1"), ("7.2", "7.2.1.1")
+        ("7.1", "7.1.1.1"),
+        ("7.2", "7.2.1.1"),
     ]
     other = md_pb.LocateInstancesRequest(tenant=tenant + "x", sop_instance_uids=["7.1.1.1"])
     assert list(grpc_stub.LocateInstances(other).locations) == []
@@ -281,9 +327,15 @@ def test_locate_by_sop_uids_across_studies(grpc_stub: Any, tenant: str) -> None:
 
 
 def _layout() -> dicom_pb2.PixelLayout:
-    return dicom_pb2.PixelLayout(value_offset=1234, value_length=5002, encapsulated=True, bits_allocated=16,
-                                 fragment_offsets=[1250, 3250], fragment_lengths=[2000, 2986],
-                                 frame_first_fragment=[0, 1])
+    return dicom_pb2.PixelLayout(
+        value_offset=1234,
+        value_length=5002,
+        encapsulated=True,
+        bits_allocated=16,
+        fragment_offsets=[1250, 3250],
+        fragment_lengths=[2000, 2986],
+        frame_first_fragment=[0, 1],
+    )
 
 
 def test_pixel_layout_round_trip(grpc_stub: Any, tenant: str) -> None:
@@ -292,20 +344,26 @@ def test_pixel_layout_round_trip(grpc_stub: Any, tenant: str) -> None:
     without = record(make_ds("14.1", "14.1.1", "14.1.1.2", instance_number="2"), tenant, key="without")
     index(grpc_stub, with_layout, without)
     expected = [with_layout.location, without.location]
-    for req in (md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="14.1"),
-                md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="14.1", series_instance_uid="14.1.1"),
-                md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["14.1.1.1", "14.1.1.2"])):
+    for req in (
+        md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="14.1"),
+        md_pb.LocateInstancesRequest(tenant=tenant, study_instance_uid="14.1", series_instance_uid="14.1.1"),
+        md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["14.1.1.1", "14.1.1.2"]),
+    ):
         assert list(grpc_stub.LocateInstances(req).locations) == expected
-    (one,) = grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(
-        tenant=tenant, study_instance_uid="14.1", series_instance_uid="14.1.1", sop_instance_uid="14.1.1.1")).locations
+    (one,) = grpc_stub.LocateInstances(
+        md_pb.LocateInstancesRequest(
+            tenant=tenant, study_instance_uid="14.1", series_instance_uid="14.1.1", sop_instance_uid="14.1.1.1"
+        )
+    ).locations
     assert one.pixel_layout == _layout()
     assert not expected[1].HasField("pixel_layout")
     assert [e.instance_stored.location for e in feed(grpc_stub, tenant).events] == expected
     # A replacement without a layout drops the old one.
     again = record(make_ds("14.1", "14.1.1", "14.1.1.1"), tenant, key="with-again")
     index(grpc_stub, again)
-    (loc,) = grpc_stub.LocateInstances(md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["14.1.1.1"])
-                                       ).locations
+    (loc,) = grpc_stub.LocateInstances(
+        md_pb.LocateInstancesRequest(tenant=tenant, sop_instance_uids=["14.1.1.1"])
+    ).locations
     assert not loc.HasField("pixel_layout")
     again.location.pixel_layout.CopyFrom(_layout())
     index(grpc_stub, again)
@@ -320,14 +378,18 @@ def referenced(stub: Any, *keys: str) -> list[str]:
 
 def test_referenced_objects(grpc_stub: Any, tenant: str) -> None:
     a, b, c = (f"{tenant}/objects/{n}.dcm" for n in "abc")
-    index(grpc_stub, record(make_ds("15.1", "15.1.1", "15.1.1.1"), tenant, key=a),
-          record(make_ds("15.1", "15.1.1", "15.1.1.2"), tenant, key=b))
+    index(
+        grpc_stub,
+        record(make_ds("15.1", "15.1.1", "15.1.1.1"), tenant, key=a),
+        record(make_ds("15.1", "15.1.1", "15.1.1.2"), tenant, key=b),
+    )
     assert referenced(grpc_stub, f"{tenant}/objects/gone.dcm", b, a, b, "") == [b, a]
     assert referenced(grpc_stub) == []
     # A replacement frees the old key; a deletion frees its key.
     index(grpc_stub, record(make_ds("15.1", "15.1.1", "15.1.1.1"), tenant, key=c))
-    grpc_stub.DeleteInstances(md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="15.1",
-                                                           sop_instance_uid="15.1.1.2"))
+    grpc_stub.DeleteInstances(
+        md_pb.DeleteInstancesRequest(tenant=tenant, study_instance_uid="15.1", sop_instance_uid="15.1.1.2")
+    )
     assert referenced(grpc_stub, a, b, c) == [c]
     # The sweep's batches: up to 1000 keys of up to 300 characters.
     many = [f"{tenant}/{n}/".ljust(300, "x") for n in range(999)]

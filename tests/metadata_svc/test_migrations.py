@@ -29,8 +29,11 @@ HEAD = "0007"
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
-    url = (f"sqlite:///{tmp_path / 'index.sqlite3'}" if request.param == "sqlite"
-           else new_database(request.getfixturevalue("postgres"), "mig"))
+    url = (
+        f"sqlite:///{tmp_path / 'index.sqlite3'}"
+        if request.param == "sqlite"
+        else new_database(request.getfixturevalue("postgres"), "mig")
+    )
     eng = make_engine(url)
     yield eng
     eng.dispose()
@@ -54,26 +57,41 @@ def _insert_first_release_rows(engine: Engine) -> None:
     now = datetime.now(UTC)
     header = json.dumps({"00080018": {"vr": "UI", "Value": ["1.2.3.1"]}}).encode()
     with engine.begin() as conn:
-        conn.execute(text(
-            "INSERT INTO patients (tenant, patient_id, issuer_of_patient_id, patient_name, patient_name_lower,"
-            " patient_birth_date, patient_sex) VALUES ('m', 'P1', '', 'Old^Row', 'old^row', '', '')"))
+        conn.execute(
+            text(
+                "INSERT INTO patients (tenant, patient_id, issuer_of_patient_id, patient_name, patient_name_lower,"
+                " patient_birth_date, patient_sex) VALUES ('m', 'P1', '', 'Old^Row', 'old^row', '', '')"
+            )
+        )
         pid = conn.execute(text("SELECT id FROM patients")).scalar_one()
-        conn.execute(text(
-            "INSERT INTO studies (tenant, patient_pk, study_instance_uid, study_date, study_time, accession_number,"
-            " study_id, study_description, referring_physician_name, referring_physician_name_lower)"
-            " VALUES ('m', :p, '1.2', '20200101', '', '', '', '', '', '')"), {"p": pid})
+        conn.execute(
+            text(
+                "INSERT INTO studies (tenant, patient_pk, study_instance_uid, study_date, study_time, accession_number,"
+                " study_id, study_description, referring_physician_name, referring_physician_name_lower)"
+                " VALUES ('m', :p, '1.2', '20200101', '', '', '', '', '', '')"
+            ),
+            {"p": pid},
+        )
         sid = conn.execute(text("SELECT id FROM studies")).scalar_one()
-        conn.execute(text(
-            "INSERT INTO series (tenant, study_pk, series_instance_uid, modality, series_number, series_number_int,"
-            " series_description, series_date, series_time, body_part_examined)"
-            " VALUES ('m', :s, '1.2.3', 'CT', '1', 1, '', '', '', '')"), {"s": sid})
+        conn.execute(
+            text(
+                "INSERT INTO series (tenant, study_pk, series_instance_uid, modality, series_number, series_number_int,"
+                " series_description, series_date, series_time, body_part_examined)"
+                " VALUES ('m', :s, '1.2.3', 'CT', '1', 1, '', '', '', '')"
+            ),
+            {"s": sid},
+        )
         seid = conn.execute(text("SELECT id FROM series")).scalar_one()
-        conn.execute(text(
-            "INSERT INTO instances (tenant, series_pk, study_pk, sop_instance_uid, sop_class_uid,"
-            " transfer_syntax_uid, object_key, size, number_of_frames, instance_number, instance_number_int, rows,"
-            " columns, content_date, content_time, specific_character_set, updated, dicom_json)"
-            " VALUES ('m', :se, :s, '1.2.3.1', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', 'k1', 10, 0,"
-            " '1', 1, 4, 4, '', '', '', :now, :h)"), {"se": seid, "s": sid, "now": now, "h": header})
+        conn.execute(
+            text(
+                "INSERT INTO instances (tenant, series_pk, study_pk, sop_instance_uid, sop_class_uid,"
+                " transfer_syntax_uid, object_key, size, number_of_frames, instance_number, instance_number_int, rows,"
+                " columns, content_date, content_time, specific_character_set, updated, dicom_json)"
+                " VALUES ('m', :se, :s, '1.2.3.1', '1.2.840.10008.5.1.4.1.1.2', '1.2.840.10008.1.2.1', 'k1', 10, 0,"
+                " '1', 1, 4, 4, '', '', '', :now, :h)"
+            ),
+            {"se": seid, "s": sid, "now": now, "h": header},
+        )
 
 
 def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
@@ -94,8 +112,9 @@ def test_upgrade_from_previous_revision_keeps_data(engine: Engine) -> None:
     index = MetadataIndex(Database(engine))
     assert [json.loads(h)["00080018"]["Value"] for h in index.get_metadata("m", "1.2")] == [["1.2.3.1"]]
     # The old series takes new instances and its metadata can be precomputed.
-    index.index([record(make_ds("1.2", "1.2.3", "1.2.3.2", patient_id="P1", name="Old^Row",
-                                instance_number="2"), "m")], 0)
+    index.index(
+        [record(make_ds("1.2", "1.2.3", "1.2.3.2", patient_id="P1", name="Old^Row", instance_number="2"), "m")], 0
+    )
     assert index.refresh_metadata("m", "1.2") == 1
     assert len(index.get_metadata("m", "1.2", "1.2.3")) == 2
     (study,) = index.query(md_pb.QueryRequest(tenant="m", level=dicom_pb2.QUERY_LEVEL_STUDY)).matches
@@ -134,13 +153,22 @@ def test_first_release_database_without_revision_table(engine: Engine) -> None:
 
 def _insert_outbox_row(engine: Engine, sequence_uid: str) -> None:
     """An index change as revisions 0001 and 0002 wrote it (no kind)."""
-    event = events_pb2.Event(tenant="m", instance_stored=events_pb2.InstanceStored(location=dicom_pb2.InstanceLocation(
-        ref=dicom_pb2.InstanceRef(tenant="m", study_instance_uid="1.2", series_instance_uid="1.2.3",
-                                  sop_instance_uid=sequence_uid), object_key="k")))
+    event = events_pb2.Event(
+        tenant="m",
+        instance_stored=events_pb2.InstanceStored(
+            location=dicom_pb2.InstanceLocation(
+                ref=dicom_pb2.InstanceRef(
+                    tenant="m", study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid=sequence_uid
+                ),
+                object_key="k",
+            )
+        ),
+    )
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO events (tenant, study_instance_uid, created, payload)"
-                          " VALUES ('m', '1.2', :now, :p)"), {"now": datetime.now(UTC),
-                                                             "p": event.SerializeToString()})
+        conn.execute(
+            text("INSERT INTO events (tenant, study_instance_uid, created, payload) VALUES ('m', '1.2', :now, :p)"),
+            {"now": datetime.now(UTC), "p": event.SerializeToString()},
+        )
 
 
 def test_outbox_kinds_from_0002_down_and_up(engine: Engine) -> None:
@@ -172,14 +200,25 @@ def test_outbox_kinds_from_0002_down_and_up(engine: Engine) -> None:
 
 def _insert_tenant_outbox_row(engine: Engine, tenant: str, sop: str) -> None:
     """An index change as revision 0003 wrote it (a kind, no feed number)."""
-    event = events_pb2.Event(tenant=tenant, instance_stored=events_pb2.InstanceStored(
-        location=dicom_pb2.InstanceLocation(ref=dicom_pb2.InstanceRef(
-            tenant=tenant, study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid=sop),
-            object_key="k")))
+    event = events_pb2.Event(
+        tenant=tenant,
+        instance_stored=events_pb2.InstanceStored(
+            location=dicom_pb2.InstanceLocation(
+                ref=dicom_pb2.InstanceRef(
+                    tenant=tenant, study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid=sop
+                ),
+                object_key="k",
+            )
+        ),
+    )
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO events (tenant, kind, study_instance_uid, created, payload)"
-                          " VALUES (:t, 'instance', '1.2', :now, :p)"),
-                     {"t": tenant, "now": datetime.now(UTC), "p": event.SerializeToString()})
+        conn.execute(
+            text(
+                "INSERT INTO events (tenant, kind, study_instance_uid, created, payload)"
+                " VALUES (:t, 'instance', '1.2', :now, :p)"
+            ),
+            {"t": tenant, "now": datetime.now(UTC), "p": event.SerializeToString()},
+        )
 
 
 def test_feed_positions_per_tenant_from_0003(engine: Engine) -> None:
@@ -213,8 +252,10 @@ def test_upgrade_from_0005_with_rows(engine: Engine) -> None:
     with engine.begin() as conn:
         series_pk = conn.execute(text("SELECT id FROM series")).scalar_one()
         old_header = conn.execute(text("SELECT dicom_json FROM instances")).scalar_one()
-        conn.execute(text("INSERT INTO series_metadata (series_pk, revision, payload) VALUES (:s, 0, :p)"),
-                     {"s": series_pk, "p": md_pb.GetMetadataResponse(instances=[old_header]).SerializeToString()})
+        conn.execute(
+            text("INSERT INTO series_metadata (series_pk, revision, payload) VALUES (:s, 0, :p)"),
+            {"s": series_pk, "p": md_pb.GetMetadataResponse(instances=[old_header]).SerializeToString()},
+        )
     migrate.upgrade(engine)
     assert migrate.current(engine) == HEAD
     assert _differences(engine) == []
@@ -224,15 +265,18 @@ def test_upgrade_from_0005_with_rows(engine: Engine) -> None:
     assert index.referenced_objects(["k2", "k1"]) == ["k1"]
     assert index.get_metadata("m", "1.2") == [old_header]
 
-    new = record(make_ds("1.2", "1.2.3", "1.2.3.2", patient_id="P1", name="Old^Row", instance_number="2"), "m",
-                 key="k2")
+    new = record(
+        make_ds("1.2", "1.2.3", "1.2.3.2", patient_id="P1", name="Old^Row", instance_number="2"), "m", key="k2"
+    )
     new.location.pixel_layout.value_offset = 1024
     index.index([new], 0)
     assert index.refresh_metadata("m", "1.2") == 1
     assert [json.loads(h)["00080018"]["Value"] for h in index.get_metadata("m", "1.2")] == [["1.2.3.1"], ["1.2.3.2"]]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT sop_instance_uid, revision FROM instances ORDER BY id")).all() == [
-            ("1.2.3.1", 0), ("1.2.3.2", 1)]
+            ("1.2.3.1", 0),
+            ("1.2.3.2", 1),
+        ]
         assert conn.execute(text("SELECT members FROM series_metadata")).scalar_one() == "1 1.2.3.1\n2 1.2.3.2"
     assert [loc.pixel_layout.value_offset for loc in index.locate("m", "1.2")] == [0, 1024]
     assert index.referenced_objects(["k2", "k1"]) == ["k2", "k1"]

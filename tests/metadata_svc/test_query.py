@@ -17,7 +17,9 @@ from testbed.records import make_ds, record, uids
 T = "qry"
 A, B, C, D, E = "1.9.1", "1.9.2", "1.9.3", "1.9.4", "1.9.5"
 STUDY, SERIES, INSTANCE, PATIENT = (
-    dicom_pb2.QUERY_LEVEL_STUDY, dicom_pb2.QUERY_LEVEL_SERIES, dicom_pb2.QUERY_LEVEL_INSTANCE,
+    dicom_pb2.QUERY_LEVEL_STUDY,
+    dicom_pb2.QUERY_LEVEL_SERIES,
+    dicom_pb2.QUERY_LEVEL_INSTANCE,
     dicom_pb2.QUERY_LEVEL_PATIENT,
 )
 
@@ -26,23 +28,88 @@ STUDY, SERIES, INSTANCE, PATIENT = (
 def corpus(grpc_stub: Any) -> None:
     recs = [
         # Study A: two series (CT with 3 instances stored out of order, SR).
-        *(record(make_ds(A, "1.9.1.1", f"1.9.1.1.{n}", study_date="20240105", study_time="101500",
-                         accession="ACC_1", referring="Smith^Anna", description="CT Chest", instance_number=str(n),
-                         model="ModelA"), T) for n in (3, 1, 2)),
-        record(make_ds(A, "1.9.1.2", "1.9.1.2.1", study_date="20240105", study_time="101500", accession="ACC_1",
-                       referring="Smith^Anna", description="CT Chest",
-                       modality="SR", series_number="2", model="ModelA"), T),
+        *(
+            record(
+                make_ds(
+                    A,
+                    "1.9.1.1",
+                    f"1.9.1.1.{n}",
+                    study_date="20240105",
+                    study_time="101500",
+                    accession="ACC_1",
+                    referring="Smith^Anna",
+                    description="CT Chest",
+                    instance_number=str(n),
+                    model="ModelA",
+                ),
+                T,
+            )
+            for n in (3, 1, 2)
+        ),
+        record(
+            make_ds(
+                A,
+                "1.9.1.2",
+                "1.9.1.2.1",
+                study_date="20240105",
+                study_time="101500",
+                accession="ACC_1",
+                referring="Smith^Anna",
+                description="CT Chest",
+                modality="SR",
+                series_number="2",
+                model="ModelA",
+            ),
+            T,
+        ),
         # Study B: another patient, name with a space inside a component.
-        *(record(make_ds(B, "1.9.2.1", f"1.9.2.1.{n}", patient_id="P2", name="O'Neil^Mary Ann",
-                         study_date="20240210", study_time="120000", accession="ACC%2", modality="MR",
-                         instance_number=str(n)), T) for n in (1, 2)),
+        *(
+            record(
+                make_ds(
+                    B,
+                    "1.9.2.1",
+                    f"1.9.2.1.{n}",
+                    patient_id="P2",
+                    name="O'Neil^Mary Ann",
+                    study_date="20240210",
+                    study_time="120000",
+                    accession="ACC%2",
+                    modality="MR",
+                    instance_number=str(n),
+                ),
+                T,
+            )
+            for n in (1, 2)
+        ),
         # Study C: same patient as A, no study date.
         record(make_ds(C, "1.9.3.1", "1.9.3.1.1", accession="X?Y"), T),
         # Studies D and E: no Patient ID (must stay two patients), non-ASCII name.
-        record(make_ds(D, "1.9.4.1", "1.9.4.1.1", patient_id="", name="MÜLLER^JÜRGEN", study_date="20231231",
-                       study_time="093000", modality="PT"), T),
-        record(make_ds(E, "1.9.5.1", "1.9.5.1.1", patient_id="", name="DOE^JANE", study_date="20240301",
-                       study_time="101600", modality="US"), T),
+        record(
+            make_ds(
+                D,
+                "1.9.4.1",
+                "1.9.4.1.1",
+                patient_id="",
+                name="MÜLLER^JÜRGEN",
+                study_date="20231231",
+                study_time="093000",
+                modality="PT",
+            ),
+            T,
+        ),
+        record(
+            make_ds(
+                E,
+                "1.9.5.1",
+                "1.9.5.1.1",
+                patient_id="",
+                name="DOE^JANE",
+                study_date="20240301",
+                study_time="101600",
+                modality="US",
+            ),
+            T,
+        ),
     ]
     results = grpc_stub.IndexInstances(md_pb.IndexInstancesRequest(records=recs)).results
     assert [r.outcome for r in results] == [md_pb.INDEX_OUTCOME_CREATED] * len(recs)

@@ -20,10 +20,19 @@ Audit = events_pb2.AuditRecord
 
 def full_record(tenant: str, n: int = 1) -> Audit:
     rec = Audit(
-        tenant=tenant, subject=f"user-{n}", source_address="192.0.2.7:51234", edge="dicomweb",
-        action=Audit.ACTION_DELETE, operation="DELETE /studies/{study}/series/{series}",
-        outcome=Audit.OUTCOME_SUCCESS, status=204, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
-        sop_instance_uid="1.2.3.4.5", detail="", request_id=f"req-{n}",
+        tenant=tenant,
+        subject=f"user-{n}",
+        source_address="192.0.2.7:51234",
+        edge="dicomweb",
+        action=Audit.ACTION_DELETE,
+        operation="DELETE /studies/{study}/series/{series}",
+        outcome=Audit.OUTCOME_SUCCESS,
+        status=204,
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        sop_instance_uid="1.2.3.4.5",
+        detail="",
+        request_id=f"req-{n}",
     )
     rec.time.FromDatetime(datetime(2026, 11, 26, 3, 4, 5, 678000, tzinfo=UTC))
     return rec
@@ -48,8 +57,15 @@ def feed(stub: Any, tenant: str, after: int = 0) -> md_pb.ReadChangeFeedResponse
 def test_outbox_readers_get_audit_records_and_the_change_feed_does_not(grpc_stub: Any, tenant: str) -> None:
     start = latest_outbox(grpc_stub)
     grpc_stub.IndexInstances(md_pb.IndexInstancesRequest(records=[record(make_ds("5.1", "5.1.1", "5.1.1.1"), tenant)]))
-    denied = Audit(source_address="[2001:db8::1]:443", edge="dicomweb", action=Audit.ACTION_AUTHENTICATE,
-                   operation="GET /studies", outcome=Audit.OUTCOME_DENIED, status=401, detail="bad token")
+    denied = Audit(
+        source_address="[2001:db8::1]:443",
+        edge="dicomweb",
+        action=Audit.ACTION_AUTHENTICATE,
+        operation="GET /studies",
+        outcome=Audit.OUTCOME_DENIED,
+        status=401,
+        detail="bad token",
+    )
     record_audit(grpc_stub, full_record(tenant, 1), denied, full_record(tenant, 2))
 
     events = outbox_after(grpc_stub, start)
@@ -89,17 +105,20 @@ def _long(name: str) -> Audit:
     return rec
 
 
-@pytest.mark.parametrize("records", [
-    pytest.param([full_record("t")] * (audit.MAX_RECORDS_PER_CALL + 1), id="too-many"),
-    pytest.param([full_record("Upper")], id="bad-tenant"),
-    pytest.param([full_record("t"), full_record("a/b")], id="bad-tenant-second"),
-    pytest.param([full_record("t"), _long("subject")], id="long-second"),
-    *(pytest.param([_long(name)], id=f"long-{name}") for name in audit.LIMITS if name != "tenant"),
-    pytest.param([Audit(tenant="t", detail="a\x00b")], id="nul"),
-    pytest.param([Audit(tenant="t", action=99)], id="unknown-action"),
-    pytest.param([Audit(tenant="t", outcome=42)], id="unknown-outcome"),
-    pytest.param([Audit(tenant="t", time={"seconds": 253402300800})], id="time-out-of-range"),
-])
+@pytest.mark.parametrize(
+    "records",
+    [
+        pytest.param([full_record("t")] * (audit.MAX_RECORDS_PER_CALL + 1), id="too-many"),
+        pytest.param([full_record("Upper")], id="bad-tenant"),
+        pytest.param([full_record("t"), full_record("a/b")], id="bad-tenant-second"),
+        pytest.param([full_record("t"), _long("subject")], id="long-second"),
+        *(pytest.param([_long(name)], id=f"long-{name}") for name in audit.LIMITS if name != "tenant"),
+        pytest.param([Audit(tenant="t", detail="a\x00b")], id="nul"),
+        pytest.param([Audit(tenant="t", action=99)], id="unknown-action"),
+        pytest.param([Audit(tenant="t", outcome=42)], id="unknown-outcome"),
+        pytest.param([Audit(tenant="t", time={"seconds": 253402300800})], id="time-out-of-range"),
+    ],
+)
 def test_bad_batches_are_refused_whole(grpc_stub: Any, records: list[Audit]) -> None:
     before = latest_outbox(grpc_stub)
     with pytest.raises(grpc.RpcError) as err:
@@ -137,8 +156,9 @@ def test_old_audit_records_are_pruned_index_changes_stay(grpc_stub: Any, md_inde
     with md_index.db.writer() as session, session.begin():
         session.execute(update(EventRow).where(EventRow.sequence.in_(old_ones)).values(created=long_ago))
         # The index change is as old: it stays all the same.
-        session.execute(update(EventRow).where(EventRow.sequence > start, EventRow.kind == "instance")
-                        .values(created=long_ago))
+        session.execute(
+            update(EventRow).where(EventRow.sequence > start, EventRow.kind == "instance").values(created=long_ago)
+        )
 
     assert md_index.prune_audit(datetime.now(UTC) - timedelta(days=7)) == 2
     left = outbox_after(grpc_stub, start)

@@ -27,13 +27,22 @@ def _store(grpc_stub: Any, tenant: str) -> None:
 def test_counts_usage_days_modalities_and_rate(grpc_stub: Any, tenant: str) -> None:
     _store(grpc_stub, tenant)
     other = tenant + "x"
-    grpc_stub.IndexInstances(md_pb.IndexInstancesRequest(records=[
-        record(make_ds("1.2.9.1", "1.2.9.1.1", "1.2.9.1.1.1", modality="CT"), other, size=99999)]))
+    grpc_stub.IndexInstances(
+        md_pb.IndexInstancesRequest(
+            records=[record(make_ds("1.2.9.1", "1.2.9.1.1", "1.2.9.1.1.1", modality="CT"), other, size=99999)]
+        )
+    )
 
     stats = grpc_stub.GetStatistics(md_pb.GetStatisticsRequest(tenants=[tenant], days=7))
-    usage, = stats.tenants
-    assert (usage.tenant, usage.patients, usage.studies, usage.series, usage.instances, usage.bytes) == \
-        (tenant, 2, 2, 3, 4, 2510)
+    (usage,) = stats.tenants
+    assert (usage.tenant, usage.patients, usage.studies, usage.series, usage.instances, usage.bytes) == (
+        tenant,
+        2,
+        2,
+        3,
+        4,
+        2510,
+    )
     assert len(stats.days) == 7
     today = datetime.now(UTC).date()
     assert stats.days[-1].date == today.isoformat()
@@ -57,12 +66,16 @@ def test_a_tenant_without_data_counts_zero(grpc_stub: Any, tenant: str) -> None:
     assert list(stats.modalities) == []
 
 
-@pytest.mark.parametrize("request_", [
-    md_pb.GetStatisticsRequest(),
-    md_pb.GetStatisticsRequest(tenants=["no/slash"]),
-    md_pb.GetStatisticsRequest(tenants=["default"], days=367),
-    md_pb.GetStatisticsRequest(tenants=["default"], days=-1),
-], ids=["no tenant", "bad tenant", "too many days", "negative days"])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        md_pb.GetStatisticsRequest(),
+        md_pb.GetStatisticsRequest(tenants=["no/slash"]),
+        md_pb.GetStatisticsRequest(tenants=["default"], days=367),
+        md_pb.GetStatisticsRequest(tenants=["default"], days=-1),
+    ],
+    ids=["no tenant", "bad tenant", "too many days", "negative days"],
+)
 def test_bad_requests_are_invalid_arguments(grpc_stub: Any, request_: md_pb.GetStatisticsRequest) -> None:
     with pytest.raises(grpc.RpcError) as info:
         grpc_stub.GetStatistics(request_)
@@ -75,8 +88,9 @@ def test_days_are_utc_days_of_the_write(md_index: Any, tenant: str) -> None:
     from metadata_svc.statistics import statistics
 
     assert isinstance(md_index, MetadataIndex)
-    md_index.index([record(make_ds("1.2.4.1", "1.2.4.1.1", "1.2.4.1.1.1"), tenant, size=7)],
-                   md_pb.DUPLICATE_POLICY_OVERWRITE)
+    md_index.index(
+        [record(make_ds("1.2.4.1", "1.2.4.1.1", "1.2.4.1.1.1"), tenant, size=7)], md_pb.DUPLICATE_POLICY_OVERWRITE
+    )
     tomorrow = datetime.now(UTC) + timedelta(days=1)
     stats = statistics(md_index.db, md_pb.GetStatisticsRequest(tenants=[tenant], days=2), now=tomorrow)
     assert [d.instances for d in stats.days] == [1, 0]

@@ -48,8 +48,9 @@ def make_instance(study: str | None = None, name: str = "Doe^Jane", patient_id: 
     return ds, buf.getvalue()
 
 
-def multipart(parts: list[tuple[dict[str, str], bytes]], boundary: bytes, preamble: bytes = b"",
-              epilogue: bytes = b"") -> bytes:
+def multipart(
+    parts: list[tuple[dict[str, str], bytes]], boundary: bytes, preamble: bytes = b"", epilogue: bytes = b""
+) -> bytes:
     """A multipart body (RFC 2046) of (headers, body) parts."""
     out = bytearray(preamble + (b"\r\n" if preamble else b""))
     for i, (headers, data) in enumerate(parts):
@@ -80,8 +81,12 @@ def raw_part10(elements: list[tuple[int, bytes, bytes]], charset: str = "") -> b
     meta.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     buf = io.BytesIO()
     meta.save_as(buf, enforce_file_format=True)
-    base = [(0x00080016, b"UI", CTImageStorage.encode()), (0x00080018, b"UI", generate_uid().encode()),
-            (0x0020000D, b"UI", generate_uid().encode()), (0x0020000E, b"UI", generate_uid().encode())]
+    base = [
+        (0x00080016, b"UI", CTImageStorage.encode()),
+        (0x00080018, b"UI", generate_uid().encode()),
+        (0x0020000D, b"UI", generate_uid().encode()),
+        (0x0020000E, b"UI", generate_uid().encode()),
+    ]
     if charset:
         base.append((0x00080005, b"CS", charset.encode()))
     return buf.getvalue() + b"".join(raw_element(*e) for e in sorted(base + elements))

@@ -91,13 +91,26 @@ class Case:
     kind: str = "error"
 
 
-def stow(case_id: str, body: bytes | tuple[bytes, ...], status: int, says: str = "", ctype: str = MULTIPART,
-         target: str = f"{B}/studies", kind: str = "error") -> Case:
+def stow(
+    case_id: str,
+    body: bytes | tuple[bytes, ...],
+    status: int,
+    says: str = "",
+    ctype: str = MULTIPART,
+    target: str = f"{B}/studies",
+    kind: str = "error",
+) -> Case:
     return Case(case_id, "POST", target, status, (("Content-Type", ctype),), body, says, kind)
 
 
-def get(case_id: str, target: str, status: int, says: str = "", headers: tuple[tuple[str, str], ...] = (),
-        kind: str = "error") -> Case:
+def get(
+    case_id: str,
+    target: str,
+    status: int,
+    says: str = "",
+    headers: tuple[tuple[str, str], ...] = (),
+    kind: str = "error",
+) -> Case:
     return Case(case_id, "GET", target, status, headers, b"", says, kind)
 
 
@@ -124,35 +137,87 @@ def _with(**changes: str) -> bytes:
 
 
 BAD_MULTIPART = [
-    stow("multipart-no-boundary", multipart([part(OTHER)], BOUNDARY), 400, "boundary",
-         ctype='multipart/related; type="application/dicom"'),
+    stow(
+        "multipart-no-boundary",
+        multipart([part(OTHER)], BOUNDARY),
+        400,
+        "boundary",
+        ctype='multipart/related; type="application/dicom"',
+    ),
     stow("multipart-wrong-boundary", multipart([part(OTHER)], b"another-one"), 400, "does not contain the boundary"),
     stow("multipart-truncated", multipart([part(OTHER)], BOUNDARY)[:-30], 400, "ended before"),
-    stow("multipart-nested", multipart([part(multipart([part(OTHER)], b"inner"), "multipart/related; boundary=inner")],
-                                       BOUNDARY), 415, "nested multipart"),
-    stow("multipart-thousands-of-empty-parts", multipart([({}, b"")] * 5000, BOUNDARY), 413,
-         f"more than {MAX_PARTS} parts (after {MAX_PARTS} part(s), none stored)"),
+    stow(
+        "multipart-nested",
+        multipart([part(multipart([part(OTHER)], b"inner"), "multipart/related; boundary=inner")], BOUNDARY),
+        415,
+        "nested multipart",
+    ),
+    stow(
+        "multipart-thousands-of-empty-parts",
+        multipart([({}, b"")] * 5000, BOUNDARY),
+        413,
+        f"more than {MAX_PARTS} parts (after {MAX_PARTS} part(s), none stored)",
+    ),
     stow("multipart-huge-part-header", multipart([({"X-Junk": "j" * 20000}, OTHER)], BOUNDARY), 400, "headers exceed"),
-    stow("multipart-boundary-71-chars", multipart([part(OTHER)], b"b" * 71), 400, "1-70 characters",
-         ctype=f"multipart/related; boundary={'b' * 71}"),
-    stow("multipart-boundary-bad-chars", b"--a<b>\r\n\r\nx\r\n--a<b>--", 400, "boundary may contain",
-         ctype='multipart/related; boundary="a<b>"'),
-    stow("multipart-duplicate-boundary", multipart([part(OTHER)], BOUNDARY), 400, "more than once",
-         ctype=f"{MULTIPART}; boundary=other"),
-    stow("multipart-no-crlf-after-delimiter", b"--" + BOUNDARY + b"XYZ\r\n\r\ndata\r\n--" + BOUNDARY + b"--", 400,
-         "not followed by CRLF"),
-    stow("multipart-malformed-header-line", b"--" + BOUNDARY + b"\r\nno colon here\r\n\r\nx\r\n--" + BOUNDARY + b"--",
-         400, "malformed part header"),
+    stow(
+        "multipart-boundary-71-chars",
+        multipart([part(OTHER)], b"b" * 71),
+        400,
+        "1-70 characters",
+        ctype=f"multipart/related; boundary={'b' * 71}",
+    ),
+    stow(
+        "multipart-boundary-bad-chars",
+        b"--a<b>\r\n\r\nx\r\n--a<b>--",
+        400,
+        "boundary may contain",
+        ctype='multipart/related; boundary="a<b>"',
+    ),
+    stow(
+        "multipart-duplicate-boundary",
+        multipart([part(OTHER)], BOUNDARY),
+        400,
+        "more than once",
+        ctype=f"{MULTIPART}; boundary=other",
+    ),
+    stow(
+        "multipart-no-crlf-after-delimiter",
+        b"--" + BOUNDARY + b"XYZ\r\n\r\ndata\r\n--" + BOUNDARY + b"--",
+        400,
+        "not followed by CRLF",
+    ),
+    stow(
+        "multipart-malformed-header-line",
+        b"--" + BOUNDARY + b"\r\nno colon here\r\n\r\nx\r\n--" + BOUNDARY + b"--",
+        400,
+        "malformed part header",
+    ),
     stow("multipart-empty-body", b"", 400, "does not contain the boundary"),
     stow("multipart-no-parts", b"--" + BOUNDARY + b"--\r\n", 400, "no parts"),
-    stow("multipart-padding-flood", b"--" + BOUNDARY + b" " * 400 + b"\r\n\r\nx\r\n--" + BOUNDARY + b"--", 400,
-         "whitespace"),
-    stow("multipart-dicom-json-type", multipart([part(b"{}")], BOUNDARY), 415, "not supported",
-         ctype=f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY.decode()}'),
+    stow(
+        "multipart-padding-flood",
+        b"--" + BOUNDARY + b" " * 400 + b"\r\n\r\nx\r\n--" + BOUNDARY + b"--",
+        400,
+        "whitespace",
+    ),
+    stow(
+        "multipart-dicom-json-type",
+        multipart([part(b"{}")], BOUNDARY),
+        415,
+        "not supported",
+        ctype=f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY.decode()}',
+    ),
     stow("multipart-text-part", multipart([part(b"hello", "text/plain")], BOUNDARY), 409, "text/plain", kind="stow"),
-    stow("multipart-part-too-large", multipart([part(b"\0" * (MAX_PART + 1))], BOUNDARY), 413, f"larger than {MAX_PART}"),
-    stow("multipart-latin1-boundary", b"--b\xf8\r\n\r\nx\r\n--b\xf8--", 400, "ASCII",
-         ctype="multipart/related; boundary=b\xf8"),
+    stow(
+        "multipart-part-too-large", multipart([part(b"\0" * (MAX_PART + 1))], BOUNDARY), 413, f"larger than {MAX_PART}"
+    ),
+    stow(
+        "multipart-latin1-boundary",
+        b"--b\xf8\r\n\r\nx\r\n--b\xf8--",
+        400,
+        "ASCII",
+        ctype="multipart/related; boundary=b\xf8",
+    ),
 ]
 
 BAD_OBJECTS = [
@@ -161,13 +226,32 @@ BAD_OBJECTS = [
     stow("object-truncated-pixels", TRUNCATED_PIXELS, 409, "truncated", ctype="application/dicom", kind="stow"),
     stow("object-empty", b"", 400, "empty", ctype="application/dicom"),
     stow("object-preamble-only", b"\0" * 128 + b"DICM", 409, "", ctype="application/dicom", kind="stow"),
-    stow("object-traversal-sop-uid", _with(SOPInstanceUID="../../../etc/passwd"), 409, "not a valid UID",
-         ctype="application/dicom", kind="stow"),
-    stow("object-overlong-study-uid", _with(StudyInstanceUID=OVERLONG_UID), 409, "not a valid UID",
-         ctype="application/dicom", kind="stow"),
-    stow("object-in-multipart-garbage", multipart([part(GARBAGE)], BOUNDARY), 409, "not a DICOM Part 10 object", kind="stow"),
-    stow("object-study-mismatch", OTHER, 409, "", ctype="application/dicom", target=f"{B}/studies/1.2.3.4",
-         kind="stow"),
+    stow(
+        "object-traversal-sop-uid",
+        _with(SOPInstanceUID="../../../etc/passwd"),
+        409,
+        "not a valid UID",
+        ctype="application/dicom",
+        kind="stow",
+    ),
+    stow(
+        "object-overlong-study-uid",
+        _with(StudyInstanceUID=OVERLONG_UID),
+        409,
+        "not a valid UID",
+        ctype="application/dicom",
+        kind="stow",
+    ),
+    stow(
+        "object-in-multipart-garbage",
+        multipart([part(GARBAGE)], BOUNDARY),
+        409,
+        "not a DICOM Part 10 object",
+        kind="stow",
+    ),
+    stow(
+        "object-study-mismatch", OTHER, 409, "", ctype="application/dicom", target=f"{B}/studies/1.2.3.4", kind="stow"
+    ),
     # Found by the property tests: pydicom cannot decode this name under this character set.
 ]
 
@@ -193,9 +277,15 @@ ROUTES = {
     "thumbnail": f"{B}/studies/{{u}}/thumbnail",
 }
 # (route, traversal) pairs: every route, and every traversal, at least once.
-PAIRS = [("study", t) for t in TRAVERSALS] + [(r, "dotdot-encoded") for r in ROUTES if r != "study"] + [
-    ("frames", "nul"), ("rendered", "backslash"), ("instance-metadata", "overlong"),
-]
+PAIRS = (
+    [("study", t) for t in TRAVERSALS]
+    + [(r, "dotdot-encoded") for r in ROUTES if r != "study"]
+    + [
+        ("frames", "nul"),
+        ("rendered", "backslash"),
+        ("instance-metadata", "overlong"),
+    ]
+)
 
 
 def _traversal_status(value: str) -> int:
@@ -208,8 +298,9 @@ TRAVERSAL_CASES = [
     for route, name in PAIRS
 ] + [
     Case("path-delete-dotdot", "DELETE", f"{B}/studies/%2e%2e", 400, says="Study Instance UID"),
-    stow("path-stow-traversal", OTHER, 400, "Study Instance UID", ctype="application/dicom",
-         target=f"{B}/studies/%2e%2e"),
+    stow(
+        "path-stow-traversal", OTHER, 400, "Study Instance UID", ctype="application/dicom", target=f"{B}/studies/%2e%2e"
+    ),
     get("path-bulkdata-traversal", f"{INSTANCE}/bulkdata/..%2F..%2F..%2Fetc%2Fpasswd", 404, "no such bulk data"),
     get("path-frames-garbage", f"{INSTANCE}/frames/1;DROP", 400, "frame list"),
     get("path-tenant-dotdot", f"{B}/tenants/..%2F../studies", 400, "tenant"),
@@ -229,8 +320,12 @@ QIDO_CASES = [
     get("qido-value-5000-chars", f"{B}/studies?PatientID={'x' * 5000}", 400, "longer than"),
     get("qido-10k-stars", f"{B}/studies?PatientName={'*' * 10000}", 400, "longer than"),
     get("qido-wildcard-flood", f"{B}/studies?PatientName={'a*' * 100}", 400, "wildcard"),
-    get("qido-100-params", f"{B}/studies?" + "&".join(f"includefield=PatientID{i}" for i in range(100)), 400,
-        "parameters"),
+    get(
+        "qido-100-params",
+        f"{B}/studies?" + "&".join(f"includefield=PatientID{i}" for i in range(100)),
+        400,
+        "parameters",
+    ),
     get("qido-300-includefields", f"{B}/studies?includefield=" + ",".join(["PatientID"] * 300), 400, "more than"),
     get("qido-query-string-20k", f"{B}/studies?PatientID={'x' * 20000}", 414, "query string"),
     get("qido-nul-value", f"{B}/studies?PatientID=a%00b", 400, "control characters"),
@@ -248,13 +343,19 @@ QIDO_CASES = [
 
 WADO_URI = f"{B}/wado?requestType=WADO&studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}"
 WADO_URI_CASES = [
-    get("wado-uri-no-request-type", f"{B}/wado?studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}", 400,
-        "requestType"),
-    get("wado-uri-traversal-uid", f"{B}/wado?requestType=WADO&studyUID=..%2F..&seriesUID=1&objectUID=1", 400,
-        "studyUID"),
+    get(
+        "wado-uri-no-request-type", f"{B}/wado?studyUID={STUDY}&seriesUID={SERIES}&objectUID={SOP}", 400, "requestType"
+    ),
+    get(
+        "wado-uri-traversal-uid", f"{B}/wado?requestType=WADO&studyUID=..%2F..&seriesUID=1&objectUID=1", 400, "studyUID"
+    ),
     get("wado-uri-duplicate-uid", f"{WADO_URI}&objectUID=1.2.3", 400, "more than once"),
-    get("wado-uri-transfer-syntax-garbage", f"{WADO_URI}&contentType=application/dicom&transferSyntax=..%2Fx", 400,
-        "transferSyntax"),
+    get(
+        "wado-uri-transfer-syntax-garbage",
+        f"{WADO_URI}&contentType=application/dicom&transferSyntax=..%2Fx",
+        400,
+        "transferSyntax",
+    ),
     get("wado-uri-unknown-param", f"{WADO_URI}&debug=1", 400, "debug"),
     get("wado-uri-content-type-html", f"{WADO_URI}&contentType=text/html", 406, "contentType"),
     get("wado-uri-rows-zero", f"{WADO_URI}&rows=0", 400, "rows"),
@@ -276,19 +377,47 @@ MEDIA_TYPE_CASES = [
 
 OVERSIZE_CASES = [
     # A declared body above the limit is refused before it is read.
-    Case("oversize-content-length", "POST", f"{B}/studies", 413, (("Content-Type", "application/dicom"),),
-         b"\0" * (MAX_REQUEST + 1), f"at most {MAX_REQUEST} are accepted"),
-    Case("oversize-chunked-multipart", "POST", f"{B}/studies", 413, (("Content-Type", MULTIPART),),
-         tuple([b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n"] + [b"\0" * 16384] * 20),
-         "larger than"),
-    Case("oversize-single-object", "POST", f"{B}/studies", 413, (("Content-Type", "application/dicom"),),
-         b"\0" * (MAX_PART + 1), f"larger than {MAX_PART}"),
-    Case("oversize-chunked-single", "POST", f"{B}/studies", 413, (("Content-Type", "application/dicom"),),
-         tuple([b"\0" * 16384] * 20), "larger than"),
+    Case(
+        "oversize-content-length",
+        "POST",
+        f"{B}/studies",
+        413,
+        (("Content-Type", "application/dicom"),),
+        b"\0" * (MAX_REQUEST + 1),
+        f"at most {MAX_REQUEST} are accepted",
+    ),
+    Case(
+        "oversize-chunked-multipart",
+        "POST",
+        f"{B}/studies",
+        413,
+        (("Content-Type", MULTIPART),),
+        tuple([b"--" + BOUNDARY + b"\r\nContent-Type: application/dicom\r\n\r\n"] + [b"\0" * 16384] * 20),
+        "larger than",
+    ),
+    Case(
+        "oversize-single-object",
+        "POST",
+        f"{B}/studies",
+        413,
+        (("Content-Type", "application/dicom"),),
+        b"\0" * (MAX_PART + 1),
+        f"larger than {MAX_PART}",
+    ),
+    Case(
+        "oversize-chunked-single",
+        "POST",
+        f"{B}/studies",
+        413,
+        (("Content-Type", "application/dicom"),),
+        tuple([b"\0" * 16384] * 20),
+        "larger than",
+    ),
 ]
 
-HTTP_CASES = (BAD_MULTIPART + BAD_OBJECTS + TRAVERSAL_CASES + QIDO_CASES + WADO_URI_CASES + MEDIA_TYPE_CASES
-              + OVERSIZE_CASES)
+HTTP_CASES = (
+    BAD_MULTIPART + BAD_OBJECTS + TRAVERSAL_CASES + QIDO_CASES + WADO_URI_CASES + MEDIA_TYPE_CASES + OVERSIZE_CASES
+)
 
 
 # ---- the archive and how to talk to it -------------------------------------
@@ -304,8 +433,13 @@ class Reply:
         return json.loads(self.body)
 
 
-def send(port: int, method: str, target: str, headers: tuple[tuple[str, str], ...] = (),
-         body: bytes | tuple[bytes, ...] = b"") -> Reply:
+def send(
+    port: int,
+    method: str,
+    target: str,
+    headers: tuple[tuple[str, str], ...] = (),
+    body: bytes | tuple[bytes, ...] = b"",
+) -> Reply:
     """One request, with the target and headers exactly as given (no client
     normalizes '..' or re-encodes anything)."""
     head = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
@@ -384,8 +518,9 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     """An archive with small limits, holding the seed object."""
     server = start_archive(tmp_path_factory.mktemp("limited"), LIMITED_ENV)
     try:
-        r = httpx.post(f"{server.dicomweb}/studies", content=SEED_BYTES,
-                       headers={"Content-Type": "application/dicom"}, timeout=30)
+        r = httpx.post(
+            f"{server.dicomweb}/studies", content=SEED_BYTES, headers={"Content-Type": "application/dicom"}, timeout=30
+        )
         assert r.status_code == 200, r.text
         open_stalled_peers(server)
         yield server
@@ -432,7 +567,7 @@ RAW_REQUESTS = {
     "http-nul-in-header": b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nX-Tenant: a\x00b\r\n\r\n",
     "http-space-in-target": b"GET /dicomweb/studies/1 2 HTTP/1.1\r\nHost: x\r\n\r\n",
     "http-conflicting-lengths": b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                                b"Transfer-Encoding: chunked\r\nContent-Type: application/dicom\r\n\r\n0\r\n\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Type: application/dicom\r\n\r\n0\r\n\r\n",
     "http-huge-header": b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n",
 }
 
@@ -463,16 +598,19 @@ def test_an_undecodable_person_name_is_kept_as_sent(limited: Archive) -> None:
     byte under ISO 2022 IR 87, as found by the property tests) is stored
     byte for byte, its metadata is strict JSON that names it, and it goes
     again on DELETE."""
-    reply = send(limited.http_port, "POST", f"{B}/studies", (("Content-Type", "application/dicom"),),
-                 UNDECODABLE_NAME)
+    reply = send(limited.http_port, "POST", f"{B}/studies", (("Content-Type", "application/dicom"),), UNDECODABLE_NAME)
     assert reply.status == 200, reply.body[:300]
     url = reply.json()["00081199"]["Value"][0]["00081190"]["Value"][0]
     path = url.split("127.0.0.1", 1)[1].split("/", 1)[1]
     meta = send(limited.http_port, "GET", f"/{path}/metadata")
     (attrs,) = json.loads(meta.body, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     assert "00100010" in attrs
-    got = send(limited.http_port, "GET", f"/{path}",
-               (("Accept", 'multipart/related; type="application/dicom"; transfer-syntax=*'),))
+    got = send(
+        limited.http_port,
+        "GET",
+        f"/{path}",
+        (("Accept", 'multipart/related; type="application/dicom"; transfer-syntax=*'),),
+    )
     assert got.status == 200 and UNDECODABLE_NAME in got.body
     assert send(limited.http_port, "DELETE", f"/{path}").status == 204
 
@@ -604,12 +742,17 @@ def test_a_part_over_the_limit_after_a_stored_one_is_reported(limited: Archive) 
 
 def test_still_serves_after_the_corpus(limited: Archive) -> None:
     ds, data = make_instance()
-    r = httpx.post(f"{limited.dicomweb}/studies", content=multipart([part(data)], BOUNDARY),
-                   headers={"Content-Type": MULTIPART}, timeout=30)
+    r = httpx.post(
+        f"{limited.dicomweb}/studies",
+        content=multipart([part(data)], BOUNDARY),
+        headers={"Content-Type": MULTIPART},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
-    url = f"{limited.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-                  timeout=30)
+    url = (
+        f"{limited.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
+    r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}, timeout=30)
     assert r.status_code == 200
     assert data in r.content
     assoc = associate(limited)
@@ -653,20 +796,35 @@ class Jwks:
 
 def token(key: Any = _SIGNING_KEY, alg: str = "RS256", kid: str = "corpus-1", **overrides: Any) -> str:
     now = int(time.time())
-    claims = {"sub": "corpus", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600,
-              "tenants": [TENANT_A], "scope": "dicom.read dicom.write dicom.delete"}
+    claims = {
+        "sub": "corpus",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 600,
+        "tenants": [TENANT_A],
+        "scope": "dicom.read dicom.write dicom.delete",
+    }
     claims.update(overrides)
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
 
 
 def _unsigned(**overrides: Any) -> str:
     """alg=none: a header and claims, no signature."""
+
     def b64(obj: dict[str, Any]) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     now = int(time.time())
-    claims = {"sub": "corpus", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "tenants": [TENANT_A],
-              "scope": "dicom.read dicom.write dicom.delete", **overrides}
+    claims = {
+        "sub": "corpus",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": now + 600,
+        "tenants": [TENANT_A],
+        "scope": "dicom.read dicom.write dicom.delete",
+        **overrides,
+    }
     return f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': 'corpus-1'})}.{b64(claims)}."
 
 
@@ -679,15 +837,22 @@ def _tampered() -> str:
     return f"{head}.{body}.{sig}"
 
 
-_PUBLIC_PEM = _SIGNING_KEY.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+_PUBLIC_PEM = _SIGNING_KEY.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+)
 
 
 def _hs256_with_the_public_key() -> str:
     """The classic confusion: HMAC keyed with the RSA public key, which anyone has."""
     now = int(time.time())
-    claims = {"sub": "corpus", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 600, "tenants": [TENANT_A],
-              "scope": "dicom.read dicom.write dicom.delete"}
+    claims = {
+        "sub": "corpus",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "exp": now + 600,
+        "tenants": [TENANT_A],
+        "scope": "dicom.read dicom.write dicom.delete",
+    }
     header = {"alg": "HS256", "typ": "JWT", "kid": "corpus-1"}
 
     def b64(raw: bytes) -> bytes:
@@ -733,18 +898,34 @@ def _token_cases() -> list[Case]:
         Case("token-read-scope-deletes", "DELETE", f"{B}/studies/{STUDY}", 403, read_only, says="delete"),
         get("token-tenant-header-not-held", f"{B}/studies", 403, "tenant", bearer(token()) + (("X-Tenant", TENANT_B),)),
         get("token-tenant-path-not-held", f"{B}/tenants/{TENANT_B}/studies", 403, "tenant", bearer(token())),
-        get("token-tenant-header-traversal", f"{B}/studies", 400, "tenant",
-            bearer(token()) + (("X-Tenant", "../hospital-b"),)),
-        get("token-tenant-header-and-path-differ", f"{B}/tenants/{TENANT_A}/studies", 400, "differ",
-            bearer(token()) + (("X-Tenant", TENANT_B),)),
+        get(
+            "token-tenant-header-traversal",
+            f"{B}/studies",
+            400,
+            "tenant",
+            bearer(token()) + (("X-Tenant", "../hospital-b"),),
+        ),
+        get(
+            "token-tenant-header-and-path-differ",
+            f"{B}/tenants/{TENANT_A}/studies",
+            400,
+            "differ",
+            bearer(token()) + (("X-Tenant", TENANT_B),),
+        ),
         get("api-key-of-another-tenant", f"{B}/studies", 403, "tenant", bearer(API_KEY_B) + (("X-Tenant", TENANT_A),)),
-        get("api-key-and-token-both", f"{B}/studies", 400, "one credential",
-            bearer(token()) + (("X-API-Key", API_KEY_B),)),
+        get(
+            "api-key-and-token-both",
+            f"{B}/studies",
+            400,
+            "one credential",
+            bearer(token()) + (("X-API-Key", API_KEY_B),),
+        ),
         get("api-key-reads-another-tenants-study", f"{B}/studies/{STUDY}/metadata", 404, "", bearer(API_KEY_B)),
     ]
     # The read-only token stores through this one: fix the headers of the STOW case.
-    cases[len(unauthenticated)] = replace(cases[len(unauthenticated)],
-                                          headers=read_only + (("Content-Type", "application/dicom"),))
+    cases[len(unauthenticated)] = replace(
+        cases[len(unauthenticated)], headers=read_only + (("Content-Type", "application/dicom"),)
+    )
     return cases
 
 
@@ -765,14 +946,25 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
         "DICOMSERVER_JWT_AUDIENCE": AUDIENCE,
         "DICOMSERVER_JWT_LEEWAY_SECONDS": "0",
         "DICOMSERVER_SHUTDOWN_GRACE": "1",
-        "DICOMSERVER_API_KEYS": json.dumps([{"sha256": hashlib.sha256(API_KEY_B.encode()).hexdigest(),
-                                             "subject": "corpus-b", "tenants": [TENANT_B],
-                                             "scopes": ["read", "write"]}]),
+        "DICOMSERVER_API_KEYS": json.dumps(
+            [
+                {
+                    "sha256": hashlib.sha256(API_KEY_B.encode()).hexdigest(),
+                    "subject": "corpus-b",
+                    "tenants": [TENANT_B],
+                    "scopes": ["read", "write"],
+                }
+            ]
+        ),
     }
     server = start_archive(tmp_path_factory.mktemp("guarded"), env)
     try:
-        r = httpx.post(f"{server.dicomweb}/studies", content=SEED_BYTES,
-                       headers={"Content-Type": "application/dicom", "Authorization": f"Bearer {token()}"}, timeout=30)
+        r = httpx.post(
+            f"{server.dicomweb}/studies",
+            content=SEED_BYTES,
+            headers={"Content-Type": "application/dicom", "Authorization": f"Bearer {token()}"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         yield server
     finally:
@@ -782,8 +974,10 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
 
 
 def guarded_snapshot(server: Archive) -> tuple[Any, ...]:
-    return (snapshot(server, {"Authorization": f"Bearer {token()}"}),
-            snapshot(server, {"Authorization": f"Bearer {API_KEY_B}"})[0])
+    return (
+        snapshot(server, {"Authorization": f"Bearer {token()}"}),
+        snapshot(server, {"Authorization": f"Bearer {API_KEY_B}"})[0],
+    )
 
 
 @pytest.mark.parametrize("case_id", TOKEN_CASE_IDS)
@@ -801,11 +995,15 @@ def test_credential_case(guarded: Archive, case_id: str) -> None:
 def test_guarded_archive_still_serves(guarded: Archive) -> None:
     ds, data = make_instance()
     auth = {"Authorization": f"Bearer {token()}"}
-    r = httpx.post(f"{guarded.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom", **auth},
-                   timeout=30)
+    r = httpx.post(
+        f"{guarded.dicomweb}/studies", content=data, headers={"Content-Type": "application/dicom", **auth}, timeout=30
+    )
     assert r.status_code == 200, r.text
-    url = f"{guarded.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-    r = httpx.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', **auth},
-                  timeout=30)
+    url = (
+        f"{guarded.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    )
+    r = httpx.get(
+        url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*', **auth}, timeout=30
+    )
     assert r.status_code == 200
     assert data in r.content

@@ -36,7 +36,9 @@ def refused(params: list[tuple[str, str]]) -> str:
 
 def test_query_limits() -> None:
     assert "5 parameters; at most 4" in refused([("PatientID", "a")] + [("includefield", "Modality")] * 4)
-    assert "more than 3 attributes" in refused([("includefield", "PatientID,Modality"), ("includefield", "StudyDate,AccessionNumber")])
+    assert "more than 3 attributes" in refused(
+        [("includefield", "PatientID,Modality"), ("includefield", "StudyDate,AccessionNumber")]
+    )
     assert "longer than 16" in refused([("PatientID", "x" * 17)])
     assert "more than 3 wildcard" in refused([("PatientName", "a*b*c?d*")])
     assert "control characters" in refused([("PatientName", "a\x00")])
@@ -112,7 +114,9 @@ def test_person_names_with_empty_values_survive() -> None:
     ds.add_new(0x00101001, "PN", ["Doe^John", "", "=山田^太郎"])
     attrs = dataset_json.dataset_to_json(ds)
     assert attrs["00101001"]["Value"] == [
-        {"Alphabetic": "Doe^John"}, None, {"Alphabetic": "", "Ideographic": "山田^太郎"}
+        {"Alphabetic": "Doe^John"},
+        None,
+        {"Alphabetic": "", "Ideographic": "山田^太郎"},
     ]
     back = Dataset.from_json(json.loads(dataset_json.dumps(attrs)))
     assert list(back.OtherPatientNames) == ["Doe^John", "", "=山田^太郎"]

@@ -118,7 +118,7 @@ def test_multipart_limits_refuse_exactly_what_breaks_them(
     boundary, parts, data = message
     limits = Limits(max_part_bytes=max_part, max_parts=max_parts, max_header_bytes=max_header)
     header_sizes = [len(multipart([(h, b"")], b"x")) for h, _ in parts]  # an upper bound
-    breaks_size = any(len(body) > max_part for _, body in parts[:max_parts + 1])
+    breaks_size = any(len(body) > max_part for _, body in parts[: max_parts + 1])
     breaks_count = len(parts) > max_parts
     try:
         got = feed_all(MultipartParser(boundary, 64, limits), data, cuts)
@@ -135,16 +135,32 @@ def test_multipart_limits_refuse_exactly_what_breaks_them(
 
 garbage_pieces = st.one_of(
     st.binary(max_size=30),
-    st.sampled_from([
-        b"--b", b"\r\n--b", b"\r\n--b--", b"--b--", b"\r\n", b"\r\n\r\n", b"Content-Type: application/dicom",
-        b"Content-Type: multipart/related; boundary=b", b" \t", b":", b"\r\n \r\n", b"X" * 300,
-    ]),
+    st.sampled_from(
+        [
+            b"--b",
+            b"\r\n--b",
+            b"\r\n--b--",
+            b"--b--",
+            b"\r\n",
+            b"\r\n\r\n",
+            b"Content-Type: application/dicom",
+            b"Content-Type: multipart/related; boundary=b",
+            b" \t",
+            b":",
+            b"\r\n \r\n",
+            b"X" * 300,
+        ]
+    ),
 )
 
 
 @budget(300)
-@given(st.lists(garbage_pieces, max_size=12).map(b"".join), st.lists(st.integers(0, 4000), max_size=5),
-       st.integers(1, 100), st.integers(0, 5))
+@given(
+    st.lists(garbage_pieces, max_size=12).map(b"".join),
+    st.lists(st.integers(0, 4000), max_size=5),
+    st.integers(1, 100),
+    st.integers(0, 5),
+)
 def test_multipart_arbitrary_bytes_parse_or_raise_multipart_error(
     data: bytes, cuts: list[int], max_part: int, max_parts: int
 ) -> None:
@@ -164,8 +180,12 @@ def test_multipart_arbitrary_bytes_parse_or_raise_multipart_error(
 @budget(200)
 @given(st.one_of(st.none(), st.text(max_size=80)))
 def test_boundary_parameter_is_valid_or_refused(boundary: str | None) -> None:
-    valid = (boundary is not None and 1 <= len(boundary) <= 70 and not boundary.endswith(" ")
-             and set(boundary) <= set(BCHARS + " "))  # RFC 2046 section 5.1.1
+    valid = (
+        boundary is not None
+        and 1 <= len(boundary) <= 70
+        and not boundary.endswith(" ")
+        and set(boundary) <= set(BCHARS + " ")
+    )  # RFC 2046 section 5.1.1
     try:
         raw = check_boundary(boundary)
     except MultipartError as exc:
@@ -183,22 +203,86 @@ def test_every_valid_boundary_is_taken(boundary: str) -> None:
 # ---- QIDO-RS query strings --------------------------------------------------
 
 KEYS = [
-    "PatientName", "PatientID", "StudyDate", "StudyTime", "AcquisitionDateTime", "StudyInstanceUID",
-    "SeriesInstanceUID", "SOPInstanceUID", "Modality", "ModalitiesInStudy", "AccessionNumber", "StudyDescription",
-    "SeriesNumber", "InstanceNumber", "ReferringPhysicianName", "PatientBirthDate", "Rows", "PixelData",
-    "00100010", "0020000d", "7FE00010", "FFFEE000", "00000000", "00091010", "00280030", "ZZZZZZZZ",
-    "includefield", "limit", "offset", "fuzzymatching", "IncludeField", "",
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "AcquisitionDateTime",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "ModalitiesInStudy",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ReferringPhysicianName",
+    "PatientBirthDate",
+    "Rows",
+    "PixelData",
+    "00100010",
+    "0020000d",
+    "7FE00010",
+    "FFFEE000",
+    "00000000",
+    "00091010",
+    "00280030",
+    "ZZZZZZZZ",
+    "includefield",
+    "limit",
+    "offset",
+    "fuzzymatching",
+    "IncludeField",
+    "",
 ]
 VALUES = [
-    "", "*", "?", "**", "1.2.3", "1.2.3\\1.2.4", "1.2.3,", "01.2", "1." + "2" * 70, "20200101-", "-20200101", "-",
-    "20200101-20191231", "1200-", "' OR 1=1 --", "%", "_", "\\", "\\\\", "*" * 2000, "a*" * 70, "\x00", "a\tb",
-    "true", "FALSE", "all", "-1", "0", "2147483648", "1e3", "Müller^Jürgen", "=^", "ドウ", "\ufffd", "SELECT *",
+    "",
+    "*",
+    "?",
+    "**",
+    "1.2.3",
+    "1.2.3\\1.2.4",
+    "1.2.3,",
+    "01.2",
+    "1." + "2" * 70,
+    "20200101-",
+    "-20200101",
+    "-",
+    "20200101-20191231",
+    "1200-",
+    "' OR 1=1 --",
+    "%",
+    "_",
+    "\\",
+    "\\\\",
+    "*" * 2000,
+    "a*" * 70,
+    "\x00",
+    "a\tb",
+    "true",
+    "FALSE",
+    "all",
+    "-1",
+    "0",
+    "2147483648",
+    "1e3",
+    "Müller^Jürgen",
+    "=^",
+    "ドウ",
+    "\ufffd",
+    "SELECT *",
 ]
 param_keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=12))
-param_values = st.one_of(st.sampled_from(VALUES), st.text(max_size=40), st.lists(st.sampled_from(VALUES), max_size=4)
-                         .map("".join))
-LEVELS = [dicom_pb2.QUERY_LEVEL_PATIENT, dicom_pb2.QUERY_LEVEL_STUDY, dicom_pb2.QUERY_LEVEL_SERIES,
-          dicom_pb2.QUERY_LEVEL_INSTANCE]
+param_values = st.one_of(
+    st.sampled_from(VALUES), st.text(max_size=40), st.lists(st.sampled_from(VALUES), max_size=4).map("".join)
+)
+LEVELS = [
+    dicom_pb2.QUERY_LEVEL_PATIENT,
+    dicom_pb2.QUERY_LEVEL_STUDY,
+    dicom_pb2.QUERY_LEVEL_SERIES,
+    dicom_pb2.QUERY_LEVEL_INSTANCE,
+]
 LIMITS = QueryLimits(max_limit=50, max_params=8, max_includefields=4, max_value_length=64, max_wildcards=6)
 
 
@@ -227,8 +311,9 @@ def _filter_strings(f: md_pb.Filter) -> list[str]:
 
 @budget(400)
 @given(st.lists(st.tuples(param_keys, param_values), max_size=10), st.sampled_from(LEVELS))
-def test_qido_query_is_a_valid_request_or_a_400(index: MetadataIndex, params: list[tuple[str, str]],
-                                               level: int) -> None:
+def test_qido_query_is_a_valid_request_or_a_400(
+    index: MetadataIndex, params: list[tuple[str, str]], level: int
+) -> None:
     try:
         query = build_query(params, level, "default", limits=LIMITS)
     except ApiError as exc:
@@ -264,8 +349,10 @@ NAMES = {"P0": "Müller^Jürgen", "P1": "O'Brien^100%_x"}  # the index fixture's
 def _wildcards(value: str) -> st.SearchStrategy[str]:
     """`value` with some characters turned into '?' and a tail into '*'."""
     return st.tuples(st.sets(st.integers(0, len(value) - 1), max_size=4), st.integers(0, len(value))).map(
-        lambda t: "".join("?" if i in t[0] else c for i, c in enumerate(value[:t[1]]))
-        + ("*" if t[1] < len(value) else ""))
+        lambda t: (
+            "".join("?" if i in t[0] else c for i, c in enumerate(value[: t[1]])) + ("*" if t[1] < len(value) else "")
+        )
+    )
 
 
 @st.composite
@@ -282,20 +369,26 @@ def valid_queries(draw: st.DrawFn) -> list[tuple[str, str]]:
 
 
 def _matches(pattern: str, value: str) -> bool:
-    return re.fullmatch("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
-                        value, re.S) is not None
+    return (
+        re.fullmatch("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), value, re.S)
+        is not None
+    )
 
 
 @budget(150)
 @given(valid_queries())
-def test_valid_qido_queries_answer_exactly_the_matching_studies(index: MetadataIndex,
-                                                                 params: list[tuple[str, str]]) -> None:
+def test_valid_qido_queries_answer_exactly_the_matching_studies(
+    index: MetadataIndex, params: list[tuple[str, str]]
+) -> None:
     """The other half of the property above: a valid query is never refused,
     and finds what a plain wildcard matcher says it should."""
     query = build_query(params, dicom_pb2.QUERY_LEVEL_STUDY, "default", limits=LIMITS)
     got = sorted(json.loads(dataset_json.dumps(m))["00100020"]["Value"][0] for m in index.query(query).matches)
-    want = sorted(pid for pid, name in NAMES.items()
-                  if all(k == "StudyDate" or _matches(v, {"PatientName": name, "PatientID": pid}[k]) for k, v in params))
+    want = sorted(
+        pid
+        for pid, name in NAMES.items()
+        if all(k == "StudyDate" or _matches(v, {"PatientName": name, "PatientID": pid}[k]) for k, v in params)
+    )
     assert got == want
 
 
@@ -308,9 +401,15 @@ def test_matching_parse_any_tag_any_text(tag: int, raw: str, fuzzy: bool) -> Non
     # many wildcards.
     stars = re.sub(r"\*{2,}", "*", raw)
     pinned = vr not in ("UI", "DA", "TM", "DT")
-    valid = (len(raw) <= matching.MAX_VALUE_LENGTH and not re.search(r"[\x00-\x1f\x7f]", raw)
-             and not (vr in STRING_VRS and not (vr == "PN" and fuzzy)
-                      and stars.count("*") + stars.count("?") > matching.MAX_WILDCARDS))
+    valid = (
+        len(raw) <= matching.MAX_VALUE_LENGTH
+        and not re.search(r"[\x00-\x1f\x7f]", raw)
+        and not (
+            vr in STRING_VRS
+            and not (vr == "PN" and fuzzy)
+            and stars.count("*") + stars.count("?") > matching.MAX_WILDCARDS
+        )
+    )
     try:
         f = matching.parse(tag, raw, fuzzy)
     except InvalidValue as exc:
@@ -347,7 +446,9 @@ TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\\"
 PN_COMPONENT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\\^="), max_size=6)
 PN = st.lists(st.lists(PN_COMPONENT, min_size=1, max_size=5).map("^".join), min_size=1, max_size=3).map("=".join)
 UID = st.lists(st.integers(0, 10**6).map(str), min_size=1, max_size=8).map(".".join).filter(lambda u: len(u) <= 64)
-DS = st.one_of(st.integers(-(10**12), 10**12).map(str), st.floats(-1e10, 1e10, allow_nan=False).map(lambda f: f"{f:.6g}"))
+DS = st.one_of(
+    st.integers(-(10**12), 10**12).map(str), st.floats(-1e10, 1e10, allow_nan=False).map(lambda f: f"{f:.6g}")
+)
 F32 = st.floats(width=32)
 F64 = st.floats()
 
@@ -386,7 +487,10 @@ ELEMENTS: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
     "SelectorFDValue": ("FD", multi(F64)),
     "DimensionIndexPointer": ("AT", multi(st.integers(0, 2**32 - 1))),
     "EncapsulatedDocument": ("OB", st.one_of(st.none(), st.binary(max_size=1100))),
-    "RedPaletteColorLookupTableData": ("OW", st.one_of(st.none(), st.binary(max_size=1100).map(lambda b: b[: len(b) // 2 * 2]))),
+    "RedPaletteColorLookupTableData": (
+        "OW",
+        st.one_of(st.none(), st.binary(max_size=1100).map(lambda b: b[: len(b) // 2 * 2])),
+    ),
     "SelectorUNValue": ("UN", st.one_of(st.none(), st.binary(max_size=40))),
 }
 
@@ -461,14 +565,35 @@ def test_dicom_json_is_strict_json_and_round_trips(ds: Dataset) -> None:
     assert_same_dataset(ds, back)
 
 
-CHARSETS = ["", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "GB18030", "ISO_IR 144", "NOT A CHARSET",
-            "\\ISO 2022 IR 149"]
-RAW_TAGS = [(0x00080020, b"DA"), (0x00080050, b"SH"), (0x00081030, b"LO"), (0x00081190, b"UR"),
-            (0x00100010, b"PN"), (0x00100020, b"LO"), (0x00104000, b"LT"), (0x00189087, b"FD"),
-            (0x00200013, b"IS"), (0x00280030, b"DS")]
+CHARSETS = [
+    "",
+    "ISO_IR 100",
+    "ISO_IR 192",
+    "ISO 2022 IR 87",
+    "GB18030",
+    "ISO_IR 144",
+    "NOT A CHARSET",
+    "\\ISO 2022 IR 149",
+]
+RAW_TAGS = [
+    (0x00080020, b"DA"),
+    (0x00080050, b"SH"),
+    (0x00081030, b"LO"),
+    (0x00081190, b"UR"),
+    (0x00100010, b"PN"),
+    (0x00100020, b"LO"),
+    (0x00104000, b"LT"),
+    (0x00189087, b"FD"),
+    (0x00200013, b"IS"),
+    (0x00280030, b"DS"),
+]
+
+
 @budget(200)
-@given(st.sampled_from(CHARSETS), st.lists(st.tuples(st.sampled_from(RAW_TAGS), st.binary(max_size=24)),
-                                           max_size=6, unique_by=lambda t: t[0][0]))
+@given(
+    st.sampled_from(CHARSETS),
+    st.lists(st.tuples(st.sampled_from(RAW_TAGS), st.binary(max_size=24)), max_size=6, unique_by=lambda t: t[0][0]),
+)
 def test_arbitrary_value_bytes_never_break_the_json(charset: str, raw: list[tuple[tuple[int, bytes], bytes]]) -> None:
     """What a STOW-RS or C-STORE peer can send: any bytes in any string element,
     under any declared character set. The index record either is refused

@@ -53,10 +53,16 @@ def seaweed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="module")
 def store(backend: str, root: Path, seaweed: SeaweedS3 | None) -> ObjectStore:
     if seaweed is not None:
-        return open_store(StorageSettings(
-            storage_backend="s3", s3_endpoint_url=seaweed.endpoint, s3_bucket=seaweed.bucket,
-            s3_access_key_id=ACCESS_KEY, s3_secret_access_key=SECRET_KEY, s3_create_bucket=True,
-        ))
+        return open_store(
+            StorageSettings(
+                storage_backend="s3",
+                s3_endpoint_url=seaweed.endpoint,
+                s3_bucket=seaweed.bucket,
+                s3_access_key_id=ACCESS_KEY,
+                s3_secret_access_key=SECRET_KEY,
+                s3_create_bucket=True,
+            )
+        )
     return FilesystemStore(root)
 
 
@@ -151,8 +157,12 @@ def _bucket_keys(store: ObjectStore) -> list[str]:
     [
         dicom_pb2.InstanceRef(tenant="../etc", study_instance_uid="1", series_instance_uid="1", sop_instance_uid="1"),
         dicom_pb2.InstanceRef(tenant="default", study_instance_uid="..", series_instance_uid="1", sop_instance_uid="1"),
-        dicom_pb2.InstanceRef(tenant="default", study_instance_uid="1", series_instance_uid="1/2", sop_instance_uid="1"),
-        dicom_pb2.InstanceRef(tenant="default", study_instance_uid="1", series_instance_uid="1", sop_instance_uid="1" * 65),
+        dicom_pb2.InstanceRef(
+            tenant="default", study_instance_uid="1", series_instance_uid="1/2", sop_instance_uid="1"
+        ),
+        dicom_pb2.InstanceRef(
+            tenant="default", study_instance_uid="1", series_instance_uid="1", sop_instance_uid="1" * 65
+        ),
     ],
 )
 def test_bad_refs_are_refused(client: StorageClient, ref: dicom_pb2.InstanceRef) -> None:
@@ -218,7 +228,8 @@ def _read_granted(client: StorageClient, key: str, start: int = 0, end: int | No
 
 @pytest.mark.parametrize("size", [0, 5, 9 * 1024 * 1024 + 3])  # the last one goes up in parts on S3
 def test_a_staged_write_is_committed_and_read_where_granted(
-        client: StorageClient, root: Path, store: ObjectStore, backend: str, size: int) -> None:
+    client: StorageClient, root: Path, store: ObjectStore, backend: str, size: int
+) -> None:
     before = _everything(root, store, backend)
     data = payload(size)
     staged = Blobs(client).stage()
@@ -235,17 +246,22 @@ def test_a_staged_write_is_committed_and_read_where_granted(
 
 
 def test_nothing_is_visible_before_commit_and_a_discard_leaves_nothing(
-        client: StorageClient, root: Path, store: ObjectStore, backend: str) -> None:
+    client: StorageClient, root: Path, store: ObjectStore, backend: str
+) -> None:
     before = _everything(root, store, backend)
     with Blobs(client).stage() as staged:
         staged.write(payload(1000))
-        assert not [k for k in set(_everything(root, store, backend)) - set(before) if k.endswith(".dcm")
-                    and not k.startswith((".staging", ".tmp"))]
+        assert not [
+            k
+            for k in set(_everything(root, store, backend)) - set(before)
+            if k.endswith(".dcm") and not k.startswith((".staging", ".tmp"))
+        ]
     assert _everything(root, store, backend) == before
 
 
 def test_a_commit_that_does_not_match_the_bytes_is_refused_and_leaves_nothing(
-        client: StorageClient, root: Path, store: ObjectStore, backend: str) -> None:
+    client: StorageClient, root: Path, store: ObjectStore, backend: str
+) -> None:
     before = _everything(root, store, backend)
     data = payload(4096)
     if backend == "filesystem":
@@ -262,8 +278,9 @@ def test_a_commit_that_does_not_match_the_bytes_is_refused_and_leaves_nothing(
     else:
         (grant,) = client.grant_write(ref=REF, size=len(data)).grants
         assert urllib3.request("PUT", grant.upload.url, body=data).status == 200
-        commit = pb.CommitWriteRequest(grant_id=grant.grant_id, ref=REF, size=len(data), etags=['"0123"'],
-                                       object_key=grant.upload.object_key)
+        commit = pb.CommitWriteRequest(
+            grant_id=grant.grant_id, ref=REF, size=len(data), etags=['"0123"'], object_key=grant.upload.object_key
+        )
         with pytest.raises(InvalidArgument):
             client.commit_write(commit)
     assert _everything(root, store, backend) == before
@@ -273,8 +290,13 @@ def test_a_commit_of_nothing_staged_is_not_found(client: StorageClient, backend:
     if backend == "filesystem":
         commit = pb.CommitWriteRequest(grant_id="0" * 32, ref=REF, size=1)
     else:
-        commit = pb.CommitWriteRequest(grant_id="x", ref=REF, size=1, etags=['"x"'],
-                                       object_key="default/1.2.3/1.2.3.4/1.2.3.4.5_0123456789abcdef.dcm")
+        commit = pb.CommitWriteRequest(
+            grant_id="x",
+            ref=REF,
+            size=1,
+            etags=['"x"'],
+            object_key="default/1.2.3/1.2.3.4/1.2.3.4.5_0123456789abcdef.dcm",
+        )
     with pytest.raises(NotFound):
         client.commit_write(commit)
     with pytest.raises((NotFound, InvalidArgument)):
@@ -282,9 +304,11 @@ def test_a_commit_of_nothing_staged_is_not_found(client: StorageClient, backend:
 
 
 def test_the_sweep_removes_stale_staging_and_unreferenced_objects_only(
-        client: StorageClient, root: Path, store: ObjectStore, backend: str) -> None:
-    ref = dicom_pb2.InstanceRef(tenant="sweep", study_instance_uid="7.1", series_instance_uid="7.1.2",
-                                sop_instance_uid="7.1.2.3")
+    client: StorageClient, root: Path, store: ObjectStore, backend: str
+) -> None:
+    ref = dicom_pb2.InstanceRef(
+        tenant="sweep", study_instance_uid="7.1", series_instance_uid="7.1.2", sop_instance_uid="7.1.2.3"
+    )
     kept = client.put(ref, [b"kept"]).object_key
     orphan = client.put(ref, [b"orphan"]).object_key
     stale = Blobs(client).stage()
@@ -309,11 +333,13 @@ def test_the_sweep_removes_stale_staging_and_unreferenced_objects_only(
 
 
 def test_the_sweep_removes_nothing_when_most_objects_look_orphaned(
-        client: StorageClient, root: Path, store: ObjectStore, backend: str) -> None:
+    client: StorageClient, root: Path, store: ObjectStore, backend: str
+) -> None:
     """An index that does not belong to this store (an operator's mix-up)
     must not cost the objects."""
-    ref = dicom_pb2.InstanceRef(tenant="mixup", study_instance_uid="7.2", series_instance_uid="7.2.3",
-                                sop_instance_uid="7.2.3.4")
+    ref = dicom_pb2.InstanceRef(
+        tenant="mixup", study_instance_uid="7.2", series_instance_uid="7.2.3", sop_instance_uid="7.2.3.4"
+    )
     keys = [client.put(ref, [b"x"]).object_key for _ in range(25)]
     if backend == "filesystem":
         old = time.time() - 7200
@@ -329,7 +355,8 @@ def test_the_sweep_removes_nothing_when_most_objects_look_orphaned(
 
 
 def test_commits_in_one_call_are_judged_one_by_one(
-        client: StorageClient, root: Path, store: ObjectStore, backend: str) -> None:
+    client: StorageClient, root: Path, store: ObjectStore, backend: str
+) -> None:
     """CommitWrites: the good writes are committed and the bad ones refused
     each with its own reason, as separate CommitWrite calls would be."""
     before = _everything(root, store, backend)
@@ -344,11 +371,22 @@ def test_commits_in_one_call_are_judged_one_by_one(
             (grant,) = client.grant_write(ref=REF, size=len(data)).grants
             put = urllib3.request("PUT", grant.upload.url, body=data)
             etag = put.headers["ETag"] if crc == zlib.crc32(data) else '"0123"'
-            requests.append(pb.CommitWriteRequest(grant_id=grant.grant_id, ref=REF, size=len(data),
-                                                  etags=[etag], object_key=grant.upload.object_key))
-    missing = (pb.CommitWriteRequest(grant_id="f" * 32, ref=REF, size=1) if backend == "filesystem" else
-               pb.CommitWriteRequest(grant_id="x", ref=REF, size=1, etags=['"x"'],
-                                     object_key="default/1.2.3/1.2.3.4/1.2.3.4.5_fedcba9876543210.dcm"))
+            requests.append(
+                pb.CommitWriteRequest(
+                    grant_id=grant.grant_id, ref=REF, size=len(data), etags=[etag], object_key=grant.upload.object_key
+                )
+            )
+    missing = (
+        pb.CommitWriteRequest(grant_id="f" * 32, ref=REF, size=1)
+        if backend == "filesystem"
+        else pb.CommitWriteRequest(
+            grant_id="x",
+            ref=REF,
+            size=1,
+            etags=['"x"'],
+            object_key="default/1.2.3/1.2.3.4/1.2.3.4.5_fedcba9876543210.dcm",
+        )
+    )
     ok, refused, unknown = client.commit_writes([*requests, missing])
     assert ok.HasField("committed") and client.get_bytes(ok.committed.object_key) == good
     assert refused.failure == pb.COMMIT_FAILURE_INVALID and not refused.HasField("committed")

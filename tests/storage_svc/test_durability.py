@@ -15,8 +15,9 @@ from common.gen.dicomserver.v1 import dicom_pb2
 from storage_svc.filesystem import FilesystemStore
 from storage_svc.keys import CommitRequest
 
-REF = dicom_pb2.InstanceRef(tenant="t", study_instance_uid="1.2", series_instance_uid="1.2.3",
-                            sop_instance_uid="1.2.3.4")
+REF = dicom_pb2.InstanceRef(
+    tenant="t", study_instance_uid="1.2", series_instance_uid="1.2.3", sop_instance_uid="1.2.3.4"
+)
 
 
 @pytest.fixture

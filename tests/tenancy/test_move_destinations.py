@@ -30,8 +30,9 @@ class Destination:
         self.lock = threading.Lock()
         ae = AE(ae_title="DEST")
         ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
 
     def _store(self, event: evt.Event) -> int:
         with self.lock:
@@ -48,13 +49,18 @@ def destination() -> Iterator[Destination]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, destination: Destination) -> Iterator[Archive]:
-    archive = Archive(tmp_path_factory.mktemp("move-destinations"), extra_env={
-        "DICOMSERVER_AE_TENANTS": json.dumps({OWNER: "owner", OTHER: "other"}),
-        "DICOMSERVER_DIMSE_PEERS": json.dumps({
-            "OWNED": {"host": "127.0.0.1", "port": destination.port, "tenants": ["owner"]},
-            "SHARED": {"host": "127.0.0.1", "port": destination.port},
-        }),
-    })
+    archive = Archive(
+        tmp_path_factory.mktemp("move-destinations"),
+        extra_env={
+            "DICOMSERVER_AE_TENANTS": json.dumps({OWNER: "owner", OTHER: "other"}),
+            "DICOMSERVER_DIMSE_PEERS": json.dumps(
+                {
+                    "OWNED": {"host": "127.0.0.1", "port": destination.port, "tenants": ["owner"]},
+                    "SHARED": {"host": "127.0.0.1", "port": destination.port},
+                }
+            ),
+        },
+    )
     archive.start()
     yield archive
     assert archive.stop() == 0, "".join(archive.output)

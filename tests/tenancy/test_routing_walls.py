@@ -27,8 +27,11 @@ from tests.eventbus.routing_support import (  # noqa: E402
 )
 from tests.support import Archive  # noqa: E402
 
-KEYS = {"a": "dsk_routingwalla001_" + "a" * 40, "b": "dsk_routingwallb001_" + "b" * 40,
-        "a-no-admin": "dsk_routingwalla002_" + "c" * 40}
+KEYS = {
+    "a": "dsk_routingwalla001_" + "a" * 40,
+    "b": "dsk_routingwallb001_" + "b" * 40,
+    "a-no-admin": "dsk_routingwalla002_" + "c" * 40,
+}
 
 
 @dataclass
@@ -45,8 +48,12 @@ class Walls:
 
 
 def _key(name: str, tenant: str, scopes: list[str]) -> dict[str, object]:
-    return {"sha256": hashlib.sha256(KEYS[name].encode()).hexdigest(), "subject": name, "tenants": [tenant],
-            "scopes": scopes}
+    return {
+        "sha256": hashlib.sha256(KEYS[name].encode()).hexdigest(),
+        "subject": name,
+        "tenants": [tenant],
+        "scopes": scopes,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +61,33 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walls]:
     root = tmp_path_factory.mktemp("routing-walls")
     peers = {name: StoreScp(name, root / name) for name in ("DA", "DB", "DAB")}
     poison = ScuPeer("POISON", status=0xA700)
-    destinations = {"DA": peers["DA"].destination(["a"]), "DB": peers["DB"].destination(["b"]),
-                    "DAB": peers["DAB"].destination(["a", "b"]),
-                    "POISON": poison.destination(["a", "b"], max_attempts=1)}
-    rules = [{"name": "a-everything", "tenant": "a", "destinations": ["DA", "DAB", "POISON"]},
-             {"name": "b-ct", "tenant": "b", "modalities": ["CT"], "destinations": ["DB", "POISON"]}]
-    archive = Archive(root / "archive", extra_env={
-        **routing_env(destinations, rules),
-        "DICOMSERVER_AUTH_ENABLED": "true",
-        "DICOMSERVER_API_KEYS": json.dumps([_key("a", "a", ["read", "write", "admin"]),
-                                            _key("b", "b", ["read", "write", "admin"]),
-                                            _key("a-no-admin", "a", ["read", "write"])]),
-        "DICOMSERVER_DIMSE_RULES": json.dumps([{"calling_ae_title": "MOD_A", "tenant": "a"},
-                                               {"calling_ae_title": "MOD_B", "tenant": "b"}]),
-    })
+    destinations = {
+        "DA": peers["DA"].destination(["a"]),
+        "DB": peers["DB"].destination(["b"]),
+        "DAB": peers["DAB"].destination(["a", "b"]),
+        "POISON": poison.destination(["a", "b"], max_attempts=1),
+    }
+    rules = [
+        {"name": "a-everything", "tenant": "a", "destinations": ["DA", "DAB", "POISON"]},
+        {"name": "b-ct", "tenant": "b", "modalities": ["CT"], "destinations": ["DB", "POISON"]},
+    ]
+    archive = Archive(
+        root / "archive",
+        extra_env={
+            **routing_env(destinations, rules),
+            "DICOMSERVER_AUTH_ENABLED": "true",
+            "DICOMSERVER_API_KEYS": json.dumps(
+                [
+                    _key("a", "a", ["read", "write", "admin"]),
+                    _key("b", "b", ["read", "write", "admin"]),
+                    _key("a-no-admin", "a", ["read", "write"]),
+                ]
+            ),
+            "DICOMSERVER_DIMSE_RULES": json.dumps(
+                [{"calling_ae_title": "MOD_A", "tenant": "a"}, {"calling_ae_title": "MOD_B", "tenant": "b"}]
+            ),
+        },
+    )
     for p in peers.values():
         p.start()
     poison.start()
@@ -78,11 +98,20 @@ def walls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walls]:
         studies: dict[str, str] = {}
         for tenant, ae in (("a", "MOD_A"), ("b", "MOD_B")):
             studies[tenant] = generate_uid()
-            objects[tenant] = make_objects(root / tenant, ["CT_small.dcm", "MR_small.dcm"], study=studies[tenant],
-                                           patient_id=f"{tenant.upper()}-1", copies=2)
+            objects[tenant] = make_objects(
+                root / tenant,
+                ["CT_small.dcm", "MR_small.dcm"],
+                study=studies[tenant],
+                patient_id=f"{tenant.upper()}-1",
+                copies=2,
+            )
             # The same SOP Instance UID in both tenants, with different contents.
-            (path,) = make_objects(root / f"{tenant}-shared", ["CT_small.dcm"], patient_id=f"{tenant.upper()}-SHARED",
-                                   study=studies[tenant]).values()
+            (path,) = make_objects(
+                root / f"{tenant}-shared",
+                ["CT_small.dcm"],
+                patient_id=f"{tenant.upper()}-SHARED",
+                study=studies[tenant],
+            ).values()
             ds = pydicom.dcmread(path)
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = shared
             ds.save_as(path, enforce_file_format=True)

@@ -76,8 +76,12 @@ VOLATILE = {"date", "x-request-id", "content-length", "server"}
 
 
 def token(tenants: list[str]) -> str:
-    claims = {"sub": "matrix-" + "-".join(tenants), "tenants": tenants,
-              "scope": "dicom.read dicom.write dicom.delete", "exp": int(time.time()) + 3600}
+    claims = {
+        "sub": "matrix-" + "-".join(tenants),
+        "tenants": tenants,
+        "scope": "dicom.read dicom.write dicom.delete",
+        "exp": int(time.time()) + 3600,
+    }
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
@@ -112,17 +116,22 @@ class Obj:
         count = int(ds.get("NumberOfFrames") or 1)
         if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
             size = len(ds.PixelData) // count
-            return [ds.PixelData[i * size:(i + 1) * size] for i in range(count)]
+            return [ds.PixelData[i * size : (i + 1) * size] for i in range(count)]
         return list(generate_frames(ds.PixelData, number_of_frames=count))
 
     def subst(self, label: str = "") -> dict[str, str]:
         """The asked values and the placeholders they are normalized to."""
-        return {self.study: f"<STUDY{label}>", self.series: f"<SERIES{label}>", self.sop: f"<SOP{label}>",
-                self.patient_id: f"<PID{label}>"}
+        return {
+            self.study: f"<STUDY{label}>",
+            self.series: f"<SERIES{label}>",
+            self.sop: f"<SOP{label}>",
+            self.patient_id: f"<PID{label}>",
+        }
 
 
-def make(kind: str, owner: str, uids: tuple[str, str, str] | None = None, patient_id: str = "",
-         bright: str = "") -> Obj:
+def make(
+    kind: str, owner: str, uids: tuple[str, str, str] | None = None, patient_id: str = "", bright: str = ""
+) -> Obj:
     """A copy of a pydicom test file with new UIDs (or the given ones), owned
     by "A" (OWNA) or "B" (SECRETB, PIDB-). `bright` ("left" or "right")
     replaces the image by one half white, one half black: a signature a
@@ -137,7 +146,9 @@ def make(kind: str, owner: str, uids: tuple[str, str, str] | None = None, patien
     if bright:
         arr = ds.pixel_array.copy()
         half = arr.shape[-2] // 2 if arr.ndim == 4 else arr.shape[-1] // 2  # columns (RGB: axis -2)
-        lit, dark = (slice(None, half), slice(half, None)) if bright == "left" else (slice(half, None), slice(None, half))
+        lit, dark = (
+            (slice(None, half), slice(half, None)) if bright == "left" else (slice(half, None), slice(None, half))
+        )
         cols = (Ellipsis, lit, slice(None)) if arr.ndim == 4 else (Ellipsis, lit)
         dark_cols = (Ellipsis, dark, slice(None)) if arr.ndim == 4 else (Ellipsis, dark)
         arr[cols], arr[dark_cols] = arr.max(), arr.min()
@@ -169,8 +180,11 @@ class Destination:
         syntaxes = [ExplicitVRLittleEndian, *(s for s in AllTransferSyntaxes if s != ExplicitVRLittleEndian)]
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)
-        self.server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[
-            (evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_C_STORE, self._on_store)])
+        self.server = ae.start_server(
+            ("127.0.0.1", port),
+            block=False,
+            evt_handlers=[(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_C_STORE, self._on_store)],
+        )
 
     def _on_open(self, event: evt.Event) -> None:
         with self._lock:
@@ -178,8 +192,7 @@ class Destination:
 
     def _on_store(self, event: evt.Event) -> int:
         with self._lock:
-            self.received.append((str(event.request.AffectedSOPInstanceUID),
-                                  event.encoded_dataset(include_meta=False)))
+            self.received.append((str(event.request.AffectedSOPInstanceUID), event.encoded_dataset(include_meta=False)))
         return 0x0000
 
     def snapshot(self) -> tuple[int, int]:
@@ -188,7 +201,7 @@ class Destination:
 
     def since(self, mark: tuple[int, int]) -> list[tuple[str, bytes]]:
         with self._lock:
-            return self.received[mark[1]:]
+            return self.received[mark[1] :]
 
 
 # ---- the world: archive, principals, objects, what A did --------------------------
@@ -217,8 +230,9 @@ class World:
     # Every value A ever held (its change feed names its deleted objects too).
     a_ever: set[str] = field(default_factory=set)
 
-    def request(self, who: Principal, method: str, path: str, headers: dict[str, str] | None = None,
-                **kwargs: Any) -> httpx.Response:
+    def request(
+        self, who: Principal, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.http.request(method, who.prefix + path, headers={**who.headers, **(headers or {})}, **kwargs)
 
     def only_b(self) -> set[str]:
@@ -257,9 +271,18 @@ class World:
 
     def fetch(self, who: Principal, obj: Obj) -> httpx.Response:
         """WADO-URI of one object as stored."""
-        return self.request(who, "GET", "/wado", params={
-            "requestType": "WADO", "studyUID": obj.study, "seriesUID": obj.series, "objectUID": obj.sop,
-            "contentType": DICOM})
+        return self.request(
+            who,
+            "GET",
+            "/wado",
+            params={
+                "requestType": "WADO",
+                "studyUID": obj.study,
+                "seriesUID": obj.series,
+                "objectUID": obj.sop,
+                "contentType": DICOM,
+            },
+        )
 
     def assert_b_intact(self, *objs: Obj) -> None:
         """B still retrieves each object byte-equal (and its objects are all there)."""
@@ -278,15 +301,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     dest_port = free_port()
     dest = Destination(dest_port)
     key_hash = hashlib.sha256(API_KEY_A.encode()).hexdigest()
-    archive = Archive(tmp_path_factory.mktemp("tenancy"), extra_env={
-        "DICOMSERVER_AUTH_ENABLED": "true",
-        "DICOMSERVER_JWT_HS256_SECRET": SECRET,
-        "DICOMSERVER_API_KEYS": json.dumps([{"sha256": key_hash, "subject": "matrix-key", "tenants": [TENANT_A],
-                                             "scopes": ["read", "write", "delete"]}]),
-        "DICOMSERVER_AE_ALLOWLIST": json.dumps([AE_A, AE_B]),
-        "DICOMSERVER_AE_TENANTS": json.dumps({AE_A: TENANT_A, AE_B: TENANT_B}),
-        "DICOMSERVER_DIMSE_PEERS": json.dumps({DEST: {"host": "127.0.0.1", "port": dest_port}}),
-    })
+    archive = Archive(
+        tmp_path_factory.mktemp("tenancy"),
+        extra_env={
+            "DICOMSERVER_AUTH_ENABLED": "true",
+            "DICOMSERVER_JWT_HS256_SECRET": SECRET,
+            "DICOMSERVER_API_KEYS": json.dumps(
+                [
+                    {
+                        "sha256": key_hash,
+                        "subject": "matrix-key",
+                        "tenants": [TENANT_A],
+                        "scopes": ["read", "write", "delete"],
+                    }
+                ]
+            ),
+            "DICOMSERVER_AE_ALLOWLIST": json.dumps([AE_A, AE_B]),
+            "DICOMSERVER_AE_TENANTS": json.dumps({AE_A: TENANT_A, AE_B: TENANT_B}),
+            "DICOMSERVER_DIMSE_PEERS": json.dumps({DEST: {"host": "127.0.0.1", "port": dest_port}}),
+        },
+    )
     before = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # C-STORE sends files as encoded
     http = httpx.Client(base_url=archive.dicomweb, timeout=60)
@@ -300,11 +334,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     shared_uids = (generate_uid(), generate_uid(), generate_uid())
     shared_pid = f"PIDS-{shared_uids[2][-8:]}"
     w = World(
-        archive=archive, dest=dest, http=http,
-        a={"ct": make("ct", "A", bright="left"), "mf": make("mf", "A", bright="left"),
-           "shared": make("ct", "A", shared_uids, shared_pid, bright="left")},
-        b={"ct": make("ct", "B", bright="right"), "mf": make("mf", "B", bright="right"),
-           "shared": make("ct", "B", shared_uids, shared_pid, bright="right")},
+        archive=archive,
+        dest=dest,
+        http=http,
+        a={
+            "ct": make("ct", "A", bright="left"),
+            "mf": make("mf", "A", bright="left"),
+            "shared": make("ct", "A", shared_uids, shared_pid, bright="left"),
+        },
+        b={
+            "ct": make("ct", "B", bright="right"),
+            "mf": make("mf", "B", bright="right"),
+            "shared": make("ct", "B", shared_uids, shared_pid, bright="right"),
+        },
         ghost={"ct": make("ct", "B"), "mf": make("mf", "B")},
         principals=principals,
         b_principal=Principal({"Authorization": f"Bearer {token([TENANT_B])}"}),
@@ -370,8 +412,10 @@ def assert_nothing_of_b(world: World, text: bytes | str, where: str) -> None:
 
 
 def assert_no_oracle(world: World, on_b: tuple[Any, ...], on_ghost: tuple[Any, ...], where: str) -> None:
-    assert on_b == on_ghost, f"{where}: B's data answers differently from data that exists nowhere:\n" \
-                             f"  B's:   {str(on_b)[:600]}\n  ghost: {str(on_ghost)[:600]}"
+    assert on_b == on_ghost, (
+        f"{where}: B's data answers differently from data that exists nowhere:\n"
+        f"  B's:   {str(on_b)[:600]}\n  ghost: {str(on_ghost)[:600]}"
+    )
 
 
 # ---- HTTP routes -----------------------------------------------------------------
@@ -389,6 +433,7 @@ def own_qido(tag: str, attr: str) -> Callable[[httpx.Response, Obj], None]:
     def check(r: httpx.Response, own: Obj) -> None:
         assert r.status_code == 200, r.text
         assert getattr(own, attr) in uids_in(r, tag)
+
     return check
 
 
@@ -424,7 +469,7 @@ def own_image(r: httpx.Response, own: Obj) -> None:
     for data in images:
         image = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=float)
         half = image.shape[1] // 2
-        left, right = image[:, :half - 1].mean(), image[:, half + 1:].mean()
+        left, right = image[:, : half - 1].mean(), image[:, half + 1 :].mean()
         assert left > 200 and right < 55, f"not A's image: left half {left:.0f}, right half {right:.0f}"
 
 
@@ -458,8 +503,9 @@ ROUTES = {
     "wado-study": Route("/studies/{study}", own_wado, WADO_ACCEPT),
     "wado-series": Route("/studies/{study}/series/{series}", own_wado, WADO_ACCEPT),
     "wado-instance": Route(_I, own_wado, WADO_ACCEPT),
-    "wado-instance-under-own-study": Route("/studies/{own_study}/series/{series}/instances/{sop}", own_wado,
-                                           WADO_ACCEPT),
+    "wado-instance-under-own-study": Route(
+        "/studies/{own_study}/series/{series}/instances/{sop}", own_wado, WADO_ACCEPT
+    ),
     "metadata-study": Route("/studies/{study}/metadata", own_metadata),
     "metadata-series": Route("/studies/{study}/series/{series}/metadata", own_metadata),
     "metadata-instance": Route(_I + "/metadata", own_metadata),
@@ -480,8 +526,9 @@ KINDS = ["ct", "mf"]
 
 
 def path_of(route: Route, target: Obj, own: Obj) -> str:
-    return route.path.format(study=target.study, series=target.series, sop=target.sop, pid=target.patient_id,
-                             own_study=own.study)
+    return route.path.format(
+        study=target.study, series=target.series, sop=target.sop, pid=target.patient_id, own_study=own.study
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -507,9 +554,21 @@ def test_http_read(world: World, principal: str, route: str, kind: str) -> None:
     assert_nothing_of_b(world, r_own.content, f"{route} on A's own")
 
 
-SHARED_ROUTES = ["qido-studies-by-study", "qido-instances-by-sop", "qido-instances-by-patient",
-                 "qido-study-instances", "wado-study", "wado-instance", "metadata-study", "metadata-instance",
-                 "frames-1", "bulkdata-pixeldata", "rendered-instance", "thumbnail-study", "wado-uri-dicom"]
+SHARED_ROUTES = [
+    "qido-studies-by-study",
+    "qido-instances-by-sop",
+    "qido-instances-by-patient",
+    "qido-study-instances",
+    "wado-study",
+    "wado-instance",
+    "metadata-study",
+    "metadata-instance",
+    "frames-1",
+    "bulkdata-pixeldata",
+    "rendered-instance",
+    "thumbnail-study",
+    "wado-uri-dicom",
+]
 
 
 @pytest.mark.parametrize("route", SHARED_ROUTES)
@@ -612,8 +671,7 @@ def test_naming_tenant_b_is_refused_like_a_tenant_that_does_not_exist(world: Wor
     files = world.b_files()
 
     def ask(tenant: str, target: Obj) -> httpx.Response:
-        path, headers = _named(tenant, template.format(study=target.study, series=target.series, sop=target.sop),
-                               how)
+        path, headers = _named(tenant, template.format(study=target.study, series=target.series, sop=target.sop), how)
         if method == "POST":
             body, headers["Content-Type"] = multipart_body([target.data], BOUNDARY, DICOM)
             return world.request(who, method, path, headers, content=body)
@@ -622,8 +680,12 @@ def test_naming_tenant_b_is_refused_like_a_tenant_that_does_not_exist(world: Wor
     r_b, r_ghost = ask(TENANT_B, world.b["ct"]), ask(TENANT_NOWHERE, world.ghost["ct"])
     assert r_b.status_code in (400, 403, 404), r_b.text
     normalized = {TENANT_B: "<T>", TENANT_B.upper(): "<T>", TENANT_NOWHERE: "<T>", TENANT_NOWHERE.upper(): "<T>"}
-    assert_no_oracle(world, http_answer(r_b, world.b["ct"].subst() | normalized),
-                     http_answer(r_ghost, world.ghost["ct"].subst() | normalized), probe)
+    assert_no_oracle(
+        world,
+        http_answer(r_b, world.b["ct"].subst() | normalized),
+        http_answer(r_ghost, world.ghost["ct"].subst() | normalized),
+        probe,
+    )
     assert_nothing_of_b(world, r_b.content, probe)
     assert world.b_files() == files
     world.assert_b_intact(world.b["ct"])
@@ -643,17 +705,25 @@ class Scu:
         self.received: list[tuple[str, bytes]] = []
         self.reports: queue.Queue[tuple[int, Dataset]] = queue.Queue()
         ae = AE(ae_title=calling)
-        for model in (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind,
-                      PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove,
-                      PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet,
-                      StorageCommitmentPushModel):
+        for model in (
+            PatientRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelFind,
+            PatientRootQueryRetrieveInformationModelMove,
+            StudyRootQueryRetrieveInformationModelMove,
+            PatientRootQueryRetrieveInformationModelGet,
+            StudyRootQueryRetrieveInformationModelGet,
+            StorageCommitmentPushModel,
+        ):
             ae.add_requested_context(model)
         for sop_class, syntaxes in SCU_STORAGE:
             ae.add_requested_context(sop_class, syntaxes)
         self.assoc = ae.associate(
-            "127.0.0.1", archive.dimse_port, ae_title=archive.ae_title,
+            "127.0.0.1",
+            archive.dimse_port,
+            ae_title=archive.ae_title,
             ext_neg=[build_role(c, scu_role=True, scp_role=True) for c, _ in SCU_STORAGE],
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_EVENT_REPORT, self._on_report)])
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_N_EVENT_REPORT, self._on_report)],
+        )
         assert self.assoc.is_established, f"association from {calling} refused"
 
     def __enter__(self) -> Scu:
@@ -701,8 +771,12 @@ class Scu:
 def identifier(level: str, obj: Obj, *keys: str, returns: tuple[str, ...] = ("PatientName",)) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = level
-    values = {"PatientID": obj.patient_id, "StudyInstanceUID": obj.study, "SeriesInstanceUID": obj.series,
-              "SOPInstanceUID": obj.sop}
+    values = {
+        "PatientID": obj.patient_id,
+        "StudyInstanceUID": obj.study,
+        "SeriesInstanceUID": obj.series,
+        "SOPInstanceUID": obj.sop,
+    }
     for key in keys:
         setattr(ds, key, values[key])
     for key in returns:
@@ -718,8 +792,11 @@ FINDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "find-patient-root-PATIENT": (P_FIND, "PATIENT", ("PatientID",)),
     "find-patient-root-STUDY": (P_FIND, "STUDY", ("PatientID", "StudyInstanceUID")),
     "find-patient-root-SERIES": (P_FIND, "SERIES", ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")),
-    "find-patient-root-IMAGE": (P_FIND, "IMAGE", ("PatientID", "StudyInstanceUID", "SeriesInstanceUID",
-                                                  "SOPInstanceUID")),
+    "find-patient-root-IMAGE": (
+        P_FIND,
+        "IMAGE",
+        ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"),
+    ),
     "find-study-root-STUDY-by-uid": (S_FIND, "STUDY", ("StudyInstanceUID",)),
     "find-study-root-STUDY-by-patient": (S_FIND, "STUDY", ("PatientID",)),
     "find-study-root-SERIES": (S_FIND, "SERIES", ("StudyInstanceUID", "SeriesInstanceUID")),
@@ -734,8 +811,12 @@ RETRIEVES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "study-root-SERIES": ("study", "SERIES", ("StudyInstanceUID", "SeriesInstanceUID")),
     "study-root-IMAGE": ("study", "IMAGE", ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")),
 }
-_COUNTS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations", "NumberOfFailedSuboperations",
-           "NumberOfWarningSuboperations")
+_COUNTS = (
+    "NumberOfRemainingSuboperations",
+    "NumberOfCompletedSuboperations",
+    "NumberOfFailedSuboperations",
+    "NumberOfWarningSuboperations",
+)
 
 
 def retrieve_answer(responses: list[tuple[Dataset, Dataset | None]], subst: dict[str, str]) -> list[Any]:
@@ -772,14 +853,24 @@ def test_dimse(world: World, cell: str, kind: str) -> None:
             ident = mine[0][1]
             assert ident is not None and str(ident.PatientName).startswith("OWNA^")
             for key in keys:
-                assert str(getattr(ident, key)) == getattr(own, {"PatientID": "patient_id", "StudyInstanceUID":
-                                                                 "study", "SeriesInstanceUID": "series",
-                                                                 "SOPInstanceUID": "sop"}[key])
+                assert str(getattr(ident, key)) == getattr(
+                    own,
+                    {
+                        "PatientID": "patient_id",
+                        "StudyInstanceUID": "study",
+                        "SeriesInstanceUID": "series",
+                        "SOPInstanceUID": "sop",
+                    }[key],
+                )
         elif cell.startswith(("move-", "get-")):
             op, name = cell.split("-", 1)
             root, level, keys = RETRIEVES[name]
-            model = {("move", "patient"): P_MOVE, ("move", "study"): S_MOVE,
-                     ("get", "patient"): P_GET, ("get", "study"): S_GET}[(op, root)]
+            model = {
+                ("move", "patient"): P_MOVE,
+                ("move", "study"): S_MOVE,
+                ("get", "patient"): P_GET,
+                ("get", "study"): S_GET,
+            }[(op, root)]
             send = scu.move if op == "move" else scu.get
 
             def retrieve(obj: Obj) -> tuple[list[Any], list[tuple[str, bytes]]]:
@@ -800,6 +891,7 @@ def test_dimse(world: World, cell: str, kind: str) -> None:
             assert answer[-1][0] == 0x0000, answer
             assert sent == [(own.sop, own.dataset)]
         else:
+
             def commit(obj: Obj) -> tuple[Any, ...]:
                 status, event_type, report, tx = scu.commit((obj.sop_class, obj.sop))
                 failed = [(i.ReferencedSOPInstanceUID, i.FailureReason) for i in report.get("FailedSOPSequence", [])]
@@ -817,9 +909,16 @@ def test_dimse(world: World, cell: str, kind: str) -> None:
     world.assert_b_intact(theirs)
 
 
-SHARED_DIMSE = ["find-study-root-IMAGE", "find-patient-root-PATIENT", "find-study-root-STUDY-by-uid",
-                "move-study-root-STUDY", "move-patient-root-PATIENT", "get-study-root-IMAGE", "get-patient-root-STUDY",
-                "storage-commitment"]
+SHARED_DIMSE = [
+    "find-study-root-IMAGE",
+    "find-patient-root-PATIENT",
+    "find-study-root-STUDY-by-uid",
+    "move-study-root-STUDY",
+    "move-patient-root-PATIENT",
+    "get-study-root-IMAGE",
+    "get-patient-root-STUDY",
+    "storage-commitment",
+]
 
 
 @pytest.mark.parametrize("cell", SHARED_DIMSE)
@@ -835,8 +934,12 @@ def test_dimse_same_uids_in_both_tenants(world: World, cell: str) -> None:
         elif cell.startswith(("move-", "get-")):
             op, name = cell.split("-", 1)
             root, level, keys = RETRIEVES[name]
-            model = {("move", "patient"): P_MOVE, ("move", "study"): S_MOVE,
-                     ("get", "patient"): P_GET, ("get", "study"): S_GET}[(op, root)]
+            model = {
+                ("move", "patient"): P_MOVE,
+                ("move", "study"): S_MOVE,
+                ("get", "patient"): P_GET,
+                ("get", "study"): S_GET,
+            }[(op, root)]
             mark = world.dest.snapshot()
             if op == "move":
                 answer = scu.move(model, identifier(level, mine, *keys, returns=()))
@@ -850,8 +953,9 @@ def test_dimse_same_uids_in_both_tenants(world: World, cell: str) -> None:
             status, event_type, report, _ = scu.commit((mine.sop_class, mine.sop))
             assert (status, event_type) == (0x0000, 1)
     with Scu(world.archive, AE_B) as scu:
-        answer = scu.get(S_GET, identifier("IMAGE", theirs, "StudyInstanceUID", "SeriesInstanceUID",
-                                           "SOPInstanceUID", returns=()))
+        answer = scu.get(
+            S_GET, identifier("IMAGE", theirs, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", returns=())
+        )
         assert int(answer[-1][0].Status) == 0x0000
         assert scu.received == [(theirs.sop, theirs.dataset)]
 

@@ -22,7 +22,9 @@ def load(path: Path) -> x509.Certificate:
 def openssl_verify(ca: Path, cert: Path, purpose: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["openssl", "verify", "-CAfile", str(ca), "-purpose", purpose, str(cert)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
 
 
@@ -44,21 +46,44 @@ def test_init_makes_a_ca_with_a_private_key(ca_dir: Path) -> None:
 
 
 def test_server_certificate_names_every_host(ca_dir: Path) -> None:
-    proc = devca("server", "--dir", str(ca_dir), "--name", "web", "--host", "pacs.example.org",
-                 "--host", "127.0.0.1", "--host", "::1")
+    proc = devca(
+        "server",
+        "--dir",
+        str(ca_dir),
+        "--name",
+        "web",
+        "--host",
+        "pacs.example.org",
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "::1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert stat.S_IMODE((ca_dir / "web.key").stat().st_mode) == 0o600
     cert = load(ca_dir / "web.pem")
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["pacs.example.org"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
     assert openssl_verify(ca_dir / "ca.pem", ca_dir / "web.pem", "sslserver").returncode == 0
     # For a server only: a TLS server checking client certificates refuses it.
     assert openssl_verify(ca_dir / "ca.pem", ca_dir / "web.pem", "sslclient").returncode != 0
     proc = subprocess.run(
-        ["openssl", "verify", "-CAfile", str(ca_dir / "ca.pem"), "-verify_hostname", "pacs.example.org",
-         str(ca_dir / "web.pem")], capture_output=True, text=True, timeout=30,
+        [
+            "openssl",
+            "verify",
+            "-CAfile",
+            str(ca_dir / "ca.pem"),
+            "-verify_hostname",
+            "pacs.example.org",
+            str(ca_dir / "web.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -37,14 +37,17 @@ class Served:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("tls-edges")
     pki = make_pki(root)
-    archive = Archive(root / "archive", extra_env={
-        "DICOMSERVER_TLS_CERT_FILE": str(pki.cert("server")),
-        "DICOMSERVER_TLS_KEY_FILE": str(pki.key("server")),
-        "DICOMSERVER_HTTP_TLS_CERT_FILE": str(pki.cert("server")),
-        "DICOMSERVER_HTTP_TLS_KEY_FILE": str(pki.key("server")),
-        "DICOMSERVER_HTTP_MAX_HEADER_BYTES": "8192",
-        "DICOMSERVER_HTTP_HEAD_TIMEOUT": "2",
-    })
+    archive = Archive(
+        root / "archive",
+        extra_env={
+            "DICOMSERVER_TLS_CERT_FILE": str(pki.cert("server")),
+            "DICOMSERVER_TLS_KEY_FILE": str(pki.key("server")),
+            "DICOMSERVER_HTTP_TLS_CERT_FILE": str(pki.cert("server")),
+            "DICOMSERVER_HTTP_TLS_KEY_FILE": str(pki.key("server")),
+            "DICOMSERVER_HTTP_MAX_HEADER_BYTES": "8192",
+            "DICOMSERVER_HTTP_HEAD_TIMEOUT": "2",
+        },
+    )
     archive.start()
     try:
         yield Served(archive, pki)
@@ -60,7 +63,9 @@ def test_launcher_says_https_and_tls(served: Served) -> None:
 
 def test_echoscu_over_tls(served: Served) -> None:
     pki = served.pki
-    proc = dcmtk("echoscu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca), *served.dimse())
+    proc = dcmtk(
+        "echoscu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca), *served.dimse()
+    )
     assert proc.returncode == 0, proc.stderr
     # No client certificate asked for: anonymous TLS (still checking the server) works too.
     proc = dcmtk("echoscu", "+tla", "+cf", str(pki.ca), *served.dimse())
@@ -81,8 +86,16 @@ def test_dcmtk_refuses_a_server_from_another_ca(served: Served) -> None:
 def test_storescu_over_tls_then_wado_over_https(served: Served, tmp_path: Path) -> None:
     path, ds = fresh_ct(tmp_path)
     pki = served.pki
-    proc = dcmtk("storescu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca),
-                 *served.dimse(), str(path))
+    proc = dcmtk(
+        "storescu",
+        "+tls",
+        str(pki.key("client")),
+        str(pki.cert("client")),
+        "+cf",
+        str(pki.ca),
+        *served.dimse(),
+        str(path),
+    )
     assert proc.returncode == 0, proc.stderr
     with https_client(pki.ca) as client:
         r = client.get(served.https + "/dicomweb" + wado_uri(ds))
@@ -110,7 +123,10 @@ def test_plain_http_to_the_https_port_fails(served: Served) -> None:
 
 
 def test_a_client_trusting_another_ca_refuses_the_server(served: Served) -> None:
-    with https_client(served.pki.other / "ca.pem") as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+    with (
+        https_client(served.pki.other / "ca.pem") as client,
+        pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+    ):
         client.get(served.https + "/healthz")
 
 
@@ -120,8 +136,10 @@ def test_request_head_limit_applies(served: Served) -> None:
     that arrives in one read is parsed whatever its size: the limit bounds
     what a slow client makes the server hold.)"""
     context = tls.client_context(served.pki.ca)
-    with socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=30) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+    with (
+        socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"a" * 12 * 1024)
         reply = conn.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400 "), reply
@@ -132,16 +150,20 @@ def test_a_trickled_request_head_is_cut_off(served: Served) -> None:
     a request head and then waits is disconnected, on a new connection and on
     a kept-alive one, instead of holding the connection forever."""
     context = tls.client_context(served.pki.ca)
-    with socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=60) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+    with (
+        socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=60) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         response = http.client.HTTPResponse(conn)  # type: ignore[arg-type]
         response.begin()
         assert response.status == 200 and response.read() == b'{"status":"ok"}'
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         assert conn.recv(4096) == b""
-    with socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=60) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+    with (
+        socket.create_connection(("127.0.0.1", served.archive.http_port), timeout=60) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
         conn.sendall(b"GET /healthz HTTP/1.1\r\n")
         assert conn.recv(4096) == b""
 
@@ -150,6 +172,14 @@ def test_a_client_that_never_handshakes_does_not_stall_others(served: Served) ->
     pki = served.pki
     with socket.create_connection(("127.0.0.1", served.archive.dimse_port)):
         # The guard only ends the wait: without the fix echoscu never gets its handshake.
-        proc = dcmtk("echoscu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca),
-                     *served.dimse(), timeout=10)
+        proc = dcmtk(
+            "echoscu",
+            "+tls",
+            str(pki.key("client")),
+            str(pki.cert("client")),
+            "+cf",
+            str(pki.ca),
+            *served.dimse(),
+            timeout=10,
+        )
     assert proc.returncode == 0, proc.stderr

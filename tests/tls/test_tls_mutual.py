@@ -49,17 +49,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("tls-mutual")
     pki = make_pki(root)
     server, key, ca = str(pki.cert("server")), str(pki.key("server")), str(pki.ca)
-    archive = Archive(root / "archive", extra_env={
-        "DICOMSERVER_TLS_CERT_FILE": server,
-        "DICOMSERVER_TLS_KEY_FILE": key,
-        "DICOMSERVER_TLS_CA_FILE": ca,
-        "DICOMSERVER_HTTP_TLS_CERT_FILE": server,
-        "DICOMSERVER_HTTP_TLS_KEY_FILE": key,
-        "DICOMSERVER_HTTP_TLS_CA_FILE": ca,
-        "DICOMSERVER_GRPC_TLS_CERT_FILE": server,
-        "DICOMSERVER_GRPC_TLS_KEY_FILE": key,
-        "DICOMSERVER_GRPC_TLS_CA_FILE": ca,
-    })
+    archive = Archive(
+        root / "archive",
+        extra_env={
+            "DICOMSERVER_TLS_CERT_FILE": server,
+            "DICOMSERVER_TLS_KEY_FILE": key,
+            "DICOMSERVER_TLS_CA_FILE": ca,
+            "DICOMSERVER_HTTP_TLS_CERT_FILE": server,
+            "DICOMSERVER_HTTP_TLS_KEY_FILE": key,
+            "DICOMSERVER_HTTP_TLS_CA_FILE": ca,
+            "DICOMSERVER_GRPC_TLS_CERT_FILE": server,
+            "DICOMSERVER_GRPC_TLS_KEY_FILE": key,
+            "DICOMSERVER_GRPC_TLS_CA_FILE": ca,
+        },
+    )
     archive.start()
     try:
         yield Served(archive, pki)
@@ -73,15 +76,33 @@ def test_dimse_requires_a_certificate_from_our_ca(served: Served, tmp_path: Path
     # Without a certificate, and with one from another CA: no association, nothing stored.
     proc = dcmtk("storescu", "+tla", "+cf", str(pki.ca), *served.dimse(), str(path))
     assert proc.returncode != 0
-    proc = dcmtk("storescu", "+tls", str(pki.other / "client.key"), str(pki.other / "client.pem"),
-                 "+cf", str(pki.ca), *served.dimse(), str(path))
+    proc = dcmtk(
+        "storescu",
+        "+tls",
+        str(pki.other / "client.key"),
+        str(pki.other / "client.pem"),
+        "+cf",
+        str(pki.ca),
+        *served.dimse(),
+        str(path),
+    )
     assert proc.returncode != 0
     assert served.stored(ds.SOPInstanceUID) == []
 
-    proc = dcmtk("echoscu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca), *served.dimse())
+    proc = dcmtk(
+        "echoscu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca), *served.dimse()
+    )
     assert proc.returncode == 0, proc.stderr
-    proc = dcmtk("storescu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca),
-                 *served.dimse(), str(path))
+    proc = dcmtk(
+        "storescu",
+        "+tls",
+        str(pki.key("client")),
+        str(pki.cert("client")),
+        "+cf",
+        str(pki.ca),
+        *served.dimse(),
+        str(path),
+    )
     assert proc.returncode == 0, proc.stderr
     # Ingest called storage and metadata, the gateway metadata and storage: all over mutual TLS.
     assert served.stored(ds.SOPInstanceUID) == [ds.SOPInstanceUID]
@@ -95,8 +116,10 @@ def test_https_requires_a_certificate_from_our_ca(served: Served) -> None:
     pki = served.pki
     with https_client(pki.ca) as client, pytest.raises(httpx.TransportError):
         client.get(served.https + "/healthz")
-    with https_client(pki.ca, pki.other / "client.pem", pki.other / "client.key") as client, \
-            pytest.raises(httpx.TransportError):
+    with (
+        https_client(pki.ca, pki.other / "client.pem", pki.other / "client.key") as client,
+        pytest.raises(httpx.TransportError),
+    ):
         client.get(served.https + "/healthz")
     with served.client() as client:
         assert client.get(served.https + "/healthz").status_code == 200
@@ -111,8 +134,16 @@ def test_metadata_service_wants_our_client_certificate(served: Served, tmp_path:
     pki = served.pki
     addr = served.archive.grpc_addrs["metadata"]
     path, ds = fresh_ct(tmp_path)
-    proc = dcmtk("storescu", "+tls", str(pki.key("client")), str(pki.cert("client")), "+cf", str(pki.ca),
-                 *served.dimse(), str(path))
+    proc = dcmtk(
+        "storescu",
+        "+tls",
+        str(pki.key("client")),
+        str(pki.cert("client")),
+        "+cf",
+        str(pki.ca),
+        *served.dimse(),
+        str(path),
+    )
     assert proc.returncode == 0, proc.stderr
 
     # Plain gRPC (this process has no DICOMSERVER_GRPC_TLS_* settings).

@@ -34,43 +34,72 @@ def test_half_configured_listener(pki: Pki) -> None:
 
 def test_half_configured_grpc(pki: Pki) -> None:
     settings = CommonSettings(grpc_tls_ca_file=pki.ca)
-    with pytest.raises(tls.TLSConfigError, match="missing DICOMSERVER_GRPC_TLS_CERT_FILE, DICOMSERVER_GRPC_TLS_KEY_FILE"):
+    with pytest.raises(
+        tls.TLSConfigError, match="missing DICOMSERVER_GRPC_TLS_CERT_FILE, DICOMSERVER_GRPC_TLS_KEY_FILE"
+    ):
         channel("127.0.0.1:1", settings)
     with pytest.raises(tls.TLSConfigError, match="missing DICOMSERVER_GRPC_TLS_CA_FILE"):
-        tls.grpc_server_credentials(CommonSettings(grpc_tls_cert_file=pki.cert("server"), grpc_tls_key_file=pki.key("server")))
-    unreadable = CommonSettings(grpc_tls_cert_file=pki.cert("server"), grpc_tls_key_file=pki.key("server"),
-                                grpc_tls_ca_file=pki.dir / "missing.pem")
+        tls.grpc_server_credentials(
+            CommonSettings(grpc_tls_cert_file=pki.cert("server"), grpc_tls_key_file=pki.key("server"))
+        )
+    unreadable = CommonSettings(
+        grpc_tls_cert_file=pki.cert("server"),
+        grpc_tls_key_file=pki.key("server"),
+        grpc_tls_ca_file=pki.dir / "missing.pem",
+    )
     with pytest.raises(tls.TLSConfigError, match="DICOMSERVER_GRPC_TLS_CA_FILE: cannot read"):
         tls.grpc_server_credentials(unreadable)
 
 
 def run(module: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, **env},
     )
 
 
 def test_gateway_refuses_to_start(pki: Pki, tmp_path: Path) -> None:
     port = free_port()
-    proc = run("dicomweb_gateway", {
-        "DICOMSERVER_HTTP_PORT": str(port), "DICOMSERVER_HTTP_TLS_CA_FILE": str(pki.ca),
-        "DICOMSERVER_DATA_DIR": str(tmp_path),
-    })
+    proc = run(
+        "dicomweb_gateway",
+        {
+            "DICOMSERVER_HTTP_PORT": str(port),
+            "DICOMSERVER_HTTP_TLS_CA_FILE": str(pki.ca),
+            "DICOMSERVER_DATA_DIR": str(tmp_path),
+        },
+    )
     assert proc.returncode == 2
     assert "DICOMSERVER_HTTP_TLS_CERT_FILE and DICOMSERVER_HTTP_TLS_KEY_FILE" in proc.stderr
-    proc = run("dicomweb_gateway", {
-        "DICOMSERVER_HTTP_PORT": str(port), "DICOMSERVER_HTTP_TLS_CERT_FILE": str(pki.cert("server")),
-        "DICOMSERVER_HTTP_TLS_KEY_FILE": str(pki.dir / "missing.key"), "DICOMSERVER_DATA_DIR": str(tmp_path),
-    })
+    proc = run(
+        "dicomweb_gateway",
+        {
+            "DICOMSERVER_HTTP_PORT": str(port),
+            "DICOMSERVER_HTTP_TLS_CERT_FILE": str(pki.cert("server")),
+            "DICOMSERVER_HTTP_TLS_KEY_FILE": str(pki.dir / "missing.key"),
+            "DICOMSERVER_DATA_DIR": str(tmp_path),
+        },
+    )
     assert proc.returncode == 2
     assert "cannot load the HTTPS certificate" in proc.stderr
 
 
 def test_launcher_refuses_half_configured_grpc_tls(pki: Pki, tmp_path: Path) -> None:
-    proc = run("launcher", {"DICOMSERVER_GRPC_TLS_CERT_FILE": str(pki.cert("server"))},
-               "--data-dir", str(tmp_path), "--grpc-base-port", "0",
-               "--http-port", str(free_port()), "--dimse-port", str(free_port()))
+    proc = run(
+        "launcher",
+        {"DICOMSERVER_GRPC_TLS_CERT_FILE": str(pki.cert("server"))},
+        "--data-dir",
+        str(tmp_path),
+        "--grpc-base-port",
+        "0",
+        "--http-port",
+        str(free_port()),
+        "--dimse-port",
+        str(free_port()),
+    )
     assert proc.returncode == 2
     assert "missing DICOMSERVER_GRPC_TLS_KEY_FILE, DICOMSERVER_GRPC_TLS_CA_FILE" in proc.stderr
     assert "ready" not in proc.stdout

@@ -50,8 +50,18 @@ def make_pki(root: Path) -> Pki:
     pki = Pki(root / "pki", root / "other-pki")
     for args in (
         ["init", "--dir", str(pki.dir)],
-        ["server", "--dir", str(pki.dir), "--name", "server", "--host", "localhost", "--host", "127.0.0.1",
-         "--also-client"],
+        [
+            "server",
+            "--dir",
+            str(pki.dir),
+            "--name",
+            "server",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+            "--also-client",
+        ],
         ["client", "--dir", str(pki.dir), "--name", "client", "--cn", "modality"],
         ["init", "--dir", str(pki.other), "--cn", "someone else's CA"],
         ["client", "--dir", str(pki.other), "--name", "client"],

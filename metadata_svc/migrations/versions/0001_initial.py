@@ -29,8 +29,10 @@ def upgrade() -> None:
         sa.Column("id", PK, primary_key=True, autoincrement=True),
         sa.Column("tenant", TENANT, nullable=False),
         sa.Column("patient_id", sa.Text(), nullable=True),
-        *(_text(n) for n in ("issuer_of_patient_id", "patient_name", "patient_name_lower", "patient_birth_date",
-                             "patient_sex")),
+        *(
+            _text(n)
+            for n in ("issuer_of_patient_id", "patient_name", "patient_name_lower", "patient_birth_date", "patient_sex")
+        ),
         sa.UniqueConstraint("tenant", "patient_id", "issuer_of_patient_id", name="uq_patients_key"),
     )
     op.create_index("ix_patients_name", "patients", ["tenant", "patient_name_lower"])
@@ -40,8 +42,18 @@ def upgrade() -> None:
         sa.Column("tenant", TENANT, nullable=False),
         sa.Column("patient_pk", PK, sa.ForeignKey("patients.id"), nullable=False),
         sa.Column("study_instance_uid", UID, nullable=False),
-        *(_text(n) for n in ("study_date", "study_time", "accession_number", "study_id", "study_description",
-                             "referring_physician_name", "referring_physician_name_lower")),
+        *(
+            _text(n)
+            for n in (
+                "study_date",
+                "study_time",
+                "accession_number",
+                "study_id",
+                "study_description",
+                "referring_physician_name",
+                "referring_physician_name_lower",
+            )
+        ),
         sa.UniqueConstraint("tenant", "study_instance_uid", name="uq_studies_uid"),
     )
     op.create_index("ix_studies_patient_pk", "studies", ["patient_pk"])

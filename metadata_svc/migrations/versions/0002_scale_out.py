@@ -29,8 +29,13 @@ def upgrade() -> None:
     op.add_column("series", sa.Column("revision", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
         "series_metadata",
-        sa.Column("series_pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                  sa.ForeignKey("series.id", ondelete="CASCADE"), primary_key=True, autoincrement=False),
+        sa.Column(
+            "series_pk",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            sa.ForeignKey("series.id", ondelete="CASCADE"),
+            primary_key=True,
+            autoincrement=False,
+        ),
         sa.Column("revision", sa.Integer(), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
     )

@@ -22,12 +22,14 @@ def upgrade() -> None:
     # Existing changes get their numbers in outbox order, numbered once and
     # joined (UPDATE ... FROM: PostgreSQL, SQLite >= 3.33). A correlated
     # subquery here is evaluated per row on PostgreSQL: 52 s for 8,000 rows.
-    op.execute(sa.text(
-        "UPDATE events SET feed_sequence = numbered.n"
-        " FROM (SELECT sequence AS s, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY sequence) AS n"
-        " FROM events WHERE kind = 'instance') AS numbered"
-        " WHERE numbered.s = events.sequence"
-    ))
+    op.execute(
+        sa.text(
+            "UPDATE events SET feed_sequence = numbered.n"
+            " FROM (SELECT sequence AS s, ROW_NUMBER() OVER (PARTITION BY tenant ORDER BY sequence) AS n"
+            " FROM events WHERE kind = 'instance') AS numbered"
+            " WHERE numbered.s = events.sequence"
+        )
+    )
     op.create_index("ux_events_tenant_feed_sequence", "events", ["tenant", "feed_sequence"], unique=True)
 
 

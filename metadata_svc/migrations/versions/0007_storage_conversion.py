@@ -18,8 +18,9 @@ depends_on = None
 
 def upgrade() -> None:
     # Existing rows were never converted: "" and 0.
-    op.add_column("instances", sa.Column("original_transfer_syntax_uid", sa.String(64), nullable=False,
-                                         server_default=""))
+    op.add_column(
+        "instances", sa.Column("original_transfer_syntax_uid", sa.String(64), nullable=False, server_default="")
+    )
     op.add_column("instances", sa.Column("original_size", sa.BigInteger(), nullable=False, server_default="0"))
 
 
