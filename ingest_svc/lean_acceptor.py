@@ -13,7 +13,7 @@ query/retrieve requests go to ingest_svc.query_retrieve. Association
 negotiation reuses pynetdicom's public PDU classes and presentation context
 negotiation, so the answers are pynetdicom's; the association policy
 (ingest_svc.principals), the C-STORE steps (ingest_svc.store), the query
-and retrieve steps (ingest_svc.find, ingest_svc.retrieve) and the audit
+and retrieve steps (ingest_svc.queries, ingest_svc.retrieval) and the audit
 records are the ones the pynetdicom path uses.
 
 DimseServer.finish_request peeks at the A-ASSOCIATE-RQ (MSG_PEEK, so that

@@ -2,7 +2,7 @@
 DIMSE peer of DICOMSERVER_DIMSE_PEERS on request (the console's "send"),
 the way a C-MOVE to that peer sends it: the same presentation contexts
 (stored syntax first), the stored bytes from where storage grants them
-(retrieve.Outgoing), pynetdicom sending from files (send_stored). A peer
+(retrieval.Outgoing), pynetdicom sending from files (send_stored). A peer
 bound to other tenants is as unknown as a peer that does not exist."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from common.gen.dicomserver.v1 import ingest_service_pb2 as pb
 from common.validation import InvalidValue, check_tenant, check_uid
 from dicomcore.status import STORE_WARNINGS, SUCCESS
 from ingest_svc import send_stored
-from ingest_svc.retrieve import Outgoing, _Reader, contexts_for
+from ingest_svc.retrieval import Outgoing, StoredReader, contexts_for
 from ingest_svc.settings import IngestSettings, Peer
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class PeerSender:
     def __init__(self, settings: IngestSettings, storage: StorageClient, metadata: MetadataClient) -> None:
         self._settings = settings
-        self._reader = _Reader(storage)
+        self._reader = StoredReader(storage)
         self._metadata = metadata
 
     def _allowed(self, tenant: str) -> dict[str, Peer]:

@@ -1,7 +1,7 @@
 """C-FIND, C-GET and C-MOVE on the lean path (PS3.4 C.4), for the patient
 and study root models: the requests the lean acceptor
 (ingest_svc.lean_acceptor) receives, answered with the steps the pynetdicom
-path uses (ingest_svc.find builds and pages the query, ingest_svc.retrieve
+path uses (ingest_svc.queries builds and pages the query, ingest_svc.retrieval
 decides what to send and where), and the responses pynetdicom's
 Query/Retrieve service class sends, byte for byte: the same statuses,
 sub-operation counts and Failed SOP Instance UID Lists.
@@ -64,10 +64,10 @@ from dicomcore.status import (
     SUCCESS,
     WARNING,
 )
-from ingest_svc import command_set, find, store_scu
+from ingest_svc import command_set, queries, store_scu
 from ingest_svc.command_set import C_FIND_RQ, C_FIND_RSP, C_GET_RQ, C_GET_RSP, C_MOVE_RQ, C_MOVE_RSP
 from ingest_svc.principals import Principals
-from ingest_svc.retrieve import Retriever, contexts_for
+from ingest_svc.retrieval import Retriever, contexts_for
 from ingest_svc.settings import IngestSettings
 from ingest_svc.store_scu import Prepared, StoreSender
 from ingest_svc.upper_layer import Dropped, Message, ReleaseRequested
@@ -95,7 +95,7 @@ _ASSOCIATION_ENDS = (Dropped, ReleaseRequested, OSError)
 
 class Request:
     """A C-FIND, C-GET or C-MOVE request on the lean path, with what
-    ingest_svc.find and ingest_svc.retrieve read of pynetdicom's Event:
+    ingest_svc.queries and ingest_svc.retrieval read of pynetdicom's Event:
     assoc, request.AffectedSOPClassUID, context.transfer_syntax, identifier,
     is_cancelled, move_destination."""
 
@@ -270,7 +270,7 @@ class QueryRetrieve:
         pending = command_set.qr_response(C_FIND_RSP, command.message_id, PENDING, command.sop_class, True)
         status = SUCCESS
         try:
-            for status, query, matches in find.pages(
+            for status, query, matches in queries.pages(
                 request, self.metadata, self.principals, self.settings.find_page_size
             ):
                 if status != PENDING:
@@ -281,7 +281,7 @@ class QueryRetrieve:
                     if request.is_cancelled:
                         status = CANCEL
                         break
-                    data = find.response_bytes(query, match, syntax)
+                    data = queries.response_bytes(query, match, syntax)
                     if data is None:
                         log.error("C-FIND: a response identifier cannot be encoded")
                         status = FIND_UNENCODABLE

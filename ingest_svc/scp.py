@@ -42,7 +42,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 from common import tls
 from common.clients import AuthClient, MetadataClient, StorageClient
 from common.ingest import IngestPipeline
-from ingest_svc import commitment, find, retrieve, store
+from ingest_svc import commitment, find, retrieval, retrieve, store
 from ingest_svc.audit_trail import AuditSink, DimseAudit, Record
 from ingest_svc.lean_acceptor import LeanAcceptor, LeanAssociation
 from ingest_svc.principals import Principals
@@ -267,17 +267,17 @@ def handlers(
     ae: AE,
     principals: Principals,
     trail: DimseAudit,
-    sender: retrieve.Retriever,
+    retriever: retrieval.Retriever,
 ) -> list[Any]:
-    reports = commitment.Commitments(settings, ae, storage, metadata, principals)
+    commitments = commitment.Commitments(settings, ae, storage, metadata, principals)
     read, write = Record.ACTION_READ, Record.ACTION_WRITE
     return [
         (evt.EVT_REQUESTED, principals.on_requested),
         (evt.EVT_C_STORE, trail.wrap("C-STORE", write, store.handle_store), [pipeline, principals]),
         (evt.EVT_C_FIND, trail.wrap("C-FIND", read, find.handle_find), [metadata, principals, settings.find_page_size]),
-        (evt.EVT_C_MOVE, trail.wrap("C-MOVE", read, sender.handle_move)),
-        (evt.EVT_C_GET, trail.wrap("C-GET", read, sender.handle_get)),
-        (evt.EVT_N_ACTION, trail.wrap("N-ACTION storage commitment", read, reports.handle_n_action)),
+        (evt.EVT_C_MOVE, trail.wrap("C-MOVE", read, retrieve.handle_move), [retriever]),
+        (evt.EVT_C_GET, trail.wrap("C-GET", read, retrieve.handle_get), [retriever]),
+        (evt.EVT_N_ACTION, trail.wrap("N-ACTION storage commitment", read, commitments.handle_n_action)),
     ]
 
 
@@ -295,13 +295,13 @@ def start_scp(
     trail = principals.audit = DimseAudit(audit, principals)
     server_class = type("Server", (DimseServer,), {"reuse_port": settings.dimse_workers > 1})
     # One retriever for both paths: its read grants are shared.
-    sender = retrieve.Retriever(settings, storage, metadata, principals)
+    retriever = retrieval.Retriever(settings, storage, metadata, principals)
     server = cast(
         DimseServer,
         ae.make_server(  # an instance of server_class
             (settings.dimse_host, settings.dimse_port),
             ssl_context=tls_context(settings),
-            evt_handlers=handlers(settings, pipeline, storage, metadata, ae, principals, trail, sender),
+            evt_handlers=handlers(settings, pipeline, storage, metadata, ae, principals, trail, retriever),
             server_class=server_class,
         ),
     )
@@ -309,7 +309,7 @@ def start_scp(
     principals.active = lambda: len(server.active_associations)
     if settings.dimse_lean_storage:
         query_retrieve = (
-            QueryRetrieve(settings, ae, metadata, principals, trail, sender)
+            QueryRetrieve(settings, ae, metadata, principals, trail, retriever)
             if settings.dimse_lean_query_retrieve
             else None
         )

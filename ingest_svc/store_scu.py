@@ -52,7 +52,7 @@ from ingest_svc.upper_layer import (
 )
 
 if TYPE_CHECKING:
-    from ingest_svc.retrieve import Stored
+    from ingest_svc.retrieval import Stored
 
 log = logging.getLogger(__name__)
 

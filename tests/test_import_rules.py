@@ -154,3 +154,24 @@ def test_gateway_handlers_never_import_each_other() -> None:
             if name in handlers - {module} or name.rsplit(".", 1)[0] in handlers - {module}:
                 found.append(f"{module}:{line} imports {name}")
     assert found == []
+
+
+DIMSE_HANDLERS = ("find", "retrieve", "store", "commitment", "query_retrieve")
+
+
+def test_dimse_handlers_never_import_each_other() -> None:
+    """C-FIND, C-GET/C-MOVE, C-STORE and storage commitment on pynetdicom's
+    path, and the lean path's query/retrieve, share code through modules of
+    their own (queries, retrieval, principals, dicomcore.status), never
+    through each other."""
+    handlers = {f"ingest_svc.{name}" for name in DIMSE_HANDLERS}
+    found = []
+    for module in sorted(handlers):
+        source = (ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8")
+        for line, name in imported(source):
+            if name in handlers - {module} or name.rsplit(".", 1)[0] in handlers - {module}:
+                found.append(f"{module}:{line} imports {name}")
+    assert found == []
+    assert imported("from ingest_svc import find\n") and "ingest_svc.find" in dict(
+        (n, line) for line, n in imported("from ingest_svc import find\n")
+    )

@@ -14,8 +14,8 @@ from pynetdicom.sop_class import (
 )
 
 from common.gen.dicomserver.v1 import dicom_pb2
-from ingest_svc.find import BadIdentifier, build_query, response
-from ingest_svc.retrieve import contexts_for
+from ingest_svc.queries import BadIdentifier, build_query, response
+from ingest_svc.retrieval import contexts_for
 
 
 def identifier(level: str, **keys: object) -> Dataset:

@@ -1,4 +1,4 @@
-"""The objects of a retrieve, ready in turn (ingest_svc.retrieve.Outgoing):
+"""The objects of a retrieve, ready in turn (ingest_svc.retrieval.Outgoing):
 granted files are sent from where they lie, bucket objects are downloaded
 from their presigned URLs one ahead of the object being sent, grants come in
 batches, and nothing is left behind, however the retrieve ends."""
@@ -16,8 +16,8 @@ import pytest
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from common.gen.dicomserver.v1 import storage_service_pb2 as st_pb
-from ingest_svc import retrieve
-from ingest_svc.retrieve import Outgoing, _Reader
+from ingest_svc import retrieval
+from ingest_svc.retrieval import Outgoing, StoredReader
 
 
 class Storage:
@@ -97,7 +97,7 @@ def test_granted_files_are_sent_from_where_they_lie(tmp_path: Path) -> None:
     files["k1"].unlink()  # indexed, but gone from storage
     storage = Storage({k: st_pb.ReadGrant(object_key=k, file_path=str(p)) for k, p in files.items()})
     seen = []
-    for obj in Outgoing(_Reader(storage), locations(list(files)), str(tmp_path)).objects():
+    for obj in Outgoing(StoredReader(storage), locations(list(files)), str(tmp_path)).objects():
         seen.append((obj.SOPInstanceUID, None if obj.path is None else Path(obj.path).read_bytes()))
     assert seen == [("1.2.3.0", b"k0"), ("1.2.3.1", None), ("1.2.3.2", b"k2")]
     assert storage.calls == [["k0", "k1", "k2"]]  # one GrantRead
@@ -107,7 +107,7 @@ def test_an_open_file_is_sent_even_if_deleted_meanwhile(tmp_path: Path) -> None:
     path = tmp_path / "0.dcm"
     path.write_bytes(b"bytes")
     storage = Storage({"k0": st_pb.ReadGrant(object_key="k0", file_path=str(path))})
-    objects = Outgoing(_Reader(storage), locations(["k0"]), None).objects()
+    objects = Outgoing(StoredReader(storage), locations(["k0"]), None).objects()
     obj = next(objects)
     path.unlink()  # a delete while the object is being sent
     assert obj.path is not None and Path(obj.path).read_bytes() == b"bytes"
@@ -115,18 +115,18 @@ def test_an_open_file_is_sent_even_if_deleted_meanwhile(tmp_path: Path) -> None:
 
 
 def test_grants_come_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retrieve, "GRANT_BATCH", 2)
+    monkeypatch.setattr(retrieval, "GRANT_BATCH", 2)
     keys = [f"k{i}" for i in range(5)]
     path = tmp_path / "x.dcm"
     path.write_bytes(b"x")
     storage = Storage({k: st_pb.ReadGrant(object_key=k, file_path=str(path)) for k in keys})
-    assert len(list(Outgoing(_Reader(storage), locations(keys), None).objects())) == 5
+    assert len(list(Outgoing(StoredReader(storage), locations(keys), None).objects())) == 5
     assert storage.calls == [["k0", "k1"], ["k2", "k3"], ["k4"]]
 
 
 def test_bucket_objects_are_downloaded_one_ahead_and_spools_removed(bucket: Bucket, tmp_path: Path) -> None:
     keys = ["k0", "k1", "missing", "k3"]
-    objects = Outgoing(_Reader(url_grants(bucket, keys)), locations(keys), str(tmp_path)).objects()
+    objects = Outgoing(StoredReader(url_grants(bucket, keys)), locations(keys), str(tmp_path)).objects()
     got = []
     for i, obj in enumerate(objects):
         if i + 1 < len(keys):  # the next one is on its way while this one is "sent"
@@ -143,7 +143,7 @@ def test_bucket_objects_are_downloaded_one_ahead_and_spools_removed(bucket: Buck
 def test_a_retrieve_ended_early_leaves_no_spool_file(bucket: Bucket, tmp_path: Path) -> None:
     bucket.delay = 0.3
     keys = ["k0", "k1", "k2"]
-    objects = Outgoing(_Reader(url_grants(bucket, keys)), locations(keys), str(tmp_path)).objects()
+    objects = Outgoing(StoredReader(url_grants(bucket, keys)), locations(keys), str(tmp_path)).objects()
     next(objects)
     objects.close()  # cancelled while k1 downloads
     deadline = time.monotonic() + 10

@@ -41,7 +41,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as M
 
 from common.gen.dicomserver.v1 import dicom_pb2
 from ingest_svc import send_stored
-from ingest_svc.retrieve import contexts_for
+from ingest_svc.retrieval import contexts_for
 from ingest_svc.send_stored import StoredObject
 from testbed.processes import free_port
 from tests.support import split_part10
