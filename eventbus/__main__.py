@@ -60,9 +60,9 @@ def _wait_for_topics(settings: EventbusSettings, stop: threading.Event) -> bool:
 
 
 def _wait_for_metadata(md_channel: grpc.Channel, stop: threading.Event, timeout: float = 60.0) -> None:
-    """Waits up to `timeout` for the metadata service to take connections, so
-    that consumers started together with it do not begin by retrying (past
-    the timeout they start anyway and retry on their own)."""
+    """Waits up to `timeout` (or until `stop`) for the metadata service to
+    take connections; past the timeout the consumers start anyway and retry
+    on their own."""
     ready = grpc.channel_ready_future(md_channel)
     deadline = time.monotonic() + timeout
     while not stop.is_set() and time.monotonic() < deadline:
@@ -102,7 +102,6 @@ def main() -> None:
     store = Store(settings.effective_database_url)
     md_channel = channel(settings.metadata_addr)
     st_channel = channel(settings.storage_addr)
-    _wait_for_metadata(md_channel, stop)
     routing = Routing(settings, store.engine, md_channel, st_channel)
     handlers: dict[str, Handler] = {
         "metadata": metadata_precompute(md_channel),
@@ -169,8 +168,16 @@ def main() -> None:
         threading.Thread(target=lag.watch, args=(md_channel, store, readers, settings.lag_interval, stop), name="lag")
     )
     threads += routing.threads(stop)
-    for t in threads:
-        t.start()
+
+    def start_threads() -> None:
+        # Started with the rest of the archive, the consumers would begin by
+        # retrying; the gRPC services below answer meanwhile (health probes).
+        _wait_for_metadata(md_channel, stop)
+        for t in threads:
+            t.start()
+
+    starter = threading.Thread(target=start_threads, name="starter")
+    starter.start()
     status = EventBusService(store, MetadataClient(md_channel), "kafka" if kafka else "embedded", names, readers)
 
     def register(srv: grpc.Server) -> None:
@@ -201,6 +208,7 @@ def main() -> None:
     if server is not None and health is not None:
         health.enter_graceful_shutdown()
     routing.wake_all()
+    starter.join()
     for t in threads:
         t.join(30)
     if server is not None:
