@@ -163,11 +163,8 @@ def test_nothing_acknowledged_is_lost_when_services_are_killed(tmp_path: Path) -
         assert len(statuses) == OBJECTS
         acknowledged = {uid for uid, st in statuses.items() if st in ACKNOWLEDGED}
         failed = OBJECTS - len(acknowledged)
-        # The kills must have cost something (else this proves nothing), and
-        # enough must have been acknowledged to check. How many fail depends
-        # on how fast the killed services come back, i.e. on the machine's load.
-        assert failed > 0, "no object failed: the kills did not bite"
-        assert len(acknowledged) >= OBJECTS // 4, f"only {len(acknowledged)} of {OBJECTS} objects were acknowledged"
+        # The kills must have cost something (else this proves nothing), not everything.
+        assert 0 < failed < OBJECTS // 2, f"{failed} of {OBJECTS} objects were not acknowledged"
 
         # Everything starts again on the same data before anything is checked.
         services.stop_all()
